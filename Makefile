@@ -1,0 +1,37 @@
+# seqcore: `make test` and `make bench` work on a fresh machine with Python 3 and gcc.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# triton 3.6.0 is the GPU machine's version; its interpreter breaks on numpy 2.4.
+# torch 2.13.0 is the CPU build on this machine's disk (an unpinned torch pulls CUDA builds).
+PINS := "numpy<2.4" torch==2.13.0 triton==3.6.0
+JOBS ?= 2
+
+.PHONY: install build test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)
+	$(PIP) install -q $(PINS)
+	$(PIP) install -q -e ".[test]" $(PINS)
+	$(PY) -c "import seqcore; print('seqcore backends:', seqcore.available_backends())"
+
+# Rebuild the C extension in place after editing csrc/ (locked: several builds may race).
+build: $(PY)
+	flock /tmp/seqcore-build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+
+# Every test, the Triton kernels under the interpreter when no GPU is present.
+test: install
+	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} $(PY) -m pytest -q tests
+
+bench: install
+	mkdir -p bench/out
+	$(PY) -m pytest -q bench --benchmark-only --benchmark-json=bench/out/bench.json \
+		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
+	$(PY) bench/report.py bench/out/bench.json
+
+clean:
+	rm -rf build *.egg-info seqcore/_csrc*.so seqcore/_csrc.c bench/out .pytest_cache

@@ -1,0 +1,5 @@
+#ifndef SEQCORE_RECURRENT_H
+#define SEQCORE_RECURRENT_H
+#include <stdint.h>
+
+#endif

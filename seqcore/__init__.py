@@ -1,0 +1,25 @@
+"""seqcore: fast fused attention and LSTM/GRU kernels.
+
+Triton kernels on NVIDIA GPUs, C kernels (through cffi) on any CPU, float64 NumPy references.
+The public API is described in API.md; `python -m seqcore` checks every backend here.
+"""
+from seqcore._backends import available_backends, backend_status
+from seqcore.attention import attention, attention_varlen, merge_attention
+from seqcore.recurrent import gru, gru_cell, lstm, lstm_cell
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "attention", "attention_varlen", "merge_attention",
+    "lstm_cell", "gru_cell", "lstm", "gru",
+    "available_backends", "backend_status", "nn", "reference",
+]
+
+
+def __getattr__(name):
+    # seqcore.nn needs torch; import it only when asked for, so NumPy users never load torch.
+    if name in ("nn", "reference"):
+        import importlib
+
+        return importlib.import_module(f"seqcore.{name}")
+    raise AttributeError(f"module 'seqcore' has no attribute {name!r}")

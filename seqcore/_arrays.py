@@ -1,0 +1,138 @@
+"""Array kinds: NumPy arrays and torch tensors in, the same kind out.
+
+torch is imported lazily, only when something that is not a NumPy array arrives, so NumPy
+users never pay for (or need) torch.
+"""
+import sys
+
+import numpy as np
+
+NUMPY = "numpy"
+TORCH = "torch"
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def is_tensor(x):
+    # Only look at torch if it is already imported: a tensor cannot exist otherwise.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def kind_of(x):
+    if isinstance(x, np.ndarray):
+        return NUMPY
+    if is_tensor(x):
+        return TORCH
+    return None
+
+
+def common_kind(named_arrays):
+    """The one kind shared by all given (name, array) pairs; None values are skipped.
+
+    Mixing NumPy arrays and torch tensors is a TypeError, as is anything that is neither.
+    """
+    kinds = {}
+    for name, x in named_arrays:
+        if x is None:
+            continue
+        k = kind_of(x)
+        if k is None:
+            raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
+        kinds.setdefault(k, name)
+    if len(kinds) > 1:
+        raise TypeError("arguments mix NumPy arrays and torch tensors: "
+                        + ", ".join(f"{n} is a {k} array" for k, n in kinds.items())
+                        + "; pass one kind")
+    return next(iter(kinds), NUMPY)
+
+
+def dtype_name(x):
+    """'float16' | 'bfloat16' | 'float32' | 'float64' | other, for either kind."""
+    if is_tensor(x):
+        return str(x.dtype).replace("torch.", "")
+    return np.dtype(x.dtype).name
+
+
+def device_type(x):
+    """'cpu' for NumPy arrays, else the tensor's device type ('cpu', 'cuda', ...)."""
+    return x.device.type if is_tensor(x) else "cpu"
+
+
+def shape(x):
+    return tuple(x.shape)
+
+
+def contiguous(x):
+    if x is None:
+        return None
+    if is_tensor(x):
+        return x.contiguous()
+    return np.ascontiguousarray(x)
+
+
+def astype(x, name):
+    """Cast to dtype `name` ('float32', ...), same kind; no copy if already that dtype."""
+    if x is None:
+        return None
+    if is_tensor(x):
+        torch = _torch()
+        return x.to(getattr(torch, name))
+    return x.astype(name, copy=False)
+
+
+def empty_like_kind(ref, shape_, dtype_name_):
+    if is_tensor(ref):
+        torch = _torch()
+        return torch.empty(shape_, dtype=getattr(torch, dtype_name_), device=ref.device)
+    return np.empty(shape_, dtype=dtype_name_)
+
+
+def zeros_like_kind(ref, shape_, dtype_name_):
+    if is_tensor(ref):
+        torch = _torch()
+        return torch.zeros(shape_, dtype=getattr(torch, dtype_name_), device=ref.device)
+    return np.zeros(shape_, dtype=dtype_name_)
+
+
+def reshape(x, shape_):
+    return x.reshape(shape_)
+
+
+def broadcast_to(x, shape_):
+    """A broadcast view (zero strides), never a copy in memory."""
+    if is_tensor(x):
+        return x.expand(shape_)
+    return np.broadcast_to(x, shape_)
+
+
+def as_index_array(x, name, like):
+    """An int64 (n,) array of the kind and device of `like`, from a list, array or tensor."""
+    if is_tensor(like):
+        torch = _torch()
+        if is_tensor(x):
+            t = x
+        else:
+            t = torch.as_tensor(np.asarray(x))
+        if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
+            raise TypeError(f"{name} must hold integers, got dtype {t.dtype}")
+        return t.to(device=like.device, dtype=torch.int64)
+    if is_tensor(x):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def to_host_numpy(x):
+    """A NumPy view/copy of x on the host (for validation of small index arrays)."""
+    if x is None:
+        return None
+    if is_tensor(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

@@ -1,0 +1,229 @@
+"""seqcore.attention, attention_varlen, merge_attention: validation and dispatch."""
+import math
+
+import numpy as np
+
+from seqcore import _arrays, _backends
+from seqcore import _validate as V
+from seqcore._problem import make_attn_params
+
+MAX_HEAD_DIM = 256
+
+
+def _check_window(window):
+    if window is None:
+        return None
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise TypeError(f"window must be a (left, right) pair of ints, got {window!r}")
+    return tuple(V.require_int(f"window[{i}]", w, minimum=-1) for i, w in enumerate(window))
+
+
+def _check_options(D, causal, scale, window, softcap, return_lse):
+    V.require_bool("causal", causal)
+    V.require_bool("return_lse", return_lse)
+    scale = 1.0 / math.sqrt(D) if scale is None else V.require_real("scale", scale)
+    window = _check_window(window)
+    if softcap is not None:
+        softcap = V.require_real("softcap", softcap, positive=True)
+    return make_attn_params(scale, causal, window, softcap)
+
+
+def _check_head_dims(D, Dv):
+    for name, d in (("D (q/k last dim)", D), ("Dv (v last dim)", Dv)):
+        if not 1 <= d <= MAX_HEAD_DIM:
+            raise ValueError(f"head dim {name} must be in [1, {MAX_HEAD_DIM}], got {d}")
+
+
+def _check_heads(Hq, Hkv, shapes):
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"query heads Hq={Hq} must be a multiple of kv heads Hkv={Hkv} "
+                         f"(q, k, v shapes {shapes})")
+
+
+def _compute_dtype(backend, dtype):
+    """float16 on the CPU backends is computed in float32 (API.md)."""
+    if backend == "c" and dtype == "float16":
+        return "float32"
+    return dtype
+
+
+def _flat_bias(bias, batch, Hq, Sq, Sk, B):
+    """bias broadcast to (B, Hq, Sq, Sk) as a view (no copy unless batch dims broadcast partially)."""
+    full = tuple(batch) + (Hq, Sq, Sk)
+    if bias.ndim > len(full):
+        raise ValueError(f"bias with shape {_arrays.shape(bias)} has more dims than the scores "
+                         f"{full}")
+    padded = (1,) * (len(full) - bias.ndim) + _arrays.shape(bias)
+    for have, want in zip(padded, full):
+        if have not in (1, want):
+            raise ValueError(f"bias with shape {_arrays.shape(bias)} does not broadcast to the "
+                             f"scores shape (*batch, Hq, Sq, Sk) = {full}")
+    bias = _arrays.reshape(bias, padded)
+    nb = len(batch)
+    if all(d == 1 for d in padded[:nb]):
+        bias = _arrays.reshape(bias, (1,) + padded[nb:])
+    else:
+        # batch dims present: broadcast them (a copy only if some of them are 1) and flatten
+        bias = _arrays.reshape(_arrays.broadcast_to(bias, tuple(batch) + padded[nb:]),
+                               (B,) + padded[nb:])
+    return _arrays.broadcast_to(bias, (B, Hq, Sq, Sk))
+
+
+def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
+              return_lse=False, backend=None):
+    """Scaled dot-product attention; see API.md. Returns out, or (out, lse) with return_lse."""
+    kind = _arrays.common_kind([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        V.require_ndim(name, x, range(3, 64), "(*batch, heads, seq, dim)")
+    V.require_same_device([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    dtype = V.require_same_dtype([("q", q), ("k", k), ("v", v)])
+    if bias is not None:
+        V.require_float("bias", bias)
+    shapes = f"q {_arrays.shape(q)}, k {_arrays.shape(k)}, v {_arrays.shape(v)}"
+    if not (q.ndim == k.ndim == v.ndim):
+        raise ValueError(f"q, k, v must have the same number of dims: {shapes}")
+    batch, (Hq, Sq, D) = _arrays.shape(q)[:-3], _arrays.shape(q)[-3:]
+    Hkv, Sk, Dk = _arrays.shape(k)[-3:]
+    Hv, Skv, Dv = _arrays.shape(v)[-3:]
+    if _arrays.shape(k)[:-3] != batch or _arrays.shape(v)[:-3] != batch:
+        raise ValueError(f"q, k, v must share the batch dims: {shapes}")
+    if Dk != D:
+        raise ValueError(f"q and k must share the head dim D: {shapes}")
+    if Hv != Hkv or Skv != Sk:
+        raise ValueError(f"k and v must share heads and sequence length: {shapes}")
+    _check_heads(Hq, Hkv, shapes)
+    _check_head_dims(D, Dv)
+    p = _check_options(D, causal, scale, window, softcap, return_lse)
+    backend = _backends.pick(kind, _arrays.device_type(q), backend)
+    _backends.check_dtype("q", q, backend)
+
+    B = int(np.prod(batch, dtype=np.int64)) if batch else 1
+    cdt = _compute_dtype(backend, dtype)
+    q4, k4, v4 = (_arrays.reshape(_arrays.contiguous(_arrays.astype(x, cdt)), (B,) + _arrays.shape(x)[-3:])
+                  for x in (q, k, v))
+    bias4 = None
+    if bias is not None:
+        bias_dt = cdt if backend != "triton" else _arrays.dtype_name(bias)
+        if bias_dt not in ("float16", "bfloat16", "float32", "float64"):
+            bias_dt = cdt
+        if backend == "triton" and bias_dt == "float64":
+            bias_dt = "float32"
+        bias4 = _flat_bias(_arrays.astype(bias, bias_dt), batch, Hq, Sq, Sk, B)
+
+    if kind == _arrays.TORCH:
+        from seqcore import _torch
+
+        out, lse = _torch.attention(q4, k4, v4, bias4, p, backend)
+    else:
+        out, lse = _backends.module(backend, "attention").attention_fwd(q4, k4, v4, bias4, p)
+    out = _arrays.reshape(_arrays.astype(out, dtype), tuple(batch) + (Hq, Sq, Dv))
+    if not return_lse:
+        return out
+    return out, _arrays.reshape(_arrays.astype(lse, "float32"), tuple(batch) + (Hq, Sq))
+
+
+def _check_cu_seqlens(name, cu, total, like):
+    if cu is None or _arrays.kind_of(cu) is None:
+        raise TypeError(f"{name} must be an int32 array of the same kind as q, got {type(cu).__name__}")
+    if cu.ndim != 1 or _arrays.shape(cu)[0] < 1:
+        raise ValueError(f"{name} must have shape (n_seqs + 1,), got {_arrays.shape(cu)}")
+    host = _arrays.to_host_numpy(cu)
+    if host.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers (int32), got dtype {host.dtype}")
+    host = host.astype(np.int64)
+    if host[0] != 0 or np.any(np.diff(host) < 0):
+        raise ValueError(f"{name} must start at 0 and be non-decreasing, got {host.tolist()[:16]}")
+    if host[-1] != total:
+        raise ValueError(f"{name}[-1] = {host[-1]} must equal the packed length {total}")
+    if total >= 2**31:
+        raise ValueError(f"{name}: packed length {total} does not fit int32")
+    lens = np.diff(host)
+    as32 = _arrays.contiguous(_arrays.astype(cu, "int32")) if _arrays.is_tensor(cu) else \
+        np.ascontiguousarray(host, dtype=np.int32)
+    return as32, int(lens.max()) if lens.size else 0, len(host) - 1
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
+                     causal=False, scale=None, window=None, softcap=None, return_lse=False,
+                     backend=None):
+    """Attention over packed sequences; see API.md. lse has shape (total_q, Hq)."""
+    kind = _arrays.common_kind([("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q),
+                                ("cu_seqlens_k", cu_seqlens_k)])
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        V.require_ndim(name, x, (3,), "(total, heads, dim)")
+    V.require_same_device([("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q),
+                           ("cu_seqlens_k", cu_seqlens_k)])
+    dtype = V.require_same_dtype([("q", q), ("k", k), ("v", v)])
+    shapes = f"q {_arrays.shape(q)}, k {_arrays.shape(k)}, v {_arrays.shape(v)}"
+    Tq, Hq, D = _arrays.shape(q)
+    Tk, Hkv, Dk = _arrays.shape(k)
+    Tv, Hv, Dv = _arrays.shape(v)
+    if Dk != D:
+        raise ValueError(f"q and k must share the head dim D: {shapes}")
+    if Tv != Tk or Hv != Hkv:
+        raise ValueError(f"k and v must share total length and heads: {shapes}")
+    _check_heads(Hq, Hkv, shapes)
+    _check_head_dims(D, Dv)
+    cu_q, max_q, n_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, Tq, q)
+    cu_k, max_k, n_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, Tk, q)
+    if n_q != n_k:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of "
+                         f"sequences, got {n_q} and {n_k}")
+    for name, given, actual in (("max_seqlen_q", max_seqlen_q, max_q), ("max_seqlen_k", max_seqlen_k, max_k)):
+        if given is not None and V.require_int(name, given, minimum=0) < actual:
+            raise ValueError(f"{name}={given} is smaller than the longest sequence ({actual})")
+    p = _check_options(D, causal, scale, window, softcap, return_lse)
+    backend = _backends.pick(kind, _arrays.device_type(q), backend)
+    _backends.check_dtype("q", q, backend)
+    cdt = _compute_dtype(backend, dtype)
+    q3, k3, v3 = (_arrays.contiguous(_arrays.astype(x, cdt)) for x in (q, k, v))
+
+    if kind == _arrays.TORCH:
+        from seqcore import _torch
+
+        out, lse = _torch.attention_varlen(q3, k3, v3, cu_q, cu_k, max_q, max_k, p, backend)
+    else:
+        out, lse = _backends.module(backend, "attention").attention_varlen_fwd(
+            q3, k3, v3, cu_q, cu_k, max_q, max_k, p)
+    out = _arrays.astype(out, dtype)
+    if not return_lse:
+        return out
+    return out, _arrays.astype(lse, "float32")
+
+
+def merge_attention(out_a, lse_a, out_b, lse_b):
+    """Combine attention over two disjoint key sets: softmax-weighted by exp(lse).
+
+    out_*: (..., Dv); lse_*: (...) = out.shape[:-1]. A side with lse -inf contributes nothing;
+    rows where both are -inf stay zero with lse -inf. Works for both array kinds (and autograd).
+    """
+    kind = _arrays.common_kind([("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)])
+    if _arrays.shape(out_a) != _arrays.shape(out_b):
+        raise ValueError(f"out_a {_arrays.shape(out_a)} and out_b {_arrays.shape(out_b)} must have one shape")
+    want = _arrays.shape(out_a)[:-1]
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if _arrays.shape(lse) != want:
+            raise ValueError(f"{name} must have shape out.shape[:-1] = {want}, got {_arrays.shape(lse)}")
+    V.require_float("out_a", out_a)
+    V.require_same_dtype([("out_a", out_a), ("out_b", out_b)])
+    V.require_same_device([("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)])
+    if kind == _arrays.TORCH:
+        import torch as xp
+
+        la, lb = lse_a.float(), lse_b.float()
+        oa, ob = out_a.float(), out_b.float()
+    else:
+        xp = np
+        acc = np.float64 if out_a.dtype == np.float64 else np.float32
+        la, lb = lse_a.astype(acc), lse_b.astype(acc)
+        oa, ob = out_a.astype(acc), out_b.astype(acc)
+    m = xp.maximum(la, lb)
+    m_safe = xp.where(xp.isinf(m) & (m < 0), xp.zeros_like(m), m)
+    wa, wb = xp.exp(la - m_safe), xp.exp(lb - m_safe)
+    total = wa + wb
+    lse = m_safe + xp.log(total)
+    denom = xp.where(total > 0, total, xp.ones_like(total))
+    out = (oa * (wa / denom)[..., None] + ob * (wb / denom)[..., None])
+    if kind == _arrays.TORCH:
+        return out.to(out_a.dtype), lse.float()
+    return out.astype(out_a.dtype), lse.astype(np.float32)

@@ -1,0 +1,161 @@
+"""seqcore.lstm_cell, gru_cell, lstm, gru: validation and dispatch.
+
+Cells are sequences of length 1, so every backend implements just lstm_fwd/gru_fwd (and
+their backwards); see seqcore/_problem.py for the interface.
+"""
+from seqcore import _arrays, _backends
+from seqcore import _validate as V
+
+GATES = {"lstm": 4, "gru": 3}
+
+
+def _compute_dtype(backend, dtype):
+    if backend == "c" and dtype == "float16":
+        return "float32"
+    return dtype
+
+
+def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
+    """Hidden size H from the weights, checking the PyTorch layout (G*H, I), (G*H, H), (G*H,)."""
+    G = GATES[cell]
+    V.require_ndim("w_ih", w_ih, (2,), f"({G}*H, input_size)")
+    V.require_ndim("w_hh", w_hh, (2,), f"({G}*H, H)")
+    GH, H = _arrays.shape(w_hh)
+    if H < 1 or GH != G * H:
+        raise ValueError(f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_arrays.shape(w_hh)}")
+    if _arrays.shape(w_ih) != (G * H, I):
+        raise ValueError(f"w_ih must have shape ({G}*H, input_size) = {(G * H, I)}, got "
+                         f"{_arrays.shape(w_ih)} (x has input_size {I}, w_hh gives H = {H})")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None and _arrays.shape(b) != (G * H,):
+            raise ValueError(f"{name} must have shape ({G * H},), got {_arrays.shape(b)}")
+    if I < 1:
+        raise ValueError(f"input_size must be >= 1, got {I}")
+    return H
+
+
+def _check_state(name, s, B, H):
+    if s is not None:
+        if _arrays.shape(s) != (B, H):
+            raise ValueError(f"{name} must have shape (batch, hidden) = {(B, H)}, got {_arrays.shape(s)}")
+
+
+def _check_lengths(lengths, B, T, like):
+    if lengths is None:
+        return None
+    if _arrays.kind_of(lengths) is None and not isinstance(lengths, (list, tuple)):
+        raise TypeError(f"lengths must be a sequence of ints, an array or a tensor, got {type(lengths).__name__}")
+    host = _arrays.to_host_numpy(lengths) if _arrays.kind_of(lengths) else __import__("numpy").asarray(lengths)
+    if host.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers, got dtype {host.dtype}")
+    if host.shape != (B,):
+        raise ValueError(f"lengths must have shape (batch,) = {(B,)}, got {host.shape}")
+    if B and (host.min() < 0 or host.max() > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got min {host.min()} max {host.max()}")
+    return _arrays.as_index_array(lengths, "lengths", like)
+
+
+def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, backend, seq):
+    """Validate; return (kind, backend, dtype, cdt, arrays in compute dtype, lengths, H)."""
+    named = [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)] + states
+    kind = _arrays.common_kind(named)
+    if seq:
+        V.require_ndim("x", x, (3,), "(B, T, input_size)" if batch_first else "(T, B, input_size)")
+        T, B, I = _arrays.shape(x)
+        if batch_first:
+            B, T = T, B
+    else:
+        V.require_ndim("x", x, (2,), "(B, input_size)")
+        (B, I), T = _arrays.shape(x), 1
+    V.require_same_device(named)
+    dtype = V.require_same_dtype(named)
+    V.require_float("x", x)
+    H = _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I)
+    for name, s in states:
+        _check_state(name, s, B, H)
+    lengths = _check_lengths(lengths, B, T, x)
+    backend = _backends.pick(kind, _arrays.device_type(x), backend)
+    _backends.check_dtype("x", x, backend)
+    cdt = _compute_dtype(backend, dtype)
+    G = GATES[cell]
+
+    def prep(a, shape_):
+        a = _arrays.zeros_like_kind(x, shape_, cdt) if a is None else _arrays.astype(a, cdt)
+        return _arrays.contiguous(a)
+
+    if seq and batch_first:
+        x = x.transpose(0, 1) if _arrays.is_tensor(x) else x.transpose(1, 0, 2)
+    xs = prep(x, None) if seq else _arrays.reshape(prep(x, None), (1, B, I))
+    arrays = dict(x=xs, w_ih=prep(w_ih, None), w_hh=prep(w_hh, None),
+                  b_ih=prep(b_ih, (G * H,)), b_hh=prep(b_hh, (G * H,)))
+    for name, s in states:
+        arrays[name] = prep(s, (B, H))
+    return kind, backend, dtype, arrays, lengths
+
+
+def _run(cell, kind, backend, a, lengths, reverse):
+    if kind == _arrays.TORCH:
+        from seqcore import _torch
+
+        fn = _torch.lstm if cell == "lstm" else _torch.gru
+        return fn(**a, lengths=lengths, reverse=reverse, backend=backend)
+    mod = _backends.module(backend, "recurrent")
+    if cell == "lstm":
+        y, h_n, c_n, _ = mod.lstm_fwd(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                                      a["h0"], a["c0"], lengths, reverse, False)
+        return y, h_n, c_n
+    y, h_n, _ = mod.gru_fwd(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                            lengths, reverse, False)
+    return y, h_n
+
+
+def _seq_out(y, dtype, batch_first):
+    y = _arrays.astype(y, dtype)
+    if batch_first:
+        y = y.transpose(0, 1) if _arrays.is_tensor(y) else y.transpose(1, 0, 2)
+        y = _arrays.contiguous(y)
+    return y
+
+
+def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None, reverse=False,
+         batch_first=False, backend=None):
+    """One LSTM layer over a sequence; returns (y, (h_n, c_n)). See API.md."""
+    V.require_bool("reverse", reverse)
+    V.require_bool("batch_first", batch_first)
+    kind, backend, dtype, a, lengths = _prepare(
+        "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)], lengths, batch_first, backend, True)
+    y, h_n, c_n = _run("lstm", kind, backend, a, lengths, reverse)
+    return _seq_out(y, dtype, batch_first), (_arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype))
+
+
+def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, lengths=None, reverse=False,
+        batch_first=False, backend=None):
+    """One GRU layer over a sequence; returns (y, h_n). See API.md."""
+    V.require_bool("reverse", reverse)
+    V.require_bool("batch_first", batch_first)
+    kind, backend, dtype, a, lengths = _prepare(
+        "gru", x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths, batch_first, backend, True)
+    y, h_n = _run("gru", kind, backend, a, lengths, reverse)
+    return _seq_out(y, dtype, batch_first), _arrays.astype(h_n, dtype)
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+    """One LSTM step: (h_new, c_new). See API.md."""
+    if h is None or c is None:
+        raise TypeError("lstm_cell needs h and c (pass zeros for a fresh state)")
+    kind, backend, dtype, a, _ = _prepare(
+        "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h", h), ("c", c)], None, False, backend, False)
+    a["h0"], a["c0"] = a.pop("h"), a.pop("c")
+    _, h_n, c_n = _run("lstm", kind, backend, a, None, False)
+    return _arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype)
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+    """One GRU step: h_new. See API.md."""
+    if h is None:
+        raise TypeError("gru_cell needs h (pass zeros for a fresh state)")
+    kind, backend, dtype, a, _ = _prepare(
+        "gru", x, w_ih, w_hh, b_ih, b_hh, [("h", h)], None, False, backend, False)
+    a["h0"] = a.pop("h")
+    _, h_n = _run("gru", kind, backend, a, None, False)
+    return _arrays.astype(h_n, dtype)
