@@ -1,0 +1,121 @@
+"""`python -m seqcore`: list the backends here and check each against the float64 reference
+on fresh random inputs (a few seconds). Exit status 1 if any check fails."""
+import sys
+import time
+
+import numpy as np
+
+import seqcore
+from seqcore import reference
+
+# max |error| allowed against the float64 reference, by compute dtype
+TOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2}
+
+
+def _attention_cases(rng, dtype):
+    def r(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    q, k, v = r(2, 4, 33, 24), r(2, 2, 40, 24), r(2, 2, 40, 20)
+    yield "attention", dict(q=q, k=k, v=v), {}
+    yield "attention causal+lse", dict(q=q, k=k, v=v), dict(causal=True, return_lse=True)
+    yield "attention window+softcap+bias", dict(q=q, k=k, v=v), dict(
+        window=(8, 2), softcap=5.0, bias=r(1, 4, 33, 40))
+
+
+def _recurrent_cases(rng, dtype):
+    T, B, I, H = 6, 3, 5, 7
+
+    def r(*s):
+        return (0.5 * rng.standard_normal(s)).astype(dtype)
+
+    lengths = np.array([6, 0, 3])
+    yield "lstm", "lstm", (r(T, B, I), r(4 * H, I), r(4 * H, H), r(4 * H), r(4 * H), r(B, H), r(B, H)), \
+        dict(lengths=lengths)
+    yield "gru reverse", "gru", (r(T, B, I), r(3 * H, I), r(3 * H, H), r(3 * H), r(3 * H), r(B, H)), \
+        dict(lengths=lengths, reverse=True)
+    yield "lstm_cell", "lstm_cell", (r(B, I), r(B, H), r(B, H), r(4 * H, I), r(4 * H, H)), {}
+    yield "gru_cell", "gru_cell", (r(B, I), r(B, H), r(3 * H, I), r(3 * H, H), r(3 * H), r(3 * H)), {}
+
+
+def _max_err(got, want):
+    if isinstance(want, tuple):
+        return max(_max_err(g, w) for g, w in zip(got, want))
+    g = got.detach().cpu().double().numpy() if hasattr(got, "detach") else np.asarray(got, np.float64)
+    w = np.asarray(want, np.float64)
+    fin = np.isfinite(w)
+    if not np.array_equal(np.isfinite(g), fin):
+        return float("inf")
+    return float(np.max(np.abs(g[fin] - w[fin]), initial=0.0))
+
+
+def _flatten(x):
+    return tuple(_flatten_item(x))
+
+
+def _flatten_item(x):
+    if isinstance(x, tuple):
+        for y in x:
+            yield from _flatten_item(y)
+    else:
+        yield x
+
+
+def _convert(backend, arrays):
+    if backend != "triton":
+        return arrays
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {k: torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+            for k, v in arrays.items()}
+
+
+def _check(backend, dtype, rng):
+    failures = 0
+    for name, arrays, opts in _attention_cases(rng, dtype):
+        want = reference.attention(**arrays, **opts)
+        got = seqcore.attention(**_convert(backend, arrays), **opts, backend=backend)
+        failures += _report(backend, dtype, name, lambda: _max_err(_flatten(got), _flatten(want)))
+    for name, op, args, opts in _recurrent_cases(rng, dtype):
+        want = getattr(reference, op)(*args, **opts)
+        targs = tuple(_convert(backend, {"a": a})["a"] for a in args)
+        got = getattr(seqcore, op)(*targs, **opts, backend=backend)
+        failures += _report(backend, dtype, name, lambda: _max_err(_flatten(got), _flatten(want)))
+    return failures
+
+
+def _report(backend, dtype, name, err_fn):
+    try:
+        err = err_fn()
+    except NotImplementedError as exc:
+        print(f"  {backend:7s} {dtype:8s} {name:32s} not implemented: {exc}")
+        return 1
+    ok = err <= TOL[dtype]
+    print(f"  {backend:7s} {dtype:8s} {name:32s} max error {err:.2e}  {'ok' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def main():
+    print(f"seqcore {seqcore.__version__}")
+    status = seqcore.backend_status()
+    for name, why in status.items():
+        print(f"  {name:7s} {'available' if not why else 'unavailable: ' + why}")
+    rng = np.random.default_rng()
+    failures = 0
+    start = time.perf_counter()
+    for backend in seqcore.available_backends():
+        dtypes = ["float32", "float64"] if backend != "triton" else ["float32"]
+        for dtype in dtypes:
+            try:
+                failures += _check(backend, dtype, rng)
+            except Exception as exc:  # report and go on with the other backends
+                print(f"  {backend:7s} {dtype:8s} ERROR {type(exc).__name__}: {exc}")
+                failures += 1
+    print(f"checked against seqcore.reference in {time.perf_counter() - start:.1f} s: "
+          f"{'all ok' if not failures else f'{failures} failure(s)'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
