@@ -14,6 +14,10 @@ from seqcore import _arrays, _c
 
 BACKENDS = ("c", "triton", "numpy")
 
+# The C extension's status, read once at import: torch.compile traces pick(), and dynamo cannot
+# guard on the cffi library object that _c.status() consults (no weak references to it).
+_C_STATUS = _c.status()
+
 
 def interpreter_on():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -56,8 +60,8 @@ def pick(kind, device_type, backend):
         if device_type == "cuda":
             backend = "triton"
         elif device_type == "cpu":
-            if _c.status():
-                warnings.warn(f"seqcore: C backend unavailable, using the slow reference: {_c.status()}",
+            if _C_STATUS:
+                warnings.warn(f"seqcore: C backend unavailable, using the slow reference: {_C_STATUS}",
                               RuntimeWarning, stacklevel=3)
                 return "numpy"
             backend = "c"
@@ -66,8 +70,8 @@ def pick(kind, device_type, backend):
     if backend == "c":
         if device_type != "cpu":
             raise ValueError(f"backend='c' runs on the CPU, but the inputs are on {device_type!r}")
-        if _c.status():
-            raise RuntimeError(f"backend='c' is unavailable: {_c.status()}")
+        if _C_STATUS:
+            raise RuntimeError(f"backend='c' is unavailable: {_C_STATUS}")
     elif backend == "triton":
         if kind != _arrays.TORCH:
             raise TypeError("backend='triton' needs torch tensors (got NumPy arrays)")

@@ -97,7 +97,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, soft
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
     _backends.check_dtype("q", q, backend)
 
-    B = int(np.prod(batch, dtype=np.int64)) if batch else 1
+    B = math.prod(batch)  # Python ints: torch.compile traces this, np.prod it cannot
     cdt = _compute_dtype(backend, dtype)
     q4, k4, v4 = (_arrays.reshape(_arrays.contiguous(_arrays.astype(x, cdt)), (B,) + _arrays.shape(x)[-3:])
                   for x in (q, k, v))

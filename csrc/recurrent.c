@@ -1,0 +1,602 @@
+/* LSTM and GRU over sequences, forward and backward (see recurrent.h).
+ *
+ * Forward:
+ *   1. the input projection of all T steps as one blocked matmul:
+ *        xg (T*B, G*H) = x @ w_ih^T + (b_ih, plus the b_hh parts that add straight in);
+ *   2. the time loop: each OpenMP thread owns a slice of hidden units and, per step,
+ *      computes all G gates of them (h @ w_hh^T for its rows of w_hh, a register-blocked
+ *      micro-kernel) and applies the cell update on the spot, so no gate tensor goes back
+ *      to memory; one barrier per step. h is kept packed (batch rows interleaved, k-major)
+ *      in two buffers so the next step can read it while this one writes.
+ * Backward through time, the same ownership of hidden units:
+ *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
+ *            gradients dG_t (stored for all t, and packed for phase 2);  barrier;
+ *   phase 2 (own units): dh_{t-1} += dG_t @ w_hh.
+ *   Then dx = dG @ w_ih, dw_ih = dG^T x, dw_hh = dG^T h_prev as large matmuls over all
+ *   steps, and the bias gradients as column sums of dG.
+ *
+ * The part after `#else` is a template compiled twice: this file includes itself with
+ * `real` = float and then double.
+ */
+#ifndef RNN_TEMPLATE
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include "common.h"
+#include "gemm.h"
+#include "recurrent.h"
+
+enum { LSTM = 0, GRU = 1 };
+/* Most batch rows per micro-kernel call in the time loop: a call takes `rows` = 1, 2, 4 or
+ * 8 of them (the largest that B fills; rows past B are zero padding). */
+enum { SMR = 8 };
+
+/* Hidden units per block: two vectors. As in gemm.c, use 512-bit vectors where the target
+ * has them (GCC's -march=native default is 256-bit). */
+#if defined(__AVX512F__)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC target("prefer-vector-width=512")
+#endif
+#define VEC_BYTES 64
+#else
+#define VEC_BYTES 32
+#endif
+
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#define RNN_MADD_F32(a, b, c) fmaf((a), (b), (c))
+#define RNN_MADD_F64(a, b, c) fma((a), (b), (c))
+#else
+#define RNN_MADD_F32(a, b, c) ((a) * (b) + (c))
+#define RNN_MADD_F64(a, b, c) ((a) * (b) + (c))
+#endif
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* exp for float32 written so gate loops vectorize (libm's expf is a scalar call, and the
+ * time loop makes 5 of them per hidden unit per step): exp(x) = 2^n exp(r), x = n ln2 + r,
+ * |r| <= ln2/2, exp(r) by its Taylor series to r^7 (relative error < 1e-7). */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);  /* keeps 2^n a normal float */
+    const float round_magic = 12582912.0f;                /* 1.5 * 2^23: rounds to integer */
+    float n = (x * 1.44269504f + round_magic) - round_magic;
+    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;  /* ln2 split: hi exact in n*hi */
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+/* tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error ~1e-7 near 0, exact limits at +-inf. */
+static inline float tanh_f32(float x) { return 1.0f - 2.0f / (exp_f32(2.0f * x) + 1.0f); }
+
+static int64_t len_of(const int64_t *lengths, int64_t b, int64_t T) {
+    return lengths ? lengths[b] : T;
+}
+
+/* Time index of step s of an element with `len` valid steps: its first len steps in
+ * order, or the last of them first when reversed. */
+static int64_t time_of(int64_t s, int64_t len, int reverse) {
+    return reverse ? len - 1 - s : s;
+}
+
+/* Packed index of (batch row b, column k) in a buffer of ncol columns: hp[grp][k][i]
+ * (batch rows interleaved in groups, so one k holds a group's rows side by side). */
+static inline int64_t packed_at(int64_t b, int64_t k, int64_t ncol, int64_t rows) {
+    return (b / rows * ncol + k) * rows + b % rows;
+}
+
+/* Steps the time loop runs: the longest length. */
+static int64_t max_len(const int64_t *lengths, int64_t B, int64_t T) {
+    if (!lengths)
+        return B > 0 ? T : 0;
+    int64_t m = 0;
+    for (int64_t b = 0; b < B; b++)
+        m = lengths[b] > m ? lengths[b] : m;
+    return m;
+}
+
+static int check_sizes(int64_t T, int64_t B, int64_t I, int64_t H, const int64_t *lengths) {
+    if (T < 0 || B < 0 || I < 1 || H < 1)
+        return SEQCORE_EINVAL;
+    for (int64_t b = 0; lengths && b < B; b++)
+        if (lengths[b] < 0 || lengths[b] > T)
+            return SEQCORE_EINVAL;
+    return SEQCORE_OK;
+}
+
+/* This thread's share [lo, hi) of n work items (the same share at every step). */
+static void thread_share(int64_t n, int64_t *lo, int64_t *hi) {
+    int64_t t = 0, nt = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    nt = omp_get_num_threads();
+#endif
+    *lo = n * t / nt;
+    *hi = n * (t + 1) / nt;
+}
+
+/* calloc of count elements of `size` bytes, never 0 bytes (so NULL means out of memory). */
+static void *zalloc(int64_t count, size_t size) {
+    return calloc(count > 0 ? (size_t)count : 1, size);
+}
+
+#define RNN_TEMPLATE
+#define real float
+#define NR (2 * VEC_BYTES / 4)
+#define MADD RNN_MADD_F32
+#define EXP exp_f32
+#define TANH tanh_f32
+#define RN(name) name##_f32
+#include "recurrent.c"
+#undef real
+#undef NR
+#undef MADD
+#undef EXP
+#undef TANH
+#undef RN
+
+#define real double
+#define NR (2 * VEC_BYTES / 8)
+#define MADD RNN_MADD_F64
+#define EXP exp
+#define TANH tanh
+#define RN(name) name##_f64
+#include "recurrent.c"
+#undef real
+#undef NR
+#undef MADD
+#undef EXP
+#undef TANH
+#undef RN
+#undef RNN_TEMPLATE
+
+#else /* ---- template: real, NR (hidden units per block), MADD, EXP, TANH, RN ---- */
+
+/* One call's arrays and sizes. Forward and backward fill the parts they use. */
+struct RN(rnn) {
+    int cell, reverse;
+    int64_t T, B, I, H, G, nws;      /* nws: workspace width per (t, b): 5H or 4H */
+    int64_t nblk, rows, ngrp;        /* blocks of NR hidden units, groups of `rows` batch rows */
+    const int64_t *lengths;
+    const real *x, *w_ih, *w_hh, *b_hh, *h0, *c0, *dy;
+    real *y, *ws;                    /* forward outputs (ws may be NULL) */
+    const real *ys, *wss;            /* backward inputs: the forward's y and ws */
+    real *h, *c;                     /* forward state (the h_n/c_n outputs) */
+    real *dh, *dc;                   /* backward state (the dh0/dc0 outputs) */
+    real *xg;                        /* forward: input projections (T, B, G*H) */
+    real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
+    real *wp;                        /* w_hh packed for the time loop */
+};
+
+static inline real RN(sigmoid)(real v) { return 1 / (1 + EXP(-v)); }
+
+/* acc[i][j] = sum_k hp[k][i] * wp[k][j]: ROWS batch rows by NR hidden units, with both
+ * operands packed k-major so the inner loop is one vector FMA per row. ROWS is a constant
+ * in each call below, so the accumulators stay in registers. */
+static inline void RN(step_micro_rows)(int64_t K, const real *restrict hp,
+                                       const real *restrict wp, real acc[SMR][NR], int ROWS) {
+    real sum[SMR][NR] = {{0}};
+    for (int64_t k = 0; k < K; k++, hp += ROWS, wp += NR)
+#pragma GCC unroll 8
+        for (int i = 0; i < ROWS; i++)
+#pragma omp simd
+            for (int j = 0; j < NR; j++)
+                sum[i][j] = MADD(hp[i], wp[j], sum[i][j]);
+    memcpy(acc, sum, (size_t)ROWS * sizeof(sum[0]));
+}
+
+static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *wp,
+                           real acc[SMR][NR]) {
+    switch (rows) {
+    case 1: RN(step_micro_rows)(K, hp, wp, acc, 1); break;
+    case 2: RN(step_micro_rows)(K, hp, wp, acc, 2); break;
+    case 4: RN(step_micro_rows)(K, hp, wp, acc, 4); break;
+    default: RN(step_micro_rows)(K, hp, wp, acc, SMR); break;
+    }
+}
+
+/* Forward packing: wp[blk][g][k][j] = w_hh[g*H + blk*NR + j][k] (zero past H): the G gate
+ * rows of one block of hidden units, as the operand of step_micro. */
+static void RN(pack_w_fwd)(const struct RN(rnn) *p, real *restrict wp) {
+    int64_t H = p->H;
+    for (int64_t blk = 0; blk < p->nblk; blk++)
+        for (int64_t g = 0; g < p->G; g++)
+            for (int64_t k = 0; k < H; k++)
+                for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
+                    *wp++ = u < H ? p->w_hh[(g * H + u) * H + k] : 0;
+}
+
+/* Backward packing: wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past H), for dG @ w_hh. */
+static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp) {
+    int64_t H = p->H;
+    for (int64_t blk = 0; blk < p->nblk; blk++)
+        for (int64_t r = 0; r < p->G * H; r++)
+            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
+                *wp++ = u < H ? p->w_hh[r * H + u] : 0;
+}
+
+/* xg += the biases that add straight into the gates: b_ih, and b_hh except GRU's n part
+ * (that one sits inside r * (W_hn h + b_hn)). */
+static int RN(add_input_bias)(const struct RN(rnn) *p, const real *b_ih) {
+    int64_t GH = p->G * p->H, rows = p->T * p->B;
+    real *bias = zalloc(GH, sizeof(real));
+    if (!bias)
+        return SEQCORE_ENOMEM;
+    for (int64_t r = 0; r < GH; r++) {
+        int folds_hh = p->cell == LSTM || r < 2 * p->H;
+        bias[r] = (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < rows; m++)
+        for (int64_t r = 0; r < GH; r++)
+            p->xg[m * GH + r] += bias[r];
+    free(bias);
+    return SEQCORE_OK;
+}
+
+/* The LSTM cell update of element b at time t for the nu hidden units from u0; acc holds
+ * the recurrent part of each gate (row i of the micro-kernel's output). */
+static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
+                           int64_t nu, real acc[4][SMR][NR], int64_t i) {
+    int64_t H = p->H, row = t * p->B + b;
+    const real *xg = p->xg + row * 4 * H + u0;
+    real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
+    real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+#pragma omp simd
+    for (int64_t j = 0; j < nu; j++) {
+        real gi = RN(sigmoid)(xg[j] + acc[0][i][j]);
+        real gf = RN(sigmoid)(xg[H + j] + acc[1][i][j]);
+        real gg = TANH(xg[2 * H + j] + acc[2][i][j]);
+        real go = RN(sigmoid)(xg[3 * H + j] + acc[3][i][j]);
+        real c = gf * c_state[j] + gi * gg;
+        real h = go * TANH(c);
+        c_state[j] = c, h_state[j] = h, y[j] = h;
+        if (ws)
+            ws[j] = gi, ws[H + j] = gf, ws[2 * H + j] = gg, ws[3 * H + j] = go, ws[4 * H + j] = c;
+    }
+}
+
+/* The GRU update: r, z from x and h parts (biases folded into xg), then
+ * n = tanh(x_n + r * (W_hn h + b_hn)). */
+static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
+                          int64_t nu, real acc[4][SMR][NR], int64_t i) {
+    int64_t H = p->H, row = t * p->B + b;
+    const real *xg = p->xg + row * 3 * H + u0;
+    const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
+    real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
+    real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+#pragma omp simd
+    for (int64_t j = 0; j < nu; j++) {
+        real hn = acc[2][i][j] + (b_hn ? b_hn[j] : 0);
+        real r = RN(sigmoid)(xg[j] + acc[0][i][j]);
+        real z = RN(sigmoid)(xg[H + j] + acc[1][i][j]);
+        real n = TANH(xg[2 * H + j] + r * hn);
+        real h = (1 - z) * n + z * h_state[j];
+        h_state[j] = h, y[j] = h;
+        if (ws)
+            ws[j] = r, ws[H + j] = z, ws[2 * H + j] = n, ws[3 * H + j] = hn;
+    }
+}
+
+/* Step s for hidden-unit block blk and batch group grp: all G gates of those units from
+ * the packed h (hcur), the cell update, and the new h packed into hnext. */
+static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
+                          const real *hcur, real *hnext) {
+    int64_t H = p->H, G = p->G, u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
+    real acc[4][SMR][NR];
+    for (int64_t g = 0; g < G; g++)
+        RN(step_micro)(H, p->rows, hcur + grp * H * p->rows, p->wp + (blk * G + g) * H * NR,
+                       acc[g]);
+    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
+        int64_t len = len_of(p->lengths, b, p->T);
+        if (s < len) {  /* else the element is done: its state is carried */
+            int64_t t = time_of(s, len, p->reverse);
+            if (p->cell == LSTM)
+                RN(lstm_units)(p, t, b, u0, nu, acc, i);
+            else
+                RN(gru_units)(p, t, b, u0, nu, acc, i);
+        }
+        for (int64_t j = 0; j < nu; j++)
+            hnext[packed_at(b, u0 + j, H, p->rows)] = p->h[b * H + u0 + j];
+    }
+}
+
+static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t steps) {
+    int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
+#pragma omp parallel
+    {
+        int64_t lo, hi;
+        thread_share(p->nblk, &lo, &hi);
+        for (int64_t s = 0; s < steps; s++) {
+            const real *hcur = hpack + (s & 1) * one;
+            real *hnext = hpack + ((s + 1) & 1) * one;
+            for (int64_t blk = lo; blk < hi; blk++)
+                for (int64_t grp = 0; grp < p->ngrp; grp++)
+                    RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+#pragma omp barrier
+        }
+    }
+}
+
+static void RN(init_state)(real *state, const real *given, int64_t n) {
+    if (given)
+        memcpy(state, given, (size_t)n * sizeof(real));
+    else
+        memset(state, 0, (size_t)n * sizeof(real));
+}
+
+static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
+    int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H;
+    RN(init_state)(p->h, p->h0, B * H);
+    if (p->cell == LSTM)
+        RN(init_state)(p->c, p->c0, B * H);
+    memset(p->y, 0, (size_t)(T * B * H) * sizeof(real));
+    if (p->ws)
+        memset(p->ws, 0, (size_t)(T * B * p->nws) * sizeof(real));
+    int64_t steps = max_len(p->lengths, B, T);
+    if (steps == 0)
+        return SEQCORE_OK;
+    p->xg = zalloc(T * B * GH, sizeof(real));
+    p->wp = zalloc(p->nblk * NR * GH, sizeof(real));
+    real *hpack = zalloc(2 * p->ngrp * p->rows * H, sizeof(real));
+    int status = p->xg && p->wp && hpack ? SEQCORE_OK : SEQCORE_ENOMEM;
+    if (!status)
+        status = RN(seqcore_gemm)(T * B, GH, p->I, p->x, p->I, 1, p->w_ih, 1, p->I, 0, p->xg, GH);
+    if (!status)
+        status = RN(add_input_bias)(p, b_ih);
+    if (!status) {
+        RN(pack_w_fwd)(p, p->wp);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t k = 0; k < H; k++)
+                hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
+        RN(time_loop_fwd)(p, hpack, steps);
+    }
+    free(p->xg);
+    free(p->wp);
+    free(hpack);
+    return status;
+}
+
+/* ---- backward ---- */
+
+/* LSTM chain rule at (t, b, u): returns the pre-activation gradients in d[4] and updates
+ * the carried dc; dht is dL/dh_t (carried + dy). */
+static void RN(lstm_unit_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, int64_t b,
+                              int64_t u, real dht, real d[4]) {
+    int64_t H = p->H, B = p->B, t = time_of(s, len, p->reverse);
+    const real *w = p->wss + (t * B + b) * p->nws;
+    real gi = w[u], gf = w[H + u], gg = w[2 * H + u], go = w[3 * H + u], c = w[4 * H + u];
+    real c_prev = s > 0 ? p->wss[(time_of(s - 1, len, p->reverse) * B + b) * p->nws + 4 * H + u]
+                        : (p->c0 ? p->c0[b * H + u] : 0);
+    real tc = TANH(c);
+    real dct = p->dc[b * H + u] + dht * go * (1 - tc * tc);
+    d[0] = dct * gg * gi * (1 - gi);
+    d[1] = dct * c_prev * gf * (1 - gf);
+    d[2] = dct * gi * (1 - gg * gg);
+    d[3] = dht * tc * go * (1 - go);
+    p->dc[b * H + u] = dct * gf;
+}
+
+/* GRU chain rule: dx_side[3] for w_ih / b_ih, dh_side[3] for w_hh / b_hh; returns the
+ * direct part of dL/dh_{t-1} (through z * h_{t-1}). */
+static real RN(gru_unit_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, int64_t b,
+                             int64_t u, real dht, real dx_side[3], real dh_side[3]) {
+    int64_t H = p->H, B = p->B, t = time_of(s, len, p->reverse);
+    const real *w = p->wss + (t * B + b) * p->nws;
+    real r = w[u], z = w[H + u], n = w[2 * H + u], hn = w[3 * H + u];
+    real h_prev = s > 0 ? p->ys[(time_of(s - 1, len, p->reverse) * B + b) * H + u]
+                        : (p->h0 ? p->h0[b * H + u] : 0);
+    real dan = dht * (1 - z) * (1 - n * n);
+    dx_side[0] = dh_side[0] = dan * hn * r * (1 - r);
+    dx_side[1] = dh_side[1] = dht * (h_prev - n) * z * (1 - z);
+    dx_side[2] = dan;
+    dh_side[2] = dan * r;
+    return dht * z;
+}
+
+/* Phase 1 of step s for (blk, grp): gate gradients of own units into dgx/dgh (indexed by
+ * time) and into the packed dgp (rows of elements that are done stay zero there). */
+static void RN(bwd_point_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
+                                real *dgp) {
+    int64_t H = p->H, G = p->G, GH = G * H;
+    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
+        int64_t len = len_of(p->lengths, b, p->T);
+        int64_t t = time_of(s, len, p->reverse);
+        for (int64_t j = 0, u = blk * NR; j < NR && u < H; j++, u++) {
+            real dx_side[4] = {0}, dh_side[4] = {0};
+            if (s < len) {  /* else dh, dc are carried unchanged and dgp stays zero */
+                real dht = p->dh[b * H + u] + (p->dy ? p->dy[(t * p->B + b) * H + u] : 0);
+                if (p->cell == LSTM) {
+                    RN(lstm_unit_bwd)(p, s, len, b, u, dht, dx_side);
+                    memcpy(dh_side, dx_side, sizeof(dh_side));
+                    p->dh[b * H + u] = 0;
+                } else {
+                    p->dh[b * H + u] = RN(gru_unit_bwd)(p, s, len, b, u, dht, dx_side, dh_side);
+                }
+                for (int64_t g = 0; g < G; g++) {
+                    p->dgx[(t * p->B + b) * GH + g * H + u] = dx_side[g];
+                    p->dgh[(t * p->B + b) * GH + g * H + u] = dh_side[g];
+                }
+            }
+            for (int64_t g = 0; g < G; g++)
+                dgp[packed_at(b, g * H + u, GH, p->rows)] = dh_side[g];
+        }
+    }
+}
+
+/* Phase 2 for (blk, grp): dh[:, own units] += dG_t @ w_hh[:, own units]. */
+static void RN(bwd_matmul_block)(const struct RN(rnn) *p, int64_t blk, int64_t grp,
+                                 const real *dgp) {
+    int64_t H = p->H, GH = p->G * H;
+    real acc[SMR][NR];
+    RN(step_micro)(GH, p->rows, dgp + grp * GH * p->rows, p->wp + blk * GH * NR, acc);
+    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++)
+        for (int64_t j = 0, u = blk * NR; j < NR && u < H; j++, u++)
+            p->dh[b * H + u] += acc[i][j];
+}
+
+static void RN(time_loop_bwd)(const struct RN(rnn) *p, real *dgpack, int64_t steps) {
+    int64_t one = p->ngrp * p->G * p->H * p->rows;  /* size of one packed dG buffer */
+#pragma omp parallel
+    {
+        int64_t lo, hi;
+        thread_share(p->nblk, &lo, &hi);
+        for (int64_t s = steps - 1; s >= 0; s--) {
+            /* two buffers: phase 1 of the next step may start while others are in phase 2 */
+            real *dgp = dgpack + (s & 1) * one;
+            for (int64_t blk = lo; blk < hi; blk++)
+                for (int64_t grp = 0; grp < p->ngrp; grp++)
+                    RN(bwd_point_block)(p, s, blk, grp, dgp);
+#pragma omp barrier
+            for (int64_t blk = lo; blk < hi; blk++)
+                for (int64_t grp = 0; grp < p->ngrp; grp++)
+                    RN(bwd_matmul_block)(p, blk, grp, dgp);
+        }
+    }
+}
+
+/* h_prev (T, B, H): the state each valid step started from (zero elsewhere). */
+static void RN(gather_h_prev)(const struct RN(rnn) *p, real *h_prev) {
+    int64_t B = p->B, H = p->H;
+    for (int64_t b = 0; b < B; b++) {
+        int64_t len = len_of(p->lengths, b, p->T);
+        for (int64_t s = 0; s < len; s++) {
+            real *dst = h_prev + (time_of(s, len, p->reverse) * B + b) * H;
+            if (s > 0)
+                memcpy(dst, p->ys + (time_of(s - 1, len, p->reverse) * B + b) * H,
+                       (size_t)H * sizeof(real));
+            else if (p->h0)
+                memcpy(dst, p->h0 + b * H, (size_t)H * sizeof(real));
+        }
+    }
+}
+
+static void RN(column_sums)(const real *a, int64_t rows, int64_t cols, real *sums) {
+    memset(sums, 0, (size_t)cols * sizeof(real));
+    for (int64_t m = 0; m < rows; m++)
+        for (int64_t r = 0; r < cols; r++)
+            sums[r] += a[m * cols + r];
+}
+
+/* The matmuls over all steps once dG is known. */
+static int RN(weight_grads)(const struct RN(rnn) *p, real *dx, real *dw_ih, real *dw_hh,
+                            real *db_ih, real *db_hh) {
+    int64_t TB = p->T * p->B, I = p->I, H = p->H, GH = p->G * H;
+    real *h_prev = zalloc(TB * H, sizeof(real));
+    if (!h_prev)
+        return SEQCORE_ENOMEM;
+    RN(gather_h_prev)(p, h_prev);
+    int status = RN(seqcore_gemm)(TB, I, GH, p->dgx, GH, 1, p->w_ih, I, 1, 0, dx, I);
+    if (!status)
+        status = RN(seqcore_gemm)(GH, I, TB, p->dgx, 1, GH, p->x, I, 1, 0, dw_ih, I);
+    if (!status)
+        status = RN(seqcore_gemm)(GH, H, TB, p->dgh, 1, GH, h_prev, H, 1, 0, dw_hh, H);
+    RN(column_sums)(p->dgx, TB, GH, db_ih);
+    RN(column_sums)(p->dgh, TB, GH, db_hh);
+    free(h_prev);
+    return status;
+}
+
+static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, real *dx,
+                       real *dw_ih, real *dw_hh, real *db_ih, real *db_hh) {
+    int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H;
+    RN(init_state)(p->dh, dh_n, B * H);
+    if (p->cell == LSTM)
+        RN(init_state)(p->dc, dc_n, B * H);
+    int64_t steps = max_len(p->lengths, B, T);
+    p->dgx = zalloc(T * B * GH, sizeof(real));
+    p->dgh = p->cell == LSTM ? p->dgx : zalloc(T * B * GH, sizeof(real));
+    p->wp = zalloc(p->nblk * NR * GH, sizeof(real));
+    real *dgpack = zalloc(2 * p->ngrp * p->rows * GH, sizeof(real));
+    int status = p->dgx && p->dgh && p->wp && dgpack ? SEQCORE_OK : SEQCORE_ENOMEM;
+    if (!status) {
+        RN(pack_w_bwd)(p, p->wp);
+        RN(time_loop_bwd)(p, dgpack, steps);
+        status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
+    }
+    if (p->dgh != p->dgx)
+        free(p->dgh);
+    free(p->dgx);
+    free(p->wp);
+    free(dgpack);
+    return status;
+}
+
+/* ---- entry points ---- */
+
+static struct RN(rnn) RN(problem)(int cell, int64_t T, int64_t B, int64_t I, int64_t H,
+                                  const int64_t *lengths, int reverse) {
+    struct RN(rnn) p = {0};
+    p.cell = cell, p.reverse = reverse != 0;
+    p.T = T, p.B = B, p.I = I, p.H = H, p.G = cell == LSTM ? 4 : 3;
+    p.nws = cell == LSTM ? 5 * H : 4 * H;
+    p.rows = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
+    p.nblk = ceil_div(H, NR), p.ngrp = ceil_div(B, p.rows);
+    p.lengths = lengths;
+    return p;
+}
+
+int RN(seqcore_lstm_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *x,
+                         const real *w_ih, const real *w_hh, const real *b_ih,
+                         const real *b_hh, const real *h0, const real *c0,
+                         const int64_t *lengths, int reverse, real *y, real *h_n, real *c_n,
+                         real *ws) {
+    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !h_n || !c_n)
+        return SEQCORE_EINVAL;
+    struct RN(rnn) p = RN(problem)(LSTM, T, B, I, H, lengths, reverse);
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0, p.c0 = c0;
+    p.y = y, p.h = h_n, p.c = c_n, p.ws = ws;
+    return RN(rnn_fwd)(&p, b_ih);
+}
+
+int RN(seqcore_gru_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *x,
+                        const real *w_ih, const real *w_hh, const real *b_ih,
+                        const real *b_hh, const real *h0, const int64_t *lengths, int reverse,
+                        real *y, real *h_n, real *ws) {
+    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !h_n)
+        return SEQCORE_EINVAL;
+    struct RN(rnn) p = RN(problem)(GRU, T, B, I, H, lengths, reverse);
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0;
+    p.y = y, p.h = h_n, p.ws = ws;
+    return RN(rnn_fwd)(&p, b_ih);
+}
+
+int RN(seqcore_lstm_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *dy,
+                         const real *dh_n, const real *dc_n, const real *x,
+                         const real *w_ih, const real *w_hh, const real *h0, const real *c0,
+                         const int64_t *lengths, int reverse, const real *y, const real *ws,
+                         real *dx, real *dw_ih, real *dw_hh, real *db_ih, real *db_hh,
+                         real *dh0, real *dc0) {
+    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !ws || !dx ||
+        !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0 || !dc0)
+        return SEQCORE_EINVAL;
+    struct RN(rnn) p = RN(problem)(LSTM, T, B, I, H, lengths, reverse);
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.c0 = c0, p.dy = dy;
+    p.ys = y, p.wss = ws, p.dh = dh0, p.dc = dc0;
+    return RN(rnn_bwd)(&p, dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh);
+}
+
+int RN(seqcore_gru_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *dy,
+                        const real *dh_n, const real *x, const real *w_ih, const real *w_hh,
+                        const real *h0, const int64_t *lengths, int reverse, const real *y,
+                        const real *ws, real *dx, real *dw_ih, real *dw_hh, real *db_ih,
+                        real *db_hh, real *dh0) {
+    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !ws || !dx ||
+        !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0)
+        return SEQCORE_EINVAL;
+    struct RN(rnn) p = RN(problem)(GRU, T, B, I, H, lengths, reverse);
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.dy = dy;
+    p.ys = y, p.wss = ws, p.dh = dh0;
+    return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh);
+}
+
+#endif

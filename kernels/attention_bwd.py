@@ -1,0 +1,466 @@
+"""FlashAttention-2 backward in Triton, for dense and packed (varlen) attention.
+
+Three kernels:
+  _delta_kernel  delta_i = sum_d dO_id * O_id in float32: the row term of the softmax backward.
+  _dkdv_kernel   one program per (key block, batch * kv head). It loops over the query blocks of
+                 every query head of its GQA group, so dK and dV are summed over the group in
+                 registers: no atomics, and K/V are never repeated in memory.
+  _dq_kernel     one program per (query block, batch * query head), looping over key blocks.
+                 It also writes dS (the gradient of the biased scores, i.e. of the bias) when asked.
+
+Neither main kernel stores P: it is recomputed from the forward's saved log-sum-exp,
+P = exp2(s * log2e - lse * log2e). Then, with delta from the pre-pass,
+  dV += P^T dO,  dP = dO V^T,  dS = P * (dP - delta),
+  dS_raw = dS * (1 - tanh^2)  (softcap only: the slope of softcap * tanh(x / softcap)),
+  dK += dS_raw^T Q * scale,  dQ += dS_raw K * scale.
+
+Masking: key j is visible to query i iff j >= i + off - window_left (if window_left >= 0) and
+j <= i + off + window_right (if window_right >= 0), off = Sk - Sq per sequence (bottom-right
+alignment; causal arrives folded into window_right = 0). Loops run only over the blocks that
+touch the band, and the -inf mask is applied only to blocks on its edge (or on a ragged end).
+A row with no visible key has lse = -inf; it is treated as lse = +inf so that P = 0 there.
+
+Dense and varlen share the kernels: every tensor is addressed through (batch, head, row)
+strides plus a sequence start. Dense rows start at 0 with a batch stride; packed rows have a
+batch stride of 0 and start at cu_seqlens[b].
+"""
+import torch
+import triton
+import triton.language as tl
+
+from seqcore.kernels._common import autotune_enabled, dot_precision, head_block, interpreted, tanh
+
+
+# ----------------------------------------------------------------------------------------------
+# jit helpers
+
+
+@triton.jit
+def _seq_span(CU, b, seqlen, IS_VARLEN: tl.constexpr):
+    """(first row, number of rows) of sequence b: cu_seqlens for packed, (0, seqlen) for dense."""
+    start = b * 0
+    length = seqlen + b * 0
+    if IS_VARLEN:
+        start = tl.load(CU + b)
+        length = tl.load(CU + b + 1) - start
+    return start, length
+
+
+@triton.jit
+def _block_and_head(seqlen, BLOCK: tl.constexpr):
+    """(block index, batch * head index) of this program on a flat grid of cdiv(seqlen, BLOCK)
+    blocks per head: no 65535 limit on batch * heads, and one head's blocks run side by side."""
+    n_blocks = tl.cdiv(seqlen, BLOCK)
+    pid = tl.program_id(0)
+    return pid % n_blocks, pid // n_blocks
+
+
+@triton.jit
+def _base(b, start, h, stride_b, stride_h, stride_s):
+    """int64 offset of row `start` of (batch b, head h): products can pass 2^31."""
+    return b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + start.to(tl.int64) * stride_s
+
+
+@triton.jit
+def _tile_ptrs(ptr, row0, offs_rows, stride_s, offs_cols):
+    """Pointers to rows offs_rows (starting at row0) x cols offs_cols. row0 * stride goes in
+    int64 (it can pass 2^31), the in-tile offsets in int32 (cheap: 64-bit offset tiles spill)."""
+    return (ptr + tl.cast(row0, tl.int64) * stride_s) + ((offs_rows - row0)[:, None] * stride_s
+                                                   + offs_cols[None, :])
+
+
+@triton.jit
+def _load_rows(ptr, row0, offs_rows, n_rows, stride_s, offs_cols, n_cols):
+    """A (rows, cols) tile, zero outside n_rows x n_cols."""
+    ptrs = _tile_ptrs(ptr, row0, offs_rows, stride_s, offs_cols)
+    mask = (offs_rows[:, None] < n_rows) & (offs_cols[None, :] < n_cols)
+    return tl.load(ptrs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, tile, row0, offs_rows, n_rows, stride_s, offs_cols, n_cols):
+    ptrs = _tile_ptrs(ptr, row0, offs_rows, stride_s, offs_cols)
+    mask = (offs_rows[:, None] < n_rows) & (offs_cols[None, :] < n_cols)
+    tl.store(ptrs, tile.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _load_rowvec(ptr, row0, offs_m, len_q, stride_s, other):
+    ptrs = (ptr + tl.cast(row0, tl.int64) * stride_s) + (offs_m - row0) * stride_s
+    return tl.load(ptrs, mask=offs_m < len_q, other=other)
+
+
+@triton.jit
+def _load_lse2(LSE, m0, offs_m, len_q, stride_s):
+    """lse * log2(e) per row; rows without keys (and rows past the end) get +inf, so P = 0."""
+    lse = _load_rowvec(LSE, m0, offs_m, len_q, stride_s, float("-inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+@triton.jit
+def _is_edge(m0, n0, len_q, len_k, off, window_left, window_right,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """True if some (query, key) pair of the tile is masked: a ragged end or the band's edge."""
+    edge = (m0 + BLOCK_M > len_q) | (n0 + BLOCK_N > len_k)
+    if HAS_LEFT:   # the smallest key must sit right of the largest query's left limit
+        edge = edge | (n0 < m0 + (BLOCK_M - 1) + off - window_left)
+    if HAS_RIGHT:  # the largest key must sit left of the smallest query's right limit
+        edge = edge | (n0 + (BLOCK_N - 1) > m0 + off + window_right)
+    return edge
+
+
+@triton.jit
+def _visible(offs_m, offs_n, len_q, len_k, off, window_left, window_right,
+             HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    i = offs_m[:, None]
+    j = offs_n[None, :]
+    ok = (i < len_q) & (j < len_k)
+    if HAS_LEFT:
+        ok = ok & (j >= i + off - window_left)
+    if HAS_RIGHT:
+        ok = ok & (j <= i + off + window_right)
+    return ok
+
+
+@triton.jit
+def _probs(q, k, lse2, bias_tile, offs_m, offs_n, m0, n0, len_q, len_k, off,
+           window_left, window_right, scale, softcap,
+           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr,
+           SOFTCAP: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+           DOT_PRECISION: tl.constexpr):
+    """(P, slope) of one (query block, key block) tile. slope = d(capped)/d(raw score) =
+    1 - tanh^2 under softcap; without softcap it is the raw score tile, unused by callers."""
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale
+    slope = s
+    if SOFTCAP:
+        t = tanh(s / softcap)
+        s = softcap * t
+        slope = 1.0 - t * t
+    if HAS_BIAS:
+        s = s + bias_tile
+    if _is_edge(m0, n0, len_q, len_k, off, window_left, window_right,
+                BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT):
+        s = tl.where(_visible(offs_m, offs_n, len_q, len_k, off, window_left, window_right,
+                              HAS_LEFT, HAS_RIGHT), s, float("-inf"))
+    p = tl.math.exp2(s * 1.4426950408889634 - lse2[:, None])
+    return p, slope
+
+
+@triton.jit
+def _load_bias(BIAS, b, h, m0, n0, offs_m, offs_n, len_q, len_k,
+               stride_b, stride_h, stride_m, stride_n, HAS_BIAS: tl.constexpr):
+    """The float32 bias tile (zero-stride broadcast dims welcome); 0.0 when there is no bias."""
+    if HAS_BIAS:
+        base = (b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+                + tl.cast(m0, tl.int64) * stride_m + tl.cast(n0, tl.int64) * stride_n)
+        ptrs = BIAS + base + ((offs_m - m0)[:, None] * stride_m + (offs_n - n0)[None, :] * stride_n)
+        mask = (offs_m[:, None] < len_q) & (offs_n[None, :] < len_k)
+        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, CU_Q,
+                  so_b, so_h, so_s, sdo_b, sdo_h, sdo_s, sl_b, sl_h, sl_s,
+                  H, S_Q,
+                  HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  IS_VARLEN: tl.constexpr):
+    pid_m, pid_bh = _block_and_head(S_Q, BLOCK_M)
+    b = pid_bh // H
+    h = pid_bh % H
+    start, len_q = _seq_span(CU_Q, b, S_Q, IS_VARLEN)
+    m0 = pid_m * BLOCK_M
+    if m0 >= len_q:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    o = _load_rows(O + _base(b, start, h, so_b, so_h, so_s), m0, offs_m, len_q, so_s,
+                   offs_dv, HEAD_DV)
+    do = _load_rows(DO + _base(b, start, h, sdo_b, sdo_h, sdo_s), m0, offs_m, len_q, sdo_s,
+                    offs_dv, HEAD_DV)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    delta_ptr = DELTA + _base(b, start, h, sl_b, sl_h, sl_s) + tl.cast(m0, tl.int64) * sl_s
+    tl.store(delta_ptr + (offs_m - m0) * sl_s, delta, mask=offs_m < len_q)
+
+
+@triton.jit
+def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DK, DV, CU_Q, CU_K,
+                 sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdo_b, sdo_h, sdo_s,
+                 sl_b, sl_h, sl_s, sbias_b, sbias_h, sbias_m, sbias_n,
+                 H_KV, GROUP, S_Q, S_K, scale, softcap, window_left, window_right,
+                 HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                 IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dK, dV of one key block of one kv head, summed over the query heads of its group.
+    dk/dv share k/v's strides (the launcher allocates them alike)."""
+    pid_n, pid_bh = _block_and_head(S_K, BLOCK_N)
+    b = pid_bh // H_KV
+    h_kv = pid_bh % H_KV
+    start_q, len_q = _seq_span(CU_Q, b, S_Q, IS_VARLEN)
+    start_k, len_k = _seq_span(CU_K, b, S_K, IS_VARLEN)
+    n0 = pid_n * BLOCK_N
+    if n0 >= len_k:
+        return
+    off = len_k - len_q
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k_base = _base(b, start_k, h_kv, sk_b, sk_h, sk_s)
+    v_base = _base(b, start_k, h_kv, sv_b, sv_h, sv_s)
+    k = _load_rows(K + k_base, n0, offs_n, len_k, sk_s, offs_d, HEAD_D)
+    v = _load_rows(V + v_base, n0, offs_n, len_k, sv_s, offs_dv, HEAD_DV)
+
+    # queries that can see a key of this block: i >= j - off - right and i <= j - off + left
+    lo_m = b * 0
+    hi_m = len_q
+    if HAS_RIGHT:
+        lo_m = tl.maximum(n0 - off - window_right, 0)
+        lo_m = (lo_m // BLOCK_M) * BLOCK_M
+    if HAS_LEFT:
+        hi_m = tl.minimum(n0 + BLOCK_N - off + window_left, len_q)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    for g in range(0, GROUP):
+        h = h_kv * GROUP + g
+        q_ptr = Q + _base(b, start_q, h, sq_b, sq_h, sq_s)
+        do_ptr = DO + _base(b, start_q, h, sdo_b, sdo_h, sdo_s)
+        l_base = _base(b, start_q, h, sl_b, sl_h, sl_s)
+        for m0 in range(lo_m, hi_m, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            q = _load_rows(q_ptr, m0, offs_m, len_q, sq_s, offs_d, HEAD_D)
+            do = _load_rows(do_ptr, m0, offs_m, len_q, sdo_s, offs_dv, HEAD_DV)
+            lse2 = _load_lse2(LSE + l_base, m0, offs_m, len_q, sl_s)
+            delta = _load_rowvec(DELTA + l_base, m0, offs_m, len_q, sl_s, 0.0)
+            bias = _load_bias(BIAS, b, h, m0, n0, offs_m, offs_n, len_q, len_k,
+                              sbias_b, sbias_h, sbias_m, sbias_n, HAS_BIAS)
+            p, slope = _probs(q, k, lse2, bias, offs_m, offs_n, m0, n0, len_q, len_k, off,
+                              window_left, window_right, scale, softcap, BLOCK_M, BLOCK_N,
+                              HAS_BIAS, SOFTCAP, HAS_LEFT, HAS_RIGHT, DOT_PRECISION)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            if SOFTCAP:
+                ds = ds * slope
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+    _store_rows(DK + k_base, dk * scale, n0, offs_n, len_k, sk_s, offs_d, HEAD_D)
+    _store_rows(DV + v_base, dv, n0, offs_n, len_k, sv_s, offs_dv, HEAD_DV)
+
+
+@triton.jit
+def _dq_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DQ, DBIAS, CU_Q, CU_K,
+               sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdo_b, sdo_h, sdo_s,
+               sl_b, sl_h, sl_s, sbias_b, sbias_h, sbias_m, sbias_n,
+               sdb_b, sdb_h, sdb_m,
+               H, GROUP, S_Q, S_K, scale, softcap, window_left, window_right,
+               HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
+               HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, NEED_DBIAS: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of one query block of one query head (dq shares q's strides); with NEED_DBIAS also
+    dS into the contiguous-in-keys (B, Hq, Sq, Sk) buffer DBIAS."""
+    pid_m, pid_bh = _block_and_head(S_Q, BLOCK_M)
+    b = pid_bh // H
+    h = pid_bh % H
+    h_kv = h // GROUP
+    start_q, len_q = _seq_span(CU_Q, b, S_Q, IS_VARLEN)
+    start_k, len_k = _seq_span(CU_K, b, S_K, IS_VARLEN)
+    m0 = pid_m * BLOCK_M
+    if m0 >= len_q:
+        return
+    off = len_k - len_q
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_base = _base(b, start_q, h, sq_b, sq_h, sq_s)
+    l_base = _base(b, start_q, h, sl_b, sl_h, sl_s)
+    q = _load_rows(Q + q_base, m0, offs_m, len_q, sq_s, offs_d, HEAD_D)
+    do = _load_rows(DO + _base(b, start_q, h, sdo_b, sdo_h, sdo_s), m0, offs_m, len_q, sdo_s,
+                    offs_dv, HEAD_DV)
+    lse2 = _load_lse2(LSE + l_base, m0, offs_m, len_q, sl_s)
+    delta = _load_rowvec(DELTA + l_base, m0, offs_m, len_q, sl_s, 0.0)
+    k_ptr = K + _base(b, start_k, h_kv, sk_b, sk_h, sk_s)
+    v_ptr = V + _base(b, start_k, h_kv, sv_b, sv_h, sv_s)
+    db_ptr = DBIAS + b.to(tl.int64) * sdb_b + h.to(tl.int64) * sdb_h
+
+    # keys some query of this block can see: j >= i + off - left and j <= i + off + right
+    lo_n = b * 0
+    hi_n = len_k
+    if HAS_LEFT:
+        lo_n = tl.maximum(m0 + off - window_left, 0)
+        lo_n = (lo_n // BLOCK_N) * BLOCK_N
+    if HAS_RIGHT:
+        hi_n = tl.minimum(m0 + BLOCK_M + off + window_right, len_k)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(lo_n, hi_n, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = _load_rows(k_ptr, n0, offs_n, len_k, sk_s, offs_d, HEAD_D)
+        v = _load_rows(v_ptr, n0, offs_n, len_k, sv_s, offs_dv, HEAD_DV)
+        bias = _load_bias(BIAS, b, h, m0, n0, offs_m, offs_n, len_q, len_k,
+                          sbias_b, sbias_h, sbias_m, sbias_n, HAS_BIAS)
+        p, slope = _probs(q, k, lse2, bias, offs_m, offs_n, m0, n0, len_q, len_k, off,
+                          window_left, window_right, scale, softcap, BLOCK_M, BLOCK_N,
+                          HAS_BIAS, SOFTCAP, HAS_LEFT, HAS_RIGHT, DOT_PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        if NEED_DBIAS:
+            _store_rows(db_ptr + tl.cast(n0, tl.int64), ds, m0, offs_m, len_q, sdb_m, offs_n - n0,
+                        len_k - n0)
+        if SOFTCAP:
+            ds = ds * slope
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    _store_rows(DQ + q_base, dq * scale, m0, offs_m, len_q, sq_s, offs_d, HEAD_D)
+
+
+# ----------------------------------------------------------------------------------------------
+# autotuning: keyed on head dims, feature flags and (implicitly, by Triton) dtypes.
+# Configs that cannot fit a Hopper SM are pruned first (see _prune); with SEQCORE_AUTOTUNE=0 the
+# first config that fits runs untimed.
+
+_KEY = ["HEAD_D", "HEAD_DV", "IS_VARLEN", "HAS_BIAS", "SOFTCAP", "HAS_LEFT", "HAS_RIGHT"]
+_SMEM_BYTES = 227 * 1024
+# 32-bit registers per thread the tiles may take (of 255; the rest hold pointers and masks).
+# Calibrated by compiling for sm_90 and reading the spills (cuobjdump --dump-resource-usage).
+_REGS_PER_THREAD = 160
+
+
+def _config(m, n, warps, stages):
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
+def _configs(tuned, defaults):
+    """tuned: (BLOCK_M, BLOCK_N) pairs timed over warps x stages; defaults: (m, n, warps, stages)
+    in order of preference, the last one small enough for any head dim."""
+    if interpreted():   # the interpreter runs one program at a time: one small config
+        return [_config(16, 16, 4, 1)]
+    if not autotune_enabled():
+        return [_config(*d) for d in defaults]
+    return ([_config(m, n, w, s) for m, n in tuned for w in (4, 8) for s in (2, 3)]
+            + [_config(*defaults[-1])])
+
+
+def _prune(footprint):
+    """early_config_prune keeping configs whose footprint(BLOCK_M, BLOCK_N, d, dv) =
+    (float32 elements of accumulators and score tiles, input elements loaded per pipeline stage,
+    input elements resident for the whole program) fits; all of them when autotuning, else the
+    first."""
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        d, dv, elem = args["BLOCK_D"], args["BLOCK_DV"], args["Q"].element_size()
+        kept = []
+        for c in configs:
+            acc, per_stage, resident = footprint(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], d, dv)
+            regs = acc + resident * elem // 4     # the resident tiles are dot operands in registers
+            if (regs <= c.num_warps * 32 * _REGS_PER_THREAD
+                    and elem * (per_stage * c.num_stages + resident) <= _SMEM_BYTES):
+                kept.append(c)
+        kept = kept or configs[-1:]
+        return kept if autotune_enabled() else kept[:1]
+    return prune
+
+
+def _dkdv_footprint(m, n, d, dv):
+    # dK, dV accumulators + the s/p and dp/ds tiles; K, V resident; Q, dO streamed
+    return n * (d + dv) + 2 * m * n, m * (d + dv), n * (d + dv) + m * n
+
+
+def _dq_footprint(m, n, d, dv):
+    # dQ accumulator + tiles; Q, dO resident; K, V streamed
+    return m * d + 2 * m * n, n * (d + dv), m * (d + dv) + m * n
+
+
+_dkdv_tuned = triton.autotune(
+    configs=_configs([(32, 64), (32, 128), (64, 64), (64, 128)],
+                     defaults=[(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (16, 32, 4, 1)]),
+    key=_KEY, prune_configs_by={"early_config_prune": _prune(_dkdv_footprint)},
+)(_dkdv_kernel)
+
+_dq_tuned = triton.autotune(
+    configs=_configs([(64, 32), (128, 32), (64, 64), (128, 64)],
+                     defaults=[(128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 16, 4, 1)]),
+    key=_KEY + ["NEED_DBIAS"], prune_configs_by={"early_config_prune": _prune(_dq_footprint)},
+)(_dq_kernel)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers (interface: seqcore/_problem.py)
+
+
+def _bhs(t, packed):
+    """(batch, head, row) strides: (B, H, S, ...) dense, or (T, H, ...) packed (no batch)."""
+    if packed:
+        return 0, t.stride(1), t.stride(0)
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _run(dout, q, k, v, out, lse, bias, dbias, cu_q, cu_k, n_seq, S_Q, S_K, p, packed):
+    """Launch delta, dK/dV and dQ over a normalized problem; returns (dq, dk, dv)."""
+    Hq, Hkv = q.shape[-2 if packed else 1], k.shape[-2 if packed else 1]
+    D, Dv = q.shape[-1], v.shape[-1]
+    # outputs take their inputs' (contiguous) strides, which the kernels assume
+    dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    delta = torch.empty(lse.shape, dtype=torch.float32, device=q.device)
+    dims = dict(HEAD_D=D, HEAD_DV=Dv, BLOCK_D=head_block(D), BLOCK_DV=head_block(Dv))
+    flags = dict(IS_VARLEN=packed, HAS_BIAS=bias is not None, SOFTCAP=p.softcap > 0,
+                 HAS_LEFT=p.window_left >= 0, HAS_RIGHT=p.window_right >= 0,
+                 DOT_PRECISION=dot_precision(q.dtype == torch.float32))
+    strides = (*_bhs(q, packed), *_bhs(k, packed), *_bhs(v, packed), *_bhs(dout, packed),
+               *_bhs(lse, packed))
+    bias_strides = tuple(bias.stride()) if bias is not None else (0, 0, 0, 0)
+    bias_arg = bias if bias is not None else q          # never read without HAS_BIAS
+    cu_q = cu_q if cu_q is not None else q               # never read when dense
+    cu_k = cu_k if cu_k is not None else q
+    scalars = (S_Q, S_K, p.scale, p.softcap or 1.0, p.window_left, p.window_right)
+
+    if dq.numel():
+        block = 16 if interpreted() else 64
+        _delta_kernel[(triton.cdiv(S_Q, block) * n_seq * Hq,)](
+            out, dout, delta, cu_q, *_bhs(out, packed), *_bhs(dout, packed), *_bhs(lse, packed),
+            Hq, S_Q, HEAD_DV=Dv, BLOCK_M=block, BLOCK_DV=head_block(Dv), IS_VARLEN=packed)
+    if dk.numel():
+        grid = lambda meta: (triton.cdiv(S_K, meta["BLOCK_N"]) * n_seq * Hkv,)  # noqa: E731
+        _dkdv_tuned[grid](q, k, v, dout, lse, delta, bias_arg, dk, dv, cu_q, cu_k,
+                          *strides, *bias_strides, Hkv, Hq // Hkv, *scalars, **dims, **flags)
+    if dq.numel():
+        db_arg = dbias if dbias is not None else q
+        db_strides = tuple(dbias.stride()[:3]) if dbias is not None else (0, 0, 0)
+        grid = lambda meta: (triton.cdiv(S_Q, meta["BLOCK_M"]) * n_seq * Hq,)  # noqa: E731
+        _dq_tuned[grid](q, k, v, dout, lse, delta, bias_arg, dq, db_arg, cu_q, cu_k,
+                        *strides, *bias_strides, *db_strides, Hq, Hq // Hkv, *scalars,
+                        NEED_DBIAS=dbias is not None, **dims, **flags)
+    return dq, dk, dv
+
+
+def attention_bwd(dout, q, k, v, bias, out, lse, p, need_dbias):
+    """(dq, dk, dv, dbias) for q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv);
+    bias None or a (B, Hq, Sq, Sk) view with any strides; lse (B, Hq, Sq) natural log.
+    dbias: None, or the full (B, Hq, Sq, Sk) dS in q's dtype when need_dbias."""
+    dout, q, k, v, out, lse = (t.contiguous() for t in (dout, q, k, v, out, lse))
+    B, _, Sq, _ = q.shape
+    Sk = k.shape[2]
+    dbias = None
+    if need_dbias:
+        # the dQ kernel writes only blocks that touch the band; the rest of dS is zero
+        alloc = torch.zeros if p.has_window else torch.empty
+        dbias = alloc((B, q.shape[1], Sq, Sk), dtype=q.dtype, device=q.device)
+    dq, dk, dv = _run(dout, q, k, v, out, lse, bias, dbias, None, None, B, Sq, Sk, p, False)
+    return dq, dk, dv, dbias
+
+
+def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
+    """(dq, dk, dv) over packed sequences: q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv),
+    cu_* int32 (N + 1,), lse (Tq, Hq) natural log."""
+    dout, q, k, v, out, lse = (t.contiguous() for t in (dout, q, k, v, out, lse))
+    cu_q, cu_k = cu_q.to(torch.int32).contiguous(), cu_k.to(torch.int32).contiguous()
+    n_seq = cu_q.shape[0] - 1
+    return _run(dout, q, k, v, out, lse, None, None, cu_q, cu_k, n_seq, max_q, max_k, p, True)

@@ -1,0 +1,102 @@
+"""The "c" backend, attention family: csrc/attention.c through cffi.
+
+Implements attention_fwd, attention_bwd, attention_varlen_fwd, attention_varlen_bwd as
+seqcore/_problem.py describes. Dense and packed problems go to the same C entry points:
+a dense batch is n_seq = B sequences of fixed length, a packed one passes cu_seqlens.
+"""
+import numpy as np
+
+from seqcore import _c
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _entry(name, dtype):
+    lib, _ = _c.load()
+    return getattr(lib, f"seqcore_attention_{name}_{_SUFFIX[np.dtype(dtype)]}")
+
+
+def _problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q=None, cu_k=None, bias=None):
+    """A seqcore_attn_problem; the cffi struct keeps no reference to cu_q/cu_k (caller does)."""
+    _, ffi = _c.load()
+    prob = ffi.new("seqcore_attn_problem *")
+    prob.n_seq, prob.Hq, prob.Hkv, prob.Sq, prob.Sk, prob.D, prob.Dv = n_seq, Hq, Hkv, Sq, Sk, D, Dv
+    prob.cu_q, prob.cu_k = _c.ptr(cu_q), _c.ptr(cu_k)
+    prob.scale, prob.softcap = p.scale, p.softcap
+    prob.window_left, prob.window_right = p.window_left, p.window_right
+    prob.bias_strides = list(_c.strides(bias)) if bias is not None else [0, 0, 0, 0]
+    return prob
+
+
+def _bias_view(bias, dtype):
+    """bias in the kernel dtype, keeping its (possibly zero) strides unless a cast is needed."""
+    if bias is None or bias.dtype == dtype:
+        return bias
+    return bias.astype(dtype)  # a cast materializes; broadcast dims come back contiguous
+
+
+def _contiguous(dtype, *arrays):
+    """The kernels index rows directly: C-contiguous arrays in the kernel dtype (no copy when
+    they already are, as the interface promises)."""
+    return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
+
+
+def attention_fwd(q, k, v, bias, p):
+    q, k, v = _contiguous(q.dtype, q, k, v)
+    B, Hq, Sq, D = q.shape
+    _, Hkv, Sk, Dv = v.shape
+    bias = _bias_view(bias, q.dtype)
+    out = np.empty((B, Hq, Sq, Dv), dtype=q.dtype)
+    lse = np.empty((B, Hq, Sq), dtype=q.dtype)
+    prob = _problem(p, B, Hq, Hkv, Sq, Sk, D, Dv, bias=bias)
+    ptr = _c.ptr
+    _c.check(_entry("fwd", q.dtype)(prob, ptr(q), ptr(k), ptr(v), ptr(bias), ptr(out), ptr(lse)),
+             "attention_fwd")
+    return out, lse
+
+
+def attention_bwd(dout, q, k, v, bias, out, lse, p, need_dbias):
+    B, Hq, Sq, D = q.shape
+    _, Hkv, Sk, Dv = v.shape
+    bias = _bias_view(bias, q.dtype)
+    dout, q, k, v, out, lse = _contiguous(q.dtype, dout, q, k, v, out, lse)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    dbias = np.empty((B, Hq, Sq, Sk), dtype=q.dtype) if need_dbias else None
+    prob = _problem(p, B, Hq, Hkv, Sq, Sk, D, Dv, bias=bias)
+    ptr = _c.ptr
+    _c.check(_entry("bwd", q.dtype)(prob, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(bias), ptr(out),
+                                    ptr(lse), ptr(dq), ptr(dk), ptr(dv), ptr(dbias)),
+             "attention_bwd")
+    return dq, dk, dv, dbias
+
+
+def _cu(cu):
+    return np.ascontiguousarray(cu, dtype=np.int32)
+
+
+def attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p):
+    q, k, v = _contiguous(q.dtype, q, k, v)
+    Tq, Hq, D = q.shape
+    _, Hkv, Dv = v.shape
+    cu_q, cu_k = _cu(cu_q), _cu(cu_k)
+    out = np.empty((Tq, Hq, Dv), dtype=q.dtype)
+    lse = np.empty((Tq, Hq), dtype=q.dtype)
+    prob = _problem(p, len(cu_q) - 1, Hq, Hkv, max_q, max_k, D, Dv, cu_q, cu_k)
+    ptr = _c.ptr
+    _c.check(_entry("fwd", q.dtype)(prob, ptr(q), ptr(k), ptr(v), ptr(None), ptr(out), ptr(lse)),
+             "attention_varlen_fwd")
+    return out, lse
+
+
+def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
+    _, Hq, D = q.shape
+    _, Hkv, Dv = v.shape
+    cu_q, cu_k = _cu(cu_q), _cu(cu_k)
+    dout, q, k, v, out, lse = _contiguous(q.dtype, dout, q, k, v, out, lse)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    prob = _problem(p, len(cu_q) - 1, Hq, Hkv, max_q, max_k, D, Dv, cu_q, cu_k)
+    ptr = _c.ptr
+    _c.check(_entry("bwd", q.dtype)(prob, ptr(dout), ptr(q), ptr(k), ptr(v), ptr(None), ptr(out),
+                                    ptr(lse), ptr(dq), ptr(dk), ptr(dv), ptr(None)),
+             "attention_varlen_bwd")
+    return dq, dk, dv

@@ -1,0 +1,101 @@
+"""The "c" backend of the recurrent family: LSTM/GRU through csrc/recurrent.c.
+
+Implements lstm_fwd, lstm_bwd, gru_fwd, gru_bwd as seqcore/_problem.py describes. Inputs
+arrive validated, contiguous and in one dtype (float32 or float64; the C kernels compute in
+that dtype), so this module only allocates outputs and passes pointers.
+"""
+import numpy as np
+
+from seqcore import _c
+from seqcore._c import ptr
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _kernel(name, dtype):
+    lib, _ = _c.load()
+    return getattr(lib, f"seqcore_{name}_{_SUFFIX[np.dtype(dtype)]}")
+
+
+def _lengths(lengths):
+    return None if lengths is None else np.ascontiguousarray(lengths, dtype=np.int64)
+
+
+def _sizes(x, w_hh):
+    T, B, I = x.shape
+    return T, B, I, w_hh.shape[1]
+
+
+def _c_array(a, dtype):
+    """`a` as a contiguous array of `dtype` (None stays None: the kernels read it as zeros)."""
+    return None if a is None else np.ascontiguousarray(a, dtype=dtype)
+
+
+def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
+    T, B, I, H = _sizes(x, w_hh)
+    lengths = _lengths(lengths)
+    y = np.empty((T, B, H), x.dtype)
+    h_n, c_n = np.empty((B, H), x.dtype), np.empty((B, H), x.dtype)
+    ws = np.empty((T, B, 5 * H), x.dtype) if need_ws else None
+    status = _kernel("lstm_fwd", x.dtype)(
+        T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0), ptr(c0),
+        ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(c_n), ptr(ws))
+    _c.check(status, "lstm_fwd")
+    return y, h_n, c_n, ws
+
+
+def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):
+    T, B, I, H = _sizes(x, w_hh)
+    lengths = _lengths(lengths)
+    y = np.empty((T, B, H), x.dtype)
+    h_n = np.empty((B, H), x.dtype)
+    ws = np.empty((T, B, 4 * H), x.dtype) if need_ws else None
+    status = _kernel("gru_fwd", x.dtype)(
+        T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0),
+        ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(ws))
+    _c.check(status, "gru_fwd")
+    return y, h_n, ws
+
+
+def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws):
+    """Gradients (dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0); dy/dh_n/dc_n may be None.
+
+    y and ws come from lstm_fwd(..., need_ws=True); without ws the forward is rerun.
+    """
+    T, B, I, H = _sizes(x, w_hh)
+    if ws is None or y is None:
+        y, _, _, ws = lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, True)
+    dt = x.dtype
+    dy, dh_n, dc_n = _c_array(dy, dt), _c_array(dh_n, dt), _c_array(dc_n, dt)
+    y, ws, lengths = _c_array(y, dt), _c_array(ws, dt), _lengths(lengths)
+    dx, dh0, dc0 = np.empty_like(x), np.empty((B, H), dt), np.empty((B, H), dt)
+    dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
+    db_ih, db_hh = np.empty(4 * H, dt), np.empty(4 * H, dt)
+    status = _kernel("lstm_bwd", dt)(
+        T, B, I, H, ptr(dy), ptr(dh_n), ptr(dc_n), ptr(x), ptr(w_ih), ptr(w_hh), ptr(h0),
+        ptr(c0), ptr(lengths), int(bool(reverse)), ptr(y), ptr(ws), ptr(dx), ptr(dw_ih),
+        ptr(dw_hh), ptr(db_ih), ptr(db_hh), ptr(dh0), ptr(dc0))
+    _c.check(status, "lstm_bwd")
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
+
+
+def gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws):
+    """Gradients (dx, dw_ih, dw_hh, db_ih, db_hh, dh0); dy/dh_n may be None.
+
+    y and ws come from gru_fwd(..., need_ws=True); without ws the forward is rerun.
+    """
+    T, B, I, H = _sizes(x, w_hh)
+    if ws is None or y is None:
+        y, _, ws = gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, True)
+    dt = x.dtype
+    dy, dh_n = _c_array(dy, dt), _c_array(dh_n, dt)
+    y, ws, lengths = _c_array(y, dt), _c_array(ws, dt), _lengths(lengths)
+    dx, dh0 = np.empty_like(x), np.empty((B, H), dt)
+    dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
+    db_ih, db_hh = np.empty(3 * H, dt), np.empty(3 * H, dt)
+    status = _kernel("gru_bwd", dt)(
+        T, B, I, H, ptr(dy), ptr(dh_n), ptr(x), ptr(w_ih), ptr(w_hh), ptr(h0), ptr(lengths),
+        int(bool(reverse)), ptr(y), ptr(ws), ptr(dx), ptr(dw_ih), ptr(dw_hh), ptr(db_ih),
+        ptr(db_hh), ptr(dh0))
+    _c.check(status, "gru_bwd")
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0

@@ -1,0 +1,491 @@
+"""torch integration: seqcore's kernels as torch.library custom ops.
+
+seqcore/attention.py and seqcore/recurrent.py validate a call and normalize it (fixed rank,
+contiguous, compute dtype), then hand torch tensors to the entry points at the bottom of this
+file. Each runs one op in the "seqcore" namespace:
+
+  seqcore::attention_fwd / attention_bwd                 (dense, optional additive bias)
+  seqcore::attention_varlen_fwd / attention_varlen_bwd   (packed sequences)
+  seqcore::lstm_fwd / lstm_bwd, seqcore::gru_fwd / gru_bwd
+
+Every forward op has a fake (meta) implementation, so torch.compile and FakeTensor tracing
+see exact shapes and dtypes, and an autograd formula that calls the matching backward op:
+gradients run through the same backend kernels as the forward (FlashAttention's interface
+style). An op dispatches on its `backend` string to seqcore._backends.module: "triton" takes
+the tensors as they are; "c" and "numpy" take NumPy arrays, which CPU tensors give without a
+copy (float16/bfloat16 are widened to float32 first, since NumPy and the C kernels compute in
+float32 at least); results come back as tensors in the input dtype, on the input device.
+"""
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from seqcore import _backends
+from seqcore._problem import AttnParams
+
+# ----------------------------------------------------------------------------------------------
+# Moving tensors to a backend and back
+
+
+def _acc_dtype(dtype):
+    """The accumulation dtype a backend uses for lse and the RNN workspace."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _to_backend(backend, t):
+    """The tensor as `backend` takes it: itself for "triton", else a NumPy array."""
+    if t is None or backend == "triton":
+        return t
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()
+    return t.cpu().numpy()  # zero-copy for a CPU tensor, zero strides (an expanded bias) kept
+
+
+class _Outputs:
+    """Turns backend results into tensors that alias neither the op's inputs nor each other.
+
+    A custom op must return fresh memory; a backend may hand back an input (h0 for T = 0) or
+    views of one buffer (h_n inside y), so those are copied.
+    """
+
+    def __init__(self, backend_inputs, device):
+        self.taken = [a for a in backend_inputs if a is not None]
+        self.device = device
+
+    def _shares(self, a):
+        if isinstance(a, np.ndarray):
+            return any(isinstance(b, np.ndarray) and np.may_share_memory(a, b) for b in self.taken)
+        ptr = a.untyped_storage().data_ptr()
+        return any(isinstance(b, Tensor) and b.untyped_storage().data_ptr() == ptr
+                   for b in self.taken)
+
+    def tensor(self, a, dtype):
+        if a is None:
+            return None
+        if self._shares(a):
+            a = a.copy() if isinstance(a, np.ndarray) else a.clone()
+        self.taken.append(a)
+        if isinstance(a, np.ndarray):
+            if not a.flags.writeable:
+                a = a.copy()
+            a = torch.from_numpy(a)
+        return a.to(device=self.device, dtype=dtype)
+
+
+def _run_backend(backend, family, fn_name, tensors, extra, device):
+    """Call backend.<fn_name>(*converted tensors, *extra); return (results, _Outputs)."""
+    arrays = [_to_backend(backend, t) for t in tensors]
+    results = getattr(_backends.module(backend, family), fn_name)(*arrays, *extra)
+    return results, _Outputs(arrays, device)
+
+
+def _empty(like, dtype=None):
+    """A (0,) placeholder for an output an op has nothing to put in (dbias, workspace)."""
+    return torch.empty((0,), dtype=dtype or like.dtype, device=like.device)
+
+
+def _contig(*ts):
+    return [None if t is None else t.contiguous() for t in ts]
+
+
+def _params(scale, window_left, window_right, softcap, causal):
+    return AttnParams(scale=scale, window_left=window_left, window_right=window_right,
+                      softcap=softcap, causal=causal)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradient through lse, computed with torch ops
+#
+# The backend backward kernels take dout only. A gradient flowing into lse (merge_attention in
+# ring / split-KV attention uses lse) adds dlse_i * P_ij to the score gradient dS_ij, since
+# d lse_i / d s_ij = P_ij. That is folded in here, densely, only when such a gradient exists.
+
+
+def _band(Sq, Sk, window_left, window_right, device):
+    """(Sq, Sk) bool: key j visible to query i under the causal/window band."""
+    i = torch.arange(Sq, device=device)[:, None]
+    j = torch.arange(Sk, device=device)[None, :]
+    off = Sk - Sq
+    visible = torch.ones(Sq, Sk, dtype=torch.bool, device=device)
+    if window_left >= 0:
+        visible = visible & (j >= i + off - window_left)
+    if window_right >= 0:
+        visible = visible & (j <= i + off + window_right)
+    return visible
+
+
+def _lse_grad(dlse, q, k, bias, lse, visible, scale, softcap):
+    """(dq, dk, dbias) from dlse alone. q (B, Hq, Sq, D), k (B, Hkv, Sk, D), visible (Sq, Sk)."""
+    acc = _acc_dtype(q.dtype)
+    B, Hq, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    qa, ka = q.to(acc), k.to(acc).repeat_interleave(group, dim=1)
+    raw = scale * (qa @ ka.transpose(-1, -2))
+    s = softcap * torch.tanh(raw / softcap) if softcap else raw
+    if bias is not None:
+        s = s + bias.to(acc)
+    lse = lse.to(acc)[..., None]
+    seen = visible & ~torch.isinf(lse) & ~torch.isinf(s)
+    probs = torch.where(seen, torch.exp(torch.where(seen, s - lse, torch.zeros_like(s))),
+                        torch.zeros_like(s))
+    ds = probs * dlse.to(acc)[..., None]
+    draw = ds * (1 - torch.tanh(raw / softcap) ** 2) if softcap else ds
+    dq = scale * (draw @ ka)
+    dk = scale * (draw.transpose(-1, -2) @ qa).reshape(B, Hkv, group, Sk, D).sum(2)
+    return dq, dk, ds
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention (dense)
+
+
+@torch.library.custom_op("seqcore::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float,
+                  window_left: int, window_right: int, softcap: float, causal: bool,
+                  backend: str) -> tuple[Tensor, Tensor]:
+    """out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (float64 for float64 q)."""
+    p = _params(scale, window_left, window_right, softcap, causal)
+    (out, lse), outs = _run_backend(backend, "attention", "attention_fwd",
+                                    _contig(q, k, v) + [bias], (p,), q.device)
+    return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
+
+
+@attention_fwd.register_fake
+def _attention_fwd_fake(q, k, v, bias, scale, window_left, window_right, softcap, causal, backend):
+    B, Hq, Sq, _ = q.shape
+    return q.new_empty((B, Hq, Sq, v.shape[-1])), q.new_empty((B, Hq, Sq), dtype=_acc_dtype(q.dtype))
+
+
+@torch.library.custom_op("seqcore::attention_bwd", mutates_args=())
+def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                  out: Tensor, lse: Tensor, scale: float, window_left: int, window_right: int,
+                  softcap: float, causal: bool, backend: str,
+                  need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dbias): dbias full (B, Hq, Sq, Sk) in bias's dtype when need_dbias, else (0,)."""
+    p = _params(scale, window_left, window_right, softcap, causal)
+    tensors = _contig(dout, q, k, v) + [bias] + _contig(out, lse)
+    (dq, dk, dv, dbias), outs = _run_backend(backend, "attention", "attention_bwd", tensors,
+                                             (p, need_dbias), q.device)
+    dbias = outs.tensor(dbias, bias.dtype) if need_dbias else _empty(q)
+    return outs.tensor(dq, q.dtype), outs.tensor(dk, k.dtype), outs.tensor(dv, v.dtype), dbias
+
+
+@attention_bwd.register_fake
+def _attention_bwd_fake(dout, q, k, v, bias, out, lse, scale, window_left, window_right, softcap,
+                        causal, backend, need_dbias):
+    if need_dbias:
+        B, Hq, Sq, _ = q.shape
+        dbias = bias.new_empty((B, Hq, Sq, k.shape[2]))
+    else:
+        dbias = _empty(q)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, bias, *params = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, bias, out, lse)
+    ctx.params = params  # scale, window_left, window_right, softcap, causal, backend
+    ctx.set_materialize_grads(False)  # dlse stays None unless lse is used
+
+
+def _attention_backward(ctx, dout, dlse):
+    q, k, v, bias, out, lse = ctx.saved_tensors
+    scale, window_left, window_right, softcap, causal, backend = ctx.params
+    need_dbias = bias is not None and ctx.needs_input_grad[3]
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, out, lse, scale, window_left,
+                                      window_right, softcap, causal, backend, need_dbias)
+    if dlse is not None:
+        visible = _band(q.shape[2], k.shape[2], window_left, window_right, q.device)
+        eq, ek, eb = _lse_grad(dlse, q, k, bias, lse, visible, scale, softcap)
+        dq, dk = dq + eq.to(dq.dtype), dk + ek.to(dk.dtype)
+        if need_dbias:
+            dbias = dbias + eb.to(dbias.dtype)
+    return dq, dk, dv, (dbias if need_dbias else None), None, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention over packed sequences
+
+
+@torch.library.custom_op("seqcore::attention_varlen_fwd", mutates_args=())
+def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int,
+                         max_k: int, scale: float, window_left: int, window_right: int,
+                         softcap: float, causal: bool, backend: str) -> tuple[Tensor, Tensor]:
+    """out (Tq, Hq, Dv), lse (Tq, Hq)."""
+    p = _params(scale, window_left, window_right, softcap, causal)
+    (out, lse), outs = _run_backend(backend, "attention", "attention_varlen_fwd",
+                                    _contig(q, k, v, cu_q, cu_k), (max_q, max_k, p), q.device)
+    return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
+
+
+@attention_varlen_fwd.register_fake
+def _attention_varlen_fwd_fake(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, window_right,
+                               softcap, causal, backend):
+    Tq, Hq, _ = q.shape
+    return q.new_empty((Tq, Hq, v.shape[-1])), q.new_empty((Tq, Hq), dtype=_acc_dtype(q.dtype))
+
+
+@torch.library.custom_op("seqcore::attention_varlen_bwd", mutates_args=())
+def attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor,
+                         max_q: int, max_k: int, out: Tensor, lse: Tensor, scale: float,
+                         window_left: int, window_right: int, softcap: float, causal: bool,
+                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    p = _params(scale, window_left, window_right, softcap, causal)
+    tensors = _contig(dout, q, k, v, cu_q, cu_k)
+    (dq, dk, dv), outs = _run_backend(backend, "attention", "attention_varlen_bwd", tensors,
+                                      (max_q, max_k) + tuple(_to_backend(backend, t)
+                                                             for t in _contig(out, lse)) + (p,),
+                                      q.device)
+    return outs.tensor(dq, q.dtype), outs.tensor(dk, k.dtype), outs.tensor(dv, v.dtype)
+
+
+@attention_varlen_bwd.register_fake
+def _attention_varlen_bwd_fake(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale,
+                               window_left, window_right, softcap, causal, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _varlen_visible(cu_q, cu_k, Tq, Tk, window_left, window_right):
+    """(Tq, Tk) bool: same sequence and inside the band (positions counted within a sequence)."""
+    rows = torch.arange(Tq, device=cu_q.device)
+    cols = torch.arange(Tk, device=cu_k.device)
+    seq_q = torch.searchsorted(cu_q.long(), rows, right=True) - 1
+    seq_k = torch.searchsorted(cu_k.long(), cols, right=True) - 1
+    lens_q, lens_k = (cu_q[1:] - cu_q[:-1]).long(), (cu_k[1:] - cu_k[:-1]).long()
+    i = (rows - cu_q.long()[seq_q])[:, None]
+    j = (cols - cu_k.long()[seq_k])[None, :]
+    off = (lens_k[seq_q] - lens_q[seq_q])[:, None]
+    visible = seq_q[:, None] == seq_k[None, :]
+    if window_left >= 0:
+        visible = visible & (j >= i + off - window_left)
+    if window_right >= 0:
+        visible = visible & (j <= i + off + window_right)
+    return visible
+
+
+def _attention_varlen_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, *params = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, cu_q, cu_k, out, lse)
+    ctx.sizes = (max_q, max_k)
+    ctx.params = params
+    ctx.set_materialize_grads(False)
+
+
+def _attention_varlen_backward(ctx, dout, dlse):
+    q, k, v, cu_q, cu_k, out, lse = ctx.saved_tensors
+    scale, window_left, window_right, softcap, causal, backend = ctx.params
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
+                                      window_left, window_right, softcap, causal, backend)
+    if dlse is not None:
+        # one "batch" whose (Tq, Tk) score matrix is masked to the block diagonal
+        visible = _varlen_visible(cu_q, cu_k, q.shape[0], k.shape[0], window_left, window_right)
+        as4 = lambda t: t.transpose(0, 1)[None]  # noqa: E731 (T, H, X) -> (1, H, T, X)
+        eq, ek, _ = _lse_grad(dlse.transpose(0, 1)[None], as4(q), as4(k), None,
+                              lse.transpose(0, 1)[None], visible, scale, softcap)
+        dq = dq + eq[0].transpose(0, 1).to(dq.dtype)
+        dk = dk + ek[0].transpose(0, 1).to(dk.dtype)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+
+
+attention_varlen_fwd.register_autograd(_attention_varlen_backward,
+                                       setup_context=_attention_varlen_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# LSTM
+
+
+def _lengths_arg(backend, lengths):
+    return None if lengths is None else _to_backend(backend, lengths.contiguous())
+
+
+@torch.library.custom_op("seqcore::lstm_fwd", mutates_args=())
+def lstm_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
+             c0: Tensor, lengths: Optional[Tensor], reverse: bool, need_ws: bool,
+             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y (T, B, H), h_n, c_n, ws): ws (T, B, 5H) for lstm_bwd when need_ws, else (0,)."""
+    tensors = _contig(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    (y, h_n, c_n, ws), outs = _run_backend(
+        backend, "recurrent", "lstm_fwd", tensors,
+        (_lengths_arg(backend, lengths), reverse, need_ws), x.device)
+    acc = _acc_dtype(x.dtype)
+    ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
+    return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), outs.tensor(c_n, x.dtype), ws
+
+
+@lstm_fwd.register_fake
+def _lstm_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    acc = _acc_dtype(x.dtype)
+    ws = x.new_empty((T, B, 5 * H), dtype=acc) if need_ws else _empty(x, acc)
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((B, H)), ws
+
+
+@torch.library.custom_op("seqcore::lstm_bwd", mutates_args=())
+def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+             reverse: bool, y: Tensor, ws: Tensor,
+             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)."""
+    tensors = _contig(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    extra = (_lengths_arg(backend, lengths), reverse) + tuple(
+        _to_backend(backend, t) for t in _contig(y, ws))
+    grads, outs = _run_backend(backend, "recurrent", "lstm_bwd", tensors, extra, x.device)
+    like = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    return tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+
+
+@lstm_bwd.register_fake
+def _lstm_bwd_fake(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+                   backend):
+    return tuple(torch.empty_like(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+
+
+def _rnn_setup(ctx, inputs, output, n_params):
+    """Save what the backward op needs; the RNN ops share this layout:
+    inputs = (x, w_ih, w_hh, b_ih, b_hh, h0[, c0], lengths, reverse, need_ws, backend)."""
+    tensors = inputs[:n_params]
+    lengths, reverse, need_ws, backend = inputs[n_params:]
+    y, ws = output[0], output[-1]
+    ctx.save_for_backward(*tensors, lengths, y, ws)
+    ctx.flags = (reverse, need_ws, backend)
+    ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)
+
+
+def _zeros_if_none(grads, like):
+    return [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, like)]
+
+
+def _check_ws(need_ws, name):
+    if not need_ws:
+        raise RuntimeError(f"seqcore::{name}: backward without the forward's workspace "
+                           "(the forward ran with need_ws=False: no input needed a gradient then)")
+
+
+def _lstm_setup(ctx, inputs, output):
+    _rnn_setup(ctx, inputs, output, 7)
+
+
+def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, y, ws = ctx.saved_tensors
+    reverse, need_ws, backend = ctx.flags
+    _check_ws(need_ws, "lstm_fwd")
+    dy, dh_n, dc_n = _zeros_if_none((dy, dh_n, dc_n), (y, h0, c0))
+    grads = lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+                     backend)
+    return tuple(grads) + (None, None, None, None)
+
+
+lstm_fwd.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# GRU
+
+
+@torch.library.custom_op("seqcore::gru_fwd", mutates_args=())
+def gru_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
+            lengths: Optional[Tensor], reverse: bool, need_ws: bool,
+            backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(y (T, B, H), h_n, ws): ws (T, B, 4H) for gru_bwd when need_ws, else (0,)."""
+    tensors = _contig(x, w_ih, w_hh, b_ih, b_hh, h0)
+    (y, h_n, ws), outs = _run_backend(
+        backend, "recurrent", "gru_fwd", tensors,
+        (_lengths_arg(backend, lengths), reverse, need_ws), x.device)
+    acc = _acc_dtype(x.dtype)
+    ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
+    return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), ws
+
+
+@gru_fwd.register_fake
+def _gru_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, backend):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    acc = _acc_dtype(x.dtype)
+    ws = x.new_empty((T, B, 4 * H), dtype=acc) if need_ws else _empty(x, acc)
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
+
+
+@torch.library.custom_op("seqcore::gru_bwd", mutates_args=())
+def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+            b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool, y: Tensor,
+            ws: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
+    tensors = _contig(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0)
+    extra = (_lengths_arg(backend, lengths), reverse) + tuple(
+        _to_backend(backend, t) for t in _contig(y, ws))
+    grads, outs = _run_backend(backend, "recurrent", "gru_bwd", tensors, extra, x.device)
+    like = (x, w_ih, w_hh, b_ih, b_hh, h0)
+    return tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+
+
+@gru_bwd.register_fake
+def _gru_bwd_fake(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend):
+    return tuple(torch.empty_like(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
+
+
+def _gru_setup(ctx, inputs, output):
+    _rnn_setup(ctx, inputs, output, 6)
+
+
+def _gru_backward(ctx, dy, dh_n, _dws):
+    x, w_ih, w_hh, b_ih, b_hh, h0, lengths, y, ws = ctx.saved_tensors
+    reverse, need_ws, backend = ctx.flags
+    _check_ws(need_ws, "gru_fwd")
+    dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
+    grads = gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend)
+    return tuple(grads) + (None, None, None, None)
+
+
+gru_fwd.register_autograd(_gru_backward, setup_context=_gru_setup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points called by seqcore/attention.py and seqcore/recurrent.py
+
+
+def _needs_grad(*tensors):
+    """Whether autograd will want a backward: only then does the forward keep a workspace."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def attention(q4, k4, v4, bias4, p, backend):
+    """(out (B, Hq, Sq, Dv), lse (B, Hq, Sq)) for the normalized problem p (an AttnParams)."""
+    return attention_fwd(q4, k4, v4, bias4, p.scale, p.window_left, p.window_right, p.softcap,
+                         p.causal, backend)
+
+
+def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, p, backend):
+    """(out (Tq, Hq, Dv), lse (Tq, Hq)) over packed sequences."""
+    return attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p.scale, p.window_left,
+                                p.window_right, p.softcap, p.causal, backend)
+
+
+def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend):
+    """(y, h_n, c_n) for one LSTM layer; x is (T, B, I)."""
+    need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    y, h_n, c_n, _ = lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws,
+                              backend)
+    return y, h_n, c_n
+
+
+def gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend):
+    """(y, h_n) for one GRU layer; x is (T, B, I)."""
+    need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
+    y, h_n, _ = gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, backend)
+    return y, h_n

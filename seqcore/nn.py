@@ -1,0 +1,335 @@
+"""torch.nn modules over seqcore's kernels: LSTM, GRU, MultiheadSelfAttention.
+
+LSTM and GRU are drop-in replacements for torch.nn.LSTM / torch.nn.GRU: the same constructor,
+attributes, parameter names (weight_ih_l{k}{_reverse}, ...), initialization and outputs, so a
+state_dict moves between them in both directions. Each layer and direction is one call of
+seqcore.lstm / seqcore.gru (the backward direction with reverse=True, and the lengths of a
+PackedSequence so padding is never read).
+"""
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+import seqcore
+
+__all__ = ["LSTM", "GRU", "MultiheadSelfAttention"]
+
+
+class _RNNBase(nn.Module):
+    """Shared by LSTM and GRU; subclasses set `mode`, `_gates` and `_has_cell`."""
+
+    mode = ""
+    _gates = 0
+    _has_cell = False
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, backend=None):
+        super().__init__()
+        _check_sizes(input_size, hidden_size, num_layers, dropout)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout acts between layers, so it does nothing with num_layers=1 "
+                          f"(got dropout={dropout})", UserWarning, stacklevel=3)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first = bool(bias), bool(batch_first)
+        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        self.proj_size = 0
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self._dirs
+            for suffix in self._suffixes:
+                self._add_layer_params(layer, suffix, layer_input, factory)
+        self.reset_parameters()
+
+    @property
+    def _dirs(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _suffixes(self):
+        return ("", "_reverse")[:self._dirs]
+
+    def _add_layer_params(self, layer, suffix, layer_input, factory):
+        rows = self._gates * self.hidden_size
+        shapes = {"weight_ih": (rows, layer_input), "weight_hh": (rows, self.hidden_size)}
+        if self.bias:
+            shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+        for kind, shape in shapes.items():
+            name = f"{kind}_l{layer}{suffix}"
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+            self._flat_weights_names.append(name)
+
+    def reset_parameters(self):
+        """torch's init: every weight and bias uniform in +-1/sqrt(hidden_size)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    @property
+    def all_weights(self):
+        """[[w_ih, w_hh, b_ih, b_hh], ...] per layer and direction, like torch's."""
+        per = 4 if self.bias else 2
+        flat = [getattr(self, name) for name in self._flat_weights_names]
+        return [flat[i:i + per] for i in range(0, len(flat), per)]
+
+    def _layer_params(self, layer, direction):
+        suffix = f"_l{layer}{self._suffixes[direction]}"
+        get = lambda kind: getattr(self, kind + suffix) if self.bias or "weight" in kind else None  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("backend", None)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        return s
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def forward(self, input, hx=None):
+        """(output, h_n) for GRU, (output, (h_n, c_n)) for LSTM, exactly as torch.nn.GRU/LSTM.
+
+        input: (T, B, input_size) ((B, T, input_size) with batch_first), an unbatched
+        (T, input_size), or a PackedSequence (then output is one too, sharing its batch_sizes).
+        hx: h_0 (num_layers * num_directions, B, hidden_size) for GRU, (h_0, c_0) for LSTM,
+        (num_layers * num_directions, hidden_size) for unbatched input; zeros when None.
+        """
+        x, lengths, unbatched = self._time_major(input)
+        states = self._initial_states(hx, x.shape[1], unbatched, x)
+        out, finals = self._run_layers(x, lengths, states)
+        finals = [torch.stack(f) for f in finals]
+        if unbatched:
+            finals = [f.squeeze(1) for f in finals]
+            out = out.squeeze(1)
+        if isinstance(input, PackedSequence):
+            out = _repack(out, lengths, input)
+        elif self.batch_first and not unbatched:
+            out = out.transpose(0, 1)
+        hidden = tuple(finals) if self._has_cell else finals[0]
+        return out, hidden
+
+    def _time_major(self, input):
+        """(x (T, B, I), lengths or None, unbatched) from any accepted input layout."""
+        if isinstance(input, PackedSequence):
+            x, lengths = pad_packed_sequence(input)  # original batch order
+            self._check_input_size(x)
+            return x, lengths, False
+        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
+            shape = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
+            raise ValueError(f"{type(self).__name__}: input must be (T, B, input_size) "
+                             f"((B, T, input_size) with batch_first), (T, input_size) or a "
+                             f"PackedSequence, got {shape}")
+        self._check_input_size(input)
+        if input.dim() == 2:
+            return input.unsqueeze(1), None, True
+        return (input.transpose(0, 1) if self.batch_first else input), None, False
+
+    def _check_input_size(self, x):
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}: input.size(-1) must equal input_size="
+                             f"{self.input_size}, got input of shape {tuple(x.shape)}")
+
+    def _initial_states(self, hx, B, unbatched, x):
+        """[h0] (GRU) or [h0, c0] (LSTM), each None or (layers * dirs, B, H)."""
+        n = 2 if self._has_cell else 1
+        if hx is None:
+            return [None] * n
+        given = list(hx) if self._has_cell else [hx]
+        if len(given) != n or not all(isinstance(s, torch.Tensor) for s in given):
+            raise TypeError(f"{type(self).__name__}: hx must be "
+                            f"{'a (h_0, c_0) pair of tensors' if n == 2 else 'a tensor'}")
+        want = (self.num_layers * self._dirs,) + (() if unbatched else (B,)) + (self.hidden_size,)
+        for name, s in zip(("h_0", "c_0"), given):
+            if tuple(s.shape) != want:
+                raise ValueError(f"{type(self).__name__}: {name} must have shape {want}, got "
+                                 f"{tuple(s.shape)} (input {tuple(x.shape)})")
+        return [s.unsqueeze(1) if unbatched else s for s in given]
+
+    def _run_layers(self, x, lengths, states):
+        """Output of the last layer (T, B, dirs * H) and per-state lists of finals."""
+        finals = [[] for _ in states]
+        layer_input = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self._dirs):
+                index = layer * self._dirs + direction
+                init = [None if s is None else s[index] for s in states]
+                y, last = self._run_one(layer_input, layer, direction, init, lengths)
+                outs.append(y)
+                for store, state in zip(finals, last):
+                    store.append(state)
+            layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, finals
+
+    def _run_one(self, x, layer, direction, init, lengths):
+        """One layer in one direction: (y, [h_n] or [h_n, c_n])."""
+        params = self._layer_params(layer, direction)
+        options = dict(lengths=lengths, reverse=direction == 1, backend=self.backend)
+        if self._has_cell:
+            y, (h_n, c_n) = seqcore.lstm(x, *params, *init, **options)
+            return y, [h_n, c_n]
+        y, h_n = seqcore.gru(x, *params, *init, **options)
+        return y, [h_n]
+
+
+def _check_sizes(input_size, hidden_size, num_layers, dropout):
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+
+
+def _repack(padded, lengths, like):
+    """A PackedSequence with `like`'s batch_sizes and indices from padded (T, B, F) output."""
+    order = like.sorted_indices
+    if order is not None:
+        padded, lengths = padded.index_select(1, order), lengths[order.cpu()]
+    data = pack_padded_sequence(padded, lengths, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+class LSTM(_RNNBase):
+    """torch.nn.LSTM on seqcore.lstm: same arguments, parameters, init and outputs.
+
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+         bidirectional=False, proj_size=0, device=None, dtype=None, backend=None)
+    proj_size other than 0 raises ValueError (not supported). backend: as for seqcore.lstm
+    (None picks "triton" for CUDA tensors, "c" for CPU ones).
+    forward(input, hx=None) -> (output, (h_n, c_n)).
+    """
+
+    mode = "LSTM"
+    _gates = 4
+    _has_cell = True
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
+                 backend=None):
+        if proj_size != 0:
+            raise ValueError(f"seqcore.nn.LSTM: proj_size={proj_size} is not supported "
+                             "(only proj_size=0)")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device=device, dtype=dtype, backend=backend)
+
+
+class GRU(_RNNBase):
+    """torch.nn.GRU on seqcore.gru: same arguments, parameters, init and outputs.
+
+    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None, backend=None)
+    forward(input, hx=None) -> (output, h_n).
+    """
+
+    mode = "GRU"
+    _gates = 3
+    _has_cell = False
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Self-attention over seqcore.attention: a fused qkv projection, attention, an output projection.
+
+    MultiheadSelfAttention(embed_dim, num_heads, num_kv_heads=None, bias=True, causal=False,
+                           window=None, softcap=None, batch_first=True, device=None,
+                           dtype=None, backend=None)
+
+    - head_dim = embed_dim // num_heads (embed_dim must be a multiple of num_heads).
+    - num_kv_heads (default num_heads) gives grouped-query attention: it must divide
+      num_heads, and query head h reads kv head h // (num_heads // num_kv_heads).
+    - Parameters: qkv_proj, an nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * head_dim)
+      whose output rows are [q heads | k heads | v heads], each head head_dim wide; out_proj,
+      an nn.Linear(num_heads * head_dim, embed_dim). Both have biases when bias=True.
+    - causal, window, softcap, backend: passed to seqcore.attention (see API.md); the
+      scale is 1 / sqrt(head_dim).
+
+    forward(x, attn_bias=None, key_padding_mask=None) -> y, the same shape as x:
+    - x: (B, S, embed_dim), or (S, B, embed_dim) when batch_first=False.
+    - attn_bias: float additive scores broadcastable to (B, num_heads, S, S) (ALiBi, or a mask
+      holding -inf where attention is not allowed). Boolean masks are refused, since torch
+      uses opposite conventions for them in SDPA and nn.MultiheadAttention.
+    - key_padding_mask: (B, S); True (bool) marks a padding key that no query may see, as in
+      nn.MultiheadAttention; a float mask is added to the scores as is.
+    A query that sees no key at all outputs out_proj's bias (its attention output is zero).
+    Unlike nn.MultiheadAttention, no attention weights are returned.
+    """
+
+    def __init__(self, embed_dim, num_heads, num_kv_heads=None, bias=True, causal=False,
+                 window=None, softcap=None, batch_first=True, device=None, dtype=None,
+                 backend=None):
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads),
+                            ("num_kv_heads", num_kv_heads)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be a multiple of num_heads={num_heads}")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of "
+                             f"num_kv_heads={num_kv_heads}")
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
+        self.head_dim = embed_dim // num_heads
+        self.causal, self.window, self.softcap = causal, window, softcap
+        self.batch_first, self.backend = batch_first, backend
+        factory = {"device": device, "dtype": dtype}
+        qkv_width = (num_heads + 2 * num_kv_heads) * self.head_dim
+        self.qkv_proj = nn.Linear(embed_dim, qkv_width, bias=bias, **factory)
+        self.out_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias, **factory)
+
+    def extra_repr(self):
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"num_kv_heads={self.num_kv_heads}, causal={self.causal}, window={self.window}, "
+                f"softcap={self.softcap}, batch_first={self.batch_first}, backend={self.backend!r}")
+
+    def forward(self, x, attn_bias=None, key_padding_mask=None):
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x must be (B, S, {self.embed_dim}) ((S, B, {self.embed_dim}) "
+                             f"when batch_first=False), got {tuple(x.shape)}")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        B, S, _ = x.shape
+        q, k, v = self._heads(self.qkv_proj(x), B, S)
+        bias = self._scores_bias(attn_bias, key_padding_mask, B, S, x)
+        out = seqcore.attention(q, k, v, causal=self.causal, window=self.window, bias=bias,
+                                softcap=self.softcap, backend=self.backend)
+        y = self.out_proj(out.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim))
+        return y if self.batch_first else y.transpose(0, 1)
+
+    def _heads(self, qkv, B, S):
+        """q (B, Hq, S, head_dim), k and v (B, Hkv, S, head_dim) from the fused projection."""
+        d = self.head_dim
+        q, k, v = qkv.split([self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], -1)
+        split = lambda t: t.reshape(B, S, -1, d).transpose(1, 2)  # noqa: E731
+        return split(q), split(k), split(v)
+
+    def _scores_bias(self, attn_bias, key_padding_mask, B, S, x):
+        bias = None
+        if attn_bias is not None:
+            if attn_bias.dtype == torch.bool:
+                raise TypeError("attn_bias must be a float tensor of additive scores (use -inf "
+                                "to mask); boolean masks are not accepted")
+            bias = attn_bias
+        if key_padding_mask is not None:
+            if tuple(key_padding_mask.shape) != (B, S):
+                raise ValueError(f"key_padding_mask must have shape (B, S) = {(B, S)}, got "
+                                 f"{tuple(key_padding_mask.shape)}")
+            if key_padding_mask.dtype == torch.bool:
+                pad = torch.zeros((B, S), dtype=x.dtype, device=x.device)
+                pad = pad.masked_fill(key_padding_mask, float("-inf"))
+            else:
+                pad = key_padding_mask.to(x.dtype)
+            pad = pad[:, None, None, :]
+            bias = pad if bias is None else bias + pad
+        return bias

@@ -1,0 +1,204 @@
+"""float64 NumPy reference for attention, forward and backward: the definition every backend
+is held to. Plain math, the whole (Sq, Sk) score matrix materialized.
+
+Semantics (API.md): s = scale * q.k; s = softcap * tanh(s / softcap) if softcap; s += bias;
+keys outside the causal/window band get -inf (off = Sk - Sq aligns them to the bottom right);
+P = softmax(s) over the visible keys; out = P v; lse = log(sum(exp(s))). A row that sees no
+key gives out 0, lse -inf and zero gradients. GQA: query head h reads kv head h // (Hq // Hkv).
+"""
+import math
+
+import numpy as np
+
+
+def _f64(x):
+    """float64 NumPy copy/view of an array, or of a torch tensor (any device, bfloat16 too)."""
+    if x is None:
+        return None
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _ints(x):
+    """int64 NumPy copy of an index array, list or torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.int64)
+
+
+def band(Sq, Sk, causal=False, window=None):
+    """(Sq, Sk) bool: key j visible to query i under causal (bottom right) and window."""
+    left, right = (-1, -1) if window is None else window
+    left = -1 if left is None else int(left)
+    right = -1 if right is None else int(right)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    i = np.arange(Sq)[:, None]
+    j = np.arange(Sk)[None, :]
+    diag = i + (Sk - Sq)
+    visible = np.ones((Sq, Sk), dtype=bool)
+    if left >= 0:
+        visible &= j >= diag - left
+    if right >= 0:
+        visible &= j <= diag + right
+    return visible
+
+
+def _expand_kv(x, Hq):
+    """(..., Hkv, Sk, d) -> (..., Hq, Sk, d): each kv head repeated for its query-head group."""
+    Hkv = x.shape[-3]
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"Hq={Hq} must be a multiple of Hkv={Hkv}")
+    return np.repeat(x, Hq // Hkv, axis=-3)
+
+
+def _reduce_group(g, Hkv):
+    """(..., Hq, Sk, d) -> (..., Hkv, Sk, d): sum the gradients of a query-head group."""
+    *lead, Hq, Sk, d = g.shape
+    return g.reshape(*lead, Hkv, Hq // Hkv, Sk, d).sum(axis=-3)
+
+
+def sum_to_shape(g, shape):
+    """Reduce a broadcast gradient back to `shape` (the adjoint of np.broadcast_to)."""
+    shape = tuple(shape)
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(a for a, n in enumerate(shape) if n == 1 and g.shape[a] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+def _raw_scores(q, k, scale):
+    Hq = q.shape[-3]
+    return scale * (q @ np.swapaxes(_expand_kv(k, Hq), -1, -2))
+
+
+def _scores(q, k, causal, scale, window, bias, softcap):
+    """(raw scores, final scores): final = capped, biased, masked (-inf outside the band)."""
+    raw = _raw_scores(q, k, scale)
+    s = softcap * np.tanh(raw / softcap) if softcap else raw
+    if bias is not None:
+        s = s + bias
+    visible = band(q.shape[-2], k.shape[-2], causal, window)
+    return raw, np.where(visible, s, -np.inf)
+
+
+def _softmax(s):
+    """(P, lse) over the last axis; rows with no finite score: P 0, lse -inf."""
+    m = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(s - m_safe)
+    total = e.sum(axis=-1, keepdims=True)
+    P = e / np.where(total > 0, total, 1.0)
+    with np.errstate(divide="ignore"):
+        lse = (m_safe + np.log(total))[..., 0]
+    return P, lse
+
+
+def _default_scale(D, scale):
+    return 1.0 / math.sqrt(D) if scale is None else float(scale)
+
+
+def _forward(q, k, v, causal, scale, window, bias, softcap):
+    q, k, v, bias = _f64(q), _f64(k), _f64(v), _f64(bias)
+    scale = _default_scale(q.shape[-1], scale)
+    raw, s = _scores(q, k, causal, scale, window, bias, softcap)
+    P, lse = _softmax(s)
+    out = P @ _expand_kv(v, q.shape[-3])
+    return out, lse, P, raw, scale
+
+
+def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
+              return_lse=False):
+    """q (*batch, Hq, Sq, D), k (*batch, Hkv, Sk, D), v (*batch, Hkv, Sk, Dv) -> out
+    (*batch, Hq, Sq, Dv) float64, and lse (*batch, Hq, Sq) float64 with return_lse."""
+    out, lse, _, _, _ = _forward(q, k, v, causal, scale, window, bias, softcap)
+    return (out, lse) if return_lse else out
+
+
+def attention_bwd_full(dout, q, k, v, *, causal=False, scale=None, window=None, bias=None,
+                       softcap=None):
+    """(dq, dk, dv, dscores): dscores is d(loss)/d(bias) broadcast to (*batch, Hq, Sq, Sk)."""
+    out, _, P, raw, scale = _forward(q, k, v, causal, scale, window, bias, softcap)
+    q, k, v, dout = _f64(q), _f64(k), _f64(v), _f64(dout)
+    Hq, Hkv = q.shape[-3], k.shape[-3]
+    v_exp = _expand_kv(v, Hq)
+    dv = np.swapaxes(P, -1, -2) @ dout
+    dP = dout @ np.swapaxes(v_exp, -1, -2)
+    delta = (dout * out).sum(axis=-1, keepdims=True)  # = rowsum(P * dP)
+    dS = P * (dP - delta)          # gradient of the capped+biased scores (0 where masked)
+    dbias_full = dS
+    if softcap:
+        t = np.tanh(raw / softcap)
+        dS = dS * (1.0 - t * t)    # d(c tanh(x/c))/dx
+    dq = scale * (dS @ _expand_kv(k, Hq))
+    dk = scale * (np.swapaxes(dS, -1, -2) @ q)
+    return dq, _reduce_group(dk, Hkv), _reduce_group(dv, Hkv), dbias_full
+
+
+def attention_bwd(dout, q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None):
+    """Gradients (dq, dk, dv, dbias) of sum(dout * attention(...)); dbias has bias's own shape
+    (summed over its broadcast dims), None without bias. All float64."""
+    dq, dk, dv, dS = attention_bwd_full(dout, q, k, v, causal=causal, scale=scale, window=window,
+                                        bias=bias, softcap=softcap)
+    dbias = None if bias is None else sum_to_shape(dS, np.shape(bias))
+    return dq, dk, dv, dbias
+
+
+def _segments(cu_seqlens_q, cu_seqlens_k):
+    cu_q = _ints(cu_seqlens_q)
+    cu_k = _ints(cu_seqlens_k)
+    if cu_q.shape != cu_k.shape:
+        raise ValueError(f"cu_seqlens_q {cu_q.shape} and cu_seqlens_k {cu_k.shape} differ")
+    return [(slice(cu_q[s], cu_q[s + 1]), slice(cu_k[s], cu_k[s + 1])) for s in range(len(cu_q) - 1)]
+
+
+def _heads_first(x):
+    return np.swapaxes(x, 0, 1)   # (T, H, d) <-> (H, T, d)
+
+
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale=None, window=None,
+                     softcap=None, return_lse=False):
+    """Packed sequences: q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv); sequence s holds rows
+    cu_seqlens[s]:cu_seqlens[s+1] and attends only within itself. out (Tq, Hq, Dv), lse (Tq, Hq)."""
+    q, k, v = _f64(q), _f64(k), _f64(v)
+    scale = _default_scale(q.shape[-1], scale)
+    out = np.zeros(q.shape[:2] + v.shape[2:])
+    lse = np.full(q.shape[:2], -np.inf)
+    for sq, sk in _segments(cu_seqlens_q, cu_seqlens_k):
+        o, l = attention(_heads_first(q[sq]), _heads_first(k[sk]), _heads_first(v[sk]),
+                         causal=causal, scale=scale, window=window, softcap=softcap, return_lse=True)
+        out[sq], lse[sq] = _heads_first(o), l.T
+    return (out, lse) if return_lse else out
+
+
+def attention_varlen_bwd(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale=None,
+                         window=None, softcap=None):
+    """(dq, dk, dv) of sum(dout * attention_varlen(...)), float64, in the packed layouts."""
+    q, k, v, dout = _f64(q), _f64(k), _f64(v), _f64(dout)
+    scale = _default_scale(q.shape[-1], scale)
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for sq, sk in _segments(cu_seqlens_q, cu_seqlens_k):
+        g = attention_bwd(_heads_first(dout[sq]), _heads_first(q[sq]), _heads_first(k[sk]),
+                          _heads_first(v[sk]), causal=causal, scale=scale, window=window,
+                          softcap=softcap)
+        dq[sq], dk[sk], dv[sk] = (_heads_first(x) for x in g[:3])
+    return dq, dk, dv
+
+
+def merge_attention(out_a, lse_a, out_b, lse_b):
+    """Attention over the union of two disjoint key sets, from each set's (out, lse):
+    weights exp(lse_a), exp(lse_b). A side with lse -inf adds nothing; both -inf: out 0, lse -inf."""
+    out_a, lse_a, out_b, lse_b = _f64(out_a), _f64(lse_a), _f64(out_b), _f64(lse_b)
+    m = np.maximum(lse_a, lse_b)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    wa, wb = np.exp(lse_a - m_safe), np.exp(lse_b - m_safe)
+    total = wa + wb
+    with np.errstate(divide="ignore"):
+        lse = m_safe + np.log(total)
+    denom = np.where(total > 0, total, 1.0)
+    out = out_a * (wa / denom)[..., None] + out_b * (wb / denom)[..., None]
+    return out, lse

@@ -1,0 +1,268 @@
+"""seqcore.nn: LSTM/GRU against torch.nn.LSTM/GRU with the same weights, and
+MultiheadSelfAttention against F.linear + scaled_dot_product_attention."""
+import importlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+from seqcore import _backends, _c  # noqa: E402
+import seqcore.nn as snn  # noqa: E402
+from conftest import assert_close  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PAIRS = {"lstm": (snn.LSTM, torch.nn.LSTM), "gru": (snn.GRU, torch.nn.GRU)}
+
+
+def require_backend(backend, family):
+    if backend == "c" and _c.status():
+        pytest.skip(f"C backend unavailable: {_c.status()}")
+    name = _backends._MODULES[(backend, family)]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        pytest.skip(f"{name} is not in this tree")
+
+
+def tensor(rng, shape, dtype, requires_grad=False):
+    return torch.from_numpy(rng.standard_normal(shape)).to(DTYPES[dtype]).requires_grad_(requires_grad)
+
+
+def twin(cell, dtype, backend="c", **kwargs):
+    """A torch module and a seqcore module holding the same weights."""
+    ours, theirs = PAIRS[cell]
+    ref = theirs(dtype=DTYPES[dtype], **kwargs)
+    mine = ours(dtype=DTYPES[dtype], backend=backend, **kwargs)
+    mine.load_state_dict(ref.state_dict())
+    return ref, mine
+
+
+def flat_state(state):
+    return torch.cat([s.reshape(-1) for s in state]) if isinstance(state, tuple) else state
+
+
+def weighted_loss(out, state, out_w, state_w):
+    data = out.data if hasattr(out, "batch_sizes") else out
+    return (data * out_w).sum() + (flat_state(state) * state_w).sum()
+
+
+def compare(rng, ref, mine, input_ref, input_mine, hx, dtype):
+    """Forward outputs, final states and every parameter gradient agree."""
+    out_r, state_r = ref(input_ref, hx)
+    out_m, state_m = mine(input_mine, hx)
+    data_r = out_r.data if hasattr(out_r, "batch_sizes") else out_r
+    data_m = out_m.data if hasattr(out_m, "batch_sizes") else out_m
+    assert type(out_m) is type(out_r)
+    assert_close(data_m, data_r, dtype, name="output")
+    assert_close(flat_state(state_m), flat_state(state_r), dtype, name="h_n/c_n")
+    assert type(state_m) is type(state_r)
+    out_w = torch.from_numpy(rng.standard_normal(tuple(data_r.shape))).to(data_r.dtype)
+    state_w = torch.from_numpy(rng.standard_normal(tuple(flat_state(state_r).shape))).to(data_r.dtype)
+    weighted_loss(out_r, state_r, out_w, state_w).backward()
+    weighted_loss(out_m, state_m, out_w, state_w).backward()
+    ref_params = dict(ref.named_parameters())
+    for name, p in mine.named_parameters():
+        assert_close(p.grad, ref_params[name].grad, dtype, grad=True, name=f"grad {name}", scale=4)
+    return out_m, state_m
+
+
+# (num_layers, bidirectional, batch_first, bias)
+CONFIGS = [(2, True, False, True), (2, False, True, True), (1, True, True, False)]
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_rnn_matches_torch(rng, backend, dtype, cell, config, with_hx):
+    require_backend(backend, "recurrent")
+    num_layers, bidirectional, batch_first, bias = config
+    ref, mine = twin(cell, dtype, backend, input_size=5, hidden_size=3, num_layers=num_layers,
+                     bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    B, T = 3, 4
+    x = tensor(rng, (B, T, 5) if batch_first else (T, B, 5), dtype)
+    hx = None
+    if with_hx:
+        shape = (num_layers * (2 if bidirectional else 1), B, 3)
+        hx = (tensor(rng, shape, dtype), tensor(rng, shape, dtype)) if cell == "lstm" else \
+            tensor(rng, shape, dtype)
+    x_ref, x_mine = x.clone().requires_grad_(), x.clone().requires_grad_()
+    compare(rng, ref, mine, x_ref, x_mine, hx, dtype)
+    assert_close(x_mine.grad, x_ref.grad, dtype, grad=True, name="grad input", scale=4)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_packed_sequence_unsorted_lengths(rng, backend, dtype, cell, with_hx):
+    require_backend(backend, "recurrent")
+    ref, mine = twin(cell, dtype, backend, input_size=4, hidden_size=3, num_layers=2,
+                     bidirectional=True, batch_first=True)
+    lengths = torch.tensor([3, 6, 1, 4])
+    x = tensor(rng, (4, 6, 4), dtype)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    hx = None
+    if with_hx:
+        hx = tuple(tensor(rng, (4, 4, 3), dtype) for _ in range(2 if cell == "lstm" else 1))
+        hx = hx if cell == "lstm" else hx[0]
+    out, _ = compare(rng, ref, mine, packed, packed, hx, dtype)
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    assert torch.equal(out.sorted_indices, packed.sorted_indices)
+    assert torch.equal(out.unsorted_indices, packed.unsorted_indices)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unbatched_input(rng, cell):
+    require_backend("c", "recurrent")
+    ref, mine = twin(cell, "float64", input_size=3, hidden_size=2, num_layers=2, bidirectional=True)
+    x = tensor(rng, (5, 3), "float64")
+    hx = tensor(rng, (4, 2), "float64")
+    hx = (hx, tensor(rng, (4, 2), "float64")) if cell == "lstm" else hx
+    for given in (None, hx):
+        out_r, state_r = ref(x, given)
+        out_m, state_m = mine(x, given)
+        assert out_m.shape == (5, 4)
+        assert_close(out_m, out_r, "float64")
+        assert_close(flat_state(state_m), flat_state(state_r), "float64")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_state_dict_both_ways_and_init(rng, cell):
+    ours, theirs = PAIRS[cell]
+    kwargs = dict(input_size=6, hidden_size=5, num_layers=3, bidirectional=True, bias=True)
+    torch.manual_seed(0)
+    mine = ours(**kwargs)
+    ref = theirs(**kwargs)
+    assert list(mine.state_dict()) == list(ref.state_dict())
+    assert [p.shape for p in mine.parameters()] == [p.shape for p in ref.parameters()]
+    ref.load_state_dict(mine.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), mine.parameters()))
+    bound = 1 / np.sqrt(5)
+    for p in mine.parameters():
+        assert p.abs().max() <= bound and p.std() > bound / 4  # uniform(-1/sqrt(H), 1/sqrt(H))
+    for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+                 "bidirectional"):
+        assert getattr(mine, attr) == getattr(ref, attr), attr
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="proj_size"):
+        snn.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="dropout"):
+        snn.GRU(3, 4, dropout=1.5)
+    with pytest.raises(ValueError, match="hidden_size"):
+        snn.LSTM(3, 0)
+    gru = snn.GRU(3, 4, num_layers=2)
+    with pytest.raises(ValueError, match="h_0 must have shape"):
+        gru(torch.zeros(2, 1, 3), torch.zeros(1, 1, 4))
+    with pytest.raises(ValueError, match="input_size"):
+        gru(torch.zeros(2, 1, 5))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dropout_between_layers(rng, cell):
+    require_backend("c", "recurrent")
+    ref, mine = twin(cell, "float64", input_size=3, hidden_size=4, num_layers=2, dropout=0.5)
+    x = tensor(rng, (4, 2, 3), "float64")
+    mine.train()
+    torch.manual_seed(1)
+    a, _ = mine(x)
+    torch.manual_seed(2)
+    b, _ = mine(x)
+    assert not torch.allclose(a, b), "training mode: dropout must change the output"
+    mine.eval()
+    ref.eval()
+    assert_close(mine(x)[0], ref(x)[0], "float64")  # eval: no dropout, same as torch
+
+
+# ---- MultiheadSelfAttention -------------------------------------------------------------------
+
+def sdpa_reference(module, x, attn_bias, key_padding_mask):
+    """The same weights through F.linear and scaled_dot_product_attention (batch first)."""
+    B, S, _ = x.shape
+    Hq, Hkv, d = module.num_heads, module.num_kv_heads, module.head_dim
+    qkv = F.linear(x, module.qkv_proj.weight, module.qkv_proj.bias)
+    q, k, v = qkv.split([Hq * d, Hkv * d, Hkv * d], -1)
+    q, k, v = (t.reshape(B, S, -1, d).transpose(1, 2) for t in (q, k, v))
+    k, v = (t.repeat_interleave(Hq // Hkv, dim=1) for t in (k, v))
+    mask = torch.zeros(B, Hq, S, S, dtype=x.dtype)
+    if module.causal:
+        mask = mask.masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(), float("-inf"))
+    if attn_bias is not None:
+        mask = mask + attn_bias
+    if key_padding_mask is not None:
+        mask = mask.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return F.linear(out.transpose(1, 2).reshape(B, S, Hq * d), module.out_proj.weight,
+                    module.out_proj.bias)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("num_kv_heads,causal,batch_first", [(None, False, True), (2, True, False),
+                                                              (1, True, True)])
+@pytest.mark.parametrize("masks", [False, True])
+def test_mhsa_matches_sdpa(rng, backend, dtype, num_kv_heads, causal, batch_first, masks):
+    require_backend(backend, "attention")
+    E, H, B, S = 12, 4, 2, 5
+    module = snn.MultiheadSelfAttention(E, H, num_kv_heads=num_kv_heads, causal=causal,
+                                        batch_first=batch_first, dtype=DTYPES[dtype],
+                                        backend=backend)
+    x = tensor(rng, (B, S, E), dtype)
+    attn_bias = tensor(rng, (H, S, S), dtype) if masks else None
+    # the first key is never padded, so no query row is fully masked (SDPA gives NaN there)
+    padding = torch.tensor([[False] * S, [False, False, True, False, True]]) if masks else None
+    x_mine = (x if batch_first else x.transpose(0, 1)).clone().requires_grad_()
+    y = module(x_mine, attn_bias=attn_bias, key_padding_mask=padding)
+    x_ref = x.clone().requires_grad_()
+    want = sdpa_reference(module, x_ref, attn_bias, padding)
+    assert_close(y if batch_first else y.transpose(0, 1), want, dtype, name="y")
+    y_w = tensor(rng, tuple(want.shape), dtype)
+    grads = torch.autograd.grad(((y if batch_first else y.transpose(0, 1)) * y_w).sum(),
+                                [x_mine] + list(module.parameters()))
+    want_grads = torch.autograd.grad((want * y_w).sum(), [x_ref] + list(module.parameters()))
+    got_x = grads[0] if batch_first else grads[0].transpose(0, 1)
+    assert_close(got_x, want_grads[0], dtype, grad=True, name="grad x", scale=4)
+    for (name, _), g, w in zip(module.named_parameters(), grads[1:], want_grads[1:]):
+        assert_close(g, w, dtype, grad=True, name=f"grad {name}", scale=4)
+
+
+def test_mhsa_errors():
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        snn.MultiheadSelfAttention(10, 4)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        snn.MultiheadSelfAttention(12, 4, num_kv_heads=3)
+    module = snn.MultiheadSelfAttention(8, 2)
+    with pytest.raises(TypeError, match="boolean"):
+        module(torch.zeros(1, 3, 8), attn_bias=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        module(torch.zeros(1, 3, 8), key_padding_mask=torch.zeros(1, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mhsa"])
+def test_modules_compile_fullgraph(rng, cell):
+    """torch.compile(fullgraph=True) traces the modules ("aot_eager": see test_torch.py)."""
+    require_backend("c", "attention" if cell == "mhsa" else "recurrent")
+    if cell == "mhsa":
+        module = snn.MultiheadSelfAttention(8, 2, num_kv_heads=1, causal=True)
+        x = tensor(rng, (2, 3, 8), "float32")
+    else:
+        module = PAIRS[cell][0](3, 4, num_layers=2, bidirectional=True)
+        x = tensor(rng, (5, 2, 3), "float32")
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    got = first(compiled(x))
+    got_grads = torch.autograd.grad(got.square().sum(), list(module.parameters()))
+    want = first(module(x))
+    want_grads = torch.autograd.grad(want.square().sum(), list(module.parameters()))
+    assert_close(got, want, "float32")
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, "float32", grad=True)

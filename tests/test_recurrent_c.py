@@ -1,0 +1,232 @@
+"""The C recurrent kernels (csrc/recurrent.c, csrc/gemm.c) against seqcore.reference.
+
+Forward through the public API (seqcore.lstm/gru/lstm_cell/gru_cell, backend="c"); backward
+through the backend module seqcore._c_recurrent against reference.lstm_bwd/gru_bwd.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import seqcore
+import seqcore.reference as ref
+from seqcore import _c
+from conftest import assert_close
+
+pytestmark = pytest.mark.skipif(bool(_c.status()), reason="C extension not built")
+
+GATES = {"lstm": 4, "gru": 3}
+# (T, B, I, H): odd sizes, length 1, empty sequences and batches, several batch groups
+SHAPES = [(5, 3, 17, 17), (5, 8, 3, 100), (1, 1, 1, 1), (1, 8, 100, 3), (5, 1, 4, 33), (0, 3, 5, 3),
+          (3, 0, 4, 5), (4, 64, 9, 40)]
+DTYPES = ["float32", "float64", "float16"]
+
+
+def make_inputs(rng, cell, T, B, I, H, dtype, biases=True, states=True):
+    """Inputs of order one in `dtype` (weights scaled by 1/sqrt(fan-in), as torch inits them)."""
+    G = GATES[cell]
+    a = dict(x=rng.standard_normal((T, B, I)),
+             w_ih=rng.standard_normal((G * H, I)) / np.sqrt(I),
+             w_hh=rng.standard_normal((G * H, H)) / np.sqrt(H),
+             b_ih=rng.standard_normal(G * H) * 0.5 if biases else None,
+             b_hh=rng.standard_normal(G * H) * 0.5 if biases else None,
+             h0=rng.standard_normal((B, H)) * 0.5 if states else None)
+    if cell == "lstm":
+        a["c0"] = rng.standard_normal((B, H)) if states else None
+    return {k: None if v is None else v.astype(dtype) for k, v in a.items()}
+
+
+def make_lengths(rng, mode, T, B):
+    if mode == "none":
+        return None
+    lengths = rng.integers(0, T + 1, size=B)
+    lengths[:1] = T         # one full
+    lengths[1:2] = 0        # one empty
+    return lengths
+
+
+def f64(a):
+    return {k: None if v is None else v.astype(np.float64) for k, v in a.items()}
+
+
+def run_forward(cell, a, **kw):
+    fn = seqcore.lstm if cell == "lstm" else seqcore.gru
+    got = fn(**a, backend="c", **kw)
+    want = (ref.lstm if cell == "lstm" else ref.gru)(**f64(a), **kw)
+    return got, want
+
+
+def check_forward(cell, got, want, dtype):
+    if cell == "lstm":
+        (y, (h_n, c_n)), (ye, (hne, cne)) = got, want
+        assert_close(c_n, cne, dtype, name="c_n", scale=max(1.0, np.abs(cne).max(initial=0)))
+    else:
+        (y, h_n), (ye, hne) = got, want
+    assert y.dtype == np.dtype(dtype) and h_n.dtype == np.dtype(dtype)
+    assert_close(y, ye, dtype, name="y")
+    assert_close(h_n, hne, dtype, name="h_n")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("lengths_mode", ["none", "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sequence_forward(rng, cell, dtype, shape, lengths_mode, reverse):
+    T, B, I, H = shape
+    a = make_inputs(rng, cell, T, B, I, H, dtype)
+    lengths = make_lengths(rng, lengths_mode, T, B)
+    got, want = run_forward(cell, a, lengths=lengths, reverse=reverse)
+    check_forward(cell, got, want, dtype)
+    if lengths is not None:  # zero past each length, exactly
+        for b, n in enumerate(lengths):
+            assert not got[0][n:, b].any()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("biases,states", [(False, False), (True, False), (False, True)])
+def test_missing_biases_and_states(rng, cell, dtype, biases, states):
+    a = make_inputs(rng, cell, 4, 3, 5, 7, dtype, biases=biases, states=states)
+    got, want = run_forward(cell, a, lengths=[4, 0, 2])
+    check_forward(cell, got, want, dtype)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_batch_first(rng, cell, reverse):
+    T, B, I, H = 5, 3, 4, 6
+    a = make_inputs(rng, cell, T, B, I, H, "float32")
+    a["x"] = np.ascontiguousarray(a["x"].transpose(1, 0, 2))
+    got, want = run_forward(cell, a, lengths=[2, 5, 0], reverse=reverse, batch_first=True)
+    assert got[0].shape == (B, T, H)
+    check_forward(cell, got, want, "float32")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,I,H", [(1, 1, 1), (3, 17, 17), (8, 5, 100)])
+def test_cells(rng, dtype, B, I, H):
+    a = make_inputs(rng, "lstm", 1, B, I, H, dtype)
+    x, h, c = a["x"][0], a["h0"], a["c0"]
+    w = dict(w_ih=a["w_ih"], w_hh=a["w_hh"], b_ih=a["b_ih"], b_hh=a["b_hh"])
+    h_new, c_new = seqcore.lstm_cell(x, h, c, **w, backend="c")
+    he, ce = ref.lstm_cell(*(v.astype(np.float64) for v in (x, h, c)), **f64(w))
+    assert_close(h_new, he, dtype, name="h_new")
+    assert_close(c_new, ce, dtype, name="c_new", scale=max(1.0, np.abs(ce).max()))
+
+    g = make_inputs(rng, "gru", 1, B, I, H, dtype)
+    wg = dict(w_ih=g["w_ih"], w_hh=g["w_hh"], b_ih=g["b_ih"], b_hh=g["b_hh"])
+    h_new = seqcore.gru_cell(g["x"][0], g["h0"], **wg, backend="c")
+    he = ref.gru_cell(g["x"][0].astype(np.float64), g["h0"].astype(np.float64), **f64(wg))
+    assert_close(h_new, he, dtype, name="gru h_new")
+
+
+# ---- backward, through the backend module ----
+
+def backend():
+    from seqcore import _c_recurrent
+    return _c_recurrent
+
+
+def full_inputs(rng, cell, T, B, I, H, dtype):
+    """Every array given (the dispatcher passes zeros for missing ones)."""
+    a = make_inputs(rng, cell, T, B, I, H, dtype)
+    return {k: np.ascontiguousarray(v) for k, v in a.items()}
+
+
+def run_backward(rng, cell, shape, dtype, lengths, reverse, with_grads=(True, True), keep_ws=True):
+    T, B, I, H = shape
+    a = full_inputs(rng, cell, T, B, I, H, dtype)
+    mod = backend()
+    dy = rng.standard_normal((T, B, H)).astype(dtype) if with_grads[0] else None
+    dh_n = rng.standard_normal((B, H)).astype(dtype) if with_grads[1] else None
+    if cell == "lstm":
+        dc_n = rng.standard_normal((B, H)).astype(dtype) if with_grads[1] else None
+        y, _, _, ws = mod.lstm_fwd(*a.values(), lengths, reverse, True)
+        got = mod.lstm_bwd(dy, dh_n, dc_n, *a.values(), lengths, reverse,
+                           y if keep_ws else None, ws if keep_ws else None)
+        want = ref.lstm_bwd(*map(to64, (dy, dh_n, dc_n)), **f64(a), lengths=lengths, reverse=reverse)
+        names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"]
+    else:
+        y, _, ws = mod.gru_fwd(*a.values(), lengths, reverse, True)
+        got = mod.gru_bwd(dy, dh_n, *a.values(), lengths, reverse,
+                          y if keep_ws else None, ws if keep_ws else None)
+        want = ref.gru_bwd(*map(to64, (dy, dh_n)), **f64(a), lengths=lengths, reverse=reverse)
+        names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0"]
+    return dict(zip(names, got)), want, names
+
+
+def to64(v):
+    return None if v is None else v.astype(np.float64)
+
+
+def check_grads(got, want, names, dtype):
+    for name in names:
+        expected = want[name]
+        assert got[name].dtype == np.dtype(dtype), name
+        scale = max(1.0, np.abs(expected).max(initial=0))
+        assert_close(got[name], expected, dtype, grad=True, name=f"d{name}", scale=scale)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("lengths_mode", ["none", "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward(rng, cell, dtype, shape, lengths_mode, reverse):
+    lengths = make_lengths(rng, lengths_mode, shape[0], shape[1])
+    got, want, names = run_backward(rng, cell, shape, dtype, lengths, reverse)
+    check_grads(got, want, names, dtype)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("with_grads", [(True, False), (False, True)])
+def test_backward_missing_output_grads(rng, cell, with_grads):
+    got, want, names = run_backward(rng, cell, (4, 3, 5, 6), "float64", np.array([4, 1, 0]),
+                                    False, with_grads=with_grads)
+    check_grads(got, want, names, "float64")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_backward_without_workspace_recomputes(rng, cell):
+    got, want, names = run_backward(rng, cell, (3, 2, 4, 5), "float32", None, True, keep_ws=False)
+    check_grads(got, want, names, "float32")
+
+
+@settings(max_examples=25, deadline=None)
+@given(cell=st.sampled_from(["lstm", "gru"]), T=st.integers(0, 6), B=st.integers(1, 9),
+       I=st.integers(1, 20), H=st.integers(1, 40), reverse=st.booleans(),
+       use_lengths=st.booleans(), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_random_shapes(cell, T, B, I, H, reverse, use_lengths, dtype, seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, T + 1, size=B) if use_lengths else None
+    a = make_inputs(rng, cell, T, B, I, H, dtype)
+    got, want = run_forward(cell, a, lengths=lengths, reverse=reverse)
+    check_forward(cell, got, want, dtype)
+    got, want, names = run_backward(rng, cell, (T, B, I, H), dtype, lengths, reverse)
+    check_grads(got, want, names, dtype)
+
+
+# ---- the C entry points refuse bad sizes instead of crashing ----
+
+@pytest.mark.parametrize("T,B,I,H,lengths", [(-1, 2, 3, 4, None), (2, -1, 3, 4, None),
+                                             (2, 2, 0, 4, None), (2, 2, 3, 0, None),
+                                             (2, 2, 3, 4, [3, 1]), (2, 2, 3, 4, [1, -1])])
+def test_c_rejects_invalid_sizes(T, B, I, H, lengths):
+    lib, ffi = _c.load()
+    big = np.zeros(4096, np.float32)  # large enough that a missed check could not fault
+    p = _c.ptr(big)
+    lens = None if lengths is None else np.array(lengths, np.int64)
+    assert lib.seqcore_lstm_fwd_f32(T, B, I, H, p, p, p, p, p, p, p, _c.ptr(lens), 0,
+                                    p, p, p, p) == -1
+    assert lib.seqcore_gru_bwd_f32(T, B, I, H, p, p, p, p, p, p, _c.ptr(lens), 0, p, p,
+                                   p, p, p, p, p, p) == -1
+
+
+def test_c_rejects_missing_arrays():
+    lib, ffi = _c.load()
+    p = _c.ptr(np.zeros(64, np.float64))
+    assert lib.seqcore_gru_fwd_f64(2, 2, 2, 2, ffi.NULL, p, p, p, p, p, ffi.NULL, 0,
+                                   p, p, ffi.NULL) == -1
+    assert lib.seqcore_lstm_bwd_f64(2, 2, 2, 2, p, p, p, p, p, p, p, p, ffi.NULL, 0, p,
+                                    ffi.NULL, p, p, p, p, p, p, p) == -1

@@ -1,0 +1,302 @@
+"""Triton LSTM/GRU kernels (backend="triton") against the float64 reference.
+
+Forward through the public API (seqcore.lstm / gru / lstm_cell / gru_cell), backward through
+the backend module (seqcore._triton_recurrent.lstm_bwd / gru_bwd) and once through autograd.
+Every forward test runs both forward paths: the persistent kernel (in its one-program
+configuration under the interpreter) and the per-step kernels. Every kernel output buffer is
+handed out NaN-filled (see `poisoned_buffers`), so an element a kernel forgets to write fails.
+"""
+import numpy as np
+import pytest
+
+from conftest import HAS_CUDA, assert_close, to_f64
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+import seqcore  # noqa: E402
+from seqcore import _triton_recurrent as backend  # noqa: E402
+from seqcore import reference  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+GATES = {"lstm": 4, "gru": 3}
+PATHS = ["persistent", "step"]
+DTYPES = ["float32", "float16", "bfloat16"]
+# (T, B, I, H): odd sizes, length-1 and empty sequences, an empty batch
+SEQ_SHAPES = [(1, 1, 1, 1), (4, 3, 3, 17), (4, 1, 40, 3), (0, 3, 5, 17), (4, 3, 17, 40),
+              (3, 0, 2, 5)]
+BWD_SHAPES = [(1, 1, 1, 1), (4, 3, 3, 17), (4, 1, 40, 3), (0, 3, 5, 17), (3, 3, 17, 40)]
+# what a call passes besides x and the weights
+VARIANTS = {
+    "bare": dict(biases=False, states=False, lengths=False, reverse=False, batch_first=False),
+    "full": dict(biases=True, states=True, lengths=False, reverse=False, batch_first=False),
+    "lengths": dict(biases=True, states=True, lengths=True, reverse=False, batch_first=False),
+    "reverse_lengths": dict(biases=True, states=False, lengths=True, reverse=True,
+                            batch_first=False),
+    "batch_first_reverse": dict(biases=False, states=True, lengths=False, reverse=True,
+                                batch_first=True),
+}
+BWD_VARIANTS = ["full", "lengths", "reverse_lengths"]
+# more batch rows and hidden units than one tile (16 x 64): a grid of several programs per step,
+# exchanging h through memory; the persistent path falls back to the per-step kernels here
+# under the interpreter (one program cannot hold this w_hh)
+MULTI_TILE_SHAPE = (3, 17, 3, 65)
+
+
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    """Every buffer the recurrent kernels allocate starts as NaN."""
+    from seqcore.kernels import rnn_cell
+
+    def nan_buffer(shape, dtype, device):
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(rnn_cell, "new_buffer", nan_buffer)
+
+
+@pytest.fixture(params=PATHS)
+def path(request, monkeypatch):
+    monkeypatch.setattr(backend, "FORWARD_PATH", request.param)
+    return request.param
+
+
+def torch_dtype(dtype, device):
+    if dtype == "bfloat16" and not HAS_CUDA:
+        pytest.skip("bfloat16 needs a GPU: the Triton interpreter computes through NumPy, "
+                    "which has no bfloat16")
+    return getattr(torch, dtype)
+
+
+def expect_persistent(path, cell, B, H, device):
+    """The persistent path must really run the persistent kernel for the shapes tested here."""
+    if path == "persistent":
+        from seqcore.kernels.rnn_persistent import runs_persistent
+
+        assert runs_persistent(B, H, GATES[cell], torch.device(device)) or B == 0
+
+
+def make_lengths(rng, T, B):
+    """Lengths in [0, T] that include 0 and T whenever B allows."""
+    lengths = rng.integers(0, T + 1, size=B)
+    if B >= 2:
+        lengths[0], lengths[-1] = 0, T
+    elif B == 1:
+        lengths[0] = rng.integers(0, T + 1)
+    return lengths
+
+
+def make_problem(rng, cell, T, B, I, H, dtype, device, v):
+    """Inputs as tensors (dtype, device) and as their float64 NumPy values."""
+    G = GATES[cell]
+    bound = 1.0 / np.sqrt(H)
+    x_shape = (B, T, I) if v["batch_first"] else (T, B, I)
+    arrays = dict(x=rng.standard_normal(x_shape),
+                  w_ih=rng.uniform(-bound, bound, (G * H, I)),
+                  w_hh=rng.uniform(-bound, bound, (G * H, H)))
+    if v["biases"]:
+        arrays["b_ih"] = rng.uniform(-bound, bound, G * H)
+        arrays["b_hh"] = rng.uniform(-bound, bound, G * H)
+    if v["states"]:
+        arrays["h0"] = rng.standard_normal((B, H))
+        if cell == "lstm":
+            arrays["c0"] = rng.standard_normal((B, H))
+    tensors = {k: torch.tensor(a, dtype=dtype, device=device) for k, a in arrays.items()}
+    values = {k: to_f64(t) for k, t in tensors.items()}
+    lengths = make_lengths(rng, T, B) if v["lengths"] else None
+    return tensors, values, lengths
+
+
+def run_sequence(cell, args, lengths, v, backend_name):
+    fn = seqcore.lstm if cell == "lstm" else seqcore.gru
+    opts = dict(lengths=lengths, reverse=v["reverse"], batch_first=v["batch_first"])
+    if backend_name is not None:
+        opts["backend"] = backend_name
+    return fn(**args, **opts)
+
+
+def flat_outputs(cell, out):
+    """[y, h_n(, c_n)] from the public return value."""
+    y, state = out
+    return [y] + (list(state) if cell == "lstm" else [state])
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("shape", SEQ_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequence_forward(cell, variant, shape, dtype, path, rng, triton_device):
+    T, B, I, H = shape
+    v = VARIANTS[variant]
+    tdtype = torch_dtype(dtype, triton_device)
+    expect_persistent(path, cell, B, H, triton_device)
+    tensors, values, lengths = make_problem(rng, cell, T, B, I, H, tdtype, triton_device, v)
+    got = flat_outputs(cell, run_sequence(cell, tensors, lengths, v, "triton"))
+    want = flat_outputs(cell, run_sequence(cell, values, lengths, v, None))
+    for name, g, w in zip(["y", "h_n", "c_n"], got, want):
+        assert g.dtype == tdtype and g.device.type == triton_device
+        assert_close(g, w, dtype, name=name)
+    if lengths is not None and T > 0:
+        y = got[0].transpose(0, 1) if v["batch_first"] else got[0]
+        for b, n in enumerate(lengths):  # exactly zero past each length, not merely close
+            assert torch.all(y[n:, b] == 0)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 17, 40), (3, 3, 17)],
+                         ids=lambda s: "B%d-I%d-H%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cells(shape, with_bias, dtype, path, rng, triton_device):
+    B, I, H = shape
+    tdtype = torch_dtype(dtype, triton_device)
+    expect_persistent(path, "lstm", B, H, triton_device)
+    v = dict(VARIANTS["full"], biases=with_bias)
+    t, a, _ = make_problem(rng, "lstm", 1, B, I, H, tdtype, triton_device, v)
+    step = dict(x=t["x"][0], h=t["h0"], c=t["c0"], w_ih=t["w_ih"], w_hh=t["w_hh"],
+                b_ih=t.get("b_ih"), b_hh=t.get("b_hh"))
+    h_new, c_new = seqcore.lstm_cell(**step, backend="triton")
+    want_h, want_c = reference.lstm_cell(a["x"][0], a["h0"], a["c0"], a["w_ih"], a["w_hh"],
+                                         a.get("b_ih"), a.get("b_hh"))
+    assert_close(h_new, want_h, dtype, name="lstm h")
+    assert_close(c_new, want_c, dtype, name="lstm c")
+
+    t, a, _ = make_problem(rng, "gru", 1, B, I, H, tdtype, triton_device, v)
+    h_new = seqcore.gru_cell(t["x"][0], t["h0"], t["w_ih"], t["w_hh"], t.get("b_ih"),
+                             t.get("b_hh"), backend="triton")
+    want = reference.gru_cell(a["x"][0], a["h0"], a["w_ih"], a["w_hh"], a.get("b_ih"),
+                              a.get("b_hh"))
+    assert_close(h_new, want, dtype, name="gru h")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_falls_back_when_w_hh_too_large(cell, rng, triton_device, monkeypatch):
+    """A w_hh slice that does not fit in registers takes the per-step kernels, still correct."""
+    from seqcore.kernels import rnn_persistent
+
+    monkeypatch.setattr(backend, "FORWARD_PATH", "persistent")
+    monkeypatch.setattr(rnn_persistent, "MAX_WEIGHT_ELEMS", 256)  # forces the fallback at H=17
+    T, B, I, H = 3, 2, 3, 17
+    assert not rnn_persistent.runs_persistent(B, H, GATES[cell], torch.device(triton_device))
+    v = VARIANTS["lengths"]
+    tensors, values, lengths = make_problem(rng, cell, T, B, I, H, torch.float32, triton_device, v)
+    got = flat_outputs(cell, run_sequence(cell, tensors, lengths, v, "triton"))
+    want = flat_outputs(cell, run_sequence(cell, values, lengths, v, None))
+    for name, g, w in zip(["y", "h_n", "c_n"], got, want):
+        assert_close(g, w, "float32", name=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+
+
+def full_args(cell, tensors, B, H, dtype, device):
+    """The backend's positional tensors: biases and states always present (zeros if absent)."""
+    G = GATES[cell]
+
+    def zeros(*shape_):
+        return torch.zeros(shape_, dtype=dtype, device=device)
+
+    out = [tensors["x"], tensors["w_ih"], tensors["w_hh"],
+           tensors.get("b_ih", zeros(G * H)), tensors.get("b_hh", zeros(G * H)),
+           tensors.get("h0", zeros(B, H))]
+    if cell == "lstm":
+        out.append(tensors.get("c0", zeros(B, H)))
+    return out
+
+
+def check_grads(cell, got, want, dtype):
+    names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0"] + (["c0"] if cell == "lstm" else [])
+    for name, g in zip(names, got):
+        w = want[name]
+        # weight and bias gradients sum over T*B steps: widen atol with their size
+        scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
+        assert_close(g, w, dtype, grad=True, name="d" + name, scale=scale)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("variant", BWD_VARIANTS)
+@pytest.mark.parametrize("shape", BWD_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequence_backward(cell, variant, shape, dtype, path, rng, triton_device):
+    check_backward(cell, variant, shape, dtype, rng, triton_device)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_multi_tile_grid(cell, path, rng, triton_device):
+    """Forward and backward with several programs per step in both grid dimensions."""
+    T, B, I, H = MULTI_TILE_SHAPE
+    variant = "reverse_lengths"
+    v = VARIANTS[variant]
+    tensors, values, lengths = make_problem(rng, cell, T, B, I, H, torch.float32, triton_device, v)
+    got = flat_outputs(cell, run_sequence(cell, tensors, lengths, v, "triton"))
+    want = flat_outputs(cell, run_sequence(cell, values, lengths, v, None))
+    for name, g, w in zip(["y", "h_n", "c_n"], got, want):
+        assert_close(g, w, "float32", name=name)
+    check_backward(cell, variant, MULTI_TILE_SHAPE, "float32", rng, triton_device)
+
+
+def check_backward(cell, variant, shape, dtype, rng, triton_device):
+    """backend.lstm_bwd / gru_bwd after the backend's forward, against the reference."""
+    T, B, I, H = shape
+    v = VARIANTS[variant]
+    tdtype = torch_dtype(dtype, triton_device)
+    tensors, values, lengths = make_problem(rng, cell, T, B, I, H, tdtype, triton_device, v)
+    args = full_args(cell, tensors, B, H, tdtype, triton_device)
+    lens = None if lengths is None else torch.tensor(lengths, device=triton_device)
+
+    def grad_of(*shape_):
+        return torch.tensor(rng.standard_normal(shape_), dtype=tdtype, device=triton_device)
+
+    dy, dh_n, dc_n = grad_of(T, B, H), grad_of(B, H), grad_of(B, H)
+    ref_args = [to_f64(a) for a in args]
+    ref_opts = dict(lengths=lengths, reverse=v["reverse"])
+    if cell == "lstm":
+        y, h_n, c_n, ws = backend.lstm_fwd(*args, lens, v["reverse"], True)
+        got = backend.lstm_bwd(dy, dh_n, dc_n, *args, lens, v["reverse"], y, ws)
+        want = reference.lstm_bwd(to_f64(dy), to_f64(dh_n), to_f64(dc_n), *ref_args,
+                                  **ref_opts)
+    else:
+        y, h_n, ws = backend.gru_fwd(*args, lens, v["reverse"], True)
+        got = backend.gru_bwd(dy, dh_n, *args, lens, v["reverse"], y, ws)
+        want = reference.gru_bwd(to_f64(dy), to_f64(dh_n), *ref_args, **ref_opts)
+    assert ws.shape == (T, B, (5 if cell == "lstm" else 4) * H) and ws.dtype == torch.float32
+    for g, a in zip(got, args):
+        assert g.dtype == tdtype and g.shape == a.shape
+    check_grads(cell, got, want, dtype)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_autograd_through_public_api(cell, path, rng, triton_device):
+    """seqcore.lstm/gru with requires_grad: the forward keeps its workspace and torch's backward
+    runs the Triton backward kernels; h_n is used, c_n is not (its gradient arrives as None)."""
+    T, B, I, H = 4, 3, 5, 17
+    v = VARIANTS["reverse_lengths"]
+    tensors, values, lengths = make_problem(rng, cell, T, B, I, H, torch.float32, triton_device, v)
+    tensors["h0"] = torch.tensor(rng.standard_normal((B, H)), dtype=torch.float32,
+                                 device=triton_device)
+    values["h0"] = to_f64(tensors["h0"])
+    for t in tensors.values():
+        t.requires_grad_(True)
+    out = flat_outputs(cell, run_sequence(cell, tensors, lengths, v, "triton"))
+    dy = torch.tensor(rng.standard_normal((T, B, H)), dtype=torch.float32, device=triton_device)
+    dh_n = torch.tensor(rng.standard_normal((B, H)), dtype=torch.float32, device=triton_device)
+    loss = (out[0] * dy).sum() + (out[1] * dh_n).sum()
+    names = list(tensors)
+    got = torch.autograd.grad(loss, [tensors[n] for n in names])
+    opts = dict(lengths=lengths, reverse=True)
+    if cell == "lstm":
+        want = reference.lstm_bwd(to_f64(dy), to_f64(dh_n), None, values["x"], values["w_ih"],
+                                  values["w_hh"], values["b_ih"], values["b_hh"], values["h0"],
+                                  None, **opts)
+    else:
+        want = reference.gru_bwd(to_f64(dy), to_f64(dh_n), values["x"], values["w_ih"],
+                                 values["w_hh"], values["b_ih"], values["b_hh"], values["h0"],
+                                 **opts)
+    for name, g in zip(names, got):
+        w = want[name]
+        assert_close(g, w, "float32", grad=True, name="d" + name,
+                     scale=max(1.0, float(np.abs(w).max())))

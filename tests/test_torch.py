@@ -1,0 +1,398 @@
+"""torch integration (seqcore/_torch.py): the custom ops, autograd, torch.compile, array kinds.
+
+Every op is checked with torch.library.opcheck (schema, fake tensor, autograd registration,
+AOT dispatch); gradients through seqcore.attention / lstm / gru against seqcore.reference's
+backward and with torch.autograd.gradcheck; torch.compile(fullgraph=True) traces through.
+"""
+import importlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import seqcore  # noqa: E402
+from seqcore import _backends, _c, reference  # noqa: E402
+import seqcore._torch  # noqa: E402,F401  (registers torch.ops.seqcore.*)
+from conftest import assert_close  # noqa: E402
+
+ops = torch.ops.seqcore
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+CPU_BACKENDS = ["numpy", "c"]
+
+
+def require_backend(backend, family):
+    """Skip (visibly, with the reason) when a backend module is not in this tree or unusable."""
+    if backend == "c" and _c.status():
+        pytest.skip(f"C backend unavailable: {_c.status()}")
+    name = _backends._MODULES[(backend, family)]
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        pytest.skip(f"{name} is not in this tree")
+
+
+def tensor(rng, shape, dtype="float64", requires_grad=False, device="cpu"):
+    t = torch.from_numpy(rng.standard_normal(shape)).to(device=device, dtype=TORCH_DTYPES[dtype])
+    return t.requires_grad_(requires_grad)
+
+
+def f64(t):
+    return None if t is None else t.detach().cpu().double().numpy()
+
+
+# ---- attention problems -------------------------------------------------------------------------
+
+# (B, Hq, Hkv, Sq, Sk, D, Dv): GQA, odd head dims, Sq != Sk, length 1
+ATTN_SHAPES = [(2, 4, 2, 5, 7, 8, 6), (1, 3, 1, 1, 4, 5, 3), (1, 2, 2, 6, 3, 3, 4)]
+ATTN_OPTIONS = [dict(causal=True), dict(window=(2, 1), softcap=2.5), dict(scale=0.3)]
+
+
+def attn_inputs(rng, shape, dtype, bias_shape=None, requires_grad=False):
+    B, Hq, Hkv, Sq, Sk, D, Dv = shape
+    q = tensor(rng, (B, Hq, Sq, D), dtype, requires_grad)
+    k = tensor(rng, (B, Hkv, Sk, D), dtype, requires_grad)
+    v = tensor(rng, (B, Hkv, Sk, Dv), dtype, requires_grad)
+    bias = None if bias_shape is None else tensor(rng, bias_shape, dtype, requires_grad)
+    return q, k, v, bias
+
+
+def op_params(causal=False, window=None, softcap=None, scale=None, D=8):
+    p = seqcore._problem.make_attn_params(scale if scale is not None else D ** -0.5, causal,
+                                          window, softcap)
+    return (p.scale, p.window_left, p.window_right, p.softcap, p.causal)
+
+
+# ---- opcheck on every op ------------------------------------------------------------------------
+
+BACKEND_DTYPES = [("numpy", "float64"), ("c", "float32"), ("c", "float64")]
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("bias_kind", [None, "full", "broadcast"])
+def test_opcheck_attention(rng, backend, dtype, bias_kind):
+    require_backend(backend, "attention")
+    shape = (2, 4, 2, 5, 7, 8, 6)
+    q, k, v, _ = attn_inputs(rng, shape, dtype, requires_grad=True)
+    bias = None
+    if bias_kind == "full":
+        bias = tensor(rng, (2, 4, 5, 7), dtype, True)
+    elif bias_kind == "broadcast":  # what attention.py hands over: a zero-stride view
+        bias = tensor(rng, (1, 4, 1, 7), dtype).expand(2, 4, 5, 7).requires_grad_()
+    params = op_params(causal=True, softcap=3.0)
+    torch.library.opcheck(ops.attention_fwd, (q, k, v, bias) + params + (backend,))
+    out, lse = ops.attention_fwd(q, k, v, bias, *params, backend)
+    dout = torch.randn_like(out)
+    args = (dout, q.detach(), k.detach(), v.detach(), None if bias is None else bias.detach(),
+            out.detach(), lse.detach()) + params + (backend, bias is not None)
+    torch.library.opcheck(ops.attention_bwd, args)
+
+
+def varlen_inputs(rng, dtype, requires_grad=False, lens_q=(3, 0, 5), lens_k=(4, 2, 5)):
+    cu_q = torch.tensor(np.concatenate([[0], np.cumsum(lens_q)]), dtype=torch.int32)
+    cu_k = torch.tensor(np.concatenate([[0], np.cumsum(lens_k)]), dtype=torch.int32)
+    q = tensor(rng, (sum(lens_q), 4, 6), dtype, requires_grad)
+    k = tensor(rng, (sum(lens_k), 2, 6), dtype, requires_grad)
+    v = tensor(rng, (sum(lens_k), 2, 5), dtype, requires_grad)
+    return q, k, v, cu_q, cu_k, max(lens_q), max(lens_k)
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+def test_opcheck_attention_varlen(rng, backend, dtype):
+    require_backend(backend, "attention")
+    q, k, v, cu_q, cu_k, max_q, max_k = varlen_inputs(rng, dtype, True)
+    params = op_params(causal=True, D=6)
+    fwd_args = (q, k, v, cu_q, cu_k, max_q, max_k) + params + (backend,)
+    torch.library.opcheck(ops.attention_varlen_fwd, fwd_args)
+    out, lse = ops.attention_varlen_fwd(*fwd_args)
+    args = (torch.randn_like(out), q.detach(), k.detach(), v.detach(), cu_q, cu_k, max_q, max_k,
+            out.detach(), lse.detach()) + params + (backend,)
+    torch.library.opcheck(ops.attention_varlen_bwd, args)
+
+
+def rnn_inputs(rng, cell, dtype, T=4, B=3, I=5, H=4, requires_grad=False, device="cpu"):
+    G = 4 if cell == "lstm" else 3
+    shapes = dict(x=(T, B, I), w_ih=(G * H, I), w_hh=(G * H, H), b_ih=(G * H,), b_hh=(G * H,),
+                  h0=(B, H))
+    if cell == "lstm":
+        shapes["c0"] = (B, H)
+    return {name: tensor(rng, s, dtype, requires_grad, device) for name, s in shapes.items()}
+
+
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 0, 2], True)])
+def test_opcheck_rnn(rng, backend, dtype, cell, lengths, reverse):
+    require_backend(backend, "recurrent")
+    a = rnn_inputs(rng, cell, dtype, requires_grad=True)
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    fwd, bwd = (ops.lstm_fwd, ops.lstm_bwd) if cell == "lstm" else (ops.gru_fwd, ops.gru_bwd)
+    fwd_args = tuple(a.values()) + (lens, reverse, True, backend)
+    torch.library.opcheck(fwd, fwd_args)
+    outs = fwd(*fwd_args)
+    y, ws = outs[0], outs[-1]
+    douts = tuple(torch.randn_like(t) for t in outs[:-1])
+    detached = tuple(t.detach() for t in a.values())
+    torch.library.opcheck(bwd, douts + detached + (lens, reverse, y.detach(), ws.detach(), backend))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_workspace_only_when_grad_is_needed(rng, cell):
+    require_backend("numpy", "recurrent")
+    a = rnn_inputs(rng, cell, "float32", T=3, B=2, I=3, H=2)
+    fwd = ops.lstm_fwd if cell == "lstm" else ops.gru_fwd
+    ws_width = 5 if cell == "lstm" else 4
+    assert fwd(*a.values(), None, False, False, "numpy")[-1].shape == (0,)
+    assert fwd(*a.values(), None, False, True, "numpy")[-1].shape == (3, 2, ws_width * 2)
+    # the public wrapper decides from requires_grad and grad mode
+    a["w_hh"].requires_grad_()
+    run = seqcore.lstm if cell == "lstm" else seqcore.gru
+    with torch.no_grad():
+        y = run(*a.values(), backend="numpy")[0]
+    assert y.grad_fn is None
+    y = run(*a.values(), backend="numpy")[0]
+    y.sum().backward()
+    assert a["w_hh"].grad is not None and torch.isfinite(a["w_hh"].grad).all()
+
+
+@pytest.mark.triton
+def test_opcheck_triton_tiny(rng, triton_device):
+    for family in ("attention", "recurrent"):
+        require_backend("triton", family)
+    q, k, v, _ = attn_inputs(rng, (1, 2, 1, 3, 5, 16, 16), "float32", requires_grad=True)
+    q, k, v = (t.detach().to(triton_device).requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(ops.attention_fwd,
+                          (q, k, v, None) + op_params(causal=True, D=16) + ("triton",))
+    for cell, fwd in (("lstm", ops.lstm_fwd), ("gru", ops.gru_fwd)):
+        a = rnn_inputs(rng, cell, "float32", T=2, B=2, I=3, H=4, requires_grad=True,
+                       device=triton_device)
+        torch.library.opcheck(fwd, tuple(a.values()) + (None, False, True, "triton"))
+
+
+# ---- gradients: gradcheck, and against the reference backward ----------------------------------
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("options", ATTN_OPTIONS)
+def test_gradcheck_attention(rng, backend, options):
+    require_backend(backend, "attention")
+    q, k, v, bias = attn_inputs(rng, (1, 2, 1, 3, 4, 3, 2), "float64", (2, 1, 4), True)
+
+    def run(q, k, v, bias):
+        return seqcore.attention(q, k, v, bias=bias, backend=backend, **options)
+
+    assert torch.autograd.gradcheck(run, (q, k, v, bias))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradcheck_rnn(rng, backend, cell):
+    require_backend(backend, "recurrent")
+    a = rnn_inputs(rng, cell, "float64", T=3, B=3, I=2, H=2, requires_grad=True)
+    run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
+
+    def run(*tensors):
+        y, state = run_seq(*tensors, lengths=[3, 1, 0], reverse=True, batch_first=True,
+                           backend=backend)
+        return (y,) + (tuple(state) if cell == "lstm" else (state,))
+
+    assert torch.autograd.gradcheck(run, tuple(a.values()), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradcheck_attention_varlen(rng, backend):
+    require_backend(backend, "attention")
+    q, k, v, cu_q, cu_k, _, _ = varlen_inputs(rng, "float64", True, (2, 0, 3), (3, 1, 2))
+
+    def run(q, k, v):
+        return seqcore.attention_varlen(q, k, v, cu_q, cu_k, window=(1, 0), backend=backend)
+
+    assert torch.autograd.gradcheck(run, (q, k, v), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", ATTN_SHAPES)
+@pytest.mark.parametrize("options", ATTN_OPTIONS)
+def test_attention_grad_vs_reference(rng, backend, dtype, shape, options):
+    require_backend(backend, "attention")
+    B, Hq, _, Sq, Sk, _, _ = shape
+    q, k, v, bias = attn_inputs(rng, shape, dtype, (Hq, 1, Sk), True)  # bias broadcast over B, Sq
+    out = seqcore.attention(q, k, v, bias=bias, backend=backend, **options)
+    assert out.dtype == q.dtype
+    dout = tensor(rng, out.shape, dtype)
+    out.backward(dout)
+    want = reference.attention(f64(q), f64(k), f64(v), bias=f64(bias), **options)
+    assert_close(out, want, dtype, name="out")
+    grads = reference.attention_bwd(f64(dout), f64(q), f64(k), f64(v), bias=f64(bias), **options)
+    for name, t, g in zip(("dq", "dk", "dv", "dbias"), (q, k, v, bias), grads):
+        assert t.grad.shape == t.shape
+        assert_close(t.grad, g, dtype, grad=True, name=name, scale=Sq)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_attention_varlen_grad_vs_reference(rng, backend, dtype):
+    require_backend(backend, "attention")
+    q, k, v, cu_q, cu_k, _, _ = varlen_inputs(rng, dtype, True)
+    options = dict(causal=True, softcap=2.0)
+    out = seqcore.attention_varlen(q, k, v, cu_q, cu_k, backend=backend, **options)
+    dout = tensor(rng, out.shape, dtype)
+    out.backward(dout)
+    want = reference.attention_varlen(f64(q), f64(k), f64(v), cu_q.numpy(), cu_k.numpy(), **options)
+    assert_close(out, want, dtype, name="out")
+    grads = reference.attention_varlen_bwd(f64(dout), f64(q), f64(k), f64(v), cu_q.numpy(),
+                                           cu_k.numpy(), **options)
+    for name, t, g in zip(("dq", "dk", "dv"), (q, k, v), grads):
+        assert_close(t.grad, g, dtype, grad=True, name=name, scale=4)
+
+
+def _scores_lse(q, k, bias, causal, softcap, scale):
+    """lse of the scores, in plain torch ops (autograd gives the gradient through lse)."""
+    kk = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    s = scale * q @ kk.transpose(-1, -2)
+    s = softcap * torch.tanh(s / softcap) if softcap else s
+    s = s + bias
+    if causal:
+        Sq, Sk = s.shape[-2:]
+        visible = torch.ones(Sq, Sk, dtype=torch.bool).tril(Sk - Sq)
+        s = s.masked_fill(~visible, float("-inf"))
+    return torch.logsumexp(s, dim=-1)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradient_through_lse(rng, backend):
+    """lse feeds merge_attention (split-KV, ring attention): its gradient must reach q, k, bias."""
+    require_backend(backend, "attention")
+    q, k, v, bias = attn_inputs(rng, (2, 4, 2, 5, 7, 8, 6), "float64", (4, 5, 7), True)
+    options = dict(causal=True, softcap=3.0)
+    out, lse = seqcore.attention(q, k, v, bias=bias, return_lse=True, backend=backend, **options)
+    w_out, w_lse = tensor(rng, out.shape), tensor(rng, lse.shape, "float32")
+    got = torch.autograd.grad((out * w_out).sum() + (lse * w_lse).sum(), (q, k, v, bias))
+    # expected: the out part from the reference backward, the lse part from torch autograd
+    ref = reference.attention_bwd(f64(w_out), f64(q), f64(k), f64(v), bias=f64(bias), **options)
+    lse_ref = _scores_lse(q, k, bias, True, 3.0, 8 ** -0.5)
+    lse_part = torch.autograd.grad((lse_ref * w_lse.double()).sum(), (q, k, bias))
+    lse_part = (lse_part[0], lse_part[1], None, lse_part[2])
+    for name, g, r, extra in zip(("dq", "dk", "dv", "dbias"), got, ref, lse_part):
+        want = r if extra is None else r + f64(extra)
+        assert_close(g, want, "float32", grad=True, name=name)  # lse is float32 (API.md)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_varlen_gradient_through_lse_only(rng, backend):
+    """Only lse is used (out gets no gradient): the lse term alone, per packed sequence."""
+    require_backend(backend, "attention")
+    q, k, v, cu_q, cu_k, _, _ = varlen_inputs(rng, "float64", True)
+    _, lse = seqcore.attention_varlen(q, k, v, cu_q, cu_k, causal=True, return_lse=True,
+                                      backend=backend)
+    w_lse = tensor(rng, lse.shape, "float32")
+    got = torch.autograd.grad((lse * w_lse).sum(), (q, k, v), allow_unused=True)
+    want_lse = []
+    for s in range(len(cu_q) - 1):
+        rows, keys = slice(cu_q[s], cu_q[s + 1]), slice(cu_k[s], cu_k[s + 1])
+        heads_first = lambda t: t.transpose(0, 1)[None]  # noqa: E731
+        per_seq = _scores_lse(heads_first(q[rows]), heads_first(k[keys]), 0.0, True, None, 6 ** -0.5)
+        want_lse.append(per_seq[0].transpose(0, 1))
+    want = torch.autograd.grad((torch.cat(want_lse) * w_lse.double()).sum(), (q, k))
+    assert_close(got[0], want[0], "float32", grad=True, name="dq")
+    assert_close(got[1], want[1], "float32", grad=True, name="dk")
+    assert got[2] is None or not got[2].any(), "v does not reach lse"
+
+
+# ---- torch.compile ------------------------------------------------------------------------------
+# The "aot_eager" compile backend runs AOTAutograd (fake tensors, functionalization, the joint
+# forward/backward graph: everything that needs the fake and autograd registrations) without
+# inductor, whose C++ codegen would need a compiler toolchain and minutes per graph on 2 cores.
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_compile_attention_fullgraph(rng, backend):
+    require_backend(backend, "attention")
+    q, k, v, bias = attn_inputs(rng, (2, 4, 2, 5, 7, 8, 6), "float32", (4, 1, 7), True)
+
+    def run(q, k, v, bias):
+        return seqcore.attention(q, k, v, causal=True, bias=bias, backend=backend) * 2
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    got = compiled(q, k, v, bias)
+    got_grads = torch.autograd.grad(got.sum(), (q, k, v, bias))
+    want = run(q, k, v, bias)
+    want_grads = torch.autograd.grad(want.sum(), (q, k, v, bias))
+    assert_close(got, want, "float32")
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, "float32", grad=True)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_compile_rnn_fullgraph(rng, backend, cell):
+    require_backend(backend, "recurrent")
+    a = rnn_inputs(rng, cell, "float32", requires_grad=True)
+    run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
+
+    def run(*tensors):
+        y, state = run_seq(*tensors, backend=backend)
+        h_n = state[0] if cell == "lstm" else state
+        return torch.tanh(y).sum() + h_n.square().sum()
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    got = compiled(*a.values())
+    got_grads = torch.autograd.grad(got, tuple(a.values()))
+    want = run(*a.values())
+    want_grads = torch.autograd.grad(want, tuple(a.values()))
+    assert_close(got, want, "float32", scale=10)
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, "float32", grad=True)
+
+
+# ---- array kinds, devices, dtypes ---------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_tensors_in_tensors_out(rng, backend, dtype):
+    require_backend(backend, "attention")
+    require_backend(backend, "recurrent")
+    torch_dtype = TORCH_DTYPES[dtype]
+    q, k, v, bias = attn_inputs(rng, (3, 2, 1, 4, 1, 5, 3), dtype, (4, 1))
+    out, lse = seqcore.attention(q, k, v, bias=bias, return_lse=True, backend=backend)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch_dtype and out.device == q.device
+    assert lse.dtype == torch.float32 and lse.shape == (3, 2, 4)
+    assert_close(out, reference.attention(f64(q), f64(k), f64(v), bias=f64(bias)), dtype)
+
+    a = rnn_inputs(rng, "lstm", dtype, T=1, B=2, I=3, H=2)
+    y, (h, c) = seqcore.lstm(*a.values(), backend=backend)
+    want_y, (want_h, want_c) = reference.lstm(*(f64(t) for t in a.values()))
+    for got, want in ((y, want_y), (h, want_h), (c, want_c)):
+        assert got.dtype == torch_dtype and got.device == a["x"].device
+        assert_close(got, want, dtype)
+    g = rnn_inputs(rng, "gru", dtype, T=2, B=1, I=3, H=3)
+    h_new = seqcore.gru_cell(g["x"][0], g["h0"], g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"],
+                             backend=backend)
+    assert h_new.dtype == torch_dtype
+    assert_close(h_new, reference.gru_cell(*(f64(t) for t in (g["x"][0], g["h0"], g["w_ih"],
+                                                              g["w_hh"], g["b_ih"], g["b_hh"]))),
+                 dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float16_gradients(rng, backend):
+    require_backend(backend, "attention")
+    q, k, v, _ = attn_inputs(rng, (1, 2, 2, 3, 4, 4, 4), "float16", requires_grad=True)
+    out = seqcore.attention(q, k, v, causal=True, backend=backend)
+    dout = tensor(rng, out.shape, "float16")
+    out.backward(dout)
+    grads = reference.attention_bwd(f64(dout), f64(q), f64(k), f64(v), causal=True)
+    for t, g in zip((q, k, v), grads):
+        assert t.grad.dtype == torch.float16
+        assert_close(t.grad, g, "float16", grad=True)
+
+
+def test_mixing_numpy_and_torch_is_a_type_error(rng):
+    q = rng.standard_normal((1, 2, 3, 4))
+    k = torch.from_numpy(rng.standard_normal((1, 2, 3, 4)))
+    with pytest.raises(TypeError, match="mix NumPy arrays and torch tensors"):
+        seqcore.attention(q, k, k, backend="numpy")
+    a = rnn_inputs(rng, "gru", "float64")
+    with pytest.raises(TypeError, match="mix NumPy arrays and torch tensors"):
+        seqcore.gru(a["x"].numpy(), a["w_ih"], a["w_hh"], backend="numpy")
