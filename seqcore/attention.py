@@ -221,7 +221,11 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     m_safe = xp.where(xp.isinf(m) & (m < 0), xp.zeros_like(m), m)
     wa, wb = xp.exp(la - m_safe), xp.exp(lb - m_safe)
     total = wa + wb
-    lse = m_safe + xp.log(total)
+    if kind == _arrays.TORCH:
+        lse = m_safe + xp.log(total)
+    else:
+        with np.errstate(divide="ignore"):  # rows seen by neither side: log(0) = -inf, as wanted
+            lse = m_safe + xp.log(total)
     denom = xp.where(total > 0, total, xp.ones_like(total))
     out = (oa * (wa / denom)[..., None] + ob * (wb / denom)[..., None])
     if kind == _arrays.TORCH:

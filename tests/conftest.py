@@ -29,6 +29,9 @@ HAS_CUDA = _cuda_available()
 if not HAS_CUDA:
     # must happen before triton.jit decorates any kernel
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests check correctness, not speed: on a GPU, compile each kernel variant's default tile config
+# only, instead of autotuning a dozen configs for every tiny test shape.
+os.environ.setdefault("SEQCORE_AUTOTUNE", "0")
 
 try:
     import torch  # noqa: F401

@@ -5,7 +5,6 @@ and on CUDA tensors (bfloat16 too) where there is one. Every output buffer the k
 is poisoned with NaN first (see `poisoned_empty`), so a row a kernel forgets to write fails.
 Shapes stay small: the interpreter runs one program at a time.
 """
-import os
 
 import numpy as np
 import pytest
@@ -29,7 +28,6 @@ DTYPES = ["float32", "float16", "bfloat16"]
 
 # On a GPU, compile one tile config per kernel variant instead of autotuning each of the many
 # small variants below (read when seqcore.kernels.attention is first imported).
-os.environ.setdefault("SEQCORE_AUTOTUNE", "0")
 
 
 @pytest.fixture(autouse=True)

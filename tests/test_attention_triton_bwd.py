@@ -31,7 +31,6 @@ pytestmark = [
 DTYPES = ["float32", "float16", "bfloat16"]
 
 # On a GPU, compile one tile config per kernel variant instead of autotuning each small variant
-os.environ.setdefault("SEQCORE_AUTOTUNE", "0")
 
 
 @pytest.fixture(autouse=True)
