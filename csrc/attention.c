@@ -411,9 +411,261 @@ static void fwd_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, cons
     }
 }
 
+/* ---------------------------------------------------------------- forward, AVX-512 fast path
+ *
+ * The common case (float, no bias, no softcap) with AVX-512: the score tile, the online
+ * softmax and P V are fused per block of FR = 4 query rows, so a block's scores live in 16
+ * zmm registers and only its P (4 x 64 floats) goes through memory (for the broadcasts of
+ * P V). Per key tile, every 4-row block of the BQ-row query tile reuses the key and value
+ * tiles from L1 (16 + 16 KB at D = Dv = 64).
+ * Scores are kept in base 2: q is pre-multiplied by scale * log2(e), so exp becomes exp2 (one
+ * multiply fewer per score); m is then a base-2 max and lse = m ln2 + log(l).
+ * K is packed once per call into 64-key tiles, each D x 64 contiguous (transposed), zero
+ * columns past a sequence's last key; tile t of sequence s is tile tile_base[s] + t. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+enum { FR = 4 };  /* query rows per register block */
+
+/* 2^x on 16 lanes for x <= 0 (scores minus their row max): 2^n 2^r, n = round(x), |r| <= 1/2,
+ * 2^r by its degree-6 Taylor polynomial in r ln2 (relative error < 2e-7); x < -126 (also -inf)
+ * gives exactly 0, so masked scores add nothing; NaN stays NaN. */
+static inline __m512 exp2_ps(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-126.0f);
+    __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
+    x = _mm512_max_ps(lo, x);  /* (max returns its second operand, x, when x is NaN) */
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_sub_ps(x, n);  /* exact */
+    __m512 poly = _mm512_set1_ps(1.5403530393381606e-4f);            /* ln2^6 / 720 */
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.3333558146428443e-3f));  /* ln2^5 / 120 */
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(9.618129107628477e-3f));   /* ln2^4 / 24 */
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(5.550410866482158e-2f));   /* ln2^3 / 6 */
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(0.2402265069591007f));     /* ln2^2 / 2 */
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(0.6931471805599453f));     /* ln2 */
+    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(live, poly, n);
+}
+
+static float exp2_1(float x) { return _mm512_cvtss_f32(exp2_ps(_mm512_set1_ps(x))); }
+
+/* Bits c of the result: key column c of a 64-wide tile is visible (lo <= c < hi). */
+static uint64_t column_mask(int64_t lo, int64_t hi) {
+    lo = clamp64(lo, 0, 64);
+    hi = clamp64(hi, 0, 64);
+    if (hi <= lo) return 0;
+    uint64_t below_hi = hi == 64 ? ~(uint64_t)0 : (((uint64_t)1 << hi) - 1);
+    return below_hi & ~(((uint64_t)1 << lo) - 1);
+}
+
+/* Packed K, see above. tile_base has n_seq + 1 entries; returns NULL when out of memory. */
+static int64_t *key_tile_bases(const seqcore_attn_problem *p) {
+    int64_t *base = malloc((size_t)(p->n_seq + 1) * sizeof(int64_t));
+    if (!base) return NULL;
+    base[0] = 0;
+    for (int64_t s = 0; s < p->n_seq; s++)
+        base[s + 1] = base[s] + cdiv(k_rows(p, s, 0).len, BK);
+    return base;
+}
+
+/* Pack the key tiles of (sequence s, kv head hk) into kp (Hkv x n_tiles x D x BK). */
+static void pack_keys_f32(const seqcore_attn_problem *p, const float *k, const int64_t *base,
+                          float *kp, int64_t s, int64_t hk) {
+    seq_rows kr = k_rows(p, s, hk);
+    int64_t D = p->D, n_tiles = base[p->n_seq];
+    for (int64_t t = 0; t < base[s + 1] - base[s]; t++) {
+        float *dst = kp + (hk * n_tiles + base[s] + t) * D * BK;
+        int64_t j0 = t * BK, nk = min64(BK, kr.len - j0);
+        for (int64_t j = 0; j < nk; j++) {
+            const float *row = k + row_index(kr, j0 + j) * D;
+            for (int64_t c = 0; c < D; c++) dst[c * BK + j] = row[c];
+        }
+        for (int64_t c = 0; c < D; c++)
+            for (int64_t j = nk; j < BK; j++) dst[c * BK + j] = 0;
+    }
+}
+
+/* Per-thread scratch of the fast forward. */
+typedef struct {
+    float *block;
+    float *q;   /* BQ x D: query tile times scale * log2(e) */
+    float *o;   /* BQ x dvp: output accumulator (unnormalized), dvp = Dv rounded up to 64 */
+    float *l;   /* BQ x 16: per-lane partial sums of exp (summed across lanes at the end) */
+    float *m;   /* BQ: running base-2 max */
+    float *pb;  /* FR x BK: P of the current 4-row block */
+} fast_scratch_f32;
+
+static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
+    int64_t sizes[5] = {BQ * D, BQ * dvp, BQ * 16, BQ, FR * BK};
+    float **parts[5] = {&w->q, &w->o, &w->l, &w->m, &w->pb};
+    int64_t total = 0;
+    for (int i = 0; i < 5; i++) total += sizes[i];
+    w->block = aligned_alloc(64, (size_t)round_up(total * (int64_t)sizeof(float), 64));
+    if (!w->block) return 0;
+    float *at = w->block;
+    for (int i = 0; i < 5; i++) { *parts[i] = at; at += round_up(sizes[i], 16); }
+    return 1;
+}
+
+/* One 4-row block against one key tile: S = Q K^T (base 2), mask, online softmax, O += P V. */
+FMA_CONTRACT static void fast_block_f32(const float *restrict qb, int64_t D,
+                                        const float *restrict kt, const float *restrict vt,
+                                        int64_t ldv, int64_t nk, int64_t Dv, int64_t dvp,
+                                        const uint64_t *col_masks, float *restrict m,
+                                        float *restrict l, float *restrict ob,
+                                        float *restrict pb) {
+    __m512 acc[FR][4];
+    for (int r = 0; r < FR; r++)
+        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < D; kk++) {
+        __m512 b0 = _mm512_load_ps(kt + kk * BK), b1 = _mm512_load_ps(kt + kk * BK + 16);
+        __m512 b2 = _mm512_load_ps(kt + kk * BK + 32), b3 = _mm512_load_ps(kt + kk * BK + 48);
+        for (int r = 0; r < FR; r++) {
+            __m512 a = _mm512_set1_ps(qb[r * D + kk]);
+            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+        }
+    }
+    const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
+    __m512 alpha[FR];
+    for (int r = 0; r < FR; r++) {
+        if (col_masks)
+            for (int c = 0; c < 4; c++)
+                acc[r][c] = _mm512_mask_mov_ps(neg_inf, (__mmask16)(col_masks[r] >> (16 * c)),
+                                               acc[r][c]);
+        __m512 mx = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
+                                  _mm512_max_ps(acc[r][2], acc[r][3]));
+        float m_old = m[r], m_new = _mm512_reduce_max_ps(mx);
+        m_new = m_new > m_old ? m_new : m_old;
+        /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
+        float m_use = m_new == -INFINITY ? 0 : m_new;
+        alpha[r] = _mm512_set1_ps(m_new > m_old ? exp2_1(m_old - m_use) : 1.0f);
+        m[r] = m_new;
+        __m512 mu = _mm512_set1_ps(m_use), sum = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++) {
+            __m512 pr = exp2_ps(_mm512_sub_ps(acc[r][c], mu));
+            _mm512_store_ps(pb + r * BK + 16 * c, pr);
+            sum = _mm512_add_ps(sum, pr);
+        }
+        _mm512_store_ps(l + r * 16, _mm512_fmadd_ps(_mm512_load_ps(l + r * 16), alpha[r], sum));
+    }
+    /* O (FR x dvp, 64 columns at a time) = alpha O + P V; V rows read in place, masked past Dv */
+    for (int64_t c0 = 0; c0 < dvp; c0 += 64) {
+        __mmask16 vm[4];
+        for (int c = 0; c < 4; c++)
+            vm[c] = (__mmask16)(column_mask(0, Dv - c0) >> (16 * c));
+        for (int r = 0; r < FR; r++)
+            for (int c = 0; c < 4; c++)
+                acc[r][c] = _mm512_mul_ps(_mm512_load_ps(ob + r * dvp + c0 + 16 * c), alpha[r]);
+        for (int64_t kk = 0; kk < nk; kk++) {
+            const float *vr = vt + kk * ldv + c0;
+            __m512 b0 = _mm512_maskz_loadu_ps(vm[0], vr), b1 = _mm512_maskz_loadu_ps(vm[1], vr + 16);
+            __m512 b2 = _mm512_maskz_loadu_ps(vm[2], vr + 32), b3 = _mm512_maskz_loadu_ps(vm[3], vr + 48);
+            for (int r = 0; r < FR; r++) {
+                __m512 a = _mm512_set1_ps(pb[r * BK + kk]);
+                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+                acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
+                acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+            }
+        }
+        for (int r = 0; r < FR; r++)
+            for (int c = 0; c < 4; c++) _mm512_store_ps(ob + r * dvp + c0 + 16 * c, acc[r][c]);
+    }
+}
+
+/* Output rows i0 .. i0 + BQ of (sequence sq, query head h), fast path. */
+static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, const float *q,
+                          const float *kp, const int64_t *base, const float *v, float *out,
+                          float *lse, int64_t sq, int64_t h, int64_t i0, fast_scratch_f32 *w) {
+    int64_t hk = h / (p->Hq / p->Hkv);
+    seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, hk);
+    if (i0 >= qr.len) return;
+    int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, 64);
+    int64_t nq = min64(BQ, qr.len - i0), mq = round_up(nq, FR);
+    band bd = make_band(o, qr.len, kr.len);
+    load_rows_f32(w->q, D, q, qr, i0, nq, mq, D, (float)(o->scale * 1.4426950408889634));
+    for (int64_t r = 0; r < mq; r++) {
+        w->m[r] = -INFINITY;
+        for (int64_t c = 0; c < 16; c++) w->l[r * 16 + c] = 0;
+        for (int64_t c = 0; c < dvp; c++) w->o[r * dvp + c] = 0;
+    }
+    const float *kp_head = kp + (hk * base[p->n_seq] + base[sq]) * D * BK;
+    int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
+    for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
+        tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
+        const float *kt = kp_head + j0 * D;  /* tile j0 / BK, D * BK floats each */
+        const float *vt = v + row_index(kr, j0) * Dv;
+        int64_t ldv = kr.step * Dv;
+        int masked = t.needs_mask || t.nk < BK;
+        for (int64_t r0 = 0; r0 < mq; r0 += FR) {
+            uint64_t cm[FR];
+            for (int r = 0; masked && r < FR; r++) {
+                int64_t i = i0 + r0 + r;
+                int64_t lo = t.needs_mask ? band_lo(&bd, i) - j0 : 0;
+                int64_t hi = t.needs_mask ? band_hi(&bd, i) - j0 : BK;
+                cm[r] = column_mask(lo, min64(hi, t.nk));
+            }
+            fast_block_f32(w->q + r0 * D, D, kt, vt, ldv, t.nk, Dv, dvp, masked ? cm : NULL,
+                           w->m + r0, w->l + r0 * 16, w->o + r0 * dvp, w->pb);
+        }
+    }
+    for (int64_t r = 0; r < nq; r++) {
+        int64_t row = row_index(qr, i0 + r);
+        float l = _mm512_reduce_add_ps(_mm512_load_ps(w->l + r * 16));
+        float *dst = out + row * Dv, inv_l = l > 0 ? 1 / l : 0;
+        for (int64_t c = 0; c < Dv; c++) dst[c] = w->o[r * dvp + c] * inv_l;
+        lse[row] = l > 0 ? w->m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
+    }
+}
+
+/* The fast forward; returns -3 when it does not apply (the caller takes the general path). */
+static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
+                        const float *v, const float *bias, float *out, float *lse) {
+    if (bias || p->softcap > 0) return -3;
+    attn_opts o = make_opts(p);
+    int64_t n_tiles = cdiv(p->Sq, BQ), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
+    int64_t dvp = round_up(p->Dv, 64);
+    int64_t *base = key_tile_bases(p);
+    if (!base) return SEQCORE_ENOMEM;
+    float *kp = aligned_alloc(64, (size_t)max64(1, p->Hkv * base[p->n_seq]) * p->D * BK * sizeof(float));
+    if (!kp) { free(base); return SEQCORE_ENOMEM; }
+    int status = SEQCORE_OK;
+#pragma omp parallel if (n_tasks > 1)
+    {
+#pragma omp for schedule(dynamic)
+        for (int64_t sh = 0; sh < p->n_seq * p->Hkv; sh++)
+            pack_keys_f32(p, k, base, kp, sh / p->Hkv, sh % p->Hkv);
+        fast_scratch_f32 w;
+        int ok = fast_scratch_alloc_f32(&w, p->D, dvp);
+        if (!ok) {
+#pragma omp atomic write
+            status = SEQCORE_ENOMEM;
+        }
+#pragma omp for schedule(dynamic)
+        for (int64_t task = 0; task < n_tasks; task++) {
+            if (!ok) continue;
+            /* heavy (last, under a causal mask) query tiles first, as in the general path */
+            int64_t tile = n_tiles - 1 - task / n_heads, seq_head = task % n_heads;
+            fast_tile_f32(p, &o, q, kp, base, v, out, lse, seq_head / p->Hq, seq_head % p->Hq,
+                          tile * BQ, &w);
+        }
+        free(w.block);
+    }
+    free(kp);
+    free(base);
+    return status;
+}
+#endif
+
 int seqcore_attention_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
                               const float *v, const float *bias, float *out, float *lse) {
     if (!problem_ok(p, q, k, v, bias) || !out || !lse) return SEQCORE_EINVAL;
+#ifdef __AVX512F__
+    int fast = fast_fwd_f32(p, q, k, v, bias, out, lse);
+    if (fast != -3) return fast;
+#endif
     attn_opts o = make_opts(p);
     int64_t n_tiles = cdiv(p->Sq, BQ), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
     int64_t dvp = round_up(p->Dv, NR_F32), ldt = key_token_count(p) + BK;

@@ -181,17 +181,36 @@ static inline real RN(sigmoid)(real v) { return 1 / (1 + EXP(-v)); }
 
 /* acc[i][j] = sum_k hp[k][i] * wp[k][j]: ROWS batch rows by NR hidden units, with both
  * operands packed k-major so the inner loop is one vector FMA per row. ROWS is a constant
- * in each call below, so the accumulators stay in registers. */
+ * in each call below, so the accumulators stay in registers. With few rows (B = 1, 2) one
+ * chain of ROWS x 2 accumulators would leave the FMA units waiting on their 4-cycle latency
+ * (2 units need >= 8 independent sums): k is then split into KS interleaved chains, summed
+ * at the end (KS * ROWS = 4 -> 8 accumulator vectors). */
 static inline void RN(step_micro_rows)(int64_t K, const real *restrict hp,
                                        const real *restrict wp, real acc[SMR][NR], int ROWS) {
-    real sum[SMR][NR] = {{0}};
-    for (int64_t k = 0; k < K; k++, hp += ROWS, wp += NR)
+    enum { KS_MAX = 4 };
+    const int KS = ROWS >= 4 ? 1 : 4 / ROWS;
+    real sum[KS_MAX][SMR][NR] = {{{0}}};
+    int64_t k = 0;
+    for (; k + KS <= K; k += KS, hp += KS * ROWS, wp += KS * NR)
+#pragma GCC unroll 4
+        for (int s = 0; s < KS; s++)
 #pragma GCC unroll 8
+            for (int i = 0; i < ROWS; i++)
+#pragma omp simd
+                for (int j = 0; j < NR; j++)
+                    sum[s][i][j] = MADD(hp[s * ROWS + i], wp[s * NR + j], sum[s][i][j]);
+    for (; k < K; k++, hp += ROWS, wp += NR)
         for (int i = 0; i < ROWS; i++)
 #pragma omp simd
             for (int j = 0; j < NR; j++)
-                sum[i][j] = MADD(hp[i], wp[j], sum[i][j]);
-    memcpy(acc, sum, (size_t)ROWS * sizeof(sum[0]));
+                sum[0][i][j] = MADD(hp[i], wp[j], sum[0][i][j]);
+#pragma GCC unroll 4
+    for (int s = 1; s < KS; s++)
+        for (int i = 0; i < ROWS; i++)
+#pragma omp simd
+            for (int j = 0; j < NR; j++)
+                sum[0][i][j] += sum[s][i][j];
+    memcpy(acc, sum[0], (size_t)ROWS * sizeof(sum[0][0]));
 }
 
 static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *wp,
@@ -319,9 +338,15 @@ static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t step
         for (int64_t s = 0; s < steps; s++) {
             const real *hcur = hpack + (s & 1) * one;
             real *hnext = hpack + ((s + 1) & 1) * one;
-            for (int64_t blk = lo; blk < hi; blk++)
+            /* This thread's rows of w_hh (2 MB per thread for LSTM H512: all of its L2) are
+             * read once per step. In the same order every step, LRU would evict each line
+             * just before its next use; alternating the direction makes each step start on
+             * the blocks the previous one read last, which are still cached. */
+            for (int64_t n = 0; n < hi - lo; n++) {
+                int64_t blk = s & 1 ? hi - 1 - n : lo + n;
                 for (int64_t grp = 0; grp < p->ngrp; grp++)
                     RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+            }
 #pragma omp barrier
         }
     }

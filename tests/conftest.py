@@ -114,6 +114,21 @@ def poison(x):
 
 
 @pytest.fixture
+def poisoned_empty(monkeypatch):
+    """While a test runs, torch.empty hands out NaN-filled floating-point buffers, so a kernel
+    that leaves an element of its output unwritten fails instead of passing on stale memory."""
+    if not HAS_TORCH:
+        return
+    empty = torch.empty
+
+    def nan_empty(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+@pytest.fixture
 def rng(request):
     seed = int.from_bytes(hashlib.sha256(request.node.nodeid.encode()).digest()[:4], "little")
     request.node.user_properties.append(("seed", seed))

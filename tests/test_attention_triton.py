@@ -19,6 +19,7 @@ from seqcore import reference
 
 pytestmark = [
     pytest.mark.triton,
+    pytest.mark.usefixtures("poisoned_empty"),
     # the interpreter itself (triton/runtime/interpreter.py) turns 1-element arrays into loop
     # bounds the way NumPy 1.25+ deprecates; nothing in seqcore's code
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
@@ -26,22 +27,8 @@ pytestmark = [
 
 DTYPES = ["float32", "float16", "bfloat16"]
 
-# On a GPU, compile one tile config per kernel variant instead of autotuning each of the many
-# small variants below (read when seqcore.kernels.attention is first imported).
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    """torch.empty fills floating-point buffers with NaN while a test runs."""
-    if not HAS_TRITON:
-        return
-    empty = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
 
 
 @pytest.fixture

@@ -24,27 +24,15 @@ from seqcore._problem import make_attn_params
 
 pytestmark = [
     pytest.mark.triton,
+    pytest.mark.usefixtures("poisoned_empty"),
     # the interpreter itself turns 1-element arrays into loop bounds the way NumPy deprecates
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
 ]
 
 DTYPES = ["float32", "float16", "bfloat16"]
 
-# On a GPU, compile one tile config per kernel variant instead of autotuning each small variant
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    """torch.empty fills floating-point buffers with NaN while a test runs."""
-    if not HAS_TRITON:
-        return
-    empty = torch.empty
-
-    def nan_empty(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
 
 
 @pytest.fixture

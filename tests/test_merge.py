@@ -1,0 +1,43 @@
+"""merge_attention of attention over two halves of the keys equals attention over all keys,
+on every kernel backend (the split-KV / ring-attention use of lse)."""
+import numpy as np
+import pytest
+
+import seqcore
+from conftest import assert_close
+
+
+def _halves(rng, dtype, Sk, split):
+    q = rng.standard_normal((2, 4, 7, 24)).astype(dtype)
+    k = rng.standard_normal((2, 2, Sk, 24)).astype(dtype)
+    v = rng.standard_normal((2, 2, Sk, 20)).astype(dtype)
+    bias = rng.standard_normal((1, 4, 7, Sk)).astype(dtype)
+    bias[..., 0, :split] = -np.inf   # row 0 sees nothing in the first half
+    bias[..., 1, :] = -np.inf        # row 1 sees nothing at all
+    return q, k, v, bias
+
+
+def _check(convert, backend, dtype, rng, Sk=37, split=15):
+    q, k, v, bias = _halves(rng, dtype, Sk, split)
+    opts = dict(softcap=4.0, return_lse=True, backend=backend)
+    q, k, v, bias = (convert(a) for a in (q, k, v, bias))
+    whole, whole_lse = seqcore.attention(q, k, v, bias=bias, **opts)
+    out_a, lse_a = seqcore.attention(q, k[..., :split, :], v[..., :split, :], bias=bias[..., :split], **opts)
+    out_b, lse_b = seqcore.attention(q, k[..., split:, :], v[..., split:, :], bias=bias[..., split:], **opts)
+    out, lse = seqcore.merge_attention(out_a, lse_a, out_b, lse_b)
+    # API.md fixes lse at float32, so a merge is float32-accurate even for float64 inputs
+    assert_close(out, whole, "float32", name="out")
+    assert_close(lse, whole_lse, "float32", name="lse")
+    assert np.all(np.isneginf(np.asarray(lse[..., 1].tolist())))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_merge_halves_c(dtype, rng):
+    _check(lambda a: a, "c", dtype, rng)
+
+
+@pytest.mark.triton
+def test_merge_halves_triton(triton_device, rng):
+    import torch
+
+    _check(lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(triton_device), "triton", "float32", rng)
