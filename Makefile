@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 PINS := "numpy<2.4" torch==2.13.0 triton==3.6.0
 JOBS ?= 2
 
-.PHONY: install build test bench clean
+.PHONY: install build test bench bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ bench: install
 	$(PY) -m pytest -q bench --benchmark-only --benchmark-json=bench/out/bench.json \
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 	$(PY) bench/report.py bench/out/bench.json
+
+# On a CUDA machine: every Triton kernel against the reference (fp16/bf16/fp32) and timed
+# against torch SDPA backends and cuDNN LSTM/GRU; JSON under $$OUT (default bench/out).
+bench-gpu:
+	$(PY) bench/gpu_suite.py
 
 clean:
 	rm -rf build *.egg-info seqcore/_csrc*.so seqcore/_csrc.c bench/out .pytest_cache

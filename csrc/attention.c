@@ -425,7 +425,10 @@ static void fwd_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, cons
 #ifdef __AVX512F__
 #include <immintrin.h>
 
-enum { FR = 4 };  /* query rows per register block */
+enum {
+    FR = 6,     /* query rows per register block: 6 x 4 accumulators + 4 operands */
+    BQF = 192,  /* query rows per task (a multiple of FR): each key tile serves 32 blocks */
+};
 
 /* 2^x on 16 lanes for x <= 0 (scores minus their row max): 2^n 2^r, n = round(x), |r| <= 1/2,
  * 2^r by its degree-6 Taylor polynomial in r ln2 (relative error < 2e-7); x < -126 (also -inf)
@@ -467,20 +470,59 @@ static int64_t *key_tile_bases(const seqcore_attn_problem *p) {
     return base;
 }
 
+/* dst[c * ldd + r] = src[r * lds + c] for a 16 x 16 block: three rounds of in-register
+ * shuffles (pairs of floats, then of doubles, then 128-bit lanes twice) instead of 256
+ * scattered scalar stores. */
+static inline void transpose16_f32(const float *src, int64_t lds, float *dst, int64_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* u[4g + e], 128-bit lane k: rows 4g .. 4g + 3 of column 4k + e */
+    for (int g = 0; g < 16; g += 4) {
+        __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
+        __m512d c = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
+        r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    /* a 4 x 4 transpose of 128-bit lanes for each e: column 4k + e gathers lane k of u[4g + e] */
+    for (int e = 0; e < 4; e++) {
+        __m512 v0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x44);
+        __m512 v1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xEE);
+        __m512 v2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44);
+        __m512 v3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
+        _mm512_storeu_ps(dst + (0 + e) * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(dst + (4 + e) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+        _mm512_storeu_ps(dst + (8 + e) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(dst + (12 + e) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    }
+}
+
 /* Pack the key tiles of (sequence s, kv head hk) into kp (Hkv x n_tiles x D x BK). */
 static void pack_keys_f32(const seqcore_attn_problem *p, const float *k, const int64_t *base,
                           float *kp, int64_t s, int64_t hk) {
     seq_rows kr = k_rows(p, s, hk);
-    int64_t D = p->D, n_tiles = base[p->n_seq];
+    int64_t D = p->D, n_tiles = base[p->n_seq], D16 = D / 16 * 16;
     for (int64_t t = 0; t < base[s + 1] - base[s]; t++) {
         float *dst = kp + (hk * n_tiles + base[s] + t) * D * BK;
-        int64_t j0 = t * BK, nk = min64(BK, kr.len - j0);
-        for (int64_t j = 0; j < nk; j++) {
+        int64_t j0 = t * BK, nk = min64(BK, kr.len - j0), j = 0;
+        for (; j + 16 <= nk; j += 16) {  /* whole 16 x 16 blocks, then the odd columns */
+            const float *rows = k + row_index(kr, j0 + j) * D;
+            for (int64_t c = 0; c < D16; c += 16)
+                transpose16_f32(rows + c, kr.step * D, dst + c * BK + j, BK);
+            for (int64_t jj = j; jj < j + 16; jj++)
+                for (int64_t c = D16; c < D; c++) dst[c * BK + jj] = k[row_index(kr, j0 + jj) * D + c];
+        }
+        for (; j < nk; j++) {
             const float *row = k + row_index(kr, j0 + j) * D;
             for (int64_t c = 0; c < D; c++) dst[c * BK + j] = row[c];
         }
         for (int64_t c = 0; c < D; c++)
-            for (int64_t j = nk; j < BK; j++) dst[c * BK + j] = 0;
+            for (int64_t jj = nk; jj < BK; jj++) dst[c * BK + jj] = 0;
     }
 }
 
@@ -495,7 +537,7 @@ typedef struct {
 } fast_scratch_f32;
 
 static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
-    int64_t sizes[5] = {BQ * D, BQ * dvp, BQ * 16, BQ, FR * BK};
+    int64_t sizes[5] = {BQF * D, BQF * dvp, BQF * 16, BQF, FR * BK};
     float **parts[5] = {&w->q, &w->o, &w->l, &w->m, &w->pb};
     int64_t total = 0;
     for (int i = 0; i < 5; i++) total += sizes[i];
@@ -575,7 +617,7 @@ FMA_CONTRACT static void fast_block_f32(const float *restrict qb, int64_t D,
     }
 }
 
-/* Output rows i0 .. i0 + BQ of (sequence sq, query head h), fast path. */
+/* Output rows i0 .. i0 + BQF of (sequence sq, query head h), fast path. */
 static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, const float *q,
                           const float *kp, const int64_t *base, const float *v, float *out,
                           float *lse, int64_t sq, int64_t h, int64_t i0, fast_scratch_f32 *w) {
@@ -583,7 +625,7 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
     seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, hk);
     if (i0 >= qr.len) return;
     int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, 64);
-    int64_t nq = min64(BQ, qr.len - i0), mq = round_up(nq, FR);
+    int64_t nq = min64(BQF, qr.len - i0), mq = round_up(nq, FR);
     band bd = make_band(o, qr.len, kr.len);
     load_rows_f32(w->q, D, q, qr, i0, nq, mq, D, (float)(o->scale * 1.4426950408889634));
     for (int64_t r = 0; r < mq; r++) {
@@ -600,6 +642,12 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
         int64_t ldv = kr.step * Dv;
         int masked = t.needs_mask || t.nk < BK;
         for (int64_t r0 = 0; r0 < mq; r0 += FR) {
+            /* a block none of whose rows sees a key of this tile would leave m, l and o as
+             * they are (all its scores are -inf): skip it (the upper part of tall diagonal
+             * tiles under a causal mask) */
+            int64_t i_last = min64(i0 + r0 + FR, i0 + nq) - 1;
+            if (t.needs_mask && (band_hi(&bd, i_last) <= j0 || band_lo(&bd, i0 + r0) >= j0 + t.nk))
+                continue;
             uint64_t cm[FR];
             for (int r = 0; masked && r < FR; r++) {
                 int64_t i = i0 + r0 + r;
@@ -625,7 +673,7 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
                         const float *v, const float *bias, float *out, float *lse) {
     if (bias || p->softcap > 0) return -3;
     attn_opts o = make_opts(p);
-    int64_t n_tiles = cdiv(p->Sq, BQ), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
+    int64_t n_tiles = cdiv(p->Sq, BQF), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
     int64_t dvp = round_up(p->Dv, 64);
     int64_t *base = key_tile_bases(p);
     if (!base) return SEQCORE_ENOMEM;
@@ -649,7 +697,7 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
             /* heavy (last, under a causal mask) query tiles first, as in the general path */
             int64_t tile = n_tiles - 1 - task / n_heads, seq_head = task % n_heads;
             fast_tile_f32(p, &o, q, kp, base, v, out, lse, seq_head / p->Hq, seq_head % p->Hq,
-                          tile * BQ, &w);
+                          tile * BQF, &w);
         }
         free(w.block);
     }

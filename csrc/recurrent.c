@@ -33,6 +33,9 @@ enum { LSTM = 0, GRU = 1 };
 /* Most batch rows per micro-kernel call in the time loop: a call takes `rows` = 1, 2, 4 or
  * 8 of them (the largest that B fills; rows past B are zero padding). */
 enum { SMR = 8 };
+/* Slice of k for fwd_block_groups: a gate's KSLICE x NR slice of packed w_hh (8 KB f32)
+ * plus the matching slices of h for 8 batch groups (16 KB) stay in L1. */
+enum { KSLICE = 64 };
 
 /* Hidden units per block: two vectors. As in gemm.c, use 512-bit vectors where the target
  * has them (GCC's -march=native default is 256-bit). */
@@ -173,6 +176,7 @@ struct RN(rnn) {
     real *h, *c;                     /* forward state (the h_n/c_n outputs) */
     real *dh, *dc;                   /* backward state (the dh0/dc0 outputs) */
     real *xg;                        /* forward: input projections (T, B, G*H) */
+    real *xbias;                     /* forward: the biases added to xg (G*H) */
     real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
     real *wp;                        /* w_hh packed for the time loop */
 };
@@ -186,7 +190,8 @@ static inline real RN(sigmoid)(real v) { return 1 / (1 + EXP(-v)); }
  * (2 units need >= 8 independent sums): k is then split into KS interleaved chains, summed
  * at the end (KS * ROWS = 4 -> 8 accumulator vectors). */
 static inline void RN(step_micro_rows)(int64_t K, const real *restrict hp,
-                                       const real *restrict wp, real acc[SMR][NR], int ROWS) {
+                                       const real *restrict wp, real acc[SMR][NR], int ROWS,
+                                       int accumulate) {
     enum { KS_MAX = 4 };
     const int KS = ROWS >= 4 ? 1 : 4 / ROWS;
     real sum[KS_MAX][SMR][NR] = {{{0}}};
@@ -210,16 +215,23 @@ static inline void RN(step_micro_rows)(int64_t K, const real *restrict hp,
 #pragma omp simd
             for (int j = 0; j < NR; j++)
                 sum[0][i][j] += sum[s][i][j];
-    memcpy(acc, sum[0], (size_t)ROWS * sizeof(sum[0][0]));
+    if (accumulate)
+        for (int i = 0; i < ROWS; i++)
+#pragma omp simd
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += sum[0][i][j];
+    else
+        memcpy(acc, sum[0], (size_t)ROWS * sizeof(sum[0][0]));
 }
 
+/* acc (+)= the product above (+= when accumulate: a later slice of k). */
 static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *wp,
-                           real acc[SMR][NR]) {
+                           real acc[SMR][NR], int accumulate) {
     switch (rows) {
-    case 1: RN(step_micro_rows)(K, hp, wp, acc, 1); break;
-    case 2: RN(step_micro_rows)(K, hp, wp, acc, 2); break;
-    case 4: RN(step_micro_rows)(K, hp, wp, acc, 4); break;
-    default: RN(step_micro_rows)(K, hp, wp, acc, SMR); break;
+    case 1: RN(step_micro_rows)(K, hp, wp, acc, 1, accumulate); break;
+    case 2: RN(step_micro_rows)(K, hp, wp, acc, 2, accumulate); break;
+    case 4: RN(step_micro_rows)(K, hp, wp, acc, 4, accumulate); break;
+    default: RN(step_micro_rows)(K, hp, wp, acc, SMR, accumulate); break;
     }
 }
 
@@ -243,23 +255,14 @@ static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp) {
                 *wp++ = u < H ? p->w_hh[r * H + u] : 0;
 }
 
-/* xg += the biases that add straight into the gates: b_ih, and b_hh except GRU's n part
- * (that one sits inside r * (W_hn h + b_hn)). */
-static int RN(add_input_bias)(const struct RN(rnn) *p, const real *b_ih) {
-    int64_t GH = p->G * p->H, rows = p->T * p->B;
-    real *bias = zalloc(GH, sizeof(real));
-    if (!bias)
-        return SEQCORE_ENOMEM;
-    for (int64_t r = 0; r < GH; r++) {
+/* The biases that add straight into the gates: b_ih, and b_hh except GRU's n part (that
+ * one sits inside r * (W_hn h + b_hn)). The cell updates add them to xg as they read it
+ * (a separate pass over xg cost ~5% of the LSTM forward at B64). */
+static void RN(input_bias)(const struct RN(rnn) *p, const real *b_ih, real *bias) {
+    for (int64_t r = 0; r < p->G * p->H; r++) {
         int folds_hh = p->cell == LSTM || r < 2 * p->H;
         bias[r] = (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t m = 0; m < rows; m++)
-        for (int64_t r = 0; r < GH; r++)
-            p->xg[m * GH + r] += bias[r];
-    free(bias);
-    return SEQCORE_OK;
 }
 
 /* The LSTM cell update of element b at time t for the nu hidden units from u0; acc holds
@@ -267,15 +270,15 @@ static int RN(add_input_bias)(const struct RN(rnn) *p, const real *b_ih) {
 static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
                            int64_t nu, real acc[4][SMR][NR], int64_t i) {
     int64_t H = p->H, row = t * p->B + b;
-    const real *xg = p->xg + row * 4 * H + u0;
+    const real *xg = p->xg + row * 4 * H + u0, *xb = p->xbias + u0;
     real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
-        real gi = RN(sigmoid)(xg[j] + acc[0][i][j]);
-        real gf = RN(sigmoid)(xg[H + j] + acc[1][i][j]);
-        real gg = TANH(xg[2 * H + j] + acc[2][i][j]);
-        real go = RN(sigmoid)(xg[3 * H + j] + acc[3][i][j]);
+        real gi = RN(sigmoid)((xg[j] + xb[j]) + acc[0][i][j]);
+        real gf = RN(sigmoid)((xg[H + j] + xb[H + j]) + acc[1][i][j]);
+        real gg = TANH((xg[2 * H + j] + xb[2 * H + j]) + acc[2][i][j]);
+        real go = RN(sigmoid)((xg[3 * H + j] + xb[3 * H + j]) + acc[3][i][j]);
         real c = gf * c_state[j] + gi * gg;
         real h = go * TANH(c);
         c_state[j] = c, h_state[j] = h, y[j] = h;
@@ -289,16 +292,16 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
 static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
                           int64_t nu, real acc[4][SMR][NR], int64_t i) {
     int64_t H = p->H, row = t * p->B + b;
-    const real *xg = p->xg + row * 3 * H + u0;
+    const real *xg = p->xg + row * 3 * H + u0, *xb = p->xbias + u0;
     const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
     real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
         real hn = acc[2][i][j] + (b_hn ? b_hn[j] : 0);
-        real r = RN(sigmoid)(xg[j] + acc[0][i][j]);
-        real z = RN(sigmoid)(xg[H + j] + acc[1][i][j]);
-        real n = TANH(xg[2 * H + j] + r * hn);
+        real r = RN(sigmoid)((xg[j] + xb[j]) + acc[0][i][j]);
+        real z = RN(sigmoid)((xg[H + j] + xb[H + j]) + acc[1][i][j]);
+        real n = TANH((xg[2 * H + j] + xb[2 * H + j]) + r * hn);
         real h = (1 - z) * n + z * h_state[j];
         h_state[j] = h, y[j] = h;
         if (ws)
@@ -306,15 +309,11 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
     }
 }
 
-/* Step s for hidden-unit block blk and batch group grp: all G gates of those units from
- * the packed h (hcur), the cell update, and the new h packed into hnext. */
-static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
-                          const real *hcur, real *hnext) {
-    int64_t H = p->H, G = p->G, u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
-    real acc[4][SMR][NR];
-    for (int64_t g = 0; g < G; g++)
-        RN(step_micro)(H, p->rows, hcur + grp * H * p->rows, p->wp + (blk * G + g) * H * NR,
-                       acc[g]);
+/* The cell update of (blk, grp) at step s from its gates' recurrent parts acc, and the new
+ * h packed into hnext. */
+static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
+                           real acc[4][SMR][NR], real *hnext) {
+    int64_t H = p->H, u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         if (s < len) {  /* else the element is done: its state is carried */
@@ -324,17 +323,55 @@ static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64
             else
                 RN(gru_units)(p, t, b, u0, nu, acc, i);
         }
+        real *dst = hnext + packed_at(b, u0, H, p->rows);
         for (int64_t j = 0; j < nu; j++)
-            hnext[packed_at(b, u0 + j, H, p->rows)] = p->h[b * H + u0 + j];
+            dst[j * p->rows] = p->h[b * H + u0 + j];
     }
 }
 
-static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t steps) {
+/* Step s for hidden-unit block blk and batch group grp: all G gates of those units from
+ * the packed h (hcur), the cell update, and the new h packed into hnext. */
+static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
+                          const real *hcur, real *hnext) {
+    int64_t H = p->H, G = p->G;
+    real acc[4][SMR][NR];
+    for (int64_t g = 0; g < G; g++)
+        RN(step_micro)(H, p->rows, hcur + grp * H * p->rows, p->wp + (blk * G + g) * H * NR,
+                       acc[g], 0);
+    RN(fwd_update)(p, s, blk, grp, acc, hnext);
+}
+
+/* fwd_block for every batch group at once (B > SMR): k runs in slices, and each w_hh slice
+ * is used for all groups while it is in L1, instead of streaming a gate's whole panel
+ * (H x NR: 64 KB for H512, more than L1) from L2 once per group. The partial sums wait in
+ * accbuf (ngrp x 4 x SMR x NR). */
+static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk,
+                                 const real *hcur, real *hnext, real (*accbuf)[4][SMR][NR]) {
+    int64_t H = p->H, G = p->G, rows = p->rows;
+    for (int64_t k0 = 0; k0 < H; k0 += KSLICE) {
+        int64_t kc = H - k0 < KSLICE ? H - k0 : KSLICE;
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t grp = 0; grp < p->ngrp; grp++)
+                RN(step_micro)(kc, rows, hcur + (grp * H + k0) * rows,
+                               p->wp + ((blk * G + g) * H + k0) * NR, accbuf[grp][g], k0 > 0);
+    }
+    for (int64_t grp = 0; grp < p->ngrp; grp++)
+        RN(fwd_update)(p, s, blk, grp, accbuf[grp], hnext);
+}
+
+static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t steps,
+                              real *accbufs) {
     int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
 #pragma omp parallel
     {
         int64_t lo, hi;
         thread_share(p->nblk, &lo, &hi);
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        real (*accbuf)[4][SMR][NR] =
+            accbufs ? (real (*)[4][SMR][NR])(accbufs + tid * p->ngrp * 4 * SMR * NR) : NULL;
         for (int64_t s = 0; s < steps; s++) {
             const real *hcur = hpack + (s & 1) * one;
             real *hnext = hpack + ((s + 1) & 1) * one;
@@ -344,8 +381,11 @@ static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t step
              * the blocks the previous one read last, which are still cached. */
             for (int64_t n = 0; n < hi - lo; n++) {
                 int64_t blk = s & 1 ? hi - 1 - n : lo + n;
-                for (int64_t grp = 0; grp < p->ngrp; grp++)
-                    RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+                if (accbuf)
+                    RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
+                else
+                    for (int64_t grp = 0; grp < p->ngrp; grp++)
+                        RN(fwd_block)(p, s, blk, grp, hcur, hnext);
             }
 #pragma omp barrier
         }
@@ -364,30 +404,41 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     RN(init_state)(p->h, p->h0, B * H);
     if (p->cell == LSTM)
         RN(init_state)(p->c, p->c0, B * H);
-    memset(p->y, 0, (size_t)(T * B * H) * sizeof(real));
-    if (p->ws)
-        memset(p->ws, 0, (size_t)(T * B * p->nws) * sizeof(real));
+    if (p->lengths) {  /* else every step writes all of y and ws */
+        memset(p->y, 0, (size_t)(T * B * H) * sizeof(real));
+        if (p->ws)
+            memset(p->ws, 0, (size_t)(T * B * p->nws) * sizeof(real));
+    }
     int64_t steps = max_len(p->lengths, B, T);
     if (steps == 0)
         return SEQCORE_OK;
     p->xg = zalloc(T * B * GH, sizeof(real));
+    p->xbias = zalloc(GH, sizeof(real));
     p->wp = zalloc(p->nblk * NR * GH, sizeof(real));
     real *hpack = zalloc(2 * p->ngrp * p->rows * H, sizeof(real));
-    int status = p->xg && p->wp && hpack ? SEQCORE_OK : SEQCORE_ENOMEM;
+    /* per-thread partial sums for fwd_block_groups, used when there are several groups */
+    int64_t nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    real *accbufs = p->ngrp > 1 ? zalloc(nthreads * p->ngrp * 4 * SMR * NR, sizeof(real)) : NULL;
+    int status = p->xg && p->xbias && p->wp && hpack && (accbufs || p->ngrp == 1) ? SEQCORE_OK
+                                                                       : SEQCORE_ENOMEM;
     if (!status)
         status = RN(seqcore_gemm)(T * B, GH, p->I, p->x, p->I, 1, p->w_ih, 1, p->I, 0, p->xg, GH);
-    if (!status)
-        status = RN(add_input_bias)(p, b_ih);
     if (!status) {
+        RN(input_bias)(p, b_ih, p->xbias);
         RN(pack_w_fwd)(p, p->wp);
         for (int64_t b = 0; b < B; b++)
             for (int64_t k = 0; k < H; k++)
                 hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
-        RN(time_loop_fwd)(p, hpack, steps);
+        RN(time_loop_fwd)(p, hpack, steps, accbufs);
     }
     free(p->xg);
+    free(p->xbias);
     free(p->wp);
     free(hpack);
+    free(accbufs);
     return status;
 }
 
@@ -463,7 +514,7 @@ static void RN(bwd_matmul_block)(const struct RN(rnn) *p, int64_t blk, int64_t g
                                  const real *dgp) {
     int64_t H = p->H, GH = p->G * H;
     real acc[SMR][NR];
-    RN(step_micro)(GH, p->rows, dgp + grp * GH * p->rows, p->wp + blk * GH * NR, acc);
+    RN(step_micro)(GH, p->rows, dgp + grp * GH * p->rows, p->wp + blk * GH * NR, acc, 0);
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++)
         for (int64_t j = 0, u = blk * NR; j < NR && u < H; j++, u++)
             p->dh[b * H + u] += acc[i][j];

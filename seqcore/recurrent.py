@@ -3,6 +3,8 @@
 Cells are sequences of length 1, so every backend implements just lstm_fwd/gru_fwd (and
 their backwards); see seqcore/_problem.py for the interface.
 """
+import numpy as np
+
 from seqcore import _arrays, _backends
 from seqcore import _validate as V
 
@@ -45,7 +47,7 @@ def _check_lengths(lengths, B, T, like):
         return None
     if _arrays.kind_of(lengths) is None and not isinstance(lengths, (list, tuple)):
         raise TypeError(f"lengths must be a sequence of ints, an array or a tensor, got {type(lengths).__name__}")
-    host = _arrays.to_host_numpy(lengths) if _arrays.kind_of(lengths) else __import__("numpy").asarray(lengths)
+    host = _arrays.to_host_numpy(lengths) if _arrays.kind_of(lengths) else np.asarray(lengths)
     if host.dtype.kind not in "iu":
         raise TypeError(f"lengths must hold integers, got dtype {host.dtype}")
     if host.shape != (B,):
