@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from seqcore import _backends
+from seqcore import _validate as V
 from seqcore._problem import AttnParams
 
 # ----------------------------------------------------------------------------------------------
@@ -217,11 +218,20 @@ attention_fwd.register_autograd(_attention_backward, setup_context=_attention_se
 # Attention over packed sequences
 
 
+def _check_cu_values(cu, total, max_len, side):
+    """cu_seqlens values, checked where they are known (see _lengths_arg)."""
+    longest = V.check_cu_seqlens_values(f"cu_seqlens_{side}", cu.detach().cpu().numpy(), total)
+    if longest > max_len:
+        raise ValueError(f"max_seqlen_{side}={max_len} is smaller than the longest sequence ({longest})")
+
+
 @torch.library.custom_op("seqcore::attention_varlen_fwd", mutates_args=())
 def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int,
                          max_k: int, scale: float, window_left: int, window_right: int,
                          softcap: float, causal: bool, backend: str) -> tuple[Tensor, Tensor]:
     """out (Tq, Hq, Dv), lse (Tq, Hq)."""
+    _check_cu_values(cu_q, q.shape[0], max_q, "q")
+    _check_cu_values(cu_k, k.shape[0], max_k, "k")
     p = _params(scale, window_left, window_right, softcap, causal)
     (out, lse), outs = _run_backend(backend, "attention", "attention_varlen_fwd",
                                     _contig(q, k, v, cu_q, cu_k), (max_q, max_k, p), q.device)
@@ -308,8 +318,13 @@ attention_varlen_fwd.register_autograd(_attention_varlen_backward,
 # LSTM
 
 
-def _lengths_arg(backend, lengths):
-    return None if lengths is None else _to_backend(backend, lengths.contiguous())
+def _lengths_arg(backend, lengths, T):
+    """lengths for the backend, its values checked here: under torch.compile the API could
+    not read them (eagerly the API has already checked them; the check is a few B ints)."""
+    if lengths is None:
+        return None
+    V.check_lengths_values(lengths.detach().cpu().numpy(), T)
+    return _to_backend(backend, lengths.contiguous())
 
 
 @torch.library.custom_op("seqcore::lstm_fwd", mutates_args=())
@@ -320,7 +335,7 @@ def lstm_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, 
     tensors = _contig(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     (y, h_n, c_n, ws), outs = _run_backend(
         backend, "recurrent", "lstm_fwd", tensors,
-        (_lengths_arg(backend, lengths), reverse, need_ws), x.device)
+        (_lengths_arg(backend, lengths, x.shape[0]), reverse, need_ws), x.device)
     acc = _acc_dtype(x.dtype)
     ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), outs.tensor(c_n, x.dtype), ws
@@ -342,7 +357,7 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_
              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)."""
     tensors = _contig(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
-    extra = (_lengths_arg(backend, lengths), reverse) + tuple(
+    extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse) + tuple(
         _to_backend(backend, t) for t in _contig(y, ws))
     grads, outs = _run_backend(backend, "recurrent", "lstm_bwd", tensors, extra, x.device)
     like = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
@@ -406,7 +421,7 @@ def gru_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h
     tensors = _contig(x, w_ih, w_hh, b_ih, b_hh, h0)
     (y, h_n, ws), outs = _run_backend(
         backend, "recurrent", "gru_fwd", tensors,
-        (_lengths_arg(backend, lengths), reverse, need_ws), x.device)
+        (_lengths_arg(backend, lengths, x.shape[0]), reverse, need_ws), x.device)
     acc = _acc_dtype(x.dtype)
     ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), ws
@@ -427,7 +442,7 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
             ws: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
     tensors = _contig(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0)
-    extra = (_lengths_arg(backend, lengths), reverse) + tuple(
+    extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse) + tuple(
         _to_backend(backend, t) for t in _contig(y, ws))
     grads, outs = _run_backend(backend, "recurrent", "gru_bwd", tensors, extra, x.device)
     like = (x, w_ih, w_hh, b_ih, b_hh, h0)

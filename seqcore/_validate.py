@@ -61,3 +61,23 @@ def require_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+# ---- values of index arrays (host NumPy): checked by the API, or inside the torch op when
+# torch.compile traces the call and the values are not known yet ----
+
+def check_lengths_values(host, T):
+    """lengths (B,) of a batch of sequences must lie in [0, T]."""
+    if host.size and (host.min() < 0 or host.max() > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got min {host.min()} max {host.max()}")
+
+
+def check_cu_seqlens_values(name, host, total):
+    """cu_seqlens (n + 1,): 0, non-decreasing, ending at the packed length. Returns the
+    longest sequence."""
+    host = host.astype("int64")
+    if host[0] != 0 or (host[1:] < host[:-1]).any():
+        raise ValueError(f"{name} must start at 0 and be non-decreasing, got {host.tolist()[:16]}")
+    if host[-1] != total:
+        raise ValueError(f"{name}[-1] = {host[-1]} must equal the packed length {total}")
+    return int((host[1:] - host[:-1]).max()) if host.size > 1 else 0

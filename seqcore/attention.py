@@ -122,25 +122,29 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, soft
     return out, _arrays.reshape(_arrays.astype(lse, "float32"), tuple(batch) + (Hq, Sq))
 
 
-def _check_cu_seqlens(name, cu, total, like):
+def _check_cu_seqlens(name, cu, total, given_max):
+    """(cu as contiguous int32, longest sequence, number of sequences)."""
     if cu is None or _arrays.kind_of(cu) is None:
         raise TypeError(f"{name} must be an int32 array of the same kind as q, got {type(cu).__name__}")
     if cu.ndim != 1 or _arrays.shape(cu)[0] < 1:
         raise ValueError(f"{name} must have shape (n_seqs + 1,), got {_arrays.shape(cu)}")
+    if total >= 2**31:
+        raise ValueError(f"{name}: packed length {total} does not fit int32")
+    n_seqs = _arrays.shape(cu)[0] - 1
+    if _arrays.being_traced(cu) and given_max is not None:
+        # torch.compile: values unknown while tracing; the op checks them when it runs
+        if cu.dtype.is_floating_point or cu.dtype.is_complex or cu.dtype == _arrays._torch().bool:
+            raise TypeError(f"{name} must hold integers (int32), got dtype {cu.dtype}")
+        return _arrays.contiguous(_arrays.astype(cu, "int32")), given_max, n_seqs
     host = _arrays.to_host_numpy(cu)
     if host.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers (int32), got dtype {host.dtype}")
-    host = host.astype(np.int64)
-    if host[0] != 0 or np.any(np.diff(host) < 0):
-        raise ValueError(f"{name} must start at 0 and be non-decreasing, got {host.tolist()[:16]}")
-    if host[-1] != total:
-        raise ValueError(f"{name}[-1] = {host[-1]} must equal the packed length {total}")
-    if total >= 2**31:
-        raise ValueError(f"{name}: packed length {total} does not fit int32")
-    lens = np.diff(host)
+    longest = V.check_cu_seqlens_values(name, host, total)
+    if given_max is not None and given_max < longest:
+        raise ValueError(f"max_seqlen_{name[-1]}={given_max} is smaller than the longest sequence ({longest})")
     as32 = _arrays.contiguous(_arrays.astype(cu, "int32")) if _arrays.is_tensor(cu) else \
         np.ascontiguousarray(host, dtype=np.int32)
-    return as32, int(lens.max()) if lens.size else 0, len(host) - 1
+    return as32, longest, n_seqs
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
@@ -164,14 +168,13 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, 
         raise ValueError(f"k and v must share total length and heads: {shapes}")
     _check_heads(Hq, Hkv, shapes)
     _check_head_dims(D, Dv)
-    cu_q, max_q, n_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, Tq, q)
-    cu_k, max_k, n_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, Tk, q)
+    given = [None if m is None else V.require_int(name, m, minimum=0)
+             for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k))]
+    cu_q, max_q, n_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, Tq, given[0])
+    cu_k, max_k, n_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, Tk, given[1])
     if n_q != n_k:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of "
                          f"sequences, got {n_q} and {n_k}")
-    for name, given, actual in (("max_seqlen_q", max_seqlen_q, max_q), ("max_seqlen_k", max_seqlen_k, max_k)):
-        if given is not None and V.require_int(name, given, minimum=0) < actual:
-            raise ValueError(f"{name}={given} is smaller than the longest sequence ({actual})")
     p = _check_options(D, causal, scale, window, softcap, return_lse)
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
     _backends.check_dtype("q", q, backend)

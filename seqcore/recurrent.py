@@ -47,13 +47,16 @@ def _check_lengths(lengths, B, T, like):
         return None
     if _arrays.kind_of(lengths) is None and not isinstance(lengths, (list, tuple)):
         raise TypeError(f"lengths must be a sequence of ints, an array or a tensor, got {type(lengths).__name__}")
+    if _arrays.being_traced(lengths):  # values checked by the op (seqcore/_torch.py)
+        if tuple(lengths.shape) != (B,):
+            raise ValueError(f"lengths must have shape (batch,) = {(B,)}, got {tuple(lengths.shape)}")
+        return _arrays.as_index_array(lengths, "lengths", like)
     host = _arrays.to_host_numpy(lengths) if _arrays.kind_of(lengths) else np.asarray(lengths)
     if host.dtype.kind not in "iu":
         raise TypeError(f"lengths must hold integers, got dtype {host.dtype}")
     if host.shape != (B,):
         raise ValueError(f"lengths must have shape (batch,) = {(B,)}, got {host.shape}")
-    if B and (host.min() < 0 or host.max() > T):
-        raise ValueError(f"lengths must lie in [0, T={T}], got min {host.min()} max {host.max()}")
+    V.check_lengths_values(host, T)
     return _arrays.as_index_array(lengths, "lengths", like)
 
 

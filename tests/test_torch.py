@@ -346,6 +346,56 @@ def test_compile_rnn_fullgraph(rng, backend, cell):
         assert_close(g, w, "float32", grad=True)
 
 
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_compile_rnn_fullgraph_with_lengths(rng, backend, cell):
+    """lengths as a tensor: its values are unknown while tracing, so the op checks them when
+    it runs (a bad length is still a ValueError, not a wrong answer)."""
+    require_backend(backend, "recurrent")
+    a = rnn_inputs(rng, cell, "float32", T=5, B=3, requires_grad=True)
+    run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
+
+    def run(lengths, *tensors):
+        y, _ = run_seq(*tensors, lengths=lengths, backend=backend)
+        return torch.tanh(y).sum()
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    lengths = torch.tensor([5, 0, 3])
+    got = compiled(lengths, *a.values())
+    got_grads = torch.autograd.grad(got, tuple(a.values()))
+    want = run(lengths, *a.values())
+    want_grads = torch.autograd.grad(want, tuple(a.values()))
+    assert_close(got, want, "float32", scale=10)
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, "float32", grad=True)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        compiled(torch.tensor([6, 0, 3]), *a.values())
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_compile_attention_varlen_fullgraph(rng, backend):
+    """With max_seqlen_q/k given, cu_seqlens values need not be read while tracing."""
+    require_backend(backend, "attention")
+    q, k, v, cu_q, cu_k, max_q, max_k = varlen_inputs(rng, "float32", True)
+
+    def run(q, k, v, cu_q, cu_k):
+        return seqcore.attention_varlen(q, k, v, cu_q, cu_k, max_seqlen_q=max_q,
+                                        max_seqlen_k=max_k, causal=True, backend=backend)
+
+    compiled = torch.compile(run, backend="aot_eager", fullgraph=True)
+    got = compiled(q, k, v, cu_q, cu_k)
+    want = run(q, k, v, cu_q, cu_k)
+    assert_close(got, want, "float32")
+    got_grads = torch.autograd.grad(got.sum(), (q, k, v))
+    want_grads = torch.autograd.grad(want.sum(), (q, k, v))
+    for g, w in zip(got_grads, want_grads):
+        assert_close(g, w, "float32", grad=True)
+    bad_cu_q = cu_q.clone()
+    bad_cu_q[1] = max_q + 2  # sequence 0 longer than max_seqlen_q (and sequence 1 negative)
+    with pytest.raises(ValueError, match="cu_seqlens_q|max_seqlen_q"):
+        compiled(q, k, v, bad_cu_q, cu_k)
+
+
 # ---- array kinds, devices, dtypes ---------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
