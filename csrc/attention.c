@@ -849,22 +849,26 @@ static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o
     int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR);
     RN(gemm)(mq, nkp, p->D, w->q, round_up(p->D, NR), w->kt, BK, w->s, BK, 0);
     RN(gemm)(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR), w->vt, BK, w->ds, BK, 0);
+    /* restrict and nk in a local: without them the stores below might alias t and each
+     * other, and the exp loop stays scalar (a third of the backward's time) */
+    int64_t nk = t->nk;
     for (int64_t r = 0; r < t->nq; r++) {
-        real *s = w->s + r * BK, *ds = w->ds + r * BK, *th = w->th + r * BK;
+        real *restrict s = w->s + r * BK, *restrict ds = w->ds + r * BK;
+        real *restrict th = w->th + r * BK;
         const real *bias_row = bias ? bias + bias_offset(p, sq, h, t->i0 + r) : NULL;
         RN(score_row_fixups)(s, th, t, r, o, bias_row, p->bias_strides[3]);
         /* a row that sees no key has lse -inf and gets P = 0 (not exp(-inf + inf)) */
         real row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
         real *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
-        for (int64_t j = 0; j < t->nk; j++) {
+        for (int64_t j = 0; j < nk; j++) {
             real pr = EXP(s[j] - row_lse);
             s[j] = pr;
             ds[j] = pr * (ds[j] - row_delta);
         }
         if (db)
-            for (int64_t j = 0; j < t->nk; j++) db[j] = ds[j];
+            for (int64_t j = 0; j < nk; j++) db[j] = ds[j];
         if (o->softcap > 0)
-            for (int64_t j = 0; j < t->nk; j++) ds[j] *= 1 - th[j] * th[j];
+            for (int64_t j = 0; j < nk; j++) ds[j] *= 1 - th[j] * th[j];
     }
 }
 
@@ -882,17 +886,22 @@ static void RN(bwd_delta)(const seqcore_attn_problem *p, const real *dout, const
 }
 
 /* dK, dV of key rows j0 .. j0 + BK of (sequence sq, kv head hk), summed over the query heads
- * of its GQA group: one task owns these rows, so no two threads add into them. */
+ * of its GQA group: one task owns these rows, so no two threads add into them.
+ * dq_acc (may be NULL): when the task owns the whole kv head (bwd_head), dS K of each tile is
+ * added there too, (group, ld_rows, dp) unscaled rows, so P and dS serve dQ without being
+ * recomputed by a second pass. */
 static void RN(bwd_dkdv_tile)(const seqcore_attn_problem *p, const attn_opts *o, const real *dout,
                               const real *q, const real *k, const real *v, const real *bias,
                               const real *lse, const real *delta, real *dk, real *dv,
-                              int64_t sq, int64_t hk, int64_t j0, RN(bwd_scratch) *w) {
+                              int64_t sq, int64_t hk, int64_t j0, RN(bwd_scratch) *w,
+                              real *dq_acc, int64_t ld_rows) {
     seq_rows kr = k_rows(p, sq, hk);
     if (j0 >= kr.len) return;
     int64_t D = p->D, Dv = p->Dv, dp = round_up(D, NR), dvp = round_up(Dv, NR);
     int64_t nk = min64(BK, kr.len - j0), mk = round_up(nk, MR), group = p->Hq / p->Hkv;
     RN(load_rows_transposed)(w->kt, k, kr, j0, nk, D);
     RN(load_rows_transposed)(w->vt, v, kr, j0, nk, Dv);
+    if (dq_acc) RN(load_rows)(w->kk, dp, k, kr, j0, nk, nk, D, 1);
     for (int64_t i = 0; i < BK * dp; i++) w->dk[i] = 0;
     for (int64_t i = 0; i < BK * dvp; i++) w->dv[i] = 0;
     for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
@@ -911,6 +920,9 @@ static void RN(bwd_dkdv_tile)(const seqcore_attn_problem *p, const attn_opts *o,
                 }
             RN(gemm)(mk, dvp, t.nq, w->pt, BQ, w->dout, dvp, w->dv, dvp, 1);
             RN(gemm)(mk, dp, t.nq, w->dst, BQ, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
+            if (dq_acc)
+                RN(gemm)(round_up(t.nq, MR), dp, nk, w->ds, BK, w->kk, dp,
+                         dq_acc + ((h - hk * group) * ld_rows + i0) * dp, dp, 1);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
@@ -951,6 +963,30 @@ static void RN(bwd_dq_tile)(const seqcore_attn_problem *p, const attn_opts *o, c
     }
 }
 
+/* Every key tile of (sequence sq, kv head hk), and dQ of the query heads of its GQA group
+ * (FlashAttention-2's single pass): the task owns all their rows, so the dS of a tile goes
+ * into dK and dQ at once. dq_acc: group x round_up(Sq, BQ) x dp, per thread. */
+static void RN(bwd_head)(const seqcore_attn_problem *p, const attn_opts *o, const real *dout,
+                         const real *q, const real *k, const real *v, const real *bias,
+                         const real *lse, const real *delta, real *dq, real *dk, real *dv,
+                         int64_t sq, int64_t hk, RN(bwd_scratch) *w, real *dq_acc) {
+    seq_rows kr = k_rows(p, sq, hk);
+    int64_t D = p->D, dp = round_up(D, NR), group = p->Hq / p->Hkv, ld_rows = round_up(p->Sq, BQ);
+    for (int64_t i = 0; i < group * ld_rows * dp; i++) dq_acc[i] = 0;
+    for (int64_t j0 = 0; j0 < kr.len; j0 += BK)
+        RN(bwd_dkdv_tile)(p, o, dout, q, k, v, bias, lse, delta, dk, dv, sq, hk, j0, w, dq_acc,
+                          ld_rows);
+    real scale = (real)o->scale;
+    for (int64_t g = 0; g < group; g++) {  /* rows that see no key get 0 */
+        seq_rows qr = q_rows(p, sq, hk * group + g);
+        for (int64_t i = 0; i < qr.len; i++) {
+            real *dst = dq + row_index(qr, i) * D;
+            const real *acc = dq_acc + (g * ld_rows + i) * dp;
+            for (int64_t c = 0; c < D; c++) dst[c] = scale * acc[c];
+        }
+    }
+}
+
 int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, const real *q,
                               const real *k, const real *v, const real *bias, const real *out,
                               const real *lse, real *dq, real *dk, real *dv, real *dbias) {
@@ -963,12 +999,22 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
     int64_t n_heads = p->n_seq * p->Hq;
     real *delta = malloc((size_t)max64(1, query_row_count(p)) * sizeof(real));
     if (!delta) return SEQCORE_ENOMEM;
+    /* One pass per kv head (dQ with dK, dV: P and dS computed once, not twice) when the kv
+     * heads alone keep the threads evenly busy, there is no dbias, and the per-thread dQ
+     * accumulator stays small; else a dK/dV pass over key tiles, then a dQ pass over query
+     * tiles. */
+    int64_t n_kv_heads = p->n_seq * p->Hkv, threads = seqcore_max_threads();
+    int64_t dq_acc_len = p->Hq / p->Hkv * round_up(p->Sq, BQ) * dp;
+    int fused = !dbias && dq_acc_len <= ((int64_t)1 << 22) &&
+                (n_kv_heads % threads == 0 || n_kv_heads >= 4 * threads);
     int status = SEQCORE_OK;
 #pragma omp parallel if (n_heads > 1)
     {
         RN(bwd_scratch) w;
         int ok = RN(bwd_scratch_alloc)(&w, p->D, dp, p->Dv, dvp);
-        if (!ok) {
+        real *dq_acc = fused && ok ? malloc((size_t)dq_acc_len * sizeof(real)) : NULL;
+        if (!ok || (fused && !dq_acc)) {
+            ok = 0;
 #pragma omp atomic write
             status = SEQCORE_ENOMEM;
         }
@@ -976,20 +1022,29 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
         for (int64_t sh = 0; sh < n_heads; sh++)
             RN(bwd_delta)(p, dout, out, delta, sh / p->Hq, sh % p->Hq);
         /* (the implicit barrier after each loop orders the passes) */
+        if (fused) {
 #pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < p->n_seq * p->Hkv * n_k_tiles; task++) {
-            if (!ok) continue;
-            int64_t tile = task % n_k_tiles, seq_head = task / n_k_tiles;
-            RN(bwd_dkdv_tile)(p, &o, dout, q, k, v, bias, lse, delta, dk, dv,
-                              seq_head / p->Hkv, seq_head % p->Hkv, tile * BK, &w);
-        }
+            for (int64_t sh = 0; sh < n_kv_heads; sh++)
+                if (ok)
+                    RN(bwd_head)(p, &o, dout, q, k, v, bias, lse, delta, dq, dk, dv,
+                                 sh / p->Hkv, sh % p->Hkv, &w, dq_acc);
+        } else {
 #pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < n_heads * n_q_tiles; task++) {
-            if (!ok) continue;
-            int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;  /* heavy first */
-            RN(bwd_dq_tile)(p, &o, dout, q, k, v, bias, lse, delta, dq, dbias,
-                            seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
+            for (int64_t task = 0; task < p->n_seq * p->Hkv * n_k_tiles; task++) {
+                if (!ok) continue;
+                int64_t tile = task % n_k_tiles, seq_head = task / n_k_tiles;
+                RN(bwd_dkdv_tile)(p, &o, dout, q, k, v, bias, lse, delta, dk, dv,
+                                  seq_head / p->Hkv, seq_head % p->Hkv, tile * BK, &w, NULL, 0);
+            }
+#pragma omp for schedule(dynamic)
+            for (int64_t task = 0; task < n_heads * n_q_tiles; task++) {
+                if (!ok) continue;
+                int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;  /* heavy first */
+                RN(bwd_dq_tile)(p, &o, dout, q, k, v, bias, lse, delta, dq, dbias,
+                                seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
+            }
         }
+        free(dq_acc);
         free(w.block);
     }
     free(delta);
