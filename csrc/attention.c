@@ -550,12 +550,13 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
        * (float only: the fast forward, tried first; -3 when it does not apply) ---- */
 
 /* C[M x N] (+)= A[M x K] B[K x N] (accumulate: += else =), row-major with leading dims;
- * M % MR == 0, N % NR == 0.
+ * M % MR == 0, N % NR == 0. a_transposed: A is stored as its transpose (K x M, row-major),
+ * so P^T dout and dS^T Q read P and dS as they come (no transposed copies).
  * An MR x NR block of C stays in registers (two vectors per row) while the k loop
  * streams a row of B and broadcasts a column of A. */
-FMA_CONTRACT static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *restrict A,
-                                  int64_t lda, const real *restrict B, int64_t ldb,
-                                  real *restrict C, int64_t ldc, int accumulate) {
+FMA_CONTRACT static inline __attribute__((always_inline)) void RN(gemm_any)(
+        int64_t M, int64_t N, int64_t K, const real *restrict A, int64_t lda, int a_transposed,
+        const real *restrict B, int64_t ldb, real *restrict C, int64_t ldc, int accumulate) {
     for (int64_t m = 0; m < M; m += MR) {
         for (int64_t n = 0; n < N; n += NR) {
             RN(vec) acc[MR][2] = {{{0}}};
@@ -567,7 +568,7 @@ FMA_CONTRACT static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *r
                 RN(vec) b0 = *(const RN(vec) *)(B + kk * ldb + n);
                 RN(vec) b1 = *(const RN(vec) *)(B + kk * ldb + n + NR / 2);
                 for (int r = 0; r < MR; r++) {
-                    real a = A[(m + r) * lda + kk];
+                    real a = a_transposed ? A[kk * lda + m + r] : A[(m + r) * lda + kk];
                     acc[r][0] += a * b0;
                     acc[r][1] += a * b1;
                 }
@@ -578,6 +579,19 @@ FMA_CONTRACT static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *r
             }
         }
     }
+}
+
+FMA_CONTRACT static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+                                  int64_t lda, const real *restrict B, int64_t ldb,
+                                  real *restrict C, int64_t ldc, int accumulate) {
+    RN(gemm_any)(M, N, K, A, lda, 0, B, ldb, C, ldc, accumulate);
+}
+
+/* C (+)= A^T B, A stored K x M row-major. */
+FMA_CONTRACT static void RN(gemm_at)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+                                     int64_t lda, const real *restrict B, int64_t ldb,
+                                     real *restrict C, int64_t ldc, int accumulate) {
+    RN(gemm_any)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
 }
 
 /* dst[r][c] = mul * row (i0 + r) of one sequence, c < width; zero padding up to
@@ -804,8 +818,6 @@ typedef struct {
     real *s;      /* BQ x BK: scores, then P */
     real *ds;     /* BQ x BK: dP, then dS (gradient of the raw scaled score) */
     real *th;     /* BQ x BK: tanh(s / softcap) */
-    real *pt;     /* BK x BQ: P transposed */
-    real *dst;    /* BK x BQ: dS transposed */
     real *dk;     /* BK x dp: dK accumulator */
     real *dv;     /* BK x dvp: dV accumulator */
     real *dq;     /* BQ x dp: dQ accumulator */
@@ -813,16 +825,16 @@ typedef struct {
 } RN(bwd_scratch);
 
 static int RN(bwd_scratch_alloc)(RN(bwd_scratch) *w, int64_t D, int64_t dp, int64_t Dv, int64_t dvp) {
-    int64_t sizes[15] = {BQ * dp, BQ * dvp, D * BK, Dv * BK, BK * dp, BQ * BK, BQ * BK, BQ * BK,
-                         BK * BQ, BK * BQ, BK * dp, BK * dvp, BQ * dp, BQ, BQ};
-    real **parts[15] = {&w->q, &w->dout, &w->kt, &w->vt, &w->kk, &w->s, &w->ds, &w->th,
-                         &w->pt, &w->dst, &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
+    int64_t sizes[13] = {BQ * dp, BQ * dvp, D * BK, Dv * BK, BK * dp, BQ * BK, BQ * BK, BQ * BK,
+                         BK * dp, BK * dvp, BQ * dp, BQ, BQ};
+    real **parts[13] = {&w->q, &w->dout, &w->kt, &w->vt, &w->kk, &w->s, &w->ds, &w->th,
+                         &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
     int64_t total = 0;
-    for (int i = 0; i < 15; i++) total += sizes[i];
+    for (int i = 0; i < 13; i++) total += sizes[i];
     w->block = calloc((size_t)total, sizeof(real));
     if (!w->block) return 0;
     real *at = w->block;
-    for (int i = 0; i < 15; i++) { *parts[i] = at; at += sizes[i]; }
+    for (int i = 0; i < 13; i++) { *parts[i] = at; at += sizes[i]; }
     return 1;
 }
 
@@ -913,13 +925,10 @@ static void RN(bwd_dkdv_tile)(const seqcore_attn_problem *p, const attn_opts *o,
             tile_pos t = make_tile(&bd, i0, min64(BQ, qr.len - i0), j0, nk);
             RN(bwd_load_queries)(p, o, q, dout, lse, delta, qr, i0, t.nq, w);
             RN(bwd_tile_grads)(p, o, &t, bias, NULL, sq, h, w);
-            for (int64_t r = 0; r < t.nq; r++)
-                for (int64_t j = 0; j < nk; j++) {
-                    w->pt[j * BQ + r] = w->s[r * BK + j];
-                    w->dst[j * BQ + r] = w->ds[r * BK + j];
-                }
-            RN(gemm)(mk, dvp, t.nq, w->pt, BQ, w->dout, dvp, w->dv, dvp, 1);
-            RN(gemm)(mk, dp, t.nq, w->dst, BQ, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
+            /* key rows nk .. mk of dK, dV pick up whatever P and dS hold past column nk:
+             * they are never written out */
+            RN(gemm_at)(mk, dvp, t.nq, w->s, BK, w->dout, dvp, w->dv, dvp, 1);
+            RN(gemm_at)(mk, dp, t.nq, w->ds, BK, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
             if (dq_acc)
                 RN(gemm)(round_up(t.nq, MR), dp, nk, w->ds, BK, w->kk, dp,
                          dq_acc + ((h - hk * group) * ld_rows + i0) * dp, dp, 1);
