@@ -46,6 +46,15 @@ enum {
 #define FMA_CONTRACT
 #endif
 
+/* GCC vectorizes loops with 256-bit vectors under -march=native even where the target has
+ * 512-bit ones; WIDE_LOOPS asks for 512 on a function whose loops are worth it (the exp of
+ * P in the backward). */
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define WIDE_LOOPS __attribute__((target("prefer-vector-width=512")))
+#else
+#define WIDE_LOOPS
+#endif
+
 /* One vector register (GCC/Clang vector extensions), aligned only to its element so it loads
  * from any row. */
 typedef float vec_f32 __attribute__((vector_size(VEC_BYTES), aligned(4)));
@@ -855,7 +864,7 @@ static void RN(bwd_load_queries)(const seqcore_attn_problem *p, const attn_opts 
 
 /* P and dS of one tile, recomputed from lse: w->s <- P, w->ds <- dS (gradient of the scaled
  * raw score; zero where masked). dbias (may be NULL) gets the gradient of the biased score. */
-static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o, const tile_pos *t,
+WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o, const tile_pos *t,
                                const real *bias, real *dbias, int64_t sq, int64_t h,
                                RN(bwd_scratch) *w) {
     int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR);
