@@ -5,9 +5,11 @@
  * of K), never Sq x Sk. Scores and P V are products of small row-major tiles done by one
  * register-blocked micro-kernel (gemm_*); key tiles outside the band are skipped, and only
  * tiles the band cuts through are masked.
- * Backward (FlashAttention-2): delta = rowsum(dout * out); P is recomputed from lse; one
- * pass owns key tiles (dK, dV, summed over the GQA group), another owns query tiles (dQ and
- * dbias), so no two threads ever add into the same row.
+ * Backward (FlashAttention-2): delta = rowsum(dout * out); P is recomputed from lse. When
+ * the kv heads alone keep the threads busy (and no dbias is asked for), one task owns a kv
+ * head: dK, dV of its keys and dQ of its GQA group's queries come from one P and dS per tile.
+ * Otherwise one pass owns key tiles (dK, dV, summed over the GQA group), another owns query
+ * tiles (dQ and dbias, P and dS recomputed). Either way no two threads add into one row.
  * Dense batches are "sequences at fixed offsets": one set of kernels serves both layouts
  * through seq_rows. The general kernels are written once, as a template on the element type
  * (see ATTN_TEMPLATE below), and compiled for float and double.
