@@ -1020,13 +1020,14 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
     real *delta = malloc((size_t)max64(1, query_row_count(p)) * sizeof(real));
     if (!delta) return SEQCORE_ENOMEM;
     /* One pass per kv head (dQ with dK, dV: P and dS computed once, not twice) when the kv
-     * heads alone keep the threads evenly busy, there is no dbias, and the per-thread dQ
-     * accumulator stays small; else a dK/dV pass over key tiles, then a dQ pass over query
-     * tiles. */
+     * heads alone keep the threads evenly busy (dense heads are equal work, so a multiple of
+     * the thread count will do; packed sequences differ in length and want several heads a
+     * thread), there is no dbias, and the per-thread dQ accumulator stays small; else a
+     * dK/dV pass over key tiles, then a dQ pass over query tiles. */
     int64_t n_kv_heads = p->n_seq * p->Hkv, threads = seqcore_max_threads();
     int64_t dq_acc_len = p->Hq / p->Hkv * round_up(p->Sq, BQ) * dp;
-    int fused = !dbias && dq_acc_len <= ((int64_t)1 << 22) &&
-                (n_kv_heads % threads == 0 || n_kv_heads >= 4 * threads);
+    int balanced = n_kv_heads >= 4 * threads || (!p->cu_q && n_kv_heads % threads == 0);
+    int fused = !dbias && dq_acc_len <= ((int64_t)1 << 22) && balanced;
     int status = SEQCORE_OK;
 #pragma omp parallel if (n_heads > 1)
     {
