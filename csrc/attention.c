@@ -866,9 +866,9 @@ static void RN(bwd_load_queries)(const seqcore_attn_problem *p, const attn_opts 
 
 /* P and dS of one tile, recomputed from lse: w->s <- P, w->ds <- dS (gradient of the scaled
  * raw score; zero where masked). dbias (may be NULL) gets the gradient of the biased score. */
-WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o, const tile_pos *t,
-                               const real *bias, real *dbias, int64_t sq, int64_t h,
-                               RN(bwd_scratch) *w) {
+WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o,
+                                          const tile_pos *t, const real *bias, real *dbias,
+                                          int64_t sq, int64_t h, RN(bwd_scratch) *w) {
     int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR);
     RN(gemm)(mq, nkp, p->D, w->q, round_up(p->D, NR), w->kt, BK, w->s, BK, 0);
     RN(gemm)(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR), w->vt, BK, w->ds, BK, 0);
@@ -1060,7 +1060,8 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
 #pragma omp for schedule(dynamic)
             for (int64_t task = 0; task < n_heads * n_q_tiles; task++) {
                 if (!ok) continue;
-                int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;  /* heavy first */
+                /* heavy (last, under a causal mask) query tiles first */
+                int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;
                 RN(bwd_dq_tile)(p, &o, dout, q, k, v, bias, lse, delta, dq, dbias,
                                 seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
             }
