@@ -5,12 +5,16 @@
  * of K), never Sq x Sk. Scores and P V are products of small row-major tiles done by one
  * register-blocked micro-kernel (gemm_*); key tiles outside the band are skipped, and only
  * tiles the band cuts through are masked.
- * Backward (FlashAttention-2): delta = rowsum(dout * out); P is recomputed from lse; one
- * pass owns key tiles (dK, dV, summed over the GQA group), another owns query tiles (dQ and
- * dbias), so no two threads ever add into the same row.
+ * Backward (FlashAttention-2): delta = rowsum(dout * out); P is recomputed from lse. When
+ * the kv heads alone keep the threads busy (and no dbias is asked for), one task owns a kv
+ * head: dK, dV of its keys and dQ of its GQA group's queries come from one P and dS per tile.
+ * Otherwise one pass owns key tiles (dK, dV, summed over the GQA group), another owns query
+ * tiles (dQ and dbias, P and dS recomputed). Either way no two threads add into one row.
  * Dense batches are "sequences at fixed offsets": one set of kernels serves both layouts
- * through seq_rows. The float and double halves are the same code with the type changed.
+ * through seq_rows. The general kernels are written once, as a template on the element type
+ * (see ATTN_TEMPLATE below), and compiled for float and double.
  */
+#ifndef ATTN_TEMPLATE
 #include "seqcore.h"
 
 #include <math.h>
@@ -42,6 +46,15 @@ enum {
 #define FMA_CONTRACT __attribute__((optimize("fp-contract=fast")))
 #else
 #define FMA_CONTRACT
+#endif
+
+/* GCC vectorizes loops with 256-bit vectors under -march=native even where the target has
+ * 512-bit ones; WIDE_LOOPS asks for 512 on a function whose loops are worth it (the exp of
+ * P in the backward). */
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define WIDE_LOOPS __attribute__((target("prefer-vector-width=512")))
+#else
+#define WIDE_LOOPS
 #endif
 
 /* One vector register (GCC/Clang vector extensions), aligned only to its element so it loads
@@ -179,8 +192,6 @@ static inline float exp_f32(float x) {
     return x < -87.0f ? 0.0f : poly * two_n;
 }
 
-static inline double exp_f64(double x) { return exp(x); }
-
 /* Cheap checks of everything the kernels index with (the API validated already). */
 static int problem_ok(const seqcore_attn_problem *p, const void *q, const void *k, const void *v,
                       const void *bias) {
@@ -202,214 +213,53 @@ static int problem_ok(const seqcore_attn_problem *p, const void *q, const void *
 }
 
 /* ------------------------------------------------------------------------------------------
- * float kernels (the double kernels below are the same code with double in place of float)
+ * The general path (every feature: bias, softcap, any head dim, float and double) is the
+ * template after `#else`: this file includes itself with `real` = float and then double.
+ * The float forward first tries the AVX-512 fast path (after the two instantiations).
  * ------------------------------------------------------------------------------------------ */
 
-/* C[M x N] (+)= A[M x K] B[K x N] (accumulate: += else =), row-major with leading dims;
- * M % MR == 0, N % NR_F32 == 0.
- * An MR x NR_F32 block of C stays in registers (two vectors per row) while the k loop
- * streams a row of B and broadcasts a column of A. */
-FMA_CONTRACT static void gemm_f32(int64_t M, int64_t N, int64_t K, const float *restrict A,
-                                  int64_t lda, const float *restrict B, int64_t ldb,
-                                  float *restrict C, int64_t ldc, int accumulate) {
-    for (int64_t m = 0; m < M; m += MR) {
-        for (int64_t n = 0; n < N; n += NR_F32) {
-            vec_f32 acc[MR][2] = {{{0}}};
-            for (int r = 0; accumulate && r < MR; r++) {
-                acc[r][0] = *(const vec_f32 *)(C + (m + r) * ldc + n);
-                acc[r][1] = *(const vec_f32 *)(C + (m + r) * ldc + n + NR_F32 / 2);
-            }
-            for (int64_t kk = 0; kk < K; kk++) {
-                vec_f32 b0 = *(const vec_f32 *)(B + kk * ldb + n);
-                vec_f32 b1 = *(const vec_f32 *)(B + kk * ldb + n + NR_F32 / 2);
-                for (int r = 0; r < MR; r++) {
-                    float a = A[(m + r) * lda + kk];
-                    acc[r][0] += a * b0;
-                    acc[r][1] += a * b1;
-                }
-            }
-            for (int r = 0; r < MR; r++) {
-                *(vec_f32 *)(C + (m + r) * ldc + n) = acc[r][0];
-                *(vec_f32 *)(C + (m + r) * ldc + n + NR_F32 / 2) = acc[r][1];
-            }
-        }
-    }
-}
+#ifdef __AVX512F__
+static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
+                        const float *v, const float *bias, float *out, float *lse);
+#endif
 
-/* dst[r][c] = mul * row (i0 + r) of one sequence, c < width; zero padding up to
- * n_pad rows and ld columns (the micro-kernel reads whole blocks). */
-static void load_rows_f32(float *restrict dst, int64_t ld, const float *restrict src, seq_rows sr,
-                          int64_t i0, int64_t n, int64_t n_pad, int64_t width, float mul) {
-    for (int64_t r = 0; r < n_pad; r++) {
-        float *restrict out = dst + r * ld;
-        int64_t c = 0;
-        if (r < n) {
-            const float *restrict row = src + row_index(sr, i0 + r) * width;
-            for (; c < width; c++) out[c] = mul * row[c];
-        }
-        for (; c < ld; c++) out[c] = 0;
-    }
-}
+#define ATTN_TEMPLATE
+#define real float
+#define NR NR_F32
+#define EXP exp_f32
+#define TANH tanhf
+#define LOG logf
+#define MADD fmaf
+#define RN(name) name##_f32
+#ifdef __AVX512F__
+#define FAST_FWD fast_fwd_f32
+#endif
+#include "attention.c"
+#undef real
+#undef NR
+#undef EXP
+#undef TANH
+#undef LOG
+#undef MADD
+#undef RN
+#undef FAST_FWD
 
-/* dst[c][r] = row (j0 + r) of one sequence, c < width, r < n (dst has BK columns). */
-static void load_rows_transposed_f32(float *restrict dst, const float *restrict src, seq_rows sr,
-                                     int64_t j0, int64_t n, int64_t width) {
-    for (int64_t r = 0; r < n; r++) {
-        const float *restrict row = src + row_index(sr, j0 + r) * width;
-        for (int64_t c = 0; c < width; c++) dst[c * BK + r] = row[c];
-    }
-}
-
-/* Softcap, bias and band mask on one row of raw scores (keys j0 .. j0 + nk of query i).
- * tanh_out (may be NULL) keeps tanh(s / softcap) for the backward. */
-static void score_row_fixups_f32(float *restrict s, float *restrict tanh_out, const tile_pos *t,
-                                 int64_t r, const attn_opts *o, const float *restrict bias_row,
-                                 int64_t bias_stride) {
-    int64_t nk = t->nk;
-    if (o->softcap > 0) {
-        float cap = (float)o->softcap, inv_cap = (float)(1 / o->softcap);
-        for (int64_t j = 0; j < nk; j++) {
-            float th = tanhf(s[j] * inv_cap);
-            if (tanh_out) tanh_out[j] = th;
-            s[j] = cap * th;
-        }
-    }
-    if (bias_row)
-        for (int64_t j = 0; j < nk; j++) s[j] += bias_row[(t->j0 + j) * bias_stride];
-    if (t->needs_mask) {
-        int64_t i = t->i0 + r;
-        int64_t lo = band_lo(&t->bd, i) - t->j0, hi = band_hi(&t->bd, i) - t->j0;
-        for (int64_t j = 0; j < nk; j++)
-            if (j < lo || j >= hi) s[j] = -INFINITY;
-    }
-}
-
-/* ---------------------------------------------------------------- forward */
-
-/* Per-thread scratch of the forward pass (one allocation, carved). */
-typedef struct {
-    float *block;
-    float *q;      /* BQ x D: the query tile, times scale */
-    float *v;      /* BK x dvp: the value tile, columns zero-padded (when Dv needs padding) */
-    float *s;      /* BQ x BK: scores, then exp(scores - running max) */
-    float *o;      /* BQ x dvp: output accumulator (unnormalized) */
-    float *m, *l;  /* BQ: running max and running sum of exp per query row */
-} fwd_scratch_f32;
-
-static int fwd_scratch_alloc_f32(fwd_scratch_f32 *w, int64_t D, int64_t dvp) {
-    int64_t sizes[6] = {BQ * D, BK * dvp, BQ * BK, BQ * dvp, BQ, BQ};
-    float **parts[6] = {&w->q, &w->v, &w->s, &w->o, &w->m, &w->l};
-    int64_t total = 0;
-    for (int i = 0; i < 6; i++) total += sizes[i];
-    w->block = calloc((size_t)total, sizeof(float));
-    if (!w->block) return 0;
-    float *at = w->block;
-    for (int i = 0; i < 6; i++) { *parts[i] = at; at += sizes[i]; }
-    return 1;
-}
-
-/* K transposed once per call, (Hkv, D, ldt): column = key token (see key_token), so each
- * query tile reads its score operand as row-major D x BK blocks instead of transposing.
- * ldt leaves BK zero columns past the last token for the padded reads of the last tile. */
-static float *transpose_keys_f32(const seqcore_attn_problem *p, const float *k, int64_t ldt) {
-    float *kt = malloc((size_t)max64(1, p->Hkv * p->D * ldt) * sizeof(float));
-    if (!kt) return NULL;
-    int64_t n_tok = ldt - BK;
-#pragma omp parallel for schedule(static)
-    for (int64_t hd = 0; hd < p->Hkv * p->D; hd++)
-        for (int64_t tok = n_tok; tok < ldt; tok++) kt[hd * ldt + tok] = 0;
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t sh = 0; sh < p->n_seq * p->Hkv; sh++) {
-        int64_t s = sh / p->Hkv, hk = sh % p->Hkv;
-        seq_rows kr = k_rows(p, s, hk);
-        float *dst = kt + hk * p->D * ldt + key_token(p, s, 0);
-        for (int64_t j = 0; j < kr.len; j++) {
-            const float *row = k + row_index(kr, j) * p->D;
-            for (int64_t c = 0; c < p->D; c++) dst[c * ldt + j] = row[c];
-        }
-    }
-    return kt;
-}
-
-/* One key tile of the online softmax for query row r: s <- exp(s - new max) in place (the
- * padding columns up to nkp hold -inf), o row rescaled by exp(old max - new max). */
-static void online_softmax_row_f32(float *restrict s, int64_t nkp, float *restrict m,
-                                   float *restrict l, float *restrict o, int64_t dvp) {
-    float lane_max[NR_F32], lane_sum[NR_F32];
-    for (int c = 0; c < NR_F32; c++) { lane_max[c] = -INFINITY; lane_sum[c] = 0; }
-    for (int64_t j = 0; j < nkp; j += NR_F32)
-        for (int c = 0; c < NR_F32; c++) lane_max[c] = s[j + c] > lane_max[c] ? s[j + c] : lane_max[c];
-    /* fold the lanes in halves: a tree, not a chain of NR_F32 dependent steps */
-    for (int half = NR_F32 / 2; half > 0; half /= 2)
-        for (int c = 0; c < half; c++)
-            lane_max[c] = lane_max[c + half] > lane_max[c] ? lane_max[c + half] : lane_max[c];
-    float m_new = lane_max[0] > *m ? lane_max[0] : *m;
-    /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
-    float m_use = m_new == -INFINITY ? 0 : m_new;
-    float alpha = exp_f32(*m - m_use);
-    for (int64_t j = 0; j < nkp; j += NR_F32)
-        for (int c = 0; c < NR_F32; c++) {
-            float p = exp_f32(s[j + c] - m_use);
-            s[j + c] = p;
-            lane_sum[c] += p;
-        }
-    for (int half = NR_F32 / 2; half > 0; half /= 2)
-        for (int c = 0; c < half; c++) lane_sum[c] += lane_sum[c + half];
-    float sum = lane_sum[0];
-    *l = *l * alpha + sum;
-    *m = m_new;
-    if (alpha != 1)
-        for (int64_t c = 0; c < dvp; c++) o[c] *= alpha;
-}
-
-/* Output rows i0 .. i0 + BQ of (sequence sq, query head h). */
-static void fwd_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, const float *q,
-                         const float *kt, int64_t ldt, const float *v, const float *bias,
-                         float *out, float *lse, int64_t sq, int64_t h, int64_t i0,
-                         fwd_scratch_f32 *w) {
-    int64_t hk = h / (p->Hq / p->Hkv);
-    seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, hk);
-    if (i0 >= qr.len) return;
-    int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, NR_F32);
-    int64_t nq = min64(BQ, qr.len - i0), mq = round_up(nq, MR);
-    band bd = make_band(o, qr.len, kr.len);
-    load_rows_f32(w->q, D, q, qr, i0, nq, mq, D, (float)o->scale);
-    for (int64_t r = 0; r < mq; r++) {
-        w->m[r] = -INFINITY;
-        w->l[r] = 0;
-        for (int64_t c = 0; c < dvp; c++) w->o[r * dvp + c] = 0;
-    }
-    int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
-    for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
-        tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
-        int64_t nkp = round_up(t.nk, NR_F32);
-        const float *kt_tile = kt + hk * D * ldt + key_token(p, sq, j0);
-        /* V rows serve the micro-kernel in place when Dv is a whole number of its blocks */
-        const float *v_tile = v + row_index(kr, j0) * Dv;
-        int64_t ldv = kr.step * Dv;
-        if (dvp != Dv) {
-            load_rows_f32(w->v, dvp, v, kr, j0, t.nk, t.nk, Dv, 1);
-            v_tile = w->v;
-            ldv = dvp;
-        }
-        gemm_f32(mq, nkp, D, w->q, D, kt_tile, ldt, w->s, BK, 0);
-        for (int64_t r = 0; r < nq; r++) {
-            float *s = w->s + r * BK;
-            const float *bias_row = bias ? bias + bias_offset(p, sq, h, i0 + r) : NULL;
-            score_row_fixups_f32(s, NULL, &t, r, o, bias_row, p->bias_strides[3]);
-            for (int64_t j = t.nk; j < nkp; j++) s[j] = -INFINITY;
-            online_softmax_row_f32(s, nkp, &w->m[r], &w->l[r], w->o + r * dvp, dvp);
-        }
-        gemm_f32(mq, dvp, t.nk, w->s, BK, v_tile, ldv, w->o, dvp, 1);
-    }
-    for (int64_t r = 0; r < nq; r++) {
-        int64_t row = row_index(qr, i0 + r);
-        float *dst = out + row * Dv, l = w->l[r];
-        float inv_l = l > 0 ? 1 / l : 0;
-        for (int64_t c = 0; c < Dv; c++) dst[c] = w->o[r * dvp + c] * inv_l;
-        lse[row] = l > 0 ? w->m[r] + logf(l) : -INFINITY;
-    }
-}
+#define real double
+#define NR NR_F64
+#define EXP exp
+#define TANH tanh
+#define LOG log
+#define MADD fma
+#define RN(name) name##_f64
+#include "attention.c"
+#undef real
+#undef NR
+#undef EXP
+#undef TANH
+#undef LOG
+#undef MADD
+#undef RN
+#undef ATTN_TEMPLATE
 
 /* ---------------------------------------------------------------- forward, AVX-512 fast path
  *
@@ -705,293 +555,65 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
     free(base);
     return status;
 }
-#endif
+#endif /* __AVX512F__ */
 
-int seqcore_attention_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
-                              const float *v, const float *bias, float *out, float *lse) {
-    if (!problem_ok(p, q, k, v, bias) || !out || !lse) return SEQCORE_EINVAL;
-#ifdef __AVX512F__
-    int fast = fast_fwd_f32(p, q, k, v, bias, out, lse);
-    if (fast != -3) return fast;
-#endif
-    attn_opts o = make_opts(p);
-    int64_t n_tiles = cdiv(p->Sq, BQ), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
-    int64_t dvp = round_up(p->Dv, NR_F32), ldt = key_token_count(p) + BK;
-    float *kt = transpose_keys_f32(p, k, ldt);
-    if (!kt) return SEQCORE_ENOMEM;
-    int status = SEQCORE_OK;
-#pragma omp parallel if (n_tasks > 1)
-    {
-        fwd_scratch_f32 w;
-        int ok = fwd_scratch_alloc_f32(&w, p->D, dvp);
-        if (!ok) {
-#pragma omp atomic write
-            status = SEQCORE_ENOMEM;
-        }
-#pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < n_tasks; task++) {
-            if (!ok) continue;
-            /* the last query tiles see the most keys under a causal mask: hand those out
-             * first, for every head, so the dynamic schedule ends on light tiles */
-            int64_t tile = n_tiles - 1 - task / n_heads, seq_head = task % n_heads;
-            fwd_tile_f32(p, &o, q, kt, ldt, v, bias, out, lse, seq_head / p->Hq,
-                         seq_head % p->Hq, tile * BQ, &w);
-        }
-        free(w.block);
-    }
-    free(kt);
-    return status;
-}
-
-/* ---------------------------------------------------------------- backward */
-
-/* Per-thread scratch of the backward passes. */
-typedef struct {
-    float *block;
-    float *q;      /* BQ x dp: query tile times scale */
-    float *dout;   /* BQ x dvp: output-gradient tile */
-    float *kt;     /* D x BK: key tile transposed */
-    float *vt;     /* Dv x BK: value tile transposed */
-    float *kk;     /* BK x dp: key tile (for dQ) */
-    float *s;      /* BQ x BK: scores, then P */
-    float *ds;     /* BQ x BK: dP, then dS (gradient of the raw scaled score) */
-    float *th;     /* BQ x BK: tanh(s / softcap) */
-    float *pt;     /* BK x BQ: P transposed */
-    float *dst;    /* BK x BQ: dS transposed */
-    float *dk;     /* BK x dp: dK accumulator */
-    float *dv;     /* BK x dvp: dV accumulator */
-    float *dq;     /* BQ x dp: dQ accumulator */
-    float *lse, *delta;  /* BQ: per query row */
-} bwd_scratch_f32;
-
-static int bwd_scratch_alloc_f32(bwd_scratch_f32 *w, int64_t D, int64_t dp, int64_t Dv, int64_t dvp) {
-    int64_t sizes[15] = {BQ * dp, BQ * dvp, D * BK, Dv * BK, BK * dp, BQ * BK, BQ * BK, BQ * BK,
-                         BK * BQ, BK * BQ, BK * dp, BK * dvp, BQ * dp, BQ, BQ};
-    float **parts[15] = {&w->q, &w->dout, &w->kt, &w->vt, &w->kk, &w->s, &w->ds, &w->th,
-                         &w->pt, &w->dst, &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
-    int64_t total = 0;
-    for (int i = 0; i < 15; i++) total += sizes[i];
-    w->block = calloc((size_t)total, sizeof(float));
-    if (!w->block) return 0;
-    float *at = w->block;
-    for (int i = 0; i < 15; i++) { *parts[i] = at; at += sizes[i]; }
-    return 1;
-}
-
-/* Query-side tile inputs: q (times scale), dout, lse and delta of rows i0 .. i0 + nq. */
-static void bwd_load_queries_f32(const seqcore_attn_problem *p, const attn_opts *o,
-                                 const float *q, const float *dout, const float *lse,
-                                 const float *delta, seq_rows qr, int64_t i0, int64_t nq,
-                                 bwd_scratch_f32 *w) {
-    int64_t mq = round_up(nq, MR);
-    load_rows_f32(w->q, round_up(p->D, NR_F32), q, qr, i0, nq, mq, p->D, (float)o->scale);
-    load_rows_f32(w->dout, round_up(p->Dv, NR_F32), dout, qr, i0, nq, mq, p->Dv, 1);
-    for (int64_t r = 0; r < nq; r++) {
-        int64_t row = row_index(qr, i0 + r);
-        w->lse[r] = lse[row];
-        w->delta[r] = delta[row];
-    }
-}
-
-/* P and dS of one tile, recomputed from lse: w->s <- P, w->ds <- dS (gradient of the scaled
- * raw score; zero where masked). dbias (may be NULL) gets the gradient of the biased score. */
-static void bwd_tile_grads_f32(const seqcore_attn_problem *p, const attn_opts *o, const tile_pos *t,
-                               const float *bias, float *dbias, int64_t sq, int64_t h,
-                               bwd_scratch_f32 *w) {
-    int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR_F32);
-    gemm_f32(mq, nkp, p->D, w->q, round_up(p->D, NR_F32), w->kt, BK, w->s, BK, 0);
-    gemm_f32(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR_F32), w->vt, BK, w->ds, BK, 0);
-    for (int64_t r = 0; r < t->nq; r++) {
-        float *s = w->s + r * BK, *ds = w->ds + r * BK, *th = w->th + r * BK;
-        const float *bias_row = bias ? bias + bias_offset(p, sq, h, t->i0 + r) : NULL;
-        score_row_fixups_f32(s, th, t, r, o, bias_row, p->bias_strides[3]);
-        /* a row that sees no key has lse -inf and gets P = 0 (not exp(-inf + inf)) */
-        float row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
-        float *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
-        for (int64_t j = 0; j < t->nk; j++) {
-            float pr = exp_f32(s[j] - row_lse);
-            s[j] = pr;
-            ds[j] = pr * (ds[j] - row_delta);
-        }
-        if (db)
-            for (int64_t j = 0; j < t->nk; j++) db[j] = ds[j];
-        if (o->softcap > 0)
-            for (int64_t j = 0; j < t->nk; j++) ds[j] *= 1 - th[j] * th[j];
-    }
-}
-
-/* delta[row] = dout[row] . out[row] for every query row of (sequence sq, head h). */
-static void bwd_delta_f32(const seqcore_attn_problem *p, const float *dout, const float *out,
-                          float *delta, int64_t sq, int64_t h) {
-    seq_rows qr = q_rows(p, sq, h);
-    for (int64_t i = 0; i < qr.len; i++) {
-        int64_t row = row_index(qr, i);
-        const float *a = dout + row * p->Dv, *b = out + row * p->Dv;
-        float acc = 0;
-        for (int64_t c = 0; c < p->Dv; c++) acc = fmaf(a[c], b[c], acc);
-        delta[row] = acc;
-    }
-}
-
-/* dK, dV of key rows j0 .. j0 + BK of (sequence sq, kv head hk), summed over the query heads
- * of its GQA group: one task owns these rows, so no two threads add into them. */
-static void bwd_dkdv_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, const float *dout,
-                              const float *q, const float *k, const float *v, const float *bias,
-                              const float *lse, const float *delta, float *dk, float *dv,
-                              int64_t sq, int64_t hk, int64_t j0, bwd_scratch_f32 *w) {
-    seq_rows kr = k_rows(p, sq, hk);
-    if (j0 >= kr.len) return;
-    int64_t D = p->D, Dv = p->Dv, dp = round_up(D, NR_F32), dvp = round_up(Dv, NR_F32);
-    int64_t nk = min64(BK, kr.len - j0), mk = round_up(nk, MR), group = p->Hq / p->Hkv;
-    load_rows_transposed_f32(w->kt, k, kr, j0, nk, D);
-    load_rows_transposed_f32(w->vt, v, kr, j0, nk, Dv);
-    for (int64_t i = 0; i < BK * dp; i++) w->dk[i] = 0;
-    for (int64_t i = 0; i < BK * dvp; i++) w->dv[i] = 0;
-    for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
-        seq_rows qr = q_rows(p, sq, h);
-        band bd = make_band(o, qr.len, kr.len);
-        int64_t i_begin = band_first_query(&bd, j0);
-        int64_t i_end = band_end_query(&bd, j0 + nk - 1);
-        for (int64_t i0 = i_begin / BQ * BQ; i0 < i_end; i0 += BQ) {
-            tile_pos t = make_tile(&bd, i0, min64(BQ, qr.len - i0), j0, nk);
-            bwd_load_queries_f32(p, o, q, dout, lse, delta, qr, i0, t.nq, w);
-            bwd_tile_grads_f32(p, o, &t, bias, NULL, sq, h, w);
-            for (int64_t r = 0; r < t.nq; r++)
-                for (int64_t j = 0; j < nk; j++) {
-                    w->pt[j * BQ + r] = w->s[r * BK + j];
-                    w->dst[j * BQ + r] = w->ds[r * BK + j];
-                }
-            gemm_f32(mk, dvp, t.nq, w->pt, BQ, w->dout, dvp, w->dv, dvp, 1);
-            gemm_f32(mk, dp, t.nq, w->dst, BQ, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
-        }
-    }
-    for (int64_t j = 0; j < nk; j++) {
-        int64_t row = row_index(kr, j0 + j);
-        for (int64_t c = 0; c < D; c++) dk[row * D + c] = w->dk[j * dp + c];
-        for (int64_t c = 0; c < Dv; c++) dv[row * Dv + c] = w->dv[j * dvp + c];
-    }
-}
-
-/* dQ (and dbias) of query rows i0 .. i0 + BQ of (sequence sq, query head h). */
-static void bwd_dq_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, const float *dout,
-                            const float *q, const float *k, const float *v, const float *bias,
-                            const float *lse, const float *delta, float *dq, float *dbias,
-                            int64_t sq, int64_t h, int64_t i0, bwd_scratch_f32 *w) {
-    seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, h / (p->Hq / p->Hkv));
-    if (i0 >= qr.len) return;
-    int64_t D = p->D, dp = round_up(D, NR_F32);
-    int64_t nq = min64(BQ, qr.len - i0), mq = round_up(nq, MR);
-    band bd = make_band(o, qr.len, kr.len);
-    bwd_load_queries_f32(p, o, q, dout, lse, delta, qr, i0, nq, w);
-    for (int64_t i = 0; i < BQ * dp; i++) w->dq[i] = 0;
-    if (dbias)  /* scores outside the band have gradient 0 */
-        for (int64_t r = 0; r < nq; r++)
-            for (int64_t j = 0; j < kr.len; j++) dbias[dbias_offset(p, sq, h, i0 + r) + j] = 0;
-    int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
-    for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
-        tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
-        load_rows_transposed_f32(w->kt, k, kr, j0, t.nk, D);
-        load_rows_transposed_f32(w->vt, v, kr, j0, t.nk, p->Dv);
-        load_rows_f32(w->kk, dp, k, kr, j0, t.nk, t.nk, D, 1);
-        bwd_tile_grads_f32(p, o, &t, bias, dbias, sq, h, w);
-        gemm_f32(mq, dp, t.nk, w->ds, BK, w->kk, dp, w->dq, dp, 1);
-    }
-    float scale = (float)o->scale;
-    for (int64_t r = 0; r < nq; r++) {
-        float *dst = dq + row_index(qr, i0 + r) * D;
-        for (int64_t c = 0; c < D; c++) dst[c] = scale * w->dq[r * dp + c];
-    }
-}
-
-int seqcore_attention_bwd_f32(const seqcore_attn_problem *p, const float *dout, const float *q,
-                              const float *k, const float *v, const float *bias, const float *out,
-                              const float *lse, float *dq, float *dk, float *dv, float *dbias) {
-    if (!problem_ok(p, q, k, v, bias) || !dout || !out || !lse || !dq || !dk || !dv)
-        return SEQCORE_EINVAL;
-    if (dbias && p->cu_q) return SEQCORE_EINVAL;
-    attn_opts o = make_opts(p);
-    int64_t dp = round_up(p->D, NR_F32), dvp = round_up(p->Dv, NR_F32);
-    int64_t n_q_tiles = cdiv(p->Sq, BQ), n_k_tiles = cdiv(p->Sk, BK);
-    int64_t n_heads = p->n_seq * p->Hq;
-    float *delta = malloc((size_t)max64(1, query_row_count(p)) * sizeof(float));
-    if (!delta) return SEQCORE_ENOMEM;
-    int status = SEQCORE_OK;
-#pragma omp parallel if (n_heads > 1)
-    {
-        bwd_scratch_f32 w;
-        int ok = bwd_scratch_alloc_f32(&w, p->D, dp, p->Dv, dvp);
-        if (!ok) {
-#pragma omp atomic write
-            status = SEQCORE_ENOMEM;
-        }
-#pragma omp for schedule(static)
-        for (int64_t sh = 0; sh < n_heads; sh++)
-            bwd_delta_f32(p, dout, out, delta, sh / p->Hq, sh % p->Hq);
-        /* (the implicit barrier after each loop orders the passes) */
-#pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < p->n_seq * p->Hkv * n_k_tiles; task++) {
-            if (!ok) continue;
-            int64_t tile = task % n_k_tiles, seq_head = task / n_k_tiles;
-            bwd_dkdv_tile_f32(p, &o, dout, q, k, v, bias, lse, delta, dk, dv,
-                              seq_head / p->Hkv, seq_head % p->Hkv, tile * BK, &w);
-        }
-#pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < n_heads * n_q_tiles; task++) {
-            if (!ok) continue;
-            int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;  /* heavy first */
-            bwd_dq_tile_f32(p, &o, dout, q, k, v, bias, lse, delta, dq, dbias,
-                            seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
-        }
-        free(w.block);
-    }
-    free(delta);
-    return status;
-}
-
-/* ------------------------------------------------------------------------------------------
- * double kernels: the float code above with double in place of float
- * ------------------------------------------------------------------------------------------ */
+#else /* ---- template: real, NR (micro-kernel columns), EXP, TANH, LOG, MADD, RN, FAST_FWD
+       * (float only: the fast forward, tried first; -3 when it does not apply) ---- */
 
 /* C[M x N] (+)= A[M x K] B[K x N] (accumulate: += else =), row-major with leading dims;
- * M % MR == 0, N % NR_F64 == 0.
- * An MR x NR_F64 block of C stays in registers (two vectors per row) while the k loop
+ * M % MR == 0, N % NR == 0. a_transposed: A is stored as its transpose (K x M, row-major),
+ * so P^T dout and dS^T Q read P and dS as they come (no transposed copies).
+ * An MR x NR block of C stays in registers (two vectors per row) while the k loop
  * streams a row of B and broadcasts a column of A. */
-FMA_CONTRACT static void gemm_f64(int64_t M, int64_t N, int64_t K, const double *restrict A,
-                                  int64_t lda, const double *restrict B, int64_t ldb,
-                                  double *restrict C, int64_t ldc, int accumulate) {
+FMA_CONTRACT static inline __attribute__((always_inline)) void RN(gemm_any)(
+        int64_t M, int64_t N, int64_t K, const real *restrict A, int64_t lda, int a_transposed,
+        const real *restrict B, int64_t ldb, real *restrict C, int64_t ldc, int accumulate) {
     for (int64_t m = 0; m < M; m += MR) {
-        for (int64_t n = 0; n < N; n += NR_F64) {
-            vec_f64 acc[MR][2] = {{{0}}};
+        for (int64_t n = 0; n < N; n += NR) {
+            RN(vec) acc[MR][2] = {{{0}}};
             for (int r = 0; accumulate && r < MR; r++) {
-                acc[r][0] = *(const vec_f64 *)(C + (m + r) * ldc + n);
-                acc[r][1] = *(const vec_f64 *)(C + (m + r) * ldc + n + NR_F64 / 2);
+                acc[r][0] = *(const RN(vec) *)(C + (m + r) * ldc + n);
+                acc[r][1] = *(const RN(vec) *)(C + (m + r) * ldc + n + NR / 2);
             }
             for (int64_t kk = 0; kk < K; kk++) {
-                vec_f64 b0 = *(const vec_f64 *)(B + kk * ldb + n);
-                vec_f64 b1 = *(const vec_f64 *)(B + kk * ldb + n + NR_F64 / 2);
+                RN(vec) b0 = *(const RN(vec) *)(B + kk * ldb + n);
+                RN(vec) b1 = *(const RN(vec) *)(B + kk * ldb + n + NR / 2);
                 for (int r = 0; r < MR; r++) {
-                    double a = A[(m + r) * lda + kk];
+                    real a = a_transposed ? A[kk * lda + m + r] : A[(m + r) * lda + kk];
                     acc[r][0] += a * b0;
                     acc[r][1] += a * b1;
                 }
             }
             for (int r = 0; r < MR; r++) {
-                *(vec_f64 *)(C + (m + r) * ldc + n) = acc[r][0];
-                *(vec_f64 *)(C + (m + r) * ldc + n + NR_F64 / 2) = acc[r][1];
+                *(RN(vec) *)(C + (m + r) * ldc + n) = acc[r][0];
+                *(RN(vec) *)(C + (m + r) * ldc + n + NR / 2) = acc[r][1];
             }
         }
     }
 }
 
+FMA_CONTRACT static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+                                  int64_t lda, const real *restrict B, int64_t ldb,
+                                  real *restrict C, int64_t ldc, int accumulate) {
+    RN(gemm_any)(M, N, K, A, lda, 0, B, ldb, C, ldc, accumulate);
+}
+
+/* C (+)= A^T B, A stored K x M row-major. */
+FMA_CONTRACT static void RN(gemm_at)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+                                     int64_t lda, const real *restrict B, int64_t ldb,
+                                     real *restrict C, int64_t ldc, int accumulate) {
+    RN(gemm_any)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
+}
+
 /* dst[r][c] = mul * row (i0 + r) of one sequence, c < width; zero padding up to
  * n_pad rows and ld columns (the micro-kernel reads whole blocks). */
-static void load_rows_f64(double *restrict dst, int64_t ld, const double *restrict src, seq_rows sr,
-                          int64_t i0, int64_t n, int64_t n_pad, int64_t width, double mul) {
+static void RN(load_rows)(real *restrict dst, int64_t ld, const real *restrict src, seq_rows sr,
+                          int64_t i0, int64_t n, int64_t n_pad, int64_t width, real mul) {
     for (int64_t r = 0; r < n_pad; r++) {
-        double *restrict out = dst + r * ld;
+        real *restrict out = dst + r * ld;
         int64_t c = 0;
         if (r < n) {
-            const double *restrict row = src + row_index(sr, i0 + r) * width;
+            const real *restrict row = src + row_index(sr, i0 + r) * width;
             for (; c < width; c++) out[c] = mul * row[c];
         }
         for (; c < ld; c++) out[c] = 0;
@@ -999,24 +621,24 @@ static void load_rows_f64(double *restrict dst, int64_t ld, const double *restri
 }
 
 /* dst[c][r] = row (j0 + r) of one sequence, c < width, r < n (dst has BK columns). */
-static void load_rows_transposed_f64(double *restrict dst, const double *restrict src, seq_rows sr,
+static void RN(load_rows_transposed)(real *restrict dst, const real *restrict src, seq_rows sr,
                                      int64_t j0, int64_t n, int64_t width) {
     for (int64_t r = 0; r < n; r++) {
-        const double *restrict row = src + row_index(sr, j0 + r) * width;
+        const real *restrict row = src + row_index(sr, j0 + r) * width;
         for (int64_t c = 0; c < width; c++) dst[c * BK + r] = row[c];
     }
 }
 
 /* Softcap, bias and band mask on one row of raw scores (keys j0 .. j0 + nk of query i).
  * tanh_out (may be NULL) keeps tanh(s / softcap) for the backward. */
-static void score_row_fixups_f64(double *restrict s, double *restrict tanh_out, const tile_pos *t,
-                                 int64_t r, const attn_opts *o, const double *restrict bias_row,
+static void RN(score_row_fixups)(real *restrict s, real *restrict tanh_out, const tile_pos *t,
+                                 int64_t r, const attn_opts *o, const real *restrict bias_row,
                                  int64_t bias_stride) {
     int64_t nk = t->nk;
     if (o->softcap > 0) {
-        double cap = (double)o->softcap, inv_cap = (double)(1 / o->softcap);
+        real cap = (real)o->softcap, inv_cap = (real)(1 / o->softcap);
         for (int64_t j = 0; j < nk; j++) {
-            double th = tanh(s[j] * inv_cap);
+            real th = TANH(s[j] * inv_cap);
             if (tanh_out) tanh_out[j] = th;
             s[j] = cap * th;
         }
@@ -1035,22 +657,22 @@ static void score_row_fixups_f64(double *restrict s, double *restrict tanh_out, 
 
 /* Per-thread scratch of the forward pass (one allocation, carved). */
 typedef struct {
-    double *block;
-    double *q;      /* BQ x D: the query tile, times scale */
-    double *v;      /* BK x dvp: the value tile, columns zero-padded (when Dv needs padding) */
-    double *s;      /* BQ x BK: scores, then exp(scores - running max) */
-    double *o;      /* BQ x dvp: output accumulator (unnormalized) */
-    double *m, *l;  /* BQ: running max and running sum of exp per query row */
-} fwd_scratch_f64;
+    real *block;
+    real *q;      /* BQ x D: the query tile, times scale */
+    real *v;      /* BK x dvp: the value tile, columns zero-padded (when Dv needs padding) */
+    real *s;      /* BQ x BK: scores, then exp(scores - running max) */
+    real *o;      /* BQ x dvp: output accumulator (unnormalized) */
+    real *m, *l;  /* BQ: running max and running sum of exp per query row */
+} RN(fwd_scratch);
 
-static int fwd_scratch_alloc_f64(fwd_scratch_f64 *w, int64_t D, int64_t dvp) {
+static int RN(fwd_scratch_alloc)(RN(fwd_scratch) *w, int64_t D, int64_t dvp) {
     int64_t sizes[6] = {BQ * D, BK * dvp, BQ * BK, BQ * dvp, BQ, BQ};
-    double **parts[6] = {&w->q, &w->v, &w->s, &w->o, &w->m, &w->l};
+    real **parts[6] = {&w->q, &w->v, &w->s, &w->o, &w->m, &w->l};
     int64_t total = 0;
     for (int i = 0; i < 6; i++) total += sizes[i];
-    w->block = calloc((size_t)total, sizeof(double));
+    w->block = calloc((size_t)total, sizeof(real));
     if (!w->block) return 0;
-    double *at = w->block;
+    real *at = w->block;
     for (int i = 0; i < 6; i++) { *parts[i] = at; at += sizes[i]; }
     return 1;
 }
@@ -1058,8 +680,8 @@ static int fwd_scratch_alloc_f64(fwd_scratch_f64 *w, int64_t D, int64_t dvp) {
 /* K transposed once per call, (Hkv, D, ldt): column = key token (see key_token), so each
  * query tile reads its score operand as row-major D x BK blocks instead of transposing.
  * ldt leaves BK zero columns past the last token for the padded reads of the last tile. */
-static double *transpose_keys_f64(const seqcore_attn_problem *p, const double *k, int64_t ldt) {
-    double *kt = malloc((size_t)max64(1, p->Hkv * p->D * ldt) * sizeof(double));
+static real *RN(transpose_keys)(const seqcore_attn_problem *p, const real *k, int64_t ldt) {
+    real *kt = malloc((size_t)max64(1, p->Hkv * p->D * ldt) * sizeof(real));
     if (!kt) return NULL;
     int64_t n_tok = ldt - BK;
 #pragma omp parallel for schedule(static)
@@ -1069,9 +691,9 @@ static double *transpose_keys_f64(const seqcore_attn_problem *p, const double *k
     for (int64_t sh = 0; sh < p->n_seq * p->Hkv; sh++) {
         int64_t s = sh / p->Hkv, hk = sh % p->Hkv;
         seq_rows kr = k_rows(p, s, hk);
-        double *dst = kt + hk * p->D * ldt + key_token(p, s, 0);
+        real *dst = kt + hk * p->D * ldt + key_token(p, s, 0);
         for (int64_t j = 0; j < kr.len; j++) {
-            const double *row = k + row_index(kr, j) * p->D;
+            const real *row = k + row_index(kr, j) * p->D;
             for (int64_t c = 0; c < p->D; c++) dst[c * ldt + j] = row[c];
         }
     }
@@ -1080,29 +702,29 @@ static double *transpose_keys_f64(const seqcore_attn_problem *p, const double *k
 
 /* One key tile of the online softmax for query row r: s <- exp(s - new max) in place (the
  * padding columns up to nkp hold -inf), o row rescaled by exp(old max - new max). */
-static void online_softmax_row_f64(double *restrict s, int64_t nkp, double *restrict m,
-                                   double *restrict l, double *restrict o, int64_t dvp) {
-    double lane_max[NR_F64], lane_sum[NR_F64];
-    for (int c = 0; c < NR_F64; c++) { lane_max[c] = -INFINITY; lane_sum[c] = 0; }
-    for (int64_t j = 0; j < nkp; j += NR_F64)
-        for (int c = 0; c < NR_F64; c++) lane_max[c] = s[j + c] > lane_max[c] ? s[j + c] : lane_max[c];
-    /* fold the lanes in halves: a tree, not a chain of NR_F64 dependent steps */
-    for (int half = NR_F64 / 2; half > 0; half /= 2)
+static void RN(online_softmax_row)(real *restrict s, int64_t nkp, real *restrict m,
+                                   real *restrict l, real *restrict o, int64_t dvp) {
+    real lane_max[NR], lane_sum[NR];
+    for (int c = 0; c < NR; c++) { lane_max[c] = -INFINITY; lane_sum[c] = 0; }
+    for (int64_t j = 0; j < nkp; j += NR)
+        for (int c = 0; c < NR; c++) lane_max[c] = s[j + c] > lane_max[c] ? s[j + c] : lane_max[c];
+    /* fold the lanes in halves: a tree, not a chain of NR dependent steps */
+    for (int half = NR / 2; half > 0; half /= 2)
         for (int c = 0; c < half; c++)
             lane_max[c] = lane_max[c + half] > lane_max[c] ? lane_max[c + half] : lane_max[c];
-    double m_new = lane_max[0] > *m ? lane_max[0] : *m;
+    real m_new = lane_max[0] > *m ? lane_max[0] : *m;
     /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
-    double m_use = m_new == -INFINITY ? 0 : m_new;
-    double alpha = exp_f64(*m - m_use);
-    for (int64_t j = 0; j < nkp; j += NR_F64)
-        for (int c = 0; c < NR_F64; c++) {
-            double p = exp_f64(s[j + c] - m_use);
+    real m_use = m_new == -INFINITY ? 0 : m_new;
+    real alpha = EXP(*m - m_use);
+    for (int64_t j = 0; j < nkp; j += NR)
+        for (int c = 0; c < NR; c++) {
+            real p = EXP(s[j + c] - m_use);
             s[j + c] = p;
             lane_sum[c] += p;
         }
-    for (int half = NR_F64 / 2; half > 0; half /= 2)
+    for (int half = NR / 2; half > 0; half /= 2)
         for (int c = 0; c < half; c++) lane_sum[c] += lane_sum[c + half];
-    double sum = lane_sum[0];
+    real sum = lane_sum[0];
     *l = *l * alpha + sum;
     *m = m_new;
     if (alpha != 1)
@@ -1110,17 +732,17 @@ static void online_softmax_row_f64(double *restrict s, int64_t nkp, double *rest
 }
 
 /* Output rows i0 .. i0 + BQ of (sequence sq, query head h). */
-static void fwd_tile_f64(const seqcore_attn_problem *p, const attn_opts *o, const double *q,
-                         const double *kt, int64_t ldt, const double *v, const double *bias,
-                         double *out, double *lse, int64_t sq, int64_t h, int64_t i0,
-                         fwd_scratch_f64 *w) {
+static void RN(fwd_tile)(const seqcore_attn_problem *p, const attn_opts *o, const real *q,
+                         const real *kt, int64_t ldt, const real *v, const real *bias,
+                         real *out, real *lse, int64_t sq, int64_t h, int64_t i0,
+                         RN(fwd_scratch) *w) {
     int64_t hk = h / (p->Hq / p->Hkv);
     seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, hk);
     if (i0 >= qr.len) return;
-    int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, NR_F64);
+    int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, NR);
     int64_t nq = min64(BQ, qr.len - i0), mq = round_up(nq, MR);
     band bd = make_band(o, qr.len, kr.len);
-    load_rows_f64(w->q, D, q, qr, i0, nq, mq, D, (double)o->scale);
+    RN(load_rows)(w->q, D, q, qr, i0, nq, mq, D, (real)o->scale);
     for (int64_t r = 0; r < mq; r++) {
         w->m[r] = -INFINITY;
         w->l[r] = 0;
@@ -1129,48 +751,52 @@ static void fwd_tile_f64(const seqcore_attn_problem *p, const attn_opts *o, cons
     int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
     for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
         tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
-        int64_t nkp = round_up(t.nk, NR_F64);
-        const double *kt_tile = kt + hk * D * ldt + key_token(p, sq, j0);
+        int64_t nkp = round_up(t.nk, NR);
+        const real *kt_tile = kt + hk * D * ldt + key_token(p, sq, j0);
         /* V rows serve the micro-kernel in place when Dv is a whole number of its blocks */
-        const double *v_tile = v + row_index(kr, j0) * Dv;
+        const real *v_tile = v + row_index(kr, j0) * Dv;
         int64_t ldv = kr.step * Dv;
         if (dvp != Dv) {
-            load_rows_f64(w->v, dvp, v, kr, j0, t.nk, t.nk, Dv, 1);
+            RN(load_rows)(w->v, dvp, v, kr, j0, t.nk, t.nk, Dv, 1);
             v_tile = w->v;
             ldv = dvp;
         }
-        gemm_f64(mq, nkp, D, w->q, D, kt_tile, ldt, w->s, BK, 0);
+        RN(gemm)(mq, nkp, D, w->q, D, kt_tile, ldt, w->s, BK, 0);
         for (int64_t r = 0; r < nq; r++) {
-            double *s = w->s + r * BK;
-            const double *bias_row = bias ? bias + bias_offset(p, sq, h, i0 + r) : NULL;
-            score_row_fixups_f64(s, NULL, &t, r, o, bias_row, p->bias_strides[3]);
+            real *s = w->s + r * BK;
+            const real *bias_row = bias ? bias + bias_offset(p, sq, h, i0 + r) : NULL;
+            RN(score_row_fixups)(s, NULL, &t, r, o, bias_row, p->bias_strides[3]);
             for (int64_t j = t.nk; j < nkp; j++) s[j] = -INFINITY;
-            online_softmax_row_f64(s, nkp, &w->m[r], &w->l[r], w->o + r * dvp, dvp);
+            RN(online_softmax_row)(s, nkp, &w->m[r], &w->l[r], w->o + r * dvp, dvp);
         }
-        gemm_f64(mq, dvp, t.nk, w->s, BK, v_tile, ldv, w->o, dvp, 1);
+        RN(gemm)(mq, dvp, t.nk, w->s, BK, v_tile, ldv, w->o, dvp, 1);
     }
     for (int64_t r = 0; r < nq; r++) {
         int64_t row = row_index(qr, i0 + r);
-        double *dst = out + row * Dv, l = w->l[r];
-        double inv_l = l > 0 ? 1 / l : 0;
+        real *dst = out + row * Dv, l = w->l[r];
+        real inv_l = l > 0 ? 1 / l : 0;
         for (int64_t c = 0; c < Dv; c++) dst[c] = w->o[r * dvp + c] * inv_l;
-        lse[row] = l > 0 ? w->m[r] + log(l) : -INFINITY;
+        lse[row] = l > 0 ? w->m[r] + LOG(l) : -INFINITY;
     }
 }
 
-int seqcore_attention_fwd_f64(const seqcore_attn_problem *p, const double *q, const double *k,
-                              const double *v, const double *bias, double *out, double *lse) {
+int RN(seqcore_attention_fwd)(const seqcore_attn_problem *p, const real *q, const real *k,
+                              const real *v, const real *bias, real *out, real *lse) {
     if (!problem_ok(p, q, k, v, bias) || !out || !lse) return SEQCORE_EINVAL;
+#ifdef FAST_FWD
+    int fast = FAST_FWD(p, q, k, v, bias, out, lse);
+    if (fast != -3) return fast;
+#endif
     attn_opts o = make_opts(p);
     int64_t n_tiles = cdiv(p->Sq, BQ), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
-    int64_t dvp = round_up(p->Dv, NR_F64), ldt = key_token_count(p) + BK;
-    double *kt = transpose_keys_f64(p, k, ldt);
+    int64_t dvp = round_up(p->Dv, NR), ldt = key_token_count(p) + BK;
+    real *kt = RN(transpose_keys)(p, k, ldt);
     if (!kt) return SEQCORE_ENOMEM;
     int status = SEQCORE_OK;
 #pragma omp parallel if (n_tasks > 1)
     {
-        fwd_scratch_f64 w;
-        int ok = fwd_scratch_alloc_f64(&w, p->D, dvp);
+        RN(fwd_scratch) w;
+        int ok = RN(fwd_scratch_alloc)(&w, p->D, dvp);
         if (!ok) {
 #pragma omp atomic write
             status = SEQCORE_ENOMEM;
@@ -1181,7 +807,7 @@ int seqcore_attention_fwd_f64(const seqcore_attn_problem *p, const double *q, co
             /* the last query tiles see the most keys under a causal mask: hand those out
              * first, for every head, so the dynamic schedule ends on light tiles */
             int64_t tile = n_tiles - 1 - task / n_heads, seq_head = task % n_heads;
-            fwd_tile_f64(p, &o, q, kt, ldt, v, bias, out, lse, seq_head / p->Hq,
+            RN(fwd_tile)(p, &o, q, kt, ldt, v, bias, out, lse, seq_head / p->Hq,
                          seq_head % p->Hq, tile * BQ, &w);
         }
         free(w.block);
@@ -1194,45 +820,43 @@ int seqcore_attention_fwd_f64(const seqcore_attn_problem *p, const double *q, co
 
 /* Per-thread scratch of the backward passes. */
 typedef struct {
-    double *block;
-    double *q;      /* BQ x dp: query tile times scale */
-    double *dout;   /* BQ x dvp: output-gradient tile */
-    double *kt;     /* D x BK: key tile transposed */
-    double *vt;     /* Dv x BK: value tile transposed */
-    double *kk;     /* BK x dp: key tile (for dQ) */
-    double *s;      /* BQ x BK: scores, then P */
-    double *ds;     /* BQ x BK: dP, then dS (gradient of the raw scaled score) */
-    double *th;     /* BQ x BK: tanh(s / softcap) */
-    double *pt;     /* BK x BQ: P transposed */
-    double *dst;    /* BK x BQ: dS transposed */
-    double *dk;     /* BK x dp: dK accumulator */
-    double *dv;     /* BK x dvp: dV accumulator */
-    double *dq;     /* BQ x dp: dQ accumulator */
-    double *lse, *delta;  /* BQ: per query row */
-} bwd_scratch_f64;
+    real *block;
+    real *q;      /* BQ x dp: query tile times scale */
+    real *dout;   /* BQ x dvp: output-gradient tile */
+    real *kt;     /* D x BK: key tile transposed */
+    real *vt;     /* Dv x BK: value tile transposed */
+    real *kk;     /* BK x dp: key tile (for dQ) */
+    real *s;      /* BQ x BK: scores, then P */
+    real *ds;     /* BQ x BK: dP, then dS (gradient of the raw scaled score) */
+    real *th;     /* BQ x BK: tanh(s / softcap) */
+    real *dk;     /* BK x dp: dK accumulator */
+    real *dv;     /* BK x dvp: dV accumulator */
+    real *dq;     /* BQ x dp: dQ accumulator */
+    real *lse, *delta;  /* BQ: per query row */
+} RN(bwd_scratch);
 
-static int bwd_scratch_alloc_f64(bwd_scratch_f64 *w, int64_t D, int64_t dp, int64_t Dv, int64_t dvp) {
-    int64_t sizes[15] = {BQ * dp, BQ * dvp, D * BK, Dv * BK, BK * dp, BQ * BK, BQ * BK, BQ * BK,
-                         BK * BQ, BK * BQ, BK * dp, BK * dvp, BQ * dp, BQ, BQ};
-    double **parts[15] = {&w->q, &w->dout, &w->kt, &w->vt, &w->kk, &w->s, &w->ds, &w->th,
-                         &w->pt, &w->dst, &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
+static int RN(bwd_scratch_alloc)(RN(bwd_scratch) *w, int64_t D, int64_t dp, int64_t Dv, int64_t dvp) {
+    int64_t sizes[13] = {BQ * dp, BQ * dvp, D * BK, Dv * BK, BK * dp, BQ * BK, BQ * BK, BQ * BK,
+                         BK * dp, BK * dvp, BQ * dp, BQ, BQ};
+    real **parts[13] = {&w->q, &w->dout, &w->kt, &w->vt, &w->kk, &w->s, &w->ds, &w->th,
+                         &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
     int64_t total = 0;
-    for (int i = 0; i < 15; i++) total += sizes[i];
-    w->block = calloc((size_t)total, sizeof(double));
+    for (int i = 0; i < 13; i++) total += sizes[i];
+    w->block = calloc((size_t)total, sizeof(real));
     if (!w->block) return 0;
-    double *at = w->block;
-    for (int i = 0; i < 15; i++) { *parts[i] = at; at += sizes[i]; }
+    real *at = w->block;
+    for (int i = 0; i < 13; i++) { *parts[i] = at; at += sizes[i]; }
     return 1;
 }
 
 /* Query-side tile inputs: q (times scale), dout, lse and delta of rows i0 .. i0 + nq. */
-static void bwd_load_queries_f64(const seqcore_attn_problem *p, const attn_opts *o,
-                                 const double *q, const double *dout, const double *lse,
-                                 const double *delta, seq_rows qr, int64_t i0, int64_t nq,
-                                 bwd_scratch_f64 *w) {
+static void RN(bwd_load_queries)(const seqcore_attn_problem *p, const attn_opts *o,
+                                 const real *q, const real *dout, const real *lse,
+                                 const real *delta, seq_rows qr, int64_t i0, int64_t nq,
+                                 RN(bwd_scratch) *w) {
     int64_t mq = round_up(nq, MR);
-    load_rows_f64(w->q, round_up(p->D, NR_F64), q, qr, i0, nq, mq, p->D, (double)o->scale);
-    load_rows_f64(w->dout, round_up(p->Dv, NR_F64), dout, qr, i0, nq, mq, p->Dv, 1);
+    RN(load_rows)(w->q, round_up(p->D, NR), q, qr, i0, nq, mq, p->D, (real)o->scale);
+    RN(load_rows)(w->dout, round_up(p->Dv, NR), dout, qr, i0, nq, mq, p->Dv, 1);
     for (int64_t r = 0; r < nq; r++) {
         int64_t row = row_index(qr, i0 + r);
         w->lse[r] = lse[row];
@@ -1242,56 +866,65 @@ static void bwd_load_queries_f64(const seqcore_attn_problem *p, const attn_opts 
 
 /* P and dS of one tile, recomputed from lse: w->s <- P, w->ds <- dS (gradient of the scaled
  * raw score; zero where masked). dbias (may be NULL) gets the gradient of the biased score. */
-static void bwd_tile_grads_f64(const seqcore_attn_problem *p, const attn_opts *o, const tile_pos *t,
-                               const double *bias, double *dbias, int64_t sq, int64_t h,
-                               bwd_scratch_f64 *w) {
-    int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR_F64);
-    gemm_f64(mq, nkp, p->D, w->q, round_up(p->D, NR_F64), w->kt, BK, w->s, BK, 0);
-    gemm_f64(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR_F64), w->vt, BK, w->ds, BK, 0);
+WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o,
+                                          const tile_pos *t, const real *bias, real *dbias,
+                                          int64_t sq, int64_t h, RN(bwd_scratch) *w) {
+    int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR);
+    RN(gemm)(mq, nkp, p->D, w->q, round_up(p->D, NR), w->kt, BK, w->s, BK, 0);
+    RN(gemm)(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR), w->vt, BK, w->ds, BK, 0);
+    /* restrict and nk in a local: without them the stores below might alias t and each
+     * other, and the exp loop stays scalar (a third of the backward's time) */
+    int64_t nk = t->nk;
     for (int64_t r = 0; r < t->nq; r++) {
-        double *s = w->s + r * BK, *ds = w->ds + r * BK, *th = w->th + r * BK;
-        const double *bias_row = bias ? bias + bias_offset(p, sq, h, t->i0 + r) : NULL;
-        score_row_fixups_f64(s, th, t, r, o, bias_row, p->bias_strides[3]);
+        real *restrict s = w->s + r * BK, *restrict ds = w->ds + r * BK;
+        real *restrict th = w->th + r * BK;
+        const real *bias_row = bias ? bias + bias_offset(p, sq, h, t->i0 + r) : NULL;
+        RN(score_row_fixups)(s, th, t, r, o, bias_row, p->bias_strides[3]);
         /* a row that sees no key has lse -inf and gets P = 0 (not exp(-inf + inf)) */
-        double row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
-        double *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
-        for (int64_t j = 0; j < t->nk; j++) {
-            double pr = exp_f64(s[j] - row_lse);
+        real row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
+        real *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
+        for (int64_t j = 0; j < nk; j++) {
+            real pr = EXP(s[j] - row_lse);
             s[j] = pr;
             ds[j] = pr * (ds[j] - row_delta);
         }
         if (db)
-            for (int64_t j = 0; j < t->nk; j++) db[j] = ds[j];
+            for (int64_t j = 0; j < nk; j++) db[j] = ds[j];
         if (o->softcap > 0)
-            for (int64_t j = 0; j < t->nk; j++) ds[j] *= 1 - th[j] * th[j];
+            for (int64_t j = 0; j < nk; j++) ds[j] *= 1 - th[j] * th[j];
     }
 }
 
 /* delta[row] = dout[row] . out[row] for every query row of (sequence sq, head h). */
-static void bwd_delta_f64(const seqcore_attn_problem *p, const double *dout, const double *out,
-                          double *delta, int64_t sq, int64_t h) {
+static void RN(bwd_delta)(const seqcore_attn_problem *p, const real *dout, const real *out,
+                          real *delta, int64_t sq, int64_t h) {
     seq_rows qr = q_rows(p, sq, h);
     for (int64_t i = 0; i < qr.len; i++) {
         int64_t row = row_index(qr, i);
-        const double *a = dout + row * p->Dv, *b = out + row * p->Dv;
-        double acc = 0;
-        for (int64_t c = 0; c < p->Dv; c++) acc = fma(a[c], b[c], acc);
+        const real *a = dout + row * p->Dv, *b = out + row * p->Dv;
+        real acc = 0;
+        for (int64_t c = 0; c < p->Dv; c++) acc = MADD(a[c], b[c], acc);
         delta[row] = acc;
     }
 }
 
 /* dK, dV of key rows j0 .. j0 + BK of (sequence sq, kv head hk), summed over the query heads
- * of its GQA group: one task owns these rows, so no two threads add into them. */
-static void bwd_dkdv_tile_f64(const seqcore_attn_problem *p, const attn_opts *o, const double *dout,
-                              const double *q, const double *k, const double *v, const double *bias,
-                              const double *lse, const double *delta, double *dk, double *dv,
-                              int64_t sq, int64_t hk, int64_t j0, bwd_scratch_f64 *w) {
+ * of its GQA group: one task owns these rows, so no two threads add into them.
+ * dq_acc (may be NULL): when the task owns the whole kv head (bwd_head), dS K of each tile is
+ * added there too, (group, ld_rows, dp) unscaled rows, so P and dS serve dQ without being
+ * recomputed by a second pass. */
+static void RN(bwd_dkdv_tile)(const seqcore_attn_problem *p, const attn_opts *o, const real *dout,
+                              const real *q, const real *k, const real *v, const real *bias,
+                              const real *lse, const real *delta, real *dk, real *dv,
+                              int64_t sq, int64_t hk, int64_t j0, RN(bwd_scratch) *w,
+                              real *dq_acc, int64_t ld_rows) {
     seq_rows kr = k_rows(p, sq, hk);
     if (j0 >= kr.len) return;
-    int64_t D = p->D, Dv = p->Dv, dp = round_up(D, NR_F64), dvp = round_up(Dv, NR_F64);
+    int64_t D = p->D, Dv = p->Dv, dp = round_up(D, NR), dvp = round_up(Dv, NR);
     int64_t nk = min64(BK, kr.len - j0), mk = round_up(nk, MR), group = p->Hq / p->Hkv;
-    load_rows_transposed_f64(w->kt, k, kr, j0, nk, D);
-    load_rows_transposed_f64(w->vt, v, kr, j0, nk, Dv);
+    RN(load_rows_transposed)(w->kt, k, kr, j0, nk, D);
+    RN(load_rows_transposed)(w->vt, v, kr, j0, nk, Dv);
+    if (dq_acc) RN(load_rows)(w->kk, dp, k, kr, j0, nk, nk, D, 1);
     for (int64_t i = 0; i < BK * dp; i++) w->dk[i] = 0;
     for (int64_t i = 0; i < BK * dvp; i++) w->dv[i] = 0;
     for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
@@ -1301,15 +934,15 @@ static void bwd_dkdv_tile_f64(const seqcore_attn_problem *p, const attn_opts *o,
         int64_t i_end = band_end_query(&bd, j0 + nk - 1);
         for (int64_t i0 = i_begin / BQ * BQ; i0 < i_end; i0 += BQ) {
             tile_pos t = make_tile(&bd, i0, min64(BQ, qr.len - i0), j0, nk);
-            bwd_load_queries_f64(p, o, q, dout, lse, delta, qr, i0, t.nq, w);
-            bwd_tile_grads_f64(p, o, &t, bias, NULL, sq, h, w);
-            for (int64_t r = 0; r < t.nq; r++)
-                for (int64_t j = 0; j < nk; j++) {
-                    w->pt[j * BQ + r] = w->s[r * BK + j];
-                    w->dst[j * BQ + r] = w->ds[r * BK + j];
-                }
-            gemm_f64(mk, dvp, t.nq, w->pt, BQ, w->dout, dvp, w->dv, dvp, 1);
-            gemm_f64(mk, dp, t.nq, w->dst, BQ, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
+            RN(bwd_load_queries)(p, o, q, dout, lse, delta, qr, i0, t.nq, w);
+            RN(bwd_tile_grads)(p, o, &t, bias, NULL, sq, h, w);
+            /* key rows nk .. mk of dK, dV pick up whatever P and dS hold past column nk:
+             * they are never written out */
+            RN(gemm_at)(mk, dvp, t.nq, w->s, BK, w->dout, dvp, w->dv, dvp, 1);
+            RN(gemm_at)(mk, dp, t.nq, w->ds, BK, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
+            if (dq_acc)
+                RN(gemm)(round_up(t.nq, MR), dp, nk, w->ds, BK, w->kk, dp,
+                         dq_acc + ((h - hk * group) * ld_rows + i0) * dp, dp, 1);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
@@ -1320,16 +953,16 @@ static void bwd_dkdv_tile_f64(const seqcore_attn_problem *p, const attn_opts *o,
 }
 
 /* dQ (and dbias) of query rows i0 .. i0 + BQ of (sequence sq, query head h). */
-static void bwd_dq_tile_f64(const seqcore_attn_problem *p, const attn_opts *o, const double *dout,
-                            const double *q, const double *k, const double *v, const double *bias,
-                            const double *lse, const double *delta, double *dq, double *dbias,
-                            int64_t sq, int64_t h, int64_t i0, bwd_scratch_f64 *w) {
+static void RN(bwd_dq_tile)(const seqcore_attn_problem *p, const attn_opts *o, const real *dout,
+                            const real *q, const real *k, const real *v, const real *bias,
+                            const real *lse, const real *delta, real *dq, real *dbias,
+                            int64_t sq, int64_t h, int64_t i0, RN(bwd_scratch) *w) {
     seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, h / (p->Hq / p->Hkv));
     if (i0 >= qr.len) return;
-    int64_t D = p->D, dp = round_up(D, NR_F64);
+    int64_t D = p->D, dp = round_up(D, NR);
     int64_t nq = min64(BQ, qr.len - i0), mq = round_up(nq, MR);
     band bd = make_band(o, qr.len, kr.len);
-    bwd_load_queries_f64(p, o, q, dout, lse, delta, qr, i0, nq, w);
+    RN(bwd_load_queries)(p, o, q, dout, lse, delta, qr, i0, nq, w);
     for (int64_t i = 0; i < BQ * dp; i++) w->dq[i] = 0;
     if (dbias)  /* scores outside the band have gradient 0 */
         for (int64_t r = 0; r < nq; r++)
@@ -1337,60 +970,106 @@ static void bwd_dq_tile_f64(const seqcore_attn_problem *p, const attn_opts *o, c
     int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
     for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
         tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
-        load_rows_transposed_f64(w->kt, k, kr, j0, t.nk, D);
-        load_rows_transposed_f64(w->vt, v, kr, j0, t.nk, p->Dv);
-        load_rows_f64(w->kk, dp, k, kr, j0, t.nk, t.nk, D, 1);
-        bwd_tile_grads_f64(p, o, &t, bias, dbias, sq, h, w);
-        gemm_f64(mq, dp, t.nk, w->ds, BK, w->kk, dp, w->dq, dp, 1);
+        RN(load_rows_transposed)(w->kt, k, kr, j0, t.nk, D);
+        RN(load_rows_transposed)(w->vt, v, kr, j0, t.nk, p->Dv);
+        RN(load_rows)(w->kk, dp, k, kr, j0, t.nk, t.nk, D, 1);
+        RN(bwd_tile_grads)(p, o, &t, bias, dbias, sq, h, w);
+        RN(gemm)(mq, dp, t.nk, w->ds, BK, w->kk, dp, w->dq, dp, 1);
     }
-    double scale = (double)o->scale;
+    real scale = (real)o->scale;
     for (int64_t r = 0; r < nq; r++) {
-        double *dst = dq + row_index(qr, i0 + r) * D;
+        real *dst = dq + row_index(qr, i0 + r) * D;
         for (int64_t c = 0; c < D; c++) dst[c] = scale * w->dq[r * dp + c];
     }
 }
 
-int seqcore_attention_bwd_f64(const seqcore_attn_problem *p, const double *dout, const double *q,
-                              const double *k, const double *v, const double *bias, const double *out,
-                              const double *lse, double *dq, double *dk, double *dv, double *dbias) {
+/* Every key tile of (sequence sq, kv head hk), and dQ of the query heads of its GQA group
+ * (FlashAttention-2's single pass): the task owns all their rows, so the dS of a tile goes
+ * into dK and dQ at once. dq_acc: group x round_up(Sq, BQ) x dp, per thread. */
+static void RN(bwd_head)(const seqcore_attn_problem *p, const attn_opts *o, const real *dout,
+                         const real *q, const real *k, const real *v, const real *bias,
+                         const real *lse, const real *delta, real *dq, real *dk, real *dv,
+                         int64_t sq, int64_t hk, RN(bwd_scratch) *w, real *dq_acc) {
+    seq_rows kr = k_rows(p, sq, hk);
+    int64_t D = p->D, dp = round_up(D, NR), group = p->Hq / p->Hkv, ld_rows = round_up(p->Sq, BQ);
+    for (int64_t i = 0; i < group * ld_rows * dp; i++) dq_acc[i] = 0;
+    for (int64_t j0 = 0; j0 < kr.len; j0 += BK)
+        RN(bwd_dkdv_tile)(p, o, dout, q, k, v, bias, lse, delta, dk, dv, sq, hk, j0, w, dq_acc,
+                          ld_rows);
+    real scale = (real)o->scale;
+    for (int64_t g = 0; g < group; g++) {  /* rows that see no key get 0 */
+        seq_rows qr = q_rows(p, sq, hk * group + g);
+        for (int64_t i = 0; i < qr.len; i++) {
+            real *dst = dq + row_index(qr, i) * D;
+            const real *acc = dq_acc + (g * ld_rows + i) * dp;
+            for (int64_t c = 0; c < D; c++) dst[c] = scale * acc[c];
+        }
+    }
+}
+
+int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, const real *q,
+                              const real *k, const real *v, const real *bias, const real *out,
+                              const real *lse, real *dq, real *dk, real *dv, real *dbias) {
     if (!problem_ok(p, q, k, v, bias) || !dout || !out || !lse || !dq || !dk || !dv)
         return SEQCORE_EINVAL;
     if (dbias && p->cu_q) return SEQCORE_EINVAL;
     attn_opts o = make_opts(p);
-    int64_t dp = round_up(p->D, NR_F64), dvp = round_up(p->Dv, NR_F64);
+    int64_t dp = round_up(p->D, NR), dvp = round_up(p->Dv, NR);
     int64_t n_q_tiles = cdiv(p->Sq, BQ), n_k_tiles = cdiv(p->Sk, BK);
     int64_t n_heads = p->n_seq * p->Hq;
-    double *delta = malloc((size_t)max64(1, query_row_count(p)) * sizeof(double));
+    real *delta = malloc((size_t)max64(1, query_row_count(p)) * sizeof(real));
     if (!delta) return SEQCORE_ENOMEM;
+    /* One pass per kv head (dQ with dK, dV: P and dS computed once, not twice) when the kv
+     * heads alone keep the threads evenly busy (dense heads are equal work, so a multiple of
+     * the thread count will do; packed sequences differ in length and want several heads a
+     * thread), there is no dbias, and the per-thread dQ accumulator stays small; else a
+     * dK/dV pass over key tiles, then a dQ pass over query tiles. */
+    int64_t n_kv_heads = p->n_seq * p->Hkv, threads = seqcore_max_threads();
+    int64_t dq_acc_len = p->Hq / p->Hkv * round_up(p->Sq, BQ) * dp;
+    int balanced = n_kv_heads >= 4 * threads || (!p->cu_q && n_kv_heads % threads == 0);
+    int fused = !dbias && dq_acc_len <= ((int64_t)1 << 22) && balanced;
     int status = SEQCORE_OK;
 #pragma omp parallel if (n_heads > 1)
     {
-        bwd_scratch_f64 w;
-        int ok = bwd_scratch_alloc_f64(&w, p->D, dp, p->Dv, dvp);
-        if (!ok) {
+        RN(bwd_scratch) w;
+        int ok = RN(bwd_scratch_alloc)(&w, p->D, dp, p->Dv, dvp);
+        real *dq_acc = fused && ok ? malloc((size_t)dq_acc_len * sizeof(real)) : NULL;
+        if (!ok || (fused && !dq_acc)) {
+            ok = 0;
 #pragma omp atomic write
             status = SEQCORE_ENOMEM;
         }
 #pragma omp for schedule(static)
         for (int64_t sh = 0; sh < n_heads; sh++)
-            bwd_delta_f64(p, dout, out, delta, sh / p->Hq, sh % p->Hq);
+            RN(bwd_delta)(p, dout, out, delta, sh / p->Hq, sh % p->Hq);
         /* (the implicit barrier after each loop orders the passes) */
+        if (fused) {
 #pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < p->n_seq * p->Hkv * n_k_tiles; task++) {
-            if (!ok) continue;
-            int64_t tile = task % n_k_tiles, seq_head = task / n_k_tiles;
-            bwd_dkdv_tile_f64(p, &o, dout, q, k, v, bias, lse, delta, dk, dv,
-                              seq_head / p->Hkv, seq_head % p->Hkv, tile * BK, &w);
-        }
+            for (int64_t sh = 0; sh < n_kv_heads; sh++)
+                if (ok)
+                    RN(bwd_head)(p, &o, dout, q, k, v, bias, lse, delta, dq, dk, dv,
+                                 sh / p->Hkv, sh % p->Hkv, &w, dq_acc);
+        } else {
 #pragma omp for schedule(dynamic)
-        for (int64_t task = 0; task < n_heads * n_q_tiles; task++) {
-            if (!ok) continue;
-            int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;  /* heavy first */
-            bwd_dq_tile_f64(p, &o, dout, q, k, v, bias, lse, delta, dq, dbias,
-                            seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
+            for (int64_t task = 0; task < p->n_seq * p->Hkv * n_k_tiles; task++) {
+                if (!ok) continue;
+                int64_t tile = task % n_k_tiles, seq_head = task / n_k_tiles;
+                RN(bwd_dkdv_tile)(p, &o, dout, q, k, v, bias, lse, delta, dk, dv,
+                                  seq_head / p->Hkv, seq_head % p->Hkv, tile * BK, &w, NULL, 0);
+            }
+#pragma omp for schedule(dynamic)
+            for (int64_t task = 0; task < n_heads * n_q_tiles; task++) {
+                if (!ok) continue;
+                /* heavy (last, under a causal mask) query tiles first */
+                int64_t tile = n_q_tiles - 1 - task / n_heads, seq_head = task % n_heads;
+                RN(bwd_dq_tile)(p, &o, dout, q, k, v, bias, lse, delta, dq, dbias,
+                                seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
+            }
         }
+        free(dq_acc);
         free(w.block);
     }
     free(delta);
     return status;
 }
+#endif
