@@ -264,9 +264,9 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
 /* ---------------------------------------------------------------- forward, AVX-512 fast path
  *
  * The common case (float, no bias, no softcap) with AVX-512: the score tile, the online
- * softmax and P V are fused per block of FR = 4 query rows, so a block's scores live in 16
- * zmm registers and only its P (4 x 64 floats) goes through memory (for the broadcasts of
- * P V). Per key tile, every 4-row block of the BQ-row query tile reuses the key and value
+ * softmax and P V are fused per block of FR = 6 query rows, so a block's scores live in 24
+ * zmm registers and only its P (6 x 64 floats) goes through memory (for the broadcasts of
+ * P V). Per key tile, every FR-row block of the BQF-row query task reuses the key and value
  * tiles from L1 (16 + 16 KB at D = Dv = 64).
  * Scores are kept in base 2: q is pre-multiplied by scale * log2(e), so exp becomes exp2 (one
  * multiply fewer per score); m is then a base-2 max and lse = m ln2 + log(l).
@@ -383,7 +383,7 @@ typedef struct {
     float *o;   /* BQ x dvp: output accumulator (unnormalized), dvp = Dv rounded up to 64 */
     float *l;   /* BQ x 16: per-lane partial sums of exp (summed across lanes at the end) */
     float *m;   /* BQ: running base-2 max */
-    float *pb;  /* FR x BK: P of the current 4-row block */
+    float *pb;  /* FR x BK: P of the current FR-row block */
 } fast_scratch_f32;
 
 static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
