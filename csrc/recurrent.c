@@ -96,6 +96,49 @@ static inline float exp_f32(float x) {
 /* tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error ~1e-7 near 0, exact limits at +-inf. */
 static inline float tanh_f32(float x) { return 1.0f - 2.0f / (exp_f32(2.0f * x) + 1.0f); }
 
+#if defined(__AVX512F__)
+/* The same three on 16 floats, for the float32 cell updates with AVX-512 (UPDATE_SIMD).
+ * The scalar forms vectorize too, but each sigmoid/tanh divides, and vdivps on 16 lanes
+ * is slow (the divider is not pipelined): 5 divisions per unit made the LSTM update ~8%
+ * of the B64 forward. Here 1/v is rcp14 (relative error < 2^-14) plus one Newton step
+ * (error ~2^-28, i.e. within rounding of the division), and 2^n comes from scalef. */
+static inline __m512 exp_v16(__m512 x) {
+    /* clamp as exp_f32 does; min/max return their second operand when one is NaN, so a
+     * NaN x passes through */
+    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 recip_v16(__m512 v) {
+    __m512 r = _mm512_rcp14_ps(v);
+    __m512 e = _mm512_fnmadd_ps(v, r, _mm512_set1_ps(1.0f));  /* 1 - v r */
+    return _mm512_fmadd_ps(r, e, r);
+}
+
+static inline __m512 sigmoid_v16(__m512 x) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    return recip_v16(_mm512_add_ps(one, exp_v16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+static inline __m512 tanh_v16(__m512 x) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp_v16(_mm512_add_ps(x, x));
+    return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), recip_v16(_mm512_add_ps(e, one)), one);
+}
+#endif
+
 static int64_t len_of(const int64_t *lengths, int64_t b, int64_t T) {
     return lengths ? lengths[b] : T;
 }
@@ -170,6 +213,9 @@ static void *ualloc(int64_t count, size_t size) {
 #define VSTORE _mm512_storeu_ps
 #define VSET1 _mm512_set1_ps
 #define VFMA _mm512_fmadd_ps
+#define UPDATE_SIMD 1
+#else
+#define UPDATE_SIMD 0
 #endif
 #include "recurrent.c"
 #undef real
@@ -185,6 +231,7 @@ static void *ualloc(int64_t count, size_t size) {
 #undef VSTORE
 #undef VSET1
 #undef VFMA
+#undef UPDATE_SIMD
 
 #define real double
 #define NR (2 * VEC_BYTES / 8)
@@ -201,6 +248,7 @@ static void *ualloc(int64_t count, size_t size) {
 #define VSET1 _mm512_set1_pd
 #define VFMA _mm512_fmadd_pd
 #endif
+#define UPDATE_SIMD 0
 #include "recurrent.c"
 #undef real
 #undef NR
@@ -215,6 +263,7 @@ static void *ualloc(int64_t count, size_t size) {
 #undef VSTORE
 #undef VSET1
 #undef VFMA
+#undef UPDATE_SIMD
 #undef RNN_TEMPLATE
 
 #else /* ---- template: real, NR (hidden units per block), NV (units per vector), MADD, EXP,
@@ -331,6 +380,32 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
     const real *xg = p->xg + (row - p->xg_t0 * p->B) * 4 * H + u0, *xb = p->xbias + u0;
     real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+#if UPDATE_SIMD
+    for (int64_t j = 0; j < nu; j += 16) {
+        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
+        __m512 pre[4];
+        for (int g = 0; g < 4; g++)
+            pre[g] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * H + j),
+                                                 _mm512_maskz_loadu_ps(m, xb + g * H + j)),
+                                   _mm512_maskz_loadu_ps(m, acc + g * gs + j));
+        __m512 gi = sigmoid_v16(pre[0]), gf = sigmoid_v16(pre[1]);
+        __m512 gg = tanh_v16(pre[2]), go = sigmoid_v16(pre[3]);
+        __m512 c = _mm512_fmadd_ps(gf, _mm512_maskz_loadu_ps(m, c_state + j),
+                                   _mm512_mul_ps(gi, gg));
+        __m512 h = _mm512_mul_ps(go, tanh_v16(c));
+        _mm512_mask_storeu_ps(c_state + j, m, c);
+        _mm512_mask_storeu_ps(h_state + j, m, h);
+        _mm512_mask_storeu_ps(y + j, m, h);
+        if (ws) {
+            _mm512_mask_storeu_ps(ws + j, m, gi);
+            _mm512_mask_storeu_ps(ws + H + j, m, gf);
+            _mm512_mask_storeu_ps(ws + 2 * H + j, m, gg);
+            _mm512_mask_storeu_ps(ws + 3 * H + j, m, go);
+            _mm512_mask_storeu_ps(ws + 4 * H + j, m, c);
+        }
+    }
+    return;
+#endif
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
         real gi = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
@@ -354,6 +429,32 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
     const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
     real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+#if UPDATE_SIMD
+    for (int64_t j = 0; j < nu; j += 16) {
+        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
+        __m512 pre[3];
+        for (int g = 0; g < 3; g++)
+            pre[g] = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * H + j),
+                                   _mm512_maskz_loadu_ps(m, xb + g * H + j));
+        __m512 hn = _mm512_maskz_loadu_ps(m, acc + 2 * gs + j);
+        if (b_hn)
+            hn = _mm512_add_ps(hn, _mm512_maskz_loadu_ps(m, b_hn + j));
+        __m512 r = sigmoid_v16(_mm512_add_ps(pre[0], _mm512_maskz_loadu_ps(m, acc + j)));
+        __m512 z = sigmoid_v16(_mm512_add_ps(pre[1], _mm512_maskz_loadu_ps(m, acc + gs + j)));
+        __m512 n = tanh_v16(_mm512_fmadd_ps(r, hn, pre[2]));
+        __m512 h = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), z), n,
+                                   _mm512_mul_ps(z, _mm512_maskz_loadu_ps(m, h_state + j)));
+        _mm512_mask_storeu_ps(h_state + j, m, h);
+        _mm512_mask_storeu_ps(y + j, m, h);
+        if (ws) {
+            _mm512_mask_storeu_ps(ws + j, m, r);
+            _mm512_mask_storeu_ps(ws + H + j, m, z);
+            _mm512_mask_storeu_ps(ws + 2 * H + j, m, n);
+            _mm512_mask_storeu_ps(ws + 3 * H + j, m, hn);
+        }
+    }
+    return;
+#endif
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
         real hn = acc[2 * gs + j] + (b_hn ? b_hn[j] : 0);
