@@ -254,6 +254,10 @@ void GN(seqcore_gemm_pack_b)(int64_t K, int64_t N, const real *b, int64_t sbk, i
  * A block is then packed by two threads). Within it, per KC slice and MC rows: A's block
  * is packed once (or read in place) and used against every B panel; each B micro-panel
  * (KC x NR) stays in L1 across the block's MR-row panels. */
+static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                         int64_t sak, const real *bp, int64_t kcb, int64_t r0, int64_t r1,
+                         int64_t c0, int64_t c1, int accumulate, real *c, int64_t ldc);
+
 static int GN(gemm_part)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
                          int64_t sak, const real *bp, int64_t kcb, int accumulate, real *c,
                          int64_t ldc) {
@@ -270,6 +274,32 @@ static int GN(gemm_part)(int64_t M, int64_t N, int64_t K, const real *a, int64_t
         r0 = pm * t / nt, r1 = pm * (t + 1) / nt;
     else
         c0 = pn * t / nt, c1 = pn * (t + 1) / nt;
+    return GN(gemm_rect)(M, N, K, a, sam, sak, bp, kcb, r0, r1, c0, c1, accumulate, c, ldc);
+}
+
+int GN(seqcore_gemm_packed_share)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                                  int64_t sak, const real *bp, int accumulate, real *c,
+                                  int64_t ldc, int64_t part, int64_t parts) {
+    if (M < 0 || N < 0 || K < 0 || ldc < N || parts < 1 || part < 0 || part >= parts)
+        return SEQCORE_EINVAL;
+    if (M == 0 || N == 0)
+        return SEQCORE_OK;
+    int64_t pn = (N + NR - 1) / NR, c0 = pn * part / parts, c1 = pn * (part + 1) / parts;
+    if (K == 0) {
+        if (!accumulate)
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t j = c0 * NR; j < min64(c1 * NR, N); j++)
+                    c[m * ldc + j] = 0;
+        return SEQCORE_OK;
+    }
+    return GN(gemm_rect)(M, N, K, a, sam, sak, bp, KC, 0, (M + MR - 1) / MR, c0, c1, accumulate,
+                         c, ldc);
+}
+
+/* Rows [r0, r1) x columns [c0, c1) of MR x NR panels of C. */
+static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                         int64_t sak, const real *bp, int64_t kcb, int64_t r0, int64_t r1,
+                         int64_t c0, int64_t c1, int accumulate, real *c, int64_t ldc) {
     if (r0 >= r1 || c0 >= c1)
         return SEQCORE_OK;
     int in_place = SIMD_KERNEL && sak == 1;

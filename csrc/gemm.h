@@ -37,5 +37,14 @@ int seqcore_gemm_packed_f32(int64_t M, int64_t N, int64_t K, const float *a, int
 int seqcore_gemm_packed_f64(int64_t M, int64_t N, int64_t K, const double *a, int64_t sam,
                             int64_t sak, const double *bp, int accumulate, double *c,
                             int64_t ldc);
+/* Share `part` of `parts` of the same product (the NR-column panels split in order; parts
+ * in order cover C), computed by the calling thread alone, without OpenMP: for use inside
+ * a parallel region, one part per thread. */
+int seqcore_gemm_packed_share_f32(int64_t M, int64_t N, int64_t K, const float *a, int64_t sam,
+                                  int64_t sak, const float *bp, int accumulate, float *c,
+                                  int64_t ldc, int64_t part, int64_t parts);
+int seqcore_gemm_packed_share_f64(int64_t M, int64_t N, int64_t K, const double *a,
+                                  int64_t sam, int64_t sak, const double *bp, int accumulate,
+                                  double *c, int64_t ldc, int64_t part, int64_t parts);
 
 #endif

@@ -282,7 +282,7 @@ struct RN(rnn) {
     real *h, *c;                     /* forward state (the h_n/c_n outputs) */
     real *dh, *dc;                   /* backward state (the dh0/dc0 outputs) */
     real *xg;                        /* forward: input projections of the times from xg_t0 */
-    int64_t xg_t0;                   /*   (chunk, B, G*H) */
+    int64_t xg_t0, xgw;              /*   (chunk, B, xgw), columns as xcol orders them */
     real *xbias;                     /* forward: the biases added to xg (G*H) */
     real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
     real *wp;                        /* w_hh packed for the time loop */
@@ -362,13 +362,23 @@ static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp) {
                 *wp++ = u < H ? p->w_hh[r * H + u] : 0;
 }
 
+/* Column of gate g of unit u in xg and xbias: gate-major (g*H + u) as in w_ih, except for
+ * the batch-tiled step, which orders them by its unit blocks, [ub][g][NV]: the thread that
+ * owns a block computes those columns of the input projection itself (see
+ * time_loop_fwd), so the cell updates read projections from their own core's cache, and
+ * the G gates of a block sit side by side. */
+static inline int64_t RN(xcol)(const struct RN(rnn) *p, int64_t g, int64_t u) {
+    return p->tiled ? (u / NV * p->G + g) * NV + u % NV : g * p->H + u;
+}
+
 /* The biases that add straight into the gates: b_ih, and b_hh except GRU's n part (that
  * one sits inside r * (W_hn h + b_hn)). The cell updates add them to xg as they read it
  * (a separate pass over xg cost ~5% of the LSTM forward at B64). */
 static void RN(input_bias)(const struct RN(rnn) *p, const real *b_ih, real *bias) {
     for (int64_t r = 0; r < p->G * p->H; r++) {
         int folds_hh = p->cell == LSTM || r < 2 * p->H;
-        bias[r] = (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
+        bias[RN(xcol)(p, r / p->H, r % p->H)] =
+            (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
     }
 }
 
@@ -377,7 +387,9 @@ static void RN(input_bias)(const struct RN(rnn) *p, const real *b_ih, real *bias
 static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
                            int64_t nu, const real *acc, int64_t gs) {
     int64_t H = p->H, row = t * p->B + b;
-    const real *xg = p->xg + (row - p->xg_t0 * p->B) * 4 * H + u0, *xb = p->xbias + u0;
+    int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
+    const real *xg = p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
+    const real *xb = p->xbias + RN(xcol)(p, 0, u0);
     real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
 #if UPDATE_SIMD
@@ -385,8 +397,8 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
         __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
         __m512 pre[4];
         for (int g = 0; g < 4; g++)
-            pre[g] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * H + j),
-                                                 _mm512_maskz_loadu_ps(m, xb + g * H + j)),
+            pre[g] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * xs + j),
+                                                 _mm512_maskz_loadu_ps(m, xb + g * xs + j)),
                                    _mm512_maskz_loadu_ps(m, acc + g * gs + j));
         __m512 gi = sigmoid_v16(pre[0]), gf = sigmoid_v16(pre[1]);
         __m512 gg = tanh_v16(pre[2]), go = sigmoid_v16(pre[3]);
@@ -409,9 +421,9 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
         real gi = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
-        real gf = RN(sigmoid)((xg[H + j] + xb[H + j]) + acc[1 * gs + j]);
-        real gg = TANH((xg[2 * H + j] + xb[2 * H + j]) + acc[2 * gs + j]);
-        real go = RN(sigmoid)((xg[3 * H + j] + xb[3 * H + j]) + acc[3 * gs + j]);
+        real gf = RN(sigmoid)((xg[xs + j] + xb[xs + j]) + acc[1 * gs + j]);
+        real gg = TANH((xg[2 * xs + j] + xb[2 * xs + j]) + acc[2 * gs + j]);
+        real go = RN(sigmoid)((xg[3 * xs + j] + xb[3 * xs + j]) + acc[3 * gs + j]);
         real c = gf * c_state[j] + gi * gg;
         real h = go * TANH(c);
         c_state[j] = c, h_state[j] = h, y[j] = h;
@@ -425,7 +437,9 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
 static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
                           int64_t nu, const real *acc, int64_t gs) {
     int64_t H = p->H, row = t * p->B + b;
-    const real *xg = p->xg + (row - p->xg_t0 * p->B) * 3 * H + u0, *xb = p->xbias + u0;
+    int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
+    const real *xg = p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
+    const real *xb = p->xbias + RN(xcol)(p, 0, u0);
     const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
     real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
@@ -434,8 +448,8 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
         __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
         __m512 pre[3];
         for (int g = 0; g < 3; g++)
-            pre[g] = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * H + j),
-                                   _mm512_maskz_loadu_ps(m, xb + g * H + j));
+            pre[g] = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * xs + j),
+                                   _mm512_maskz_loadu_ps(m, xb + g * xs + j));
         __m512 hn = _mm512_maskz_loadu_ps(m, acc + 2 * gs + j);
         if (b_hn)
             hn = _mm512_add_ps(hn, _mm512_maskz_loadu_ps(m, b_hn + j));
@@ -459,8 +473,8 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
     for (int64_t j = 0; j < nu; j++) {
         real hn = acc[2 * gs + j] + (b_hn ? b_hn[j] : 0);
         real r = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
-        real z = RN(sigmoid)((xg[H + j] + xb[H + j]) + acc[1 * gs + j]);
-        real n = TANH((xg[2 * H + j] + xb[2 * H + j]) + r * hn);
+        real z = RN(sigmoid)((xg[xs + j] + xb[xs + j]) + acc[1 * gs + j]);
+        real n = TANH((xg[2 * xs + j] + xb[2 * xs + j]) + r * hn);
         real h = (1 - z) * n + z * h_state[j];
         h_state[j] = h, y[j] = h;
         if (ws)
@@ -631,39 +645,70 @@ static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
     return p->ngrp > 1 ? p->ngrp * 4 * SMR * NR : 0;
 }
 
-static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t s_begin,
-                              int64_t s_end, real *accbufs) {
+/* Steps [s0, s1) for this thread's blocks [lo, hi) (of NV units when tiled, else NR). */
+static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one, int64_t s0,
+                               int64_t s1, int64_t lo, int64_t hi, real *mybuf,
+                               real (*accbuf)[4][SMR][NR]) {
+    for (int64_t s = s0; s < s1; s++) {
+        const real *hcur = hpack + (s & 1) * one;
+        real *hnext = hpack + ((s + 1) & 1) * one;
+        /* This thread's rows of w_hh (2 MB per thread for LSTM H512: all of its L2) are
+         * read once per step. In the same order every step, LRU would evict each line
+         * just before its next use; alternating the direction makes each step start on
+         * the blocks the previous one read last, which are still cached. */
+        for (int64_t n = 0; n < hi - lo; n++) {
+            int64_t blk = s & 1 ? hi - 1 - n : lo + n;
+            if (p->tiled)
+                RN(fwd_block_tiled)(p, s, blk, hcur, hnext, mybuf);
+            else if (accbuf)
+                RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
+            else
+                for (int64_t grp = 0; grp < p->ngrp; grp++)
+                    RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+        }
+#pragma omp barrier
+    }
+}
+
+
+/* The time loop, in chunks of `chunk` steps: per chunk, each thread computes its share of
+ * the chunk's input projections (xg = x @ w_ih^T, w_ih packed in w_ih_packed; the panel
+ * shares of the columns match the threads' unit blocks for the tiled step), then the steps,
+ * one barrier after each. */
+static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int64_t chunk,
+                             const real *w_ih_packed, real *accbufs) {
     int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
+    int64_t B = p->B, I = p->I;
+    int status = SEQCORE_OK;
 #pragma omp parallel
     {
         int64_t lo, hi;
         thread_share(p->tiled ? ceil_div(p->H, NV) : p->nblk, &lo, &hi);
-        int tid = 0;
+        int64_t tid = 0, nthreads = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
+        nthreads = omp_get_num_threads();
 #endif
         real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
         real (*accbuf)[4][SMR][NR] = (real (*)[4][SMR][NR])mybuf;
-        for (int64_t s = s_begin; s < s_end; s++) {
-            const real *hcur = hpack + (s & 1) * one;
-            real *hnext = hpack + ((s + 1) & 1) * one;
-            /* This thread's rows of w_hh (2 MB per thread for LSTM H512: all of its L2) are
-             * read once per step. In the same order every step, LRU would evict each line
-             * just before its next use; alternating the direction makes each step start on
-             * the blocks the previous one read last, which are still cached. */
-            for (int64_t n = 0; n < hi - lo; n++) {
-                int64_t blk = s & 1 ? hi - 1 - n : lo + n;
-                if (p->tiled)
-                    RN(fwd_block_tiled)(p, s, blk, hcur, hnext, mybuf);
-                else if (accbuf)
-                    RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
-                else
-                    for (int64_t grp = 0; grp < p->ngrp; grp++)
-                        RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+        for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
+            int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
+            /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps when
+             * lengths and reverse: see rnn_fwd) */
+            int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
+            int st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I, p->x + t0 * B * I, I,
+                                                   1, w_ih_packed, 0, p->xg, p->xgw, tid,
+                                                   nthreads);
+            if (st) {
+#pragma omp atomic write
+                status = st;
             }
-#pragma omp barrier
+#pragma omp single
+            p->xg_t0 = t0;  /* (the barrier after it: every share of xg is written) */
+            RN(time_steps_fwd)(p, hpack, one, s0, s1, lo, hi, mybuf, accbuf);
         }
     }
+    return status;
 }
 
 static void RN(init_state)(real *state, const real *given, int64_t n) {
@@ -693,14 +738,17 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
      * reverse the elements' steps do not map to common times: one chunk of all of them. */
     int64_t chunk = p->lengths && p->reverse ? steps : ceil_div(CHUNK_ROWS, B);
     chunk = chunk < steps ? chunk : steps;
-    p->xg = ualloc(chunk * B * GH, sizeof(real));
-    real *w_ih_packed = ualloc(RN(seqcore_gemm_packed_b_size)(p->I, GH), sizeof(real));
-    p->xbias = zalloc(GH, sizeof(real));
     if (B >= TILE_MIN_B) {  /* batch-tiled step: groups of tile_rows_for(G) rows */
         p->tiled = 1;
         p->rows = RN(tile_rows_for)(p->G);
         p->ngrp = ceil_div(B, p->rows);
     }
+    p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
+    p->xg = ualloc(chunk * B * p->xgw, sizeof(real));
+    real *w_ih_packed = ualloc(RN(seqcore_gemm_packed_b_size)(p->I, p->xgw), sizeof(real));
+    /* w_ih with its rows in xcol's order (tiled step only), for packing */
+    real *w_ih_rows = p->tiled ? ualloc(p->xgw * p->I, sizeof(real)) : NULL;
+    p->xbias = zalloc(p->xgw, sizeof(real));
     p->wp = ualloc((p->tiled ? ceil_div(H, NV) * NV : p->nblk * NR) * GH, sizeof(real));
     real *hpack = zalloc(2 * p->ngrp * p->rows * H, sizeof(real));
     /* per-thread partial sums for fwd_block_groups, used when there are several groups */
@@ -710,10 +758,19 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
 #endif
     int64_t accsize = RN(accbuf_size)(p);
     real *accbufs = accsize ? ualloc(nthreads * accsize, sizeof(real)) : NULL;
-    int status = p->xg && w_ih_packed && p->xbias && p->wp && hpack && (accbufs || !accsize)
-                     ? SEQCORE_OK : SEQCORE_ENOMEM;
+    int status = p->xg && w_ih_packed && (w_ih_rows || !p->tiled) && p->xbias && p->wp &&
+                 hpack && (accbufs || !accsize) ? SEQCORE_OK : SEQCORE_ENOMEM;
     if (!status) {
-        RN(seqcore_gemm_pack_b)(p->I, GH, p->w_ih, 1, p->I, w_ih_packed);
+        if (p->tiled) {
+            int64_t I = p->I;
+            memset(w_ih_rows, 0, (size_t)(p->xgw * I) * sizeof(real));
+            for (int64_t g = 0; g < p->G; g++)
+                for (int64_t u = 0; u < H; u++)
+                    memcpy(w_ih_rows + RN(xcol)(p, g, u) * I, p->w_ih + (g * H + u) * I,
+                           (size_t)I * sizeof(real));
+        }
+        RN(seqcore_gemm_pack_b)(p->I, p->xgw, p->tiled ? w_ih_rows : p->w_ih, 1, p->I,
+                                w_ih_packed);
         RN(input_bias)(p, b_ih, p->xbias);
         if (p->tiled)
             RN(pack_w_tiled)(p, p->wp);
@@ -722,16 +779,9 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
         for (int64_t b = 0; b < B; b++)
             for (int64_t k = 0; k < H; k++)
                 hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
-        for (int64_t s0 = 0; s0 < steps && !status; s0 += chunk) {
-            int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
-            /* times [t0, t0 + s1 - s0) of the steps [s0, s1) */
-            p->xg_t0 = p->reverse && !p->lengths ? T - s1 : s0;
-            status = RN(seqcore_gemm_packed)((s1 - s0) * B, GH, p->I, p->x + p->xg_t0 * B * p->I,
-                                             p->I, 1, w_ih_packed, 0, p->xg, GH);
-            if (!status)
-                RN(time_loop_fwd)(p, hpack, s0, s1, accbufs);
-        }
+        status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_packed, accbufs);
     }
+    free(w_ih_rows);
     free(w_ih_packed);
     free(p->xg);
     free(p->xbias);
