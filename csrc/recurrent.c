@@ -71,6 +71,13 @@ enum { CHUNK_ROWS = 512 };
 #define RNN_MADD_F64(a, b, c) ((a) * (b) + (c))
 #endif
 
+/* For kernels whose loop bounds must be constants at each call (register blocking). */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* exp for float32 written so gate loops vectorize (libm's expf is a scalar call, and the
@@ -560,16 +567,27 @@ static void RN(pack_w_tiled)(const struct RN(rnn) *p, real *restrict wp) {
  * one batch group) by G gates x NV units. R and G are constants in each call (see
  * tile_step), so the accumulators stay in registers. acc is read first unless `first`. */
 #ifdef VREG
-static inline void RN(tile_rows)(int64_t kc, const real *restrict hp, const real *restrict wp,
-                                 real *restrict acc, int first, const int R, const int G) {
+static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int64_t hs,
+                                 const real *restrict wp, real *restrict acc, int first,
+                                 const int R, const int G) {
     enum { RMAX = 8 };
     VREG sum[RMAX][4];
+    /* all of them, not only R x G: GCC 12 warns of maybe-uninitialized ones otherwise (it
+     * drops the unused ones) */
+#pragma GCC unroll 8
+    for (int i = 0; i < RMAX; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++)
+            sum[i][g] = VZERO();
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++)
             sum[i][g] = first ? VZERO() : VLOAD(acc + (i * G + g) * NV);
-    for (int64_t k = 0; k < kc; k++, hp += R, wp += G * NV) {
+    /* full tiles step h by the constant R: with hs in a register GCC 12 spills one of the
+     * 6 x 4 LSTM accumulators */
+    const int64_t hstep = R == TILE_ACCS / G ? R : hs;
+    for (int64_t k = 0; k < kc; k++, hp += hstep, wp += G * NV) {
         VREG w[4];
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++)
@@ -589,15 +607,16 @@ static inline void RN(tile_rows)(int64_t kc, const real *restrict hp, const real
             VSTORE(acc + (i * G + g) * NV, sum[i][g]);
 }
 #else
-static inline void RN(tile_rows)(int64_t kc, const real *restrict hp, const real *restrict wp,
-                                 real *restrict acc, int first, const int R, const int G) {
-    enum { RMAX = 4 };
+static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int64_t hs,
+                                 const real *restrict wp, real *restrict acc, int first,
+                                 const int R, const int G) {
+    enum { RMAX = 8 };
     real sum[RMAX][4][NV];
     for (int i = 0; i < R; i++)
         for (int g = 0; g < G; g++)
             for (int j = 0; j < NV; j++)
                 sum[i][g][j] = first ? 0 : acc[(i * G + g) * NV + j];
-    for (int64_t k = 0; k < kc; k++, hp += R, wp += G * NV)
+    for (int64_t k = 0; k < kc; k++, hp += hs, wp += G * NV)
 #pragma GCC unroll 4
         for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
@@ -605,20 +624,37 @@ static inline void RN(tile_rows)(int64_t kc, const real *restrict hp, const real
 #pragma omp simd
                 for (int j = 0; j < NV; j++)
                     sum[i][g][j] = MADD(hp[i], wp[g * NV + j], sum[i][g][j]);
-    memcpy(acc, sum, (size_t)R * G * NV * sizeof(real));
+    for (int i = 0; i < R; i++)
+        for (int g = 0; g < G; g++)
+            memcpy(acc + (i * G + g) * NV, sum[i][g], NV * sizeof(real));
 }
 #endif
 
 /* Rows per batch group of the tiled step: TILE_ACCS / G accumulator vectors. */
 static int64_t RN(tile_rows_for)(int64_t G) { return TILE_ACCS / G; }
 
-static void RN(tile_step)(int64_t kc, int cell, const real *hp, const real *wp, real *acc,
-                          int first) {
+/* tile_rows for `rows` of the group's hs rows (the last group of B holds fewer than hs,
+ * and computing its padding rows cost ~3% of the step at LSTM B64: 64 = 10 x 6 + 4). */
+#define TILE_CASES(G)                                                                       \
+    switch (rows < TILE_ACCS / G ? rows : TILE_ACCS / G) {                                \
+    case 1: RN(tile_rows)(kc, hp, hs, wp, acc, first, 1, G); break;                      \
+    case 2: RN(tile_rows)(kc, hp, hs, wp, acc, first, 2, G); break;                      \
+    case 3: RN(tile_rows)(kc, hp, hs, wp, acc, first, 3, G); break;                      \
+    case 4: RN(tile_rows)(kc, hp, hs, wp, acc, first, 4 <= TILE_ACCS / G ? 4 : 1, G); break; \
+    case 5: RN(tile_rows)(kc, hp, hs, wp, acc, first, 5 <= TILE_ACCS / G ? 5 : 1, G); break; \
+    case 6: RN(tile_rows)(kc, hp, hs, wp, acc, first, 6 <= TILE_ACCS / G ? 6 : 1, G); break; \
+    case 7: RN(tile_rows)(kc, hp, hs, wp, acc, first, 7 <= TILE_ACCS / G ? 7 : 1, G); break; \
+    default: RN(tile_rows)(kc, hp, hs, wp, acc, first, TILE_ACCS / G, G); break;          \
+    }
+
+static void RN(tile_step)(int64_t kc, int cell, int64_t rows, const real *hp, int64_t hs,
+                          const real *wp, real *acc, int first) {
     if (cell == LSTM)
-        RN(tile_rows)(kc, hp, wp, acc, first, TILE_ACCS / 4, 4);
+        TILE_CASES(4)
     else
-        RN(tile_rows)(kc, hp, wp, acc, first, TILE_ACCS / 3, 3);
+        TILE_CASES(3)
 }
+#undef TILE_CASES
 
 /* Step s for the unit block ub (NV units, all G gates) and every batch group: k in slices
  * of TILE_KSLICE, each slice of w_hh used by all groups while it is in L1 (partial sums in
@@ -630,8 +666,8 @@ static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
     for (int64_t k0 = 0; k0 < H; k0 += TILE_KSLICE) {
         int64_t kc = H - k0 < TILE_KSLICE ? H - k0 : TILE_KSLICE;
         for (int64_t grp = 0; grp < p->ngrp; grp++)
-            RN(tile_step)(kc, p->cell, hcur + (grp * H + k0) * R, wp + k0 * G * NV,
-                          accbuf + grp * tile, k0 == 0);
+            RN(tile_step)(kc, p->cell, p->B - grp * R, hcur + (grp * H + k0) * R, R,
+                          wp + k0 * G * NV, accbuf + grp * tile, k0 == 0);
     }
     int64_t u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
     for (int64_t grp = 0; grp < p->ngrp; grp++)
