@@ -33,11 +33,13 @@
 #include <immintrin.h>
 #define VEC_BYTES 64
 #define MR_F32 12
+#define NVEC_F32 2  /* NR = 32 floats; 6 x 4 and 8 x 3 vectors measured no faster at LSTM B64 */
 #define MR_F64 8
 #define GEMM_SIMD_F32 1
 #else
 #define VEC_BYTES 32
 #define MR_F32 6
+#define NVEC_F32 2
 #define MR_F64 6
 #define GEMM_SIMD_F32 0
 #endif
@@ -71,7 +73,7 @@ static void *alloc_aligned(size_t bytes) {
 
 #define GEMM_TEMPLATE
 #define real float
-#define NR (2 * VEC_BYTES / 4)
+#define NR (NVEC_F32 * VEC_BYTES / 4)
 #define MR MR_F32
 #define MC (12 * MR)
 #define SIMD_KERNEL GEMM_SIMD_F32
@@ -153,40 +155,45 @@ static void GN(pack_b)(int64_t kc, int64_t nc, const real *b, int64_t sbk, int64
 static inline void GN(micro_impl)(int64_t kc, const real *restrict ap, int64_t lda,
                                   const real *restrict bp, real *restrict c, int64_t ldc,
                                   int64_t mr, int64_t nr, int accumulate, const int packed) {
-    __m512 acc0[MR], acc1[MR];
+    enum { NVEC = NR / 16 };
+    __m512 acc[MR][NVEC];
     const real *arow[MR];
     for (int i = 0; i < MR; i++) {
-        acc0[i] = acc1[i] = _mm512_setzero_ps();
+        for (int v = 0; v < NVEC; v++)
+            acc[i][v] = _mm512_setzero_ps();
         arow[i] = packed ? ap + i : ap + (i < mr ? i : mr - 1) * lda;
     }
     const int64_t ks = packed ? MR : 1;
     for (int64_t k = 0; k < kc; k++, bp += NR) {
-        __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+        __m512 b[NVEC];
+#pragma GCC unroll 4
+        for (int v = 0; v < NVEC; v++)
+            b[v] = _mm512_loadu_ps(bp + 16 * v);
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
             __m512 a = _mm512_set1_ps(arow[i][k * ks]);
-            acc0[i] = _mm512_fmadd_ps(a, b0, acc0[i]);
-            acc1[i] = _mm512_fmadd_ps(a, b1, acc1[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; v++)
+                acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
         }
     }
     if (mr == MR && nr == NR) {
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
             real *ci = c + i * ldc;
-            if (accumulate) {
-                acc0[i] = _mm512_add_ps(_mm512_loadu_ps(ci), acc0[i]);
-                acc1[i] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc1[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; v++) {
+                if (accumulate)
+                    acc[i][v] = _mm512_add_ps(_mm512_loadu_ps(ci + 16 * v), acc[i][v]);
+                _mm512_storeu_ps(ci + 16 * v, acc[i][v]);
             }
-            _mm512_storeu_ps(ci, acc0[i]);
-            _mm512_storeu_ps(ci + 16, acc1[i]);
         }
         return;
     }
     real tmp[MR][NR];
-    for (int i = 0; i < MR; i++) {
-        _mm512_storeu_ps(tmp[i], acc0[i]);
-        _mm512_storeu_ps(tmp[i] + 16, acc1[i]);
-    }
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < NVEC; v++)
+            _mm512_storeu_ps(tmp[i] + 16 * v, acc[i][v]);
     for (int64_t i = 0; i < mr; i++)
         for (int64_t j = 0; j < nr; j++)
             c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + tmp[i][j];
