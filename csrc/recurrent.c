@@ -1,13 +1,18 @@
 /* LSTM and GRU over sequences, forward and backward (see recurrent.h).
  *
- * Forward:
- *   1. the input projection of all T steps as one blocked matmul:
- *        xg (T*B, G*H) = x @ w_ih^T + (b_ih, plus the b_hh parts that add straight in);
- *   2. the time loop: each OpenMP thread owns a slice of hidden units and, per step,
- *      computes all G gates of them (h @ w_hh^T for its rows of w_hh, a register-blocked
+ * Forward (one OpenMP parallel region):
+ *   1. per chunk of steps (CHUNK_ROWS rows of T*B), the input projection of its steps,
+ *        xg (steps*B, G*H) = x @ w_ih^T (w_ih packed once; biases added in the update),
+ *      each thread computing the columns of its own hidden units (seqcore_gemm_packed_share);
+ *   2. the chunk's steps: each thread owns a slice of hidden units and, per step, computes
+ *      all G gates of them (h @ w_hh^T for its rows of w_hh, a register-blocked
  *      micro-kernel) and applies the cell update on the spot, so no gate tensor goes back
  *      to memory; one barrier per step. h is kept packed (batch rows interleaved, k-major)
  *      in two buffers so the next step can read it while this one writes.
+ *   The step's micro-kernel: for B < TILE_MIN_B, step_micro (rows x 2 vectors of units,
+ *   one gate at a time: the step is bound by reading w_hh); from TILE_MIN_B on, tile_rows
+ *   (R rows x all G gates of one vector of units, 24 zmm accumulators with AVX-512), whose
+ *   finished tile holds every gate of its units for the update.
  * Backward through time, the same ownership of hidden units:
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
  *            gradients dG_t (stored for all t, and packed for phase 2);  barrier;
