@@ -1,8 +1,9 @@
 /* Blocked matrix multiply (see gemm.h), after the BLIS/GotoBLAS layout:
- *   for each output tile (MC x NC, one per OpenMP work item):
- *     for each KC slice of the inner dimension:
- *       pack A's MC x KC block into MR-row panels and B's KC x NC block into NR-column
- *       panels (both k-major), then run the MR x NR micro-kernel over every panel pair.
+ *   B is packed once, all of it: per KC slice of the inner dimension, NR-column panels
+ *   (k-major); then each thread takes a share of C's MR x NR panels (rows or columns) and,
+ *   per KC slice and MC rows, packs A's block into MR-row panels (or, for the float32
+ *   AVX-512 kernel and rows contiguous in k, reads them in place) and runs the MR x NR
+ *   micro-kernel over every panel pair.
  * Packing absorbs any strides (transposed operands included) and zero-pads the edges, so
  * the micro-kernel always runs full-width loops the compiler vectorizes.
  *
@@ -32,20 +33,26 @@
 #include <immintrin.h>
 #define VEC_BYTES 64
 #define MR_F32 12
+#define NVEC_F32 2  /* NR = 32 floats; 6 x 4 and 8 x 3 vectors measured no faster at LSTM B64 */
 #define MR_F64 8
 #define GEMM_SIMD_F32 1
 #else
 #define VEC_BYTES 32
 #define MR_F32 6
+#define NVEC_F32 2
 #define MR_F64 6
 #define GEMM_SIMD_F32 0
 #endif
-enum { KC = 256, NC = 512, MB = 1024 };
-/* A work item is an MB x NC block of C (smaller when there would be too few to share
- * between threads). Each KC slice of its B block is packed once and reused for all MB rows,
- * and each MC x KC block of A for all NC columns: packing is strided scalar copying, and
- * with MC x NC work items (B packed again for every MC rows) it took ~35% of the time of
- * x @ w_ih^T at T*B = 4096 rows. */
+/* KC: the inner dimension is cut into slices of KC (the B micro-panel, KC x NR, stays in
+ * L1) or, when C is large, of KC_BIG: each slice after the first reads C back and writes
+ * it again, and a C of T*B x 4H (32 MB for LSTM B64) goes to memory and back each time
+ * (x @ w_ih^T at 4096 x 2048 x 512: 318 GF/s with KC, 344 with KC_BIG; at 512 rows C stays
+ * in cache and KC is ~7% faster). */
+enum { KC = 256, KC_BIG = 512 };
+#define C_BIG_BYTES (8 << 20)
+/* B is packed once per product, all of it (and the recurrent forward packs w_ih once for all
+ * its chunks of steps): repacking B per block of rows, and A per block of columns, took
+ * ~35% of the time of x @ w_ih^T at T*B = 4096 rows in an earlier version. */
 
 /* fma() compiles to one vfmadd where the target has FMA; elsewhere keep a*b + c (a libm
  * fma call would be slow). GCC does not contract a*b + c on its own under -std=c11. */
@@ -66,7 +73,7 @@ static void *alloc_aligned(size_t bytes) {
 
 #define GEMM_TEMPLATE
 #define real float
-#define NR (2 * VEC_BYTES / 4)
+#define NR (NVEC_F32 * VEC_BYTES / 4)
 #define MR MR_F32
 #define MC (12 * MR)
 #define SIMD_KERNEL GEMM_SIMD_F32
@@ -140,42 +147,66 @@ static void GN(pack_b)(int64_t kc, int64_t nc, const real *b, int64_t sbk, int64
 }
 
 #if SIMD_KERNEL
-/* float32, AVX-512: C[0:mr, 0:nr] (+)= Apanel @ Bpanel with MR x 2 zmm accumulators. */
-static void GN(micro)(int64_t kc, const real *restrict ap, const real *restrict bp,
-                      real *restrict c, int64_t ldc, int64_t mr, int64_t nr, int accumulate) {
-    __m512 acc0[MR], acc1[MR];
-    for (int i = 0; i < MR; i++)
-        acc0[i] = acc1[i] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < kc; k++, ap += MR, bp += NR) {
-        __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+/* float32, AVX-512: C[0:mr, 0:nr] (+)= A @ Bpanel with MR x 2 zmm accumulators. A is either
+ * a packed panel (packed: A(i, k) = ap[k*MR + i]) or read in place from row-major rows
+ * (A(i, k) = ap[i*lda + k]; rows past mr repeat row mr - 1, whose results are dropped).
+ * Reading x in place saves the strided scalar copy that packing it costs (T*B x I values,
+ * once per block of columns), and its rows stream through L1 in order just as well. */
+static inline void GN(micro_impl)(int64_t kc, const real *restrict ap, int64_t lda,
+                                  const real *restrict bp, real *restrict c, int64_t ldc,
+                                  int64_t mr, int64_t nr, int accumulate, const int packed) {
+    enum { NVEC = NR / 16 };
+    __m512 acc[MR][NVEC];
+    const real *arow[MR];
+    for (int i = 0; i < MR; i++) {
+        for (int v = 0; v < NVEC; v++)
+            acc[i][v] = _mm512_setzero_ps();
+        arow[i] = packed ? ap + i : ap + (i < mr ? i : mr - 1) * lda;
+    }
+    const int64_t ks = packed ? MR : 1;
+    for (int64_t k = 0; k < kc; k++, bp += NR) {
+        __m512 b[NVEC];
+#pragma GCC unroll 4
+        for (int v = 0; v < NVEC; v++)
+            b[v] = _mm512_loadu_ps(bp + 16 * v);
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
-            __m512 a = _mm512_set1_ps(ap[i]);
-            acc0[i] = _mm512_fmadd_ps(a, b0, acc0[i]);
-            acc1[i] = _mm512_fmadd_ps(a, b1, acc1[i]);
+            __m512 a = _mm512_set1_ps(arow[i][k * ks]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; v++)
+                acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
         }
     }
     if (mr == MR && nr == NR) {
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
             real *ci = c + i * ldc;
-            if (accumulate) {
-                acc0[i] = _mm512_add_ps(_mm512_loadu_ps(ci), acc0[i]);
-                acc1[i] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), acc1[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NVEC; v++) {
+                if (accumulate)
+                    acc[i][v] = _mm512_add_ps(_mm512_loadu_ps(ci + 16 * v), acc[i][v]);
+                _mm512_storeu_ps(ci + 16 * v, acc[i][v]);
             }
-            _mm512_storeu_ps(ci, acc0[i]);
-            _mm512_storeu_ps(ci + 16, acc1[i]);
         }
         return;
     }
     real tmp[MR][NR];
-    for (int i = 0; i < MR; i++) {
-        _mm512_storeu_ps(tmp[i], acc0[i]);
-        _mm512_storeu_ps(tmp[i] + 16, acc1[i]);
-    }
+    for (int i = 0; i < MR; i++)
+        for (int v = 0; v < NVEC; v++)
+            _mm512_storeu_ps(tmp[i] + 16 * v, acc[i][v]);
     for (int64_t i = 0; i < mr; i++)
         for (int64_t j = 0; j < nr; j++)
             c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + tmp[i][j];
+}
+
+static void GN(micro)(int64_t kc, const real *ap, const real *bp, real *c, int64_t ldc,
+                      int64_t mr, int64_t nr, int accumulate) {
+    GN(micro_impl)(kc, ap, 0, bp, c, ldc, mr, nr, accumulate, 1);
+}
+
+static void GN(micro_rows)(int64_t kc, const real *a, int64_t lda, const real *bp, real *c,
+                           int64_t ldc, int64_t mr, int64_t nr, int accumulate) {
+    GN(micro_impl)(kc, a, lda, bp, c, ldc, mr, nr, accumulate, 0);
 }
 #else
 /* C[0:mr, 0:nr] (+)= Apanel @ Bpanel: the MR x NR accumulator block lives in registers. */
@@ -194,69 +225,171 @@ static void GN(micro)(int64_t kc, const real *restrict ap, const real *restrict 
 }
 #endif
 
-/* One mb x nc block of C, all of K: for each KC slice, pack B's kc x nc block once, then
- * for each MC rows pack A's block and run the micro-kernel over every panel pair (the B
- * micro-panel, KC x NR, stays in L1 while the A block streams from L2). */
-static void GN(gemm_tile)(int64_t mb, int64_t nc, int64_t K, const real *a, int64_t sam,
-                          int64_t sak, const real *b, int64_t sbk, int64_t sbn, int accumulate,
-                          real *c, int64_t ldc, real *ap, real *bp) {
-    for (int64_t p0 = 0; p0 < K; p0 += KC) {
-        int64_t kc = min64(KC, K - p0);
-        GN(pack_b)(kc, nc, b + p0 * sbk, sbk, sbn, bp);
-        for (int64_t i0 = 0; i0 < mb; i0 += MC) {
-            int64_t mc = min64(MC, mb - i0);
-            GN(pack_a)(mc, kc, a + i0 * sam + p0 * sak, sam, sak, ap);
-            for (int64_t jr = 0; jr < nc; jr += NR)
-                for (int64_t ir = 0; ir < mc; ir += MR)
-                    GN(micro)(kc, ap + ir * kc, bp + jr * kc, c + (i0 + ir) * ldc + jr, ldc,
-                              min64(MR, mc - ir), min64(NR, nc - jr), accumulate || p0 > 0);
+/* Packed B (see gemm.h): for each slice of kcb values of k (from p0), the NR-column panels
+ * of all N columns, kc x NR each: slice p0 starts at bp + p0 * npad(N). gemm_packed and
+ * pack_b use kcb = KC. */
+static int64_t GN(npad)(int64_t N) { return (N + NR - 1) / NR * NR; }
+
+int64_t GN(seqcore_gemm_packed_b_size)(int64_t K, int64_t N) {
+    return K > 0 && N > 0 ? K * GN(npad)(N) : 1;
+}
+
+/* Packs B's panels, shared out among the threads of the enclosing parallel region (a
+ * worksharing loop: every thread of the region must call it; it ends with a barrier). */
+static void GN(pack_b_shared)(int64_t K, int64_t N, const real *b, int64_t sbk, int64_t sbn,
+                              real *bp, int64_t kcb) {
+    int64_t slices = (K + kcb - 1) / kcb, panels = (N + NR - 1) / NR;
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < slices * panels; item++) {
+        int64_t p0 = item / panels * kcb, q = item % panels * NR, kc = min64(kcb, K - p0);
+        GN(pack_b)(kc, min64(NR, N - q), b + p0 * sbk + q * sbn, sbk, sbn,
+                   bp + p0 * GN(npad)(N) + q * kc);
+    }
+}
+
+void GN(seqcore_gemm_pack_b)(int64_t K, int64_t N, const real *b, int64_t sbk, int64_t sbn,
+                             real *bp) {
+    if (K <= 0 || N <= 0)
+        return;
+#pragma omp parallel
+    GN(pack_b_shared)(K, N, b, sbk, sbn, bp, KC);
+}
+
+/* This thread's part of C = A @ Bpacked, called by every thread of a parallel region.
+ * Each thread takes a rectangle of MR x NR panels: a share of the row panels (all columns)
+ * or of the column panels (all rows), whichever splits more evenly (rows when equal: no
+ * A block is then packed by two threads). Within it, per KC slice and MC rows: A's block
+ * is packed once (or read in place) and used against every B panel; each B micro-panel
+ * (KC x NR) stays in L1 across the block's MR-row panels. */
+static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                         int64_t sak, const real *bp, int64_t kcb, int64_t r0, int64_t r1,
+                         int64_t c0, int64_t c1, int accumulate, real *c, int64_t ldc);
+
+static int GN(gemm_part)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                         int64_t sak, const real *bp, int64_t kcb, int accumulate, real *c,
+                         int64_t ldc) {
+    int64_t t = 0, nt = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    nt = omp_get_num_threads();
+#endif
+    int64_t pm = (M + MR - 1) / MR, pn = (N + NR - 1) / NR;
+    /* the busiest thread's panels, relative to an even split, for each way of splitting */
+    int64_t rows_busiest = (pm + nt - 1) / nt * pn, cols_busiest = (pn + nt - 1) / nt * pm;
+    int64_t r0 = 0, r1 = pm, c0 = 0, c1 = pn;
+    if (rows_busiest <= cols_busiest)
+        r0 = pm * t / nt, r1 = pm * (t + 1) / nt;
+    else
+        c0 = pn * t / nt, c1 = pn * (t + 1) / nt;
+    return GN(gemm_rect)(M, N, K, a, sam, sak, bp, kcb, r0, r1, c0, c1, accumulate, c, ldc);
+}
+
+int GN(seqcore_gemm_packed_share)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                                  int64_t sak, const real *bp, int accumulate, real *c,
+                                  int64_t ldc, int64_t part, int64_t parts) {
+    if (M < 0 || N < 0 || K < 0 || ldc < N || parts < 1 || part < 0 || part >= parts)
+        return SEQCORE_EINVAL;
+    if (M == 0 || N == 0)
+        return SEQCORE_OK;
+    int64_t pn = (N + NR - 1) / NR, c0 = pn * part / parts, c1 = pn * (part + 1) / parts;
+    if (K == 0) {
+        if (!accumulate)
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t j = c0 * NR; j < min64(c1 * NR, N); j++)
+                    c[m * ldc + j] = 0;
+        return SEQCORE_OK;
+    }
+    return GN(gemm_rect)(M, N, K, a, sam, sak, bp, KC, 0, (M + MR - 1) / MR, c0, c1, accumulate,
+                         c, ldc);
+}
+
+/* Rows [r0, r1) x columns [c0, c1) of MR x NR panels of C. */
+static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                         int64_t sak, const real *bp, int64_t kcb, int64_t r0, int64_t r1,
+                         int64_t c0, int64_t c1, int accumulate, real *c, int64_t ldc) {
+    if (r0 >= r1 || c0 >= c1)
+        return SEQCORE_OK;
+    int in_place = SIMD_KERNEL && sak == 1;
+    real *ap = in_place ? NULL : alloc_aligned(sizeof(real) * MC * kcb);
+    if (!in_place && !ap)
+        return SEQCORE_ENOMEM;
+    int64_t m_end = min64(r1 * MR, M), n_end = min64(c1 * NR, N);
+    for (int64_t p0 = 0; p0 < K; p0 += kcb) {
+        int64_t kc = min64(kcb, K - p0);
+        const real *bslice = bp + p0 * GN(npad)(N);
+        int acc = accumulate || p0 > 0;
+        for (int64_t i0 = r0 * MR; i0 < m_end; i0 += MC) {
+            int64_t mc = min64(MC, m_end - i0);
+            const real *ablk = a + i0 * sam + p0 * sak;
+            if (!in_place)
+                GN(pack_a)(mc, kc, ablk, sam, sak, ap);
+            for (int64_t j0 = c0 * NR; j0 < n_end; j0 += NR)
+                for (int64_t ir = 0; ir < mc; ir += MR) {
+                    real *cij = c + (i0 + ir) * ldc + j0;
+                    int64_t mr = min64(MR, mc - ir), nr = min64(NR, n_end - j0);
+#if SIMD_KERNEL
+                    if (in_place) {
+                        GN(micro_rows)(kc, ablk + ir * sam, sam, bslice + j0 * kc, cij, ldc, mr,
+                                       nr, acc);
+                        continue;
+                    }
+#endif
+                    GN(micro)(kc, ap + ir * kc, bslice + j0 * kc, cij, ldc, mr, nr, acc);
+                }
         }
     }
+    free(ap);
+    return SEQCORE_OK;
+}
+
+/* C = A @ B (K == 0: zeros) for callers outside parallel regions; 0 or an error. */
+static int GN(gemm_trivial)(int64_t M, int64_t N, int64_t K, int accumulate, real *c,
+                            int64_t ldc) {
+    if (M < 0 || N < 0 || K < 0 || ldc < N)
+        return SEQCORE_EINVAL;
+    if (K == 0 && !accumulate)
+        for (int64_t m = 0; m < M; m++)
+            memset(c + m * ldc, 0, (size_t)N * sizeof(real));
+    return SEQCORE_OK;
+}
+
+int GN(seqcore_gemm_packed)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
+                            int64_t sak, const real *bp, int accumulate, real *c, int64_t ldc) {
+    if (M < 0 || N < 0 || K < 0 || ldc < N || M == 0 || N == 0 || K == 0)
+        return GN(gemm_trivial)(M, N, K, accumulate, c, ldc);
+    int status = SEQCORE_OK;
+#pragma omp parallel
+    {
+        int s = GN(gemm_part)(M, N, K, a, sam, sak, bp, KC, accumulate, c, ldc);
+        if (s) {
+#pragma omp atomic write
+            status = s;
+        }
+    }
+    return status;
 }
 
 int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam, int64_t sak,
                      const real *b, int64_t sbk, int64_t sbn, int accumulate, real *c,
                      int64_t ldc) {
-    if (M < 0 || N < 0 || K < 0 || ldc < N)
-        return SEQCORE_EINVAL;
-    if (M == 0 || N == 0)
-        return SEQCORE_OK;
-    if (K == 0) {
-        if (!accumulate)
-            for (int64_t m = 0; m < M; m++)
-                memset(c + m * ldc, 0, (size_t)N * sizeof(real));
-        return SEQCORE_OK;
-    }
-    /* Work items: MB x NC blocks, halved (rows first) until each thread gets >= 2. */
-    int64_t nthreads = 1;
-#ifdef _OPENMP
-    nthreads = omp_get_max_threads();
-#endif
-    int64_t mb = MB, nc = NC;
-    while (mb > MC && ((M + mb - 1) / mb) * ((N + nc - 1) / nc) < 2 * nthreads)
-        mb /= 2;
-    while (nc > NR && ((M + mb - 1) / mb) * ((N + nc - 1) / nc) < 2 * nthreads)
-        nc /= 2;
-    int64_t tiles_m = (M + mb - 1) / mb, tiles_n = (N + nc - 1) / nc;
+    if (M < 0 || N < 0 || K < 0 || ldc < N || M == 0 || N == 0 || K == 0)
+        return GN(gemm_trivial)(M, N, K, accumulate, c, ldc);
+    /* B is packed once, all of it, by all threads (it is read by every row block) */
+    real *bp = alloc_aligned(sizeof(real) * GN(seqcore_gemm_packed_b_size)(K, N));
+    if (!bp)
+        return SEQCORE_ENOMEM;
+    int64_t kcb = (double)M * N * sizeof(real) > C_BIG_BYTES ? KC_BIG : KC;
     int status = SEQCORE_OK;
 #pragma omp parallel
     {
-        real *ap = alloc_aligned(sizeof(real) * MC * KC);
-        real *bp = alloc_aligned(sizeof(real) * KC * (nc + NR));
-        if (!ap || !bp) {
+        GN(pack_b_shared)(K, N, b, sbk, sbn, bp, kcb);
+        int s = GN(gemm_part)(M, N, K, a, sam, sak, bp, kcb, accumulate, c, ldc);
+        if (s) {
 #pragma omp atomic write
-            status = SEQCORE_ENOMEM;
+            status = s;
         }
-#pragma omp for schedule(dynamic)
-        for (int64_t tile = 0; tile < tiles_m * tiles_n; tile++) {
-            int64_t i0 = tile / tiles_n * mb, j0 = tile % tiles_n * nc;
-            if (ap && bp)
-                GN(gemm_tile)(min64(mb, M - i0), min64(nc, N - j0), K, a + i0 * sam, sam, sak,
-                              b + j0 * sbn, sbk, sbn, accumulate, c + i0 * ldc + j0, ldc, ap, bp);
-        }
-        free(ap);
-        free(bp);
     }
+    free(bp);
     return status;
 }
 

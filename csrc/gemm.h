@@ -4,8 +4,9 @@
  *   A(m, k) = a[m*sam + k*sak],  B(k, n) = b[k*sbk + n*sbn]   (any strides: the
  *   operands are packed into panels, so transposes cost nothing extra).
  *
- * Packed panels feed a register-blocked micro-kernel (auto-vectorized, FMA where the
- * target has it); OpenMP splits the output tiles across threads. Call it from outside
+ * Packed panels feed a register-blocked micro-kernel (AVX-512 intrinsics for float32 where
+ * the target has them, else auto-vectorized, FMA where the target has it); OpenMP splits
+ * the output panels across threads. Call it from outside
  * a parallel region. Returns 0, SEQCORE_EINVAL for negative sizes, SEQCORE_ENOMEM.
  */
 #ifndef SEQCORE_GEMM_H
@@ -20,5 +21,30 @@ int seqcore_gemm_f64(int64_t M, int64_t N, int64_t K,
                      const double *a, int64_t sam, int64_t sak,
                      const double *b, int64_t sbk, int64_t sbn,
                      int accumulate, double *c, int64_t ldc);
+
+/* The same with B packed beforehand, for several products with one B (the recurrent
+ * forward's chunks of steps times w_ih^T): bp holds packed_b_size(K, N) elements (64-byte
+ * alignment not required), filled by pack_b (OpenMP inside; call it outside a parallel
+ * region, like gemm_packed). */
+int64_t seqcore_gemm_packed_b_size_f32(int64_t K, int64_t N);
+int64_t seqcore_gemm_packed_b_size_f64(int64_t K, int64_t N);
+void seqcore_gemm_pack_b_f32(int64_t K, int64_t N, const float *b, int64_t sbk, int64_t sbn,
+                             float *bp);
+void seqcore_gemm_pack_b_f64(int64_t K, int64_t N, const double *b, int64_t sbk, int64_t sbn,
+                             double *bp);
+int seqcore_gemm_packed_f32(int64_t M, int64_t N, int64_t K, const float *a, int64_t sam,
+                            int64_t sak, const float *bp, int accumulate, float *c, int64_t ldc);
+int seqcore_gemm_packed_f64(int64_t M, int64_t N, int64_t K, const double *a, int64_t sam,
+                            int64_t sak, const double *bp, int accumulate, double *c,
+                            int64_t ldc);
+/* Share `part` of `parts` of the same product (the NR-column panels split in order; parts
+ * in order cover C), computed by the calling thread alone, without OpenMP: for use inside
+ * a parallel region, one part per thread. */
+int seqcore_gemm_packed_share_f32(int64_t M, int64_t N, int64_t K, const float *a, int64_t sam,
+                                  int64_t sak, const float *bp, int accumulate, float *c,
+                                  int64_t ldc, int64_t part, int64_t parts);
+int seqcore_gemm_packed_share_f64(int64_t M, int64_t N, int64_t K, const double *a,
+                                  int64_t sam, int64_t sak, const double *bp, int accumulate,
+                                  double *c, int64_t ldc, int64_t part, int64_t parts);
 
 #endif

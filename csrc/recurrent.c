@@ -1,13 +1,18 @@
 /* LSTM and GRU over sequences, forward and backward (see recurrent.h).
  *
- * Forward:
- *   1. the input projection of all T steps as one blocked matmul:
- *        xg (T*B, G*H) = x @ w_ih^T + (b_ih, plus the b_hh parts that add straight in);
- *   2. the time loop: each OpenMP thread owns a slice of hidden units and, per step,
- *      computes all G gates of them (h @ w_hh^T for its rows of w_hh, a register-blocked
+ * Forward (one OpenMP parallel region):
+ *   1. per chunk of steps (CHUNK_ROWS rows of T*B), the input projection of its steps,
+ *        xg (steps*B, G*H) = x @ w_ih^T (w_ih packed once; biases added in the update),
+ *      each thread computing the columns of its own hidden units (seqcore_gemm_packed_share);
+ *   2. the chunk's steps: each thread owns a slice of hidden units and, per step, computes
+ *      all G gates of them (h @ w_hh^T for its rows of w_hh, a register-blocked
  *      micro-kernel) and applies the cell update on the spot, so no gate tensor goes back
  *      to memory; one barrier per step. h is kept packed (batch rows interleaved, k-major)
  *      in two buffers so the next step can read it while this one writes.
+ *   The step's micro-kernel: for B < TILE_MIN_B, step_micro (rows x 2 vectors of units,
+ *   one gate at a time: the step is bound by reading w_hh); from TILE_MIN_B on, tile_rows
+ *   (R rows x all G gates of one vector of units, 24 zmm accumulators with AVX-512), whose
+ *   finished tile holds every gate of its units for the update.
  * Backward through time, the same ownership of hidden units:
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
  *            gradients dG_t (stored for all t, and packed for phase 2);  barrier;
@@ -43,10 +48,25 @@ enum { KSLICE = 64 };
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("prefer-vector-width=512")
 #endif
+#include <immintrin.h>
 #define VEC_BYTES 64
+/* Accumulator vectors of the batch-tiled step (tile_rows): 24 of the 32 zmm registers,
+ * leaving room for the G loaded w_hh vectors and a broadcast h value. */
+#define TILE_ACCS 24
 #else
 #define VEC_BYTES 32
+#define TILE_ACCS 12  /* of 16 vector registers */
 #endif
+/* The batch-tiled step (see tile_rows) from this batch size on; below it, the time loop is
+ * bound by streaming w_hh (read once per step for few rows) and the two-vector blocks
+ * of step_micro are the better fit. */
+enum { TILE_MIN_B = 16 };
+/* k slice of the batch-tiled step: the slice of a 16-unit block's packed w_hh
+ * (TILE_KSLICE x 4 gates x 64 B = 32 KB for LSTM f32) stays in L1 while every batch group
+ * uses it, and h streams from L2. */
+enum { TILE_KSLICE = 128 };
+/* Rows (steps x batch) of the input projection per chunk (see rnn_fwd). */
+enum { CHUNK_ROWS = 512 };
 
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
 #define RNN_MADD_F32(a, b, c) fmaf((a), (b), (c))
@@ -54,6 +74,13 @@ enum { KSLICE = 64 };
 #else
 #define RNN_MADD_F32(a, b, c) ((a) * (b) + (c))
 #define RNN_MADD_F64(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* For kernels whose loop bounds must be constants at each call (register blocking). */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
 #endif
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -80,6 +107,49 @@ static inline float exp_f32(float x) {
 
 /* tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error ~1e-7 near 0, exact limits at +-inf. */
 static inline float tanh_f32(float x) { return 1.0f - 2.0f / (exp_f32(2.0f * x) + 1.0f); }
+
+#if defined(__AVX512F__)
+/* The same three on 16 floats, for the float32 cell updates with AVX-512 (UPDATE_SIMD).
+ * The scalar forms vectorize too, but each sigmoid/tanh divides, and vdivps on 16 lanes
+ * is slow (the divider is not pipelined): 5 divisions per unit made the LSTM update ~8%
+ * of the B64 forward. Here 1/v is rcp14 (relative error < 2^-14) plus one Newton step
+ * (error ~2^-28, i.e. within rounding of the division), and 2^n comes from scalef. */
+static inline __m512 exp_v16(__m512 x) {
+    /* clamp as exp_f32 does; min/max return their second operand when one is NaN, so a
+     * NaN x passes through */
+    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512 recip_v16(__m512 v) {
+    __m512 r = _mm512_rcp14_ps(v);
+    __m512 e = _mm512_fnmadd_ps(v, r, _mm512_set1_ps(1.0f));  /* 1 - v r */
+    return _mm512_fmadd_ps(r, e, r);
+}
+
+static inline __m512 sigmoid_v16(__m512 x) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    return recip_v16(_mm512_add_ps(one, exp_v16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+static inline __m512 tanh_v16(__m512 x) {
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp_v16(_mm512_add_ps(x, x));
+    return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), recip_v16(_mm512_add_ps(e, one)), one);
+}
+#endif
 
 static int64_t len_of(const int64_t *lengths, int64_t b, int64_t T) {
     return lengths ? lengths[b] : T;
@@ -132,50 +202,99 @@ static void *zalloc(int64_t count, size_t size) {
     return calloc(count > 0 ? (size_t)count : 1, size);
 }
 
+/* The same, uninitialized, for buffers that are written in full before they are read. A
+ * calloc of megabytes maps fresh zero pages and faults each one in on first touch, on
+ * every call; freed malloc memory is reused by the next call (glibc raises its mmap
+ * threshold after the first free of a mapped block). */
+static void *ualloc(int64_t count, size_t size) {
+    return malloc((count > 0 ? (size_t)count : 1) * size);
+}
+
 #define RNN_TEMPLATE
 #define real float
 #define NR (2 * VEC_BYTES / 4)
+#define NV (VEC_BYTES / 4)
 #define MADD RNN_MADD_F32
 #define EXP exp_f32
 #define TANH tanh_f32
 #define RN(name) name##_f32
+#if defined(__AVX512F__)
+#define VREG __m512
+#define VZERO _mm512_setzero_ps
+#define VLOAD _mm512_loadu_ps
+#define VSTORE _mm512_storeu_ps
+#define VSET1 _mm512_set1_ps
+#define VFMA _mm512_fmadd_ps
+#define UPDATE_SIMD 1
+#else
+#define UPDATE_SIMD 0
+#endif
 #include "recurrent.c"
 #undef real
 #undef NR
+#undef NV
 #undef MADD
 #undef EXP
 #undef TANH
 #undef RN
+#undef VREG
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VFMA
+#undef UPDATE_SIMD
 
 #define real double
 #define NR (2 * VEC_BYTES / 8)
+#define NV (VEC_BYTES / 8)
 #define MADD RNN_MADD_F64
 #define EXP exp
 #define TANH tanh
 #define RN(name) name##_f64
+#if defined(__AVX512F__)
+#define VREG __m512d
+#define VZERO _mm512_setzero_pd
+#define VLOAD _mm512_loadu_pd
+#define VSTORE _mm512_storeu_pd
+#define VSET1 _mm512_set1_pd
+#define VFMA _mm512_fmadd_pd
+#endif
+#define UPDATE_SIMD 0
 #include "recurrent.c"
 #undef real
 #undef NR
+#undef NV
 #undef MADD
 #undef EXP
 #undef TANH
 #undef RN
+#undef VREG
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VFMA
+#undef UPDATE_SIMD
 #undef RNN_TEMPLATE
 
-#else /* ---- template: real, NR (hidden units per block), MADD, EXP, TANH, RN ---- */
+#else /* ---- template: real, NR (hidden units per block), NV (units per vector), MADD, EXP,
+        * TANH, RN; with AVX-512 also VREG, VZERO, VLOAD, VSTORE, VSET1, VFMA ---- */
 
 /* One call's arrays and sizes. Forward and backward fill the parts they use. */
 struct RN(rnn) {
     int cell, reverse;
     int64_t T, B, I, H, G, nws;      /* nws: workspace width per (t, b): 5H or 4H */
     int64_t nblk, rows, ngrp;        /* blocks of NR hidden units, groups of `rows` batch rows */
+    int tiled;                       /* forward: batch-tiled step (blocks of NV units) */
     const int64_t *lengths;
     const real *x, *w_ih, *w_hh, *b_hh, *h0, *c0, *dy;
     real *y, *ws;                    /* forward outputs (ws may be NULL) */
     const real *ys, *wss;            /* backward inputs: the forward's y and ws */
     real *h, *c;                     /* forward state (the h_n/c_n outputs) */
     real *dh, *dc;                   /* backward state (the dh0/dc0 outputs) */
-    real *xg;                        /* forward: input projections (T, B, G*H) */
+    real *xg;                        /* forward: input projections of the times from xg_t0 */
+    int64_t xg_t0, xgw;              /*   (chunk, B, xgw), columns as xcol orders them */
     real *xbias;                     /* forward: the biases added to xg (G*H) */
     real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
     real *wp;                        /* w_hh packed for the time loop */
@@ -255,30 +374,68 @@ static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp) {
                 *wp++ = u < H ? p->w_hh[r * H + u] : 0;
 }
 
+/* Column of gate g of unit u in xg and xbias: gate-major (g*H + u) as in w_ih, except for
+ * the batch-tiled step, which orders them by its unit blocks, [ub][g][NV]: the thread that
+ * owns a block computes those columns of the input projection itself (see
+ * time_loop_fwd), so the cell updates read projections from their own core's cache, and
+ * the G gates of a block sit side by side. */
+static inline int64_t RN(xcol)(const struct RN(rnn) *p, int64_t g, int64_t u) {
+    return p->tiled ? (u / NV * p->G + g) * NV + u % NV : g * p->H + u;
+}
+
 /* The biases that add straight into the gates: b_ih, and b_hh except GRU's n part (that
  * one sits inside r * (W_hn h + b_hn)). The cell updates add them to xg as they read it
  * (a separate pass over xg cost ~5% of the LSTM forward at B64). */
 static void RN(input_bias)(const struct RN(rnn) *p, const real *b_ih, real *bias) {
     for (int64_t r = 0; r < p->G * p->H; r++) {
         int folds_hh = p->cell == LSTM || r < 2 * p->H;
-        bias[r] = (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
+        bias[RN(xcol)(p, r / p->H, r % p->H)] =
+            (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
     }
 }
 
 /* The LSTM cell update of element b at time t for the nu hidden units from u0; acc holds
- * the recurrent part of each gate (row i of the micro-kernel's output). */
+ * the recurrent part of each gate: unit j of gate g at acc[g * gs + j]. */
 static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
-                           int64_t nu, real acc[4][SMR][NR], int64_t i) {
+                           int64_t nu, const real *acc, int64_t gs) {
     int64_t H = p->H, row = t * p->B + b;
-    const real *xg = p->xg + row * 4 * H + u0, *xb = p->xbias + u0;
+    int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
+    const real *xg = p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
+    const real *xb = p->xbias + RN(xcol)(p, 0, u0);
     real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+#if UPDATE_SIMD
+    for (int64_t j = 0; j < nu; j += 16) {
+        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
+        __m512 pre[4];
+        for (int g = 0; g < 4; g++)
+            pre[g] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * xs + j),
+                                                 _mm512_maskz_loadu_ps(m, xb + g * xs + j)),
+                                   _mm512_maskz_loadu_ps(m, acc + g * gs + j));
+        __m512 gi = sigmoid_v16(pre[0]), gf = sigmoid_v16(pre[1]);
+        __m512 gg = tanh_v16(pre[2]), go = sigmoid_v16(pre[3]);
+        __m512 c = _mm512_fmadd_ps(gf, _mm512_maskz_loadu_ps(m, c_state + j),
+                                   _mm512_mul_ps(gi, gg));
+        __m512 h = _mm512_mul_ps(go, tanh_v16(c));
+        _mm512_mask_storeu_ps(c_state + j, m, c);
+        _mm512_mask_storeu_ps(h_state + j, m, h);
+        _mm512_mask_storeu_ps(y + j, m, h);
+        if (ws) {
+            _mm512_mask_storeu_ps(ws + j, m, gi);
+            _mm512_mask_storeu_ps(ws + H + j, m, gf);
+            _mm512_mask_storeu_ps(ws + 2 * H + j, m, gg);
+            _mm512_mask_storeu_ps(ws + 3 * H + j, m, go);
+            _mm512_mask_storeu_ps(ws + 4 * H + j, m, c);
+        }
+    }
+    return;
+#endif
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
-        real gi = RN(sigmoid)((xg[j] + xb[j]) + acc[0][i][j]);
-        real gf = RN(sigmoid)((xg[H + j] + xb[H + j]) + acc[1][i][j]);
-        real gg = TANH((xg[2 * H + j] + xb[2 * H + j]) + acc[2][i][j]);
-        real go = RN(sigmoid)((xg[3 * H + j] + xb[3 * H + j]) + acc[3][i][j]);
+        real gi = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
+        real gf = RN(sigmoid)((xg[xs + j] + xb[xs + j]) + acc[1 * gs + j]);
+        real gg = TANH((xg[2 * xs + j] + xb[2 * xs + j]) + acc[2 * gs + j]);
+        real go = RN(sigmoid)((xg[3 * xs + j] + xb[3 * xs + j]) + acc[3 * gs + j]);
         real c = gf * c_state[j] + gi * gg;
         real h = go * TANH(c);
         c_state[j] = c, h_state[j] = h, y[j] = h;
@@ -290,18 +447,46 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
 /* The GRU update: r, z from x and h parts (biases folded into xg), then
  * n = tanh(x_n + r * (W_hn h + b_hn)). */
 static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
-                          int64_t nu, real acc[4][SMR][NR], int64_t i) {
+                          int64_t nu, const real *acc, int64_t gs) {
     int64_t H = p->H, row = t * p->B + b;
-    const real *xg = p->xg + row * 3 * H + u0, *xb = p->xbias + u0;
+    int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
+    const real *xg = p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
+    const real *xb = p->xbias + RN(xcol)(p, 0, u0);
     const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
     real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+#if UPDATE_SIMD
+    for (int64_t j = 0; j < nu; j += 16) {
+        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
+        __m512 pre[3];
+        for (int g = 0; g < 3; g++)
+            pre[g] = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * xs + j),
+                                   _mm512_maskz_loadu_ps(m, xb + g * xs + j));
+        __m512 hn = _mm512_maskz_loadu_ps(m, acc + 2 * gs + j);
+        if (b_hn)
+            hn = _mm512_add_ps(hn, _mm512_maskz_loadu_ps(m, b_hn + j));
+        __m512 r = sigmoid_v16(_mm512_add_ps(pre[0], _mm512_maskz_loadu_ps(m, acc + j)));
+        __m512 z = sigmoid_v16(_mm512_add_ps(pre[1], _mm512_maskz_loadu_ps(m, acc + gs + j)));
+        __m512 n = tanh_v16(_mm512_fmadd_ps(r, hn, pre[2]));
+        __m512 h = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), z), n,
+                                   _mm512_mul_ps(z, _mm512_maskz_loadu_ps(m, h_state + j)));
+        _mm512_mask_storeu_ps(h_state + j, m, h);
+        _mm512_mask_storeu_ps(y + j, m, h);
+        if (ws) {
+            _mm512_mask_storeu_ps(ws + j, m, r);
+            _mm512_mask_storeu_ps(ws + H + j, m, z);
+            _mm512_mask_storeu_ps(ws + 2 * H + j, m, n);
+            _mm512_mask_storeu_ps(ws + 3 * H + j, m, hn);
+        }
+    }
+    return;
+#endif
 #pragma omp simd
     for (int64_t j = 0; j < nu; j++) {
-        real hn = acc[2][i][j] + (b_hn ? b_hn[j] : 0);
-        real r = RN(sigmoid)((xg[j] + xb[j]) + acc[0][i][j]);
-        real z = RN(sigmoid)((xg[H + j] + xb[H + j]) + acc[1][i][j]);
-        real n = TANH((xg[2 * H + j] + xb[2 * H + j]) + r * hn);
+        real hn = acc[2 * gs + j] + (b_hn ? b_hn[j] : 0);
+        real r = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
+        real z = RN(sigmoid)((xg[xs + j] + xb[xs + j]) + acc[1 * gs + j]);
+        real n = TANH((xg[2 * xs + j] + xb[2 * xs + j]) + r * hn);
         real h = (1 - z) * n + z * h_state[j];
         h_state[j] = h, y[j] = h;
         if (ws)
@@ -309,19 +494,21 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
     }
 }
 
-/* The cell update of (blk, grp) at step s from its gates' recurrent parts acc, and the new
- * h packed into hnext. */
-static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
-                           real acc[4][SMR][NR], real *hnext) {
-    int64_t H = p->H, u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
+/* The cell update at step s of batch group grp for the units [u0, u0 + nu) from their
+ * gates' recurrent parts (unit j of gate g of the group's row i at acc[i * rs + g * gs + j]),
+ * and the new h packed into hnext. */
+static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64_t nu,
+                           int64_t grp, const real *acc, int64_t rs, int64_t gs,
+                           real *hnext) {
+    int64_t H = p->H;
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         if (s < len) {  /* else the element is done: its state is carried */
             int64_t t = time_of(s, len, p->reverse);
             if (p->cell == LSTM)
-                RN(lstm_units)(p, t, b, u0, nu, acc, i);
+                RN(lstm_units)(p, t, b, u0, nu, acc + i * rs, gs);
             else
-                RN(gru_units)(p, t, b, u0, nu, acc, i);
+                RN(gru_units)(p, t, b, u0, nu, acc + i * rs, gs);
         }
         real *dst = hnext + packed_at(b, u0, H, p->rows);
         for (int64_t j = 0; j < nu; j++)
@@ -338,7 +525,8 @@ static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64
     for (int64_t g = 0; g < G; g++)
         RN(step_micro)(H, p->rows, hcur + grp * H * p->rows, p->wp + (blk * G + g) * H * NR,
                        acc[g], 0);
-    RN(fwd_update)(p, s, blk, grp, acc, hnext);
+    RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp, acc[0][0], NR,
+                   SMR * NR, hnext);
 }
 
 /* fwd_block for every batch group at once (B > SMR): k runs in slices, and each w_hh slice
@@ -356,40 +544,212 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
                                p->wp + ((blk * G + g) * H + k0) * NR, accbuf[grp][g], k0 > 0);
     }
     for (int64_t grp = 0; grp < p->ngrp; grp++)
-        RN(fwd_update)(p, s, blk, grp, accbuf[grp], hnext);
+        RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp,
+                       accbuf[grp][0][0], NR, SMR * NR, hnext);
 }
 
-static void RN(time_loop_fwd)(const struct RN(rnn) *p, real *hpack, int64_t steps,
-                              real *accbufs) {
+/* ---- batch-tiled step (B >= TILE_MIN_B) ----
+ * With many batch rows the per-step product h (B x H) @ w_hh^T is a real matmul, and the
+ * step_micro blocks (8 rows x 2 vectors of one gate: 16 accumulators, 10 loads per 16 FMAs,
+ * the partial sums of every gate and group going through memory) ran it at about half
+ * the FMA peak. Here a tile is R batch rows x all G gates of NV hidden units (one vector
+ * per gate): R * G = TILE_ACCS accumulators (LSTM 6 x 4, GRU 8 x 3 with AVX-512), G + R
+ * loads per R * G FMAs, and when the last k slice is done the tile holds every gate of its
+ * units, so the cell update runs straight from it. */
+
+/* wp[ub][k][g][j] = w_hh[g*H + ub*NV + j][k] (zero past H): per k, the G gate vectors of
+ * one block of NV units side by side, so a tile streams its operand in order. */
+static void RN(pack_w_tiled)(const struct RN(rnn) *p, real *restrict wp) {
+    int64_t H = p->H, nub = ceil_div(H, NV);
+    for (int64_t ub = 0; ub < nub; ub++)
+        for (int64_t k = 0; k < H; k++)
+            for (int64_t g = 0; g < p->G; g++)
+                for (int64_t j = 0, u = ub * NV; j < NV; j++, u++)
+                    *wp++ = u < H ? p->w_hh[(g * H + u) * H + k] : 0;
+}
+
+/* acc[i][g][j] (+)= sum over kc values of k of hp[k][i] * wp[k][g][j]: R rows (packed h of
+ * one batch group) by G gates x NV units. R and G are constants in each call (see
+ * tile_step), so the accumulators stay in registers. acc is read first unless `first`. */
+#ifdef VREG
+static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int64_t hs,
+                                 const real *restrict wp, real *restrict acc, int first,
+                                 const int R, const int G) {
+    enum { RMAX = 8 };
+    VREG sum[RMAX][4];
+    /* all of them, not only R x G: GCC 12 warns of maybe-uninitialized ones otherwise (it
+     * drops the unused ones) */
+#pragma GCC unroll 8
+    for (int i = 0; i < RMAX; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < 4; g++)
+            sum[i][g] = VZERO();
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            sum[i][g] = first ? VZERO() : VLOAD(acc + (i * G + g) * NV);
+    /* full tiles step h by the constant R: with hs in a register GCC 12 spills one of the
+     * 6 x 4 LSTM accumulators */
+    const int64_t hstep = R == TILE_ACCS / G ? R : hs;
+    for (int64_t k = 0; k < kc; k++, hp += hstep, wp += G * NV) {
+        VREG w[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            w[g] = VLOAD(wp + g * NV);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            VREG h = VSET1(hp[i]);
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++)
+                sum[i][g] = VFMA(h, w[g], sum[i][g]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            VSTORE(acc + (i * G + g) * NV, sum[i][g]);
+}
+#else
+static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int64_t hs,
+                                 const real *restrict wp, real *restrict acc, int first,
+                                 const int R, const int G) {
+    enum { RMAX = 8 };
+    real sum[RMAX][4][NV];
+    for (int i = 0; i < R; i++)
+        for (int g = 0; g < G; g++)
+            for (int j = 0; j < NV; j++)
+                sum[i][g][j] = first ? 0 : acc[(i * G + g) * NV + j];
+    for (int64_t k = 0; k < kc; k++, hp += hs, wp += G * NV)
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++)
+#pragma omp simd
+                for (int j = 0; j < NV; j++)
+                    sum[i][g][j] = MADD(hp[i], wp[g * NV + j], sum[i][g][j]);
+    for (int i = 0; i < R; i++)
+        for (int g = 0; g < G; g++)
+            memcpy(acc + (i * G + g) * NV, sum[i][g], NV * sizeof(real));
+}
+#endif
+
+/* Rows per batch group of the tiled step: TILE_ACCS / G accumulator vectors. */
+static int64_t RN(tile_rows_for)(int64_t G) { return TILE_ACCS / G; }
+
+/* tile_rows for `rows` of the group's hs rows (the last group of B holds fewer than hs,
+ * and computing its padding rows cost ~3% of the step at LSTM B64: 64 = 10 x 6 + 4). */
+#define TILE_CASES(G)                                                                       \
+    switch (rows < TILE_ACCS / G ? rows : TILE_ACCS / G) {                                \
+    case 1: RN(tile_rows)(kc, hp, hs, wp, acc, first, 1, G); break;                      \
+    case 2: RN(tile_rows)(kc, hp, hs, wp, acc, first, 2, G); break;                      \
+    case 3: RN(tile_rows)(kc, hp, hs, wp, acc, first, 3, G); break;                      \
+    case 4: RN(tile_rows)(kc, hp, hs, wp, acc, first, 4 <= TILE_ACCS / G ? 4 : 1, G); break; \
+    case 5: RN(tile_rows)(kc, hp, hs, wp, acc, first, 5 <= TILE_ACCS / G ? 5 : 1, G); break; \
+    case 6: RN(tile_rows)(kc, hp, hs, wp, acc, first, 6 <= TILE_ACCS / G ? 6 : 1, G); break; \
+    case 7: RN(tile_rows)(kc, hp, hs, wp, acc, first, 7 <= TILE_ACCS / G ? 7 : 1, G); break; \
+    default: RN(tile_rows)(kc, hp, hs, wp, acc, first, TILE_ACCS / G, G); break;          \
+    }
+
+static void RN(tile_step)(int64_t kc, int cell, int64_t rows, const real *hp, int64_t hs,
+                          const real *wp, real *acc, int first) {
+    if (cell == LSTM)
+        TILE_CASES(4)
+    else
+        TILE_CASES(3)
+}
+#undef TILE_CASES
+
+/* Step s for the unit block ub (NV units, all G gates) and every batch group: k in slices
+ * of TILE_KSLICE, each slice of w_hh used by all groups while it is in L1 (partial sums in
+ * accbuf: ngrp x R x G x NV), then the cell updates. */
+static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
+                                const real *hcur, real *hnext, real *accbuf) {
+    int64_t H = p->H, G = p->G, R = p->rows, tile = R * G * NV;
+    const real *wp = p->wp + ub * H * G * NV;
+    for (int64_t k0 = 0; k0 < H; k0 += TILE_KSLICE) {
+        int64_t kc = H - k0 < TILE_KSLICE ? H - k0 : TILE_KSLICE;
+        for (int64_t grp = 0; grp < p->ngrp; grp++)
+            RN(tile_step)(kc, p->cell, p->B - grp * R, hcur + (grp * H + k0) * R, R,
+                          wp + k0 * G * NV, accbuf + grp * tile, k0 == 0);
+    }
+    int64_t u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
+    for (int64_t grp = 0; grp < p->ngrp; grp++)
+        RN(fwd_update)(p, s, u0, nu, grp, accbuf + grp * tile, G * NV, NV, hnext);
+}
+
+/* Per-thread partial sums of fwd_block_tiled / fwd_block_groups (0: none needed). */
+static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
+    if (p->tiled)
+        return p->ngrp * p->rows * p->G * NV;
+    return p->ngrp > 1 ? p->ngrp * 4 * SMR * NR : 0;
+}
+
+/* Steps [s0, s1) for this thread's blocks [lo, hi) (of NV units when tiled, else NR). */
+static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one, int64_t s0,
+                               int64_t s1, int64_t lo, int64_t hi, real *mybuf,
+                               real (*accbuf)[4][SMR][NR]) {
+    for (int64_t s = s0; s < s1; s++) {
+        const real *hcur = hpack + (s & 1) * one;
+        real *hnext = hpack + ((s + 1) & 1) * one;
+        /* This thread's rows of w_hh (2 MB per thread for LSTM H512: all of its L2) are
+         * read once per step. In the same order every step, LRU would evict each line
+         * just before its next use; alternating the direction makes each step start on
+         * the blocks the previous one read last, which are still cached. */
+        for (int64_t n = 0; n < hi - lo; n++) {
+            int64_t blk = s & 1 ? hi - 1 - n : lo + n;
+            if (p->tiled)
+                RN(fwd_block_tiled)(p, s, blk, hcur, hnext, mybuf);
+            else if (accbuf)
+                RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
+            else
+                for (int64_t grp = 0; grp < p->ngrp; grp++)
+                    RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+        }
+#pragma omp barrier
+    }
+}
+
+
+/* The time loop, in chunks of `chunk` steps: per chunk, each thread computes its share of
+ * the chunk's input projections (xg = x @ w_ih^T, w_ih packed in w_ih_packed; the panel
+ * shares of the columns match the threads' unit blocks for the tiled step), then the steps,
+ * one barrier after each. */
+static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int64_t chunk,
+                             const real *w_ih_packed, real *accbufs) {
     int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
+    int64_t B = p->B, I = p->I;
+    int status = SEQCORE_OK;
 #pragma omp parallel
     {
         int64_t lo, hi;
-        thread_share(p->nblk, &lo, &hi);
-        int tid = 0;
+        thread_share(p->tiled ? ceil_div(p->H, NV) : p->nblk, &lo, &hi);
+        int64_t tid = 0, nthreads = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
+        nthreads = omp_get_num_threads();
 #endif
-        real (*accbuf)[4][SMR][NR] =
-            accbufs ? (real (*)[4][SMR][NR])(accbufs + tid * p->ngrp * 4 * SMR * NR) : NULL;
-        for (int64_t s = 0; s < steps; s++) {
-            const real *hcur = hpack + (s & 1) * one;
-            real *hnext = hpack + ((s + 1) & 1) * one;
-            /* This thread's rows of w_hh (2 MB per thread for LSTM H512: all of its L2) are
-             * read once per step. In the same order every step, LRU would evict each line
-             * just before its next use; alternating the direction makes each step start on
-             * the blocks the previous one read last, which are still cached. */
-            for (int64_t n = 0; n < hi - lo; n++) {
-                int64_t blk = s & 1 ? hi - 1 - n : lo + n;
-                if (accbuf)
-                    RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
-                else
-                    for (int64_t grp = 0; grp < p->ngrp; grp++)
-                        RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+        real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
+        real (*accbuf)[4][SMR][NR] = (real (*)[4][SMR][NR])mybuf;
+        for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
+            int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
+            /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps when
+             * lengths and reverse: see rnn_fwd) */
+            int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
+            int st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I, p->x + t0 * B * I, I,
+                                                   1, w_ih_packed, 0, p->xg, p->xgw, tid,
+                                                   nthreads);
+            if (st) {
+#pragma omp atomic write
+                status = st;
             }
-#pragma omp barrier
+#pragma omp single
+            p->xg_t0 = t0;  /* (the barrier after it: every share of xg is written) */
+            RN(time_steps_fwd)(p, hpack, one, s0, s1, lo, hi, mybuf, accbuf);
         }
     }
+    return status;
 }
 
 static void RN(init_state)(real *state, const real *given, int64_t n) {
@@ -412,28 +772,58 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     int64_t steps = max_len(p->lengths, B, T);
     if (steps == 0)
         return SEQCORE_OK;
-    p->xg = zalloc(T * B * GH, sizeof(real));
-    p->xbias = zalloc(GH, sizeof(real));
-    p->wp = zalloc(p->nblk * NR * GH, sizeof(real));
+    /* The input projection runs in chunks of steps (chunk_steps) with w_ih^T packed once:
+     * a chunk's projections are still in cache when its steps read them, and the buffer
+     * is small (all T at once: 32 MB for LSTM B64, written to memory, read back with
+     * misses in the cell updates, and page-faulted in on every call). With lengths and
+     * reverse the elements' steps do not map to common times: one chunk of all of them. */
+    int64_t chunk = p->lengths && p->reverse ? steps : ceil_div(CHUNK_ROWS, B);
+    chunk = chunk < steps ? chunk : steps;
+    if (B >= TILE_MIN_B) {  /* batch-tiled step: groups of tile_rows_for(G) rows */
+        p->tiled = 1;
+        p->rows = RN(tile_rows_for)(p->G);
+        p->ngrp = ceil_div(B, p->rows);
+    }
+    p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
+    p->xg = ualloc(chunk * B * p->xgw, sizeof(real));
+    real *w_ih_packed = ualloc(RN(seqcore_gemm_packed_b_size)(p->I, p->xgw), sizeof(real));
+    /* w_ih with its rows in xcol's order (tiled step only), for packing */
+    real *w_ih_rows = p->tiled ? ualloc(p->xgw * p->I, sizeof(real)) : NULL;
+    p->xbias = zalloc(p->xgw, sizeof(real));
+    p->wp = ualloc((p->tiled ? ceil_div(H, NV) * NV : p->nblk * NR) * GH, sizeof(real));
     real *hpack = zalloc(2 * p->ngrp * p->rows * H, sizeof(real));
     /* per-thread partial sums for fwd_block_groups, used when there are several groups */
     int64_t nthreads = 1;
 #ifdef _OPENMP
     nthreads = omp_get_max_threads();
 #endif
-    real *accbufs = p->ngrp > 1 ? zalloc(nthreads * p->ngrp * 4 * SMR * NR, sizeof(real)) : NULL;
-    int status = p->xg && p->xbias && p->wp && hpack && (accbufs || p->ngrp == 1) ? SEQCORE_OK
-                                                                       : SEQCORE_ENOMEM;
-    if (!status)
-        status = RN(seqcore_gemm)(T * B, GH, p->I, p->x, p->I, 1, p->w_ih, 1, p->I, 0, p->xg, GH);
+    int64_t accsize = RN(accbuf_size)(p);
+    real *accbufs = accsize ? ualloc(nthreads * accsize, sizeof(real)) : NULL;
+    int status = p->xg && w_ih_packed && (w_ih_rows || !p->tiled) && p->xbias && p->wp &&
+                 hpack && (accbufs || !accsize) ? SEQCORE_OK : SEQCORE_ENOMEM;
     if (!status) {
+        if (p->tiled) {
+            int64_t I = p->I;
+            memset(w_ih_rows, 0, (size_t)(p->xgw * I) * sizeof(real));
+            for (int64_t g = 0; g < p->G; g++)
+                for (int64_t u = 0; u < H; u++)
+                    memcpy(w_ih_rows + RN(xcol)(p, g, u) * I, p->w_ih + (g * H + u) * I,
+                           (size_t)I * sizeof(real));
+        }
+        RN(seqcore_gemm_pack_b)(p->I, p->xgw, p->tiled ? w_ih_rows : p->w_ih, 1, p->I,
+                                w_ih_packed);
         RN(input_bias)(p, b_ih, p->xbias);
-        RN(pack_w_fwd)(p, p->wp);
+        if (p->tiled)
+            RN(pack_w_tiled)(p, p->wp);
+        else
+            RN(pack_w_fwd)(p, p->wp);
         for (int64_t b = 0; b < B; b++)
             for (int64_t k = 0; k < H; k++)
                 hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
-        RN(time_loop_fwd)(p, hpack, steps, accbufs);
+        status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_packed, accbufs);
     }
+    free(w_ih_rows);
+    free(w_ih_packed);
     free(p->xg);
     free(p->xbias);
     free(p->wp);
@@ -591,7 +981,7 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
     int64_t steps = max_len(p->lengths, B, T);
     p->dgx = zalloc(T * B * GH, sizeof(real));
     p->dgh = p->cell == LSTM ? p->dgx : zalloc(T * B * GH, sizeof(real));
-    p->wp = zalloc(p->nblk * NR * GH, sizeof(real));
+    p->wp = ualloc(p->nblk * NR * GH, sizeof(real));
     real *dgpack = zalloc(2 * p->ngrp * p->rows * GH, sizeof(real));
     int status = p->dgx && p->dgh && p->wp && dgpack ? SEQCORE_OK : SEQCORE_ENOMEM;
     if (!status) {
