@@ -19,6 +19,10 @@ GATES = {"lstm": 4, "gru": 3}
 SHAPES = [(5, 3, 17, 17), (5, 8, 3, 100), (1, 1, 1, 1), (1, 8, 100, 3), (5, 1, 4, 33), (0, 3, 5, 3),
           (3, 0, 4, 5), (4, 64, 9, 40)]
 DTYPES = ["float32", "float64", "float16"]
+# Shapes for the paths that only larger batches take (csrc/recurrent.c): T*B over CHUNK_ROWS =
+# 512 rows, so the input projection runs in several chunks inside the time loop; B >= 16, the
+# tiled step (with a last, partial batch group); 9 <= B <= 15, the k-sliced step.
+LARGE_SHAPES = [(20, 64, 9, 40), (11, 100, 17, 33), (40, 17, 5, 20), (9, 128, 3, 16), (4, 12, 6, 20)]
 
 
 def make_inputs(rng, cell, T, B, I, H, dtype, biases=True, states=True):
@@ -80,6 +84,22 @@ def test_sequence_forward(rng, cell, dtype, shape, lengths_mode, reverse):
     if lengths is not None:  # zero past each length, exactly
         for b, n in enumerate(lengths):
             assert not got[0][n:, b].any()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", LARGE_SHAPES, ids=str)
+@pytest.mark.parametrize("lengths_mode", ["none", "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_large_batch_paths(rng, cell, dtype, shape, lengths_mode, reverse):
+    """Forward and backward on the chunked-projection and tiled-step paths."""
+    T, B, I, H = shape
+    a = make_inputs(rng, cell, T, B, I, H, dtype)
+    lengths = make_lengths(rng, lengths_mode, T, B)
+    got, want = run_forward(cell, a, lengths=lengths, reverse=reverse)
+    check_forward(cell, got, want, dtype)
+    got, want, names = run_backward(rng, cell, shape, dtype, lengths, reverse)
+    check_grads(got, want, names, dtype)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
