@@ -255,6 +255,35 @@ void GN(seqcore_gemm_pack_b)(int64_t K, int64_t N, const real *b, int64_t sbk, i
     GN(pack_b_shared)(K, N, b, sbk, sbn, bp, KC);
 }
 
+/* Panels [c0, c1) of C's column panels as seqcore_gemm_packed_share splits them. */
+static void GN(share_panels)(int64_t N, int64_t part, int64_t parts, int64_t *c0, int64_t *c1) {
+    int64_t pn = (N + NR - 1) / NR;
+    *c0 = pn * part / parts, *c1 = pn * (part + 1) / parts;
+}
+
+void GN(seqcore_gemm_pack_b_cols_share)(int64_t K, int64_t N, const real *const *bcol, real *bp,
+                                        int64_t part, int64_t parts) {
+    int64_t c0, c1;
+    GN(share_panels)(N, part, parts, &c0, &c1);
+    for (int64_t p0 = 0; p0 < K; p0 += KC) {
+        int64_t kc = min64(KC, K - p0);
+        for (int64_t q = c0 * NR; q < c1 * NR; q += NR) {
+            real *restrict dst = bp + p0 * GN(npad)(N) + q * kc;
+            /* column by column: each reads along memory, and the panel it writes into
+             * (kc x NR: 32 KB for float32) stays in L1 across its NR columns */
+            for (int64_t j = 0; j < NR; j++) {
+                const real *src = q + j < N ? bcol[q + j] : NULL;
+                if (src)
+                    for (int64_t k = 0; k < kc; k++)
+                        dst[k * NR + j] = src[p0 + k];
+                else
+                    for (int64_t k = 0; k < kc; k++)
+                        dst[k * NR + j] = 0;
+            }
+        }
+    }
+}
+
 /* This thread's part of C = A @ Bpacked, called by every thread of a parallel region.
  * Each thread takes a rectangle of MR x NR panels: a share of the row panels (all columns)
  * or of the column panels (all rows), whichever splits more evenly (rows when equal: no
@@ -291,7 +320,8 @@ int GN(seqcore_gemm_packed_share)(int64_t M, int64_t N, int64_t K, const real *a
         return SEQCORE_EINVAL;
     if (M == 0 || N == 0)
         return SEQCORE_OK;
-    int64_t pn = (N + NR - 1) / NR, c0 = pn * part / parts, c1 = pn * (part + 1) / parts;
+    int64_t c0, c1;
+    GN(share_panels)(N, part, parts, &c0, &c1);
     if (K == 0) {
         if (!accumulate)
             for (int64_t m = 0; m < M; m++)
