@@ -356,18 +356,15 @@ static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *
 
 /* Forward packing of the blocks [lo, hi): wp[blk][g][k][j] = w_hh[g*H + blk*NR + j][k]
  * (zero past H): the G gate rows of one block of hidden units, as the operand of
- * step_micro. Row by row of w_hh (reads along memory; the H x NR panel written, 64 KB for
- * f32 H512, stays in L2). */
+ * step_micro. */
 static void RN(pack_w_fwd)(const struct RN(rnn) *p, real *restrict wp, int64_t lo, int64_t hi) {
     int64_t H = p->H;
     for (int64_t blk = lo; blk < hi; blk++)
         for (int64_t g = 0; g < p->G; g++) {
-            real *panel = wp + (blk * p->G + g) * H * NR;
-            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++) {
-                const real *row = p->w_hh + (g * H + u) * H;
-                for (int64_t k = 0; k < H; k++)
-                    panel[k * NR + j] = u < H ? row[k] : 0;
-            }
+            const real *rows[NR];
+            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
+                rows[j] = u < H ? p->w_hh + (g * H + u) * H : NULL;
+            RN(seqcore_pack_cols)(H, NR, rows, 0, wp + (blk * p->G + g) * H * NR, NR);
         }
 }
 
@@ -565,18 +562,17 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
 
 /* wp[ub][k][g][j] = w_hh[g*H + ub*NV + j][k] (zero past H) for the unit blocks [lo, hi):
  * per k, the G gate vectors of one block of NV units side by side, so a tile streams its
- * operand in order. Row by row of w_hh, as pack_w_fwd. */
+ * operand in order. */
 static void RN(pack_w_tiled)(const struct RN(rnn) *p, real *restrict wp, int64_t lo,
                              int64_t hi) {
     int64_t H = p->H, G = p->G;
-    for (int64_t ub = lo; ub < hi; ub++)
+    for (int64_t ub = lo; ub < hi; ub++) {
+        const real *rows[4 * NV];
         for (int64_t g = 0; g < G; g++)
-            for (int64_t j = 0, u = ub * NV; j < NV; j++, u++) {
-                const real *row = p->w_hh + (g * H + u) * H;
-                real *dst = wp + ub * H * G * NV + g * NV + j;
-                for (int64_t k = 0; k < H; k++)
-                    dst[k * G * NV] = u < H ? row[k] : 0;
-            }
+            for (int64_t j = 0, u = ub * NV; j < NV; j++, u++)
+                rows[g * NV + j] = u < H ? p->w_hh + (g * H + u) * H : NULL;
+        RN(seqcore_pack_cols)(H, G * NV, rows, 0, wp + ub * H * G * NV, G * NV);
+    }
 }
 
 /* acc[i][g][j] (+)= sum over kc values of k of hp[k][i] * wp[k][g][j]: R rows (packed h of
