@@ -368,13 +368,18 @@ static void RN(pack_w_fwd)(const struct RN(rnn) *p, real *restrict wp, int64_t l
         }
 }
 
-/* Backward packing: wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past H), for dG @ w_hh. */
-static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp) {
+/* Backward packing of the blocks [lo, hi): wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past
+ * H), for dG @ w_hh. */
+static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp, int64_t lo, int64_t hi) {
     int64_t H = p->H;
-    for (int64_t blk = 0; blk < p->nblk; blk++)
-        for (int64_t r = 0; r < p->G * H; r++)
-            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
-                *wp++ = u < H ? p->w_hh[r * H + u] : 0;
+    for (int64_t blk = lo; blk < hi; blk++) {
+        int64_t u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
+        real *dst = wp + blk * p->G * H * NR;
+        for (int64_t r = 0; r < p->G * H; r++, dst += NR) {
+            memcpy(dst, p->w_hh + r * H + u0, (size_t)nu * sizeof(real));
+            memset(dst + nu, 0, (size_t)(NR - nu) * sizeof(real));
+        }
+    }
 }
 
 /* Column of gate g of unit u in xg and xbias: gate-major (g*H + u) as in w_ih, except for
@@ -977,6 +982,8 @@ static void RN(time_loop_bwd)(const struct RN(rnn) *p, real *dgpack, int64_t ste
     {
         int64_t lo, hi;
         thread_share(p->nblk, &lo, &hi);
+        /* only this thread reads its blocks of the packed w_hh (phase 2): no barrier */
+        RN(pack_w_bwd)(p, p->wp, lo, hi);
         for (int64_t s = steps - 1; s >= 0; s--) {
             /* two buffers: phase 1 of the next step may start while others are in phase 2 */
             real *dgp = dgpack + (s & 1) * one;
@@ -1046,7 +1053,6 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
     real *dgpack = zalloc(2 * p->ngrp * p->rows * GH, sizeof(real));
     int status = p->dgx && p->dgh && p->wp && dgpack ? SEQCORE_OK : SEQCORE_ENOMEM;
     if (!status) {
-        RN(pack_w_bwd)(p, p->wp);
         RN(time_loop_bwd)(p, dgpack, steps);
         status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
     }
