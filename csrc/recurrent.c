@@ -1,6 +1,8 @@
 /* LSTM and GRU over sequences, forward and backward (see recurrent.h).
  *
  * Forward (one OpenMP parallel region):
+ *   0. each thread packs the panels of w_ih^T its share of the projection reads and the rows
+ *      of w_hh of its own hidden units (no barrier: no other thread reads them);
  *   1. per chunk of steps (CHUNK_ROWS rows of T*B), the input projection of its steps,
  *        xg (steps*B, G*H) = x @ w_ih^T (w_ih packed once; biases added in the update),
  *      each thread computing the columns of its own hidden units (seqcore_gemm_packed_share);
@@ -13,7 +15,8 @@
  *   one gate at a time: the step is bound by reading w_hh); from TILE_MIN_B on, tile_rows
  *   (R rows x all G gates of one vector of units, 24 zmm accumulators with AVX-512), whose
  *   finished tile holds every gate of its units for the update.
- * Backward through time, the same ownership of hidden units:
+ * Backward through time, the same ownership of hidden units (each thread packs its own
+ * columns of w_hh first):
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
  *            gradients dG_t (stored for all t, and packed for phase 2);  barrier;
  *   phase 2 (own units): dh_{t-1} += dG_t @ w_hh.
