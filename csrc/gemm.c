@@ -147,6 +147,66 @@ static void GN(pack_b)(int64_t kc, int64_t nc, const real *b, int64_t sbk, int64
 }
 
 #if SIMD_KERNEL
+/* r[i][j] <- r[j][i] for a 16 x 16 block of floats, in 64 shuffles (unpacks within 128-bit
+ * lanes, then moves of whole lanes). */
+static inline void GN(transpose16)(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {  /* lane L of t[i]: r[i][4L], r[i+1][4L], ... */
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  /* lane L of u[i + c]: column 4L + c of rows i..i+3 */
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+        u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int c = 0; c < 4; c++) {  /* column 4L + c: lane L of u[c], u[4+c], u[8+c], u[12+c] */
+        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+#endif
+
+void GN(seqcore_pack_cols)(int64_t kc, int64_t n, const real *const *src, int64_t k0, real *dst,
+                           int64_t ld) {
+    int64_t j0 = 0;
+#if SIMD_KERNEL
+    /* 16 x 16 blocks transposed in registers: scalar copies run at ~1 value per cycle,
+     * which made packing w_ih and w_hh ~15% of the LSTM B1 forward */
+    for (; j0 + 16 <= n; j0 += 16) {
+        int64_t k = 0;
+        for (; k + 16 <= kc; k += 16) {
+            __m512 r[16];
+            for (int j = 0; j < 16; j++)
+                r[j] = src[j0 + j] ? _mm512_loadu_ps(src[j0 + j] + k0 + k) : _mm512_setzero_ps();
+            GN(transpose16)(r);
+            for (int i = 0; i < 16; i++)
+                _mm512_storeu_ps(dst + (k + i) * ld + j0, r[i]);
+        }
+        for (; k < kc; k++)
+            for (int64_t j = j0; j < j0 + 16; j++)
+                dst[k * ld + j] = src[j] ? src[j][k0 + k] : 0;
+    }
+#endif
+    /* a cache line of each column at a time: the values written then stay in a few KB of
+     * L1 (a whole column at once can touch more lines than L1 holds, a miss per store) */
+    enum { KS = 64 / sizeof(real) };
+    for (int64_t ks = 0; ks < kc; ks += KS)
+        for (int64_t j = j0; j < n; j++)
+            for (int64_t k = ks; k < min64(ks + KS, kc); k++)
+                dst[k * ld + j] = src[j] ? src[j][k0 + k] : 0;
+}
+
+#if SIMD_KERNEL
 /* float32, AVX-512: C[0:mr, 0:nr] (+)= A @ Bpanel with MR x 2 zmm accumulators. A is either
  * a packed panel (packed: A(i, k) = ap[k*MR + i]) or read in place from row-major rows
  * (A(i, k) = ap[i*lda + k]; rows past mr repeat row mr - 1, whose results are dropped).
@@ -255,6 +315,27 @@ void GN(seqcore_gemm_pack_b)(int64_t K, int64_t N, const real *b, int64_t sbk, i
     GN(pack_b_shared)(K, N, b, sbk, sbn, bp, KC);
 }
 
+/* Panels [c0, c1) of C's column panels as seqcore_gemm_packed_share splits them. */
+static void GN(share_panels)(int64_t N, int64_t part, int64_t parts, int64_t *c0, int64_t *c1) {
+    int64_t pn = (N + NR - 1) / NR;
+    *c0 = pn * part / parts, *c1 = pn * (part + 1) / parts;
+}
+
+void GN(seqcore_gemm_pack_b_cols_share)(int64_t K, int64_t N, const real *const *bcol, real *bp,
+                                        int64_t part, int64_t parts) {
+    int64_t c0, c1;
+    GN(share_panels)(N, part, parts, &c0, &c1);
+    for (int64_t p0 = 0; p0 < K; p0 += KC) {
+        int64_t kc = min64(KC, K - p0);
+        for (int64_t q = c0 * NR; q < c1 * NR; q += NR) {
+            const real *cols[NR];
+            for (int64_t j = 0; j < NR; j++)
+                cols[j] = q + j < N ? bcol[q + j] : NULL;
+            GN(seqcore_pack_cols)(kc, NR, cols, p0, bp + p0 * GN(npad)(N) + q * kc, NR);
+        }
+    }
+}
+
 /* This thread's part of C = A @ Bpacked, called by every thread of a parallel region.
  * Each thread takes a rectangle of MR x NR panels: a share of the row panels (all columns)
  * or of the column panels (all rows), whichever splits more evenly (rows when equal: no
@@ -291,7 +372,8 @@ int GN(seqcore_gemm_packed_share)(int64_t M, int64_t N, int64_t K, const real *a
         return SEQCORE_EINVAL;
     if (M == 0 || N == 0)
         return SEQCORE_OK;
-    int64_t pn = (N + NR - 1) / NR, c0 = pn * part / parts, c1 = pn * (part + 1) / parts;
+    int64_t c0, c1;
+    GN(share_panels)(N, part, parts, &c0, &c1);
     if (K == 0) {
         if (!accumulate)
             for (int64_t m = 0; m < M; m++)

@@ -46,5 +46,21 @@ int seqcore_gemm_packed_share_f32(int64_t M, int64_t N, int64_t K, const float *
 int seqcore_gemm_packed_share_f64(int64_t M, int64_t N, int64_t K, const double *a,
                                   int64_t sam, int64_t sak, const double *bp, int accumulate,
                                   double *c, int64_t ldc, int64_t part, int64_t parts);
+/* dst[k*ld + j] = src[j][k0 + k] for j < n, k < kc (src[j] NULL: zeros): n columns given
+ * as pointers, transposed into rows of ld values. The packing step of the kernels here
+ * (AVX-512: in 16 x 16 register blocks); no OpenMP. */
+void seqcore_pack_cols_f32(int64_t kc, int64_t n, const float *const *src, int64_t k0,
+                           float *dst, int64_t ld);
+void seqcore_pack_cols_f64(int64_t kc, int64_t n, const double *const *src, int64_t k0,
+                           double *dst, int64_t ld);
+
+/* Packs, by the calling thread alone, the part of packed B (same layout as pack_b) that
+ * share `part` of `parts` of gemm_packed_share reads, B given by its columns: B(k, n) =
+ * bcol[n][k] (NULL: a column of zeros). Each thread of a parallel region can pack the
+ * panels it will use itself, with no barrier between packing and the product. */
+void seqcore_gemm_pack_b_cols_share_f32(int64_t K, int64_t N, const float *const *bcol,
+                                        float *bp, int64_t part, int64_t parts);
+void seqcore_gemm_pack_b_cols_share_f64(int64_t K, int64_t N, const double *const *bcol,
+                                        double *bp, int64_t part, int64_t parts);
 
 #endif

@@ -1,6 +1,8 @@
 /* LSTM and GRU over sequences, forward and backward (see recurrent.h).
  *
  * Forward (one OpenMP parallel region):
+ *   0. each thread packs the panels of w_ih^T its share of the projection reads and the rows
+ *      of w_hh of its own hidden units (no barrier: no other thread reads them);
  *   1. per chunk of steps (CHUNK_ROWS rows of T*B), the input projection of its steps,
  *        xg (steps*B, G*H) = x @ w_ih^T (w_ih packed once; biases added in the update),
  *      each thread computing the columns of its own hidden units (seqcore_gemm_packed_share);
@@ -13,7 +15,8 @@
  *   one gate at a time: the step is bound by reading w_hh); from TILE_MIN_B on, tile_rows
  *   (R rows x all G gates of one vector of units, 24 zmm accumulators with AVX-512), whose
  *   finished tile holds every gate of its units for the update.
- * Backward through time, the same ownership of hidden units:
+ * Backward through time, the same ownership of hidden units (each thread packs its own
+ * columns of w_hh first):
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
  *            gradients dG_t (stored for all t, and packed for phase 2);  barrier;
  *   phase 2 (own units): dh_{t-1} += dG_t @ w_hh.
@@ -354,24 +357,32 @@ static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *
     }
 }
 
-/* Forward packing: wp[blk][g][k][j] = w_hh[g*H + blk*NR + j][k] (zero past H): the G gate
- * rows of one block of hidden units, as the operand of step_micro. */
-static void RN(pack_w_fwd)(const struct RN(rnn) *p, real *restrict wp) {
+/* Forward packing of the blocks [lo, hi): wp[blk][g][k][j] = w_hh[g*H + blk*NR + j][k]
+ * (zero past H): the G gate rows of one block of hidden units, as the operand of
+ * step_micro. */
+static void RN(pack_w_fwd)(const struct RN(rnn) *p, real *restrict wp, int64_t lo, int64_t hi) {
     int64_t H = p->H;
-    for (int64_t blk = 0; blk < p->nblk; blk++)
-        for (int64_t g = 0; g < p->G; g++)
-            for (int64_t k = 0; k < H; k++)
-                for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
-                    *wp++ = u < H ? p->w_hh[(g * H + u) * H + k] : 0;
+    for (int64_t blk = lo; blk < hi; blk++)
+        for (int64_t g = 0; g < p->G; g++) {
+            const real *rows[NR];
+            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
+                rows[j] = u < H ? p->w_hh + (g * H + u) * H : NULL;
+            RN(seqcore_pack_cols)(H, NR, rows, 0, wp + (blk * p->G + g) * H * NR, NR);
+        }
 }
 
-/* Backward packing: wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past H), for dG @ w_hh. */
-static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp) {
+/* Backward packing of the blocks [lo, hi): wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past
+ * H), for dG @ w_hh. */
+static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp, int64_t lo, int64_t hi) {
     int64_t H = p->H;
-    for (int64_t blk = 0; blk < p->nblk; blk++)
-        for (int64_t r = 0; r < p->G * H; r++)
-            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
-                *wp++ = u < H ? p->w_hh[r * H + u] : 0;
+    for (int64_t blk = lo; blk < hi; blk++) {
+        int64_t u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
+        real *dst = wp + blk * p->G * H * NR;
+        for (int64_t r = 0; r < p->G * H; r++, dst += NR) {
+            memcpy(dst, p->w_hh + r * H + u0, (size_t)nu * sizeof(real));
+            memset(dst + nu, 0, (size_t)(NR - nu) * sizeof(real));
+        }
+    }
 }
 
 /* Column of gate g of unit u in xg and xbias: gate-major (g*H + u) as in w_ih, except for
@@ -557,15 +568,19 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
  * loads per R * G FMAs, and when the last k slice is done the tile holds every gate of its
  * units, so the cell update runs straight from it. */
 
-/* wp[ub][k][g][j] = w_hh[g*H + ub*NV + j][k] (zero past H): per k, the G gate vectors of
- * one block of NV units side by side, so a tile streams its operand in order. */
-static void RN(pack_w_tiled)(const struct RN(rnn) *p, real *restrict wp) {
-    int64_t H = p->H, nub = ceil_div(H, NV);
-    for (int64_t ub = 0; ub < nub; ub++)
-        for (int64_t k = 0; k < H; k++)
-            for (int64_t g = 0; g < p->G; g++)
-                for (int64_t j = 0, u = ub * NV; j < NV; j++, u++)
-                    *wp++ = u < H ? p->w_hh[(g * H + u) * H + k] : 0;
+/* wp[ub][k][g][j] = w_hh[g*H + ub*NV + j][k] (zero past H) for the unit blocks [lo, hi):
+ * per k, the G gate vectors of one block of NV units side by side, so a tile streams its
+ * operand in order. */
+static void RN(pack_w_tiled)(const struct RN(rnn) *p, real *restrict wp, int64_t lo,
+                             int64_t hi) {
+    int64_t H = p->H, G = p->G;
+    for (int64_t ub = lo; ub < hi; ub++) {
+        const real *rows[4 * NV];
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t j = 0, u = ub * NV; j < NV; j++, u++)
+                rows[g * NV + j] = u < H ? p->w_hh + (g * H + u) * H : NULL;
+        RN(seqcore_pack_cols)(H, G * NV, rows, 0, wp + ub * H * G * NV, G * NV);
+    }
 }
 
 /* acc[i][g][j] (+)= sum over kc values of k of hp[k][i] * wp[k][g][j]: R rows (packed h of
@@ -717,7 +732,7 @@ static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one
  * shares of the columns match the threads' unit blocks for the tiled step), then the steps,
  * one barrier after each. */
 static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int64_t chunk,
-                             const real *w_ih_packed, real *accbufs) {
+                             const real *const *w_ih_cols, real *w_ih_packed, real *accbufs) {
     int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
     int64_t B = p->B, I = p->I;
     int status = SEQCORE_OK;
@@ -730,6 +745,14 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
         tid = omp_get_thread_num();
         nthreads = omp_get_num_threads();
 #endif
+        /* Each thread packs the parts of w_ih^T and w_hh that it alone reads: in parallel,
+         * with no barrier (serial, the packing took ~20% of the LSTM B1 forward), and
+         * into its own core's cache. */
+        RN(seqcore_gemm_pack_b_cols_share)(I, p->xgw, w_ih_cols, w_ih_packed, tid, nthreads);
+        if (p->tiled)
+            RN(pack_w_tiled)(p, p->wp, lo, hi);
+        else
+            RN(pack_w_fwd)(p, p->wp, lo, hi);
         real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
         real (*accbuf)[4][SMR][NR] = (real (*)[4][SMR][NR])mybuf;
         for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
@@ -787,8 +810,8 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
     p->xg = ualloc(chunk * B * p->xgw, sizeof(real));
     real *w_ih_packed = ualloc(RN(seqcore_gemm_packed_b_size)(p->I, p->xgw), sizeof(real));
-    /* w_ih with its rows in xcol's order (tiled step only), for packing */
-    real *w_ih_rows = p->tiled ? ualloc(p->xgw * p->I, sizeof(real)) : NULL;
+    /* the columns of w_ih^T (rows of w_ih) in xcol's order, NULL for padding */
+    const real **w_ih_cols = zalloc(p->xgw, sizeof(real *));
     p->xbias = zalloc(p->xgw, sizeof(real));
     p->wp = ualloc((p->tiled ? ceil_div(H, NV) * NV : p->nblk * NR) * GH, sizeof(real));
     real *hpack = zalloc(2 * p->ngrp * p->rows * H, sizeof(real));
@@ -799,30 +822,19 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
 #endif
     int64_t accsize = RN(accbuf_size)(p);
     real *accbufs = accsize ? ualloc(nthreads * accsize, sizeof(real)) : NULL;
-    int status = p->xg && w_ih_packed && (w_ih_rows || !p->tiled) && p->xbias && p->wp &&
+    int status = p->xg && w_ih_packed && w_ih_cols && p->xbias && p->wp &&
                  hpack && (accbufs || !accsize) ? SEQCORE_OK : SEQCORE_ENOMEM;
     if (!status) {
-        if (p->tiled) {
-            int64_t I = p->I;
-            memset(w_ih_rows, 0, (size_t)(p->xgw * I) * sizeof(real));
-            for (int64_t g = 0; g < p->G; g++)
-                for (int64_t u = 0; u < H; u++)
-                    memcpy(w_ih_rows + RN(xcol)(p, g, u) * I, p->w_ih + (g * H + u) * I,
-                           (size_t)I * sizeof(real));
-        }
-        RN(seqcore_gemm_pack_b)(p->I, p->xgw, p->tiled ? w_ih_rows : p->w_ih, 1, p->I,
-                                w_ih_packed);
+        for (int64_t g = 0; g < p->G; g++)
+            for (int64_t u = 0; u < H; u++)
+                w_ih_cols[RN(xcol)(p, g, u)] = p->w_ih + (g * H + u) * p->I;
         RN(input_bias)(p, b_ih, p->xbias);
-        if (p->tiled)
-            RN(pack_w_tiled)(p, p->wp);
-        else
-            RN(pack_w_fwd)(p, p->wp);
         for (int64_t b = 0; b < B; b++)
             for (int64_t k = 0; k < H; k++)
                 hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
-        status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_packed, accbufs);
+        status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_cols, w_ih_packed, accbufs);
     }
-    free(w_ih_rows);
+    free(w_ih_cols);
     free(w_ih_packed);
     free(p->xg);
     free(p->xbias);
@@ -869,6 +881,56 @@ static real RN(gru_unit_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, in
     return dht * z;
 }
 
+#if UPDATE_SIMD
+/* lstm_unit_bwd for element b at step s < len, units [u0, u0 + nu), 16 at a time (float32,
+ * AVX-512; the same formulas, tanh as in the forward's update): the scalar form, one libm-free
+ * tanh and a dozen products per unit, was ~10% of the LSTM B8 forward + backward. Stores
+ * dG into dgx and the packed dgp, and carries dc; dh is consumed (set to zero). */
+static void RN(lstm_units_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, int64_t b,
+                               int64_t u0, int64_t nu, real *dgp) {
+    int64_t H = p->H, B = p->B, GH = 4 * H, t = time_of(s, len, p->reverse);
+    const real *w = p->wss + (t * B + b) * p->nws;
+    const real *c_prev = s > 0 ? p->wss + (time_of(s - 1, len, p->reverse) * B + b) * p->nws +
+                                     4 * H
+                               : (p->c0 ? p->c0 + b * H : NULL);
+    const real *dy = p->dy ? p->dy + (t * B + b) * H : NULL;
+    real *dh = p->dh + b * H, *dc = p->dc + b * H, *dgx = p->dgx + (t * B + b) * GH;
+    /* dgp: consecutive units of one row are `rows` apart (see packed_at) */
+    const __m512i lane_step = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32((int)p->rows));
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t j = 0; j < nu; j += 16) {
+        int64_t u = u0 + j;
+        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
+        __m512 gi = _mm512_maskz_loadu_ps(m, w + u), gf = _mm512_maskz_loadu_ps(m, w + H + u);
+        __m512 gg = _mm512_maskz_loadu_ps(m, w + 2 * H + u);
+        __m512 go = _mm512_maskz_loadu_ps(m, w + 3 * H + u);
+        __m512 c = _mm512_maskz_loadu_ps(m, w + 4 * H + u);
+        __m512 cp = c_prev ? _mm512_maskz_loadu_ps(m, c_prev + u) : _mm512_setzero_ps();
+        __m512 dht = _mm512_maskz_loadu_ps(m, dh + u);
+        if (dy)
+            dht = _mm512_add_ps(dht, _mm512_maskz_loadu_ps(m, dy + u));
+        __m512 tc = tanh_v16(c);
+        __m512 dct = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dc + u),
+                                   _mm512_mul_ps(_mm512_mul_ps(dht, go),
+                                                 _mm512_fnmadd_ps(tc, tc, one)));
+        __m512 d[4];
+        d[0] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, gg), gi), _mm512_sub_ps(one, gi));
+        d[1] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, cp), gf), _mm512_sub_ps(one, gf));
+        d[2] = _mm512_mul_ps(_mm512_mul_ps(dct, gi), _mm512_fnmadd_ps(gg, gg, one));
+        d[3] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dht, tc), go), _mm512_sub_ps(one, go));
+        _mm512_mask_storeu_ps(dc + u, m, _mm512_mul_ps(dct, gf));
+        _mm512_mask_storeu_ps(dh + u, m, _mm512_setzero_ps());
+        for (int g = 0; g < 4; g++) {
+            _mm512_mask_storeu_ps(dgx + g * H + u, m, d[g]);
+            _mm512_mask_i32scatter_ps(dgp + packed_at(b, g * H + u, GH, p->rows), m, lane_step,
+                                      d[g], 4);
+        }
+    }
+}
+#endif
+
 /* Phase 1 of step s for (blk, grp): gate gradients of own units into dgx/dgh (indexed by
  * time) and into the packed dgp (rows of elements that are done stay zero there). */
 static void RN(bwd_point_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
@@ -877,6 +939,13 @@ static void RN(bwd_point_block)(const struct RN(rnn) *p, int64_t s, int64_t blk,
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         int64_t t = time_of(s, len, p->reverse);
+#if UPDATE_SIMD
+        if (p->cell == LSTM && s < len) {
+            int64_t u0 = blk * NR;
+            RN(lstm_units_bwd)(p, s, len, b, u0, H - u0 < NR ? H - u0 : NR, dgp);
+            continue;
+        }
+#endif
         for (int64_t j = 0, u = blk * NR; j < NR && u < H; j++, u++) {
             real dx_side[4] = {0}, dh_side[4] = {0};
             if (s < len) {  /* else dh, dc are carried unchanged and dgp stays zero */
@@ -916,6 +985,8 @@ static void RN(time_loop_bwd)(const struct RN(rnn) *p, real *dgpack, int64_t ste
     {
         int64_t lo, hi;
         thread_share(p->nblk, &lo, &hi);
+        /* only this thread reads its blocks of the packed w_hh (phase 2): no barrier */
+        RN(pack_w_bwd)(p, p->wp, lo, hi);
         for (int64_t s = steps - 1; s >= 0; s--) {
             /* two buffers: phase 1 of the next step may start while others are in phase 2 */
             real *dgp = dgpack + (s & 1) * one;
@@ -985,7 +1056,6 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
     real *dgpack = zalloc(2 * p->ngrp * p->rows * GH, sizeof(real));
     int status = p->dgx && p->dgh && p->wp && dgpack ? SEQCORE_OK : SEQCORE_ENOMEM;
     if (!status) {
-        RN(pack_w_bwd)(p, p->wp);
         RN(time_loop_bwd)(p, dgpack, steps);
         status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
     }
