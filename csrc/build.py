@@ -57,7 +57,7 @@ _sources = sorted(glob.glob(os.path.join(HERE, "*.c")))
 _cflags = ["-O3", "-std=c11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 _ldflags = []
 if sys.platform != "win32" and os.environ.get("SEQCORE_NATIVE", "1") == "1":
-    # Build for the machine we are on (AVX2/FMA here); set SEQCORE_NATIVE=0 for portable wheels.
+    # Build for the machine we are on (AVX-512 here); SEQCORE_NATIVE=0 for portable wheels.
     _cflags.append("-march=native")
 if _compiler_has_openmp():
     _cflags.append("-fopenmp")
