@@ -286,8 +286,8 @@ static void GN(micro)(int64_t kc, const real *restrict ap, const real *restrict 
 #endif
 
 /* Packed B (see gemm.h): for each slice of kcb values of k (from p0), the NR-column panels
- * of all N columns, kc x NR each: slice p0 starts at bp + p0 * npad(N). gemm_packed and
- * pack_b use kcb = KC. */
+ * of all N columns, kc x NR each: slice p0 starts at bp + p0 * npad(N). The packed_share
+ * functions use kcb = KC. */
 static int64_t GN(npad)(int64_t N) { return (N + NR - 1) / NR * NR; }
 
 int64_t GN(seqcore_gemm_packed_b_size)(int64_t K, int64_t N) {
@@ -305,14 +305,6 @@ static void GN(pack_b_shared)(int64_t K, int64_t N, const real *b, int64_t sbk, 
         GN(pack_b)(kc, min64(NR, N - q), b + p0 * sbk + q * sbn, sbk, sbn,
                    bp + p0 * GN(npad)(N) + q * kc);
     }
-}
-
-void GN(seqcore_gemm_pack_b)(int64_t K, int64_t N, const real *b, int64_t sbk, int64_t sbn,
-                             real *bp) {
-    if (K <= 0 || N <= 0)
-        return;
-#pragma omp parallel
-    GN(pack_b_shared)(K, N, b, sbk, sbn, bp, KC);
 }
 
 /* Panels [c0, c1) of C's column panels as seqcore_gemm_packed_share splits them. */
@@ -433,22 +425,6 @@ static int GN(gemm_trivial)(int64_t M, int64_t N, int64_t K, int accumulate, rea
         for (int64_t m = 0; m < M; m++)
             memset(c + m * ldc, 0, (size_t)N * sizeof(real));
     return SEQCORE_OK;
-}
-
-int GN(seqcore_gemm_packed)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
-                            int64_t sak, const real *bp, int accumulate, real *c, int64_t ldc) {
-    if (M < 0 || N < 0 || K < 0 || ldc < N || M == 0 || N == 0 || K == 0)
-        return GN(gemm_trivial)(M, N, K, accumulate, c, ldc);
-    int status = SEQCORE_OK;
-#pragma omp parallel
-    {
-        int s = GN(gemm_part)(M, N, K, a, sam, sak, bp, KC, accumulate, c, ldc);
-        if (s) {
-#pragma omp atomic write
-            status = s;
-        }
-    }
-    return status;
 }
 
 int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam, int64_t sak,

@@ -23,21 +23,12 @@ int seqcore_gemm_f64(int64_t M, int64_t N, int64_t K,
                      int accumulate, double *c, int64_t ldc);
 
 /* The same with B packed beforehand, for several products with one B (the recurrent
- * forward's chunks of steps times w_ih^T): bp holds packed_b_size(K, N) elements (64-byte
- * alignment not required), filled by pack_b (OpenMP inside; call it outside a parallel
- * region, like gemm_packed). */
+ * forward's chunks of steps times w_ih^T), each thread of a parallel region computing and
+ * packing its own share: bp holds packed_b_size(K, N) elements (64-byte alignment not
+ * required), filled by pack_b_cols_share below. */
 int64_t seqcore_gemm_packed_b_size_f32(int64_t K, int64_t N);
 int64_t seqcore_gemm_packed_b_size_f64(int64_t K, int64_t N);
-void seqcore_gemm_pack_b_f32(int64_t K, int64_t N, const float *b, int64_t sbk, int64_t sbn,
-                             float *bp);
-void seqcore_gemm_pack_b_f64(int64_t K, int64_t N, const double *b, int64_t sbk, int64_t sbn,
-                             double *bp);
-int seqcore_gemm_packed_f32(int64_t M, int64_t N, int64_t K, const float *a, int64_t sam,
-                            int64_t sak, const float *bp, int accumulate, float *c, int64_t ldc);
-int seqcore_gemm_packed_f64(int64_t M, int64_t N, int64_t K, const double *a, int64_t sam,
-                            int64_t sak, const double *bp, int accumulate, double *c,
-                            int64_t ldc);
-/* Share `part` of `parts` of the same product (the NR-column panels split in order; parts
+/* Share `part` of `parts` of the product (the NR-column panels split in order; parts
  * in order cover C), computed by the calling thread alone, without OpenMP: for use inside
  * a parallel region, one part per thread. */
 int seqcore_gemm_packed_share_f32(int64_t M, int64_t N, int64_t K, const float *a, int64_t sam,
@@ -54,7 +45,7 @@ void seqcore_pack_cols_f32(int64_t kc, int64_t n, const float *const *src, int64
 void seqcore_pack_cols_f64(int64_t kc, int64_t n, const double *const *src, int64_t k0,
                            double *dst, int64_t ld);
 
-/* Packs, by the calling thread alone, the part of packed B (same layout as pack_b) that
+/* Packs, by the calling thread alone, the part of packed B that
  * share `part` of `parts` of gemm_packed_share reads, B given by its columns: B(k, n) =
  * bcol[n][k] (NULL: a column of zeros). Each thread of a parallel region can pack the
  * panels it will use itself, with no barrier between packing and the product. */
