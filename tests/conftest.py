@@ -143,6 +143,23 @@ def triton_device():
     return "cuda" if HAS_CUDA else "cpu"
 
 
+@pytest.fixture
+def dtype(request, triton_device):
+    """For Triton tests parametrized with `indirect=True`: the dtype name, skipped (with the
+    reason) for bfloat16 under the interpreter."""
+    if request.param == "bfloat16" and triton_device == "cpu":
+        pytest.skip("bfloat16: the Triton interpreter computes in NumPy, which has no bfloat16")
+    return request.param
+
+
+def require_backend(backend):
+    """Skip, with the reason, where the C extension is not built (seqcore imports without it)."""
+    from seqcore import _c
+
+    if backend == "c" and _c.status():
+        pytest.skip(f"C backend unavailable: {_c.status()}")
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_TRITON:
         return

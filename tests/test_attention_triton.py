@@ -28,16 +28,6 @@ pytestmark = [
 DTYPES = ["float32", "float16", "bfloat16"]
 
 
-
-
-
-@pytest.fixture
-def dtype(request, triton_device):
-    if request.param == "bfloat16" and triton_device == "cpu":
-        pytest.skip("bfloat16: the Triton interpreter computes in NumPy, which has no bfloat16")
-    return request.param
-
-
 def tensor(rng, shape, dtype, device, scale=1.0):
     x = (scale * rng.standard_normal(shape)).astype(np.float32)
     return torch.from_numpy(x).to(device=device, dtype=getattr(torch, dtype))

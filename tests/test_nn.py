@@ -1,7 +1,5 @@
 """seqcore.nn: LSTM/GRU against torch.nn.LSTM/GRU with the same weights, and
 MultiheadSelfAttention against F.linear + scaled_dot_product_attention."""
-import importlib
-
 import numpy as np
 import pytest
 
@@ -10,24 +8,13 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
-from seqcore import _backends, _c  # noqa: E402
 import seqcore.nn as snn  # noqa: E402
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, require_backend  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PAIRS = {"lstm": (snn.LSTM, torch.nn.LSTM), "gru": (snn.GRU, torch.nn.GRU)}
 
 
-def require_backend(backend, family):
-    if backend == "c" and _c.status():
-        pytest.skip(f"C backend unavailable: {_c.status()}")
-    name = _backends._MODULES[(backend, family)]
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        pytest.skip(f"{name} is not in this tree")
 
 
 def tensor(rng, shape, dtype, requires_grad=False):
@@ -82,7 +69,7 @@ CONFIGS = [(2, True, False, True), (2, False, True, True), (1, True, True, False
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_rnn_matches_torch(rng, backend, dtype, cell, config, with_hx):
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     num_layers, bidirectional, batch_first, bias = config
     ref, mine = twin(cell, dtype, backend, input_size=5, hidden_size=3, num_layers=num_layers,
                      bidirectional=bidirectional, batch_first=batch_first, bias=bias)
@@ -103,7 +90,7 @@ def test_rnn_matches_torch(rng, backend, dtype, cell, config, with_hx):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_packed_sequence_unsorted_lengths(rng, backend, dtype, cell, with_hx):
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     ref, mine = twin(cell, dtype, backend, input_size=4, hidden_size=3, num_layers=2,
                      bidirectional=True, batch_first=True)
     lengths = torch.tensor([3, 6, 1, 4])
@@ -121,7 +108,7 @@ def test_packed_sequence_unsorted_lengths(rng, backend, dtype, cell, with_hx):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_unbatched_input(rng, cell):
-    require_backend("c", "recurrent")
+    require_backend("c")
     ref, mine = twin(cell, "float64", input_size=3, hidden_size=2, num_layers=2, bidirectional=True)
     x = tensor(rng, (5, 3), "float64")
     hx = tensor(rng, (4, 2), "float64")
@@ -169,7 +156,7 @@ def test_constructor_errors():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_dropout_between_layers(rng, cell):
-    require_backend("c", "recurrent")
+    require_backend("c")
     ref, mine = twin(cell, "float64", input_size=3, hidden_size=4, num_layers=2, dropout=0.5)
     x = tensor(rng, (4, 2, 3), "float64")
     mine.train()
@@ -211,7 +198,7 @@ def sdpa_reference(module, x, attn_bias, key_padding_mask):
                                                               (1, True, True)])
 @pytest.mark.parametrize("masks", [False, True])
 def test_mhsa_matches_sdpa(rng, backend, dtype, num_kv_heads, causal, batch_first, masks):
-    require_backend(backend, "attention")
+    require_backend(backend)
     E, H, B, S = 12, 4, 2, 5
     module = snn.MultiheadSelfAttention(E, H, num_kv_heads=num_kv_heads, causal=causal,
                                         batch_first=batch_first, dtype=DTYPES[dtype],
@@ -250,7 +237,7 @@ def test_mhsa_errors():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "mhsa"])
 def test_modules_compile_fullgraph(rng, cell):
     """torch.compile(fullgraph=True) traces the modules ("aot_eager": see test_torch.py)."""
-    require_backend("c", "attention" if cell == "mhsa" else "recurrent")
+    require_backend("c")
     if cell == "mhsa":
         module = snn.MultiheadSelfAttention(8, 2, num_kv_heads=1, causal=True)
         x = tensor(rng, (2, 3, 8), "float32")

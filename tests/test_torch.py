@@ -4,34 +4,21 @@ Every op is checked with torch.library.opcheck (schema, fake tensor, autograd re
 AOT dispatch); gradients through seqcore.attention / lstm / gru against seqcore.reference's
 backward and with torch.autograd.gradcheck; torch.compile(fullgraph=True) traces through.
 """
-import importlib
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import seqcore  # noqa: E402
-from seqcore import _backends, _c, reference  # noqa: E402
+from seqcore import reference  # noqa: E402
 import seqcore._torch  # noqa: E402,F401  (registers torch.ops.seqcore.*)
-from conftest import assert_close  # noqa: E402
+from conftest import assert_close, require_backend  # noqa: E402
 
 ops = torch.ops.seqcore
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 CPU_BACKENDS = ["numpy", "c"]
 
 
-def require_backend(backend, family):
-    """Skip (visibly, with the reason) when a backend module is not in this tree or unusable."""
-    if backend == "c" and _c.status():
-        pytest.skip(f"C backend unavailable: {_c.status()}")
-    name = _backends._MODULES[(backend, family)]
-    try:
-        importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        pytest.skip(f"{name} is not in this tree")
 
 
 def tensor(rng, shape, dtype="float64", requires_grad=False, device="cpu"):
@@ -73,7 +60,7 @@ BACKEND_DTYPES = [("numpy", "float64"), ("c", "float32"), ("c", "float64")]
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
 @pytest.mark.parametrize("bias_kind", [None, "full", "broadcast"])
 def test_opcheck_attention(rng, backend, dtype, bias_kind):
-    require_backend(backend, "attention")
+    require_backend(backend)
     shape = (2, 4, 2, 5, 7, 8, 6)
     q, k, v, _ = attn_inputs(rng, shape, dtype, requires_grad=True)
     bias = None
@@ -101,7 +88,7 @@ def varlen_inputs(rng, dtype, requires_grad=False, lens_q=(3, 0, 5), lens_k=(4, 
 
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
 def test_opcheck_attention_varlen(rng, backend, dtype):
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, cu_q, cu_k, max_q, max_k = varlen_inputs(rng, dtype, True)
     params = op_params(causal=True, D=6)
     fwd_args = (q, k, v, cu_q, cu_k, max_q, max_k) + params + (backend,)
@@ -125,7 +112,7 @@ def rnn_inputs(rng, cell, dtype, T=4, B=3, I=5, H=4, requires_grad=False, device
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 0, 2], True)])
 def test_opcheck_rnn(rng, backend, dtype, cell, lengths, reverse):
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     a = rnn_inputs(rng, cell, dtype, requires_grad=True)
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
     fwd, bwd = (ops.lstm_fwd, ops.lstm_bwd) if cell == "lstm" else (ops.gru_fwd, ops.gru_bwd)
@@ -140,7 +127,7 @@ def test_opcheck_rnn(rng, backend, dtype, cell, lengths, reverse):
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_workspace_only_when_grad_is_needed(rng, cell):
-    require_backend("numpy", "recurrent")
+    require_backend("numpy")
     a = rnn_inputs(rng, cell, "float32", T=3, B=2, I=3, H=2)
     fwd = ops.lstm_fwd if cell == "lstm" else ops.gru_fwd
     ws_width = 5 if cell == "lstm" else 4
@@ -159,8 +146,6 @@ def test_workspace_only_when_grad_is_needed(rng, cell):
 
 @pytest.mark.triton
 def test_opcheck_triton_tiny(rng, triton_device):
-    for family in ("attention", "recurrent"):
-        require_backend("triton", family)
     q, k, v, _ = attn_inputs(rng, (1, 2, 1, 3, 5, 16, 16), "float32", requires_grad=True)
     q, k, v = (t.detach().to(triton_device).requires_grad_() for t in (q, k, v))
     torch.library.opcheck(ops.attention_fwd,
@@ -176,7 +161,7 @@ def test_opcheck_triton_tiny(rng, triton_device):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("options", ATTN_OPTIONS)
 def test_gradcheck_attention(rng, backend, options):
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, bias = attn_inputs(rng, (1, 2, 1, 3, 4, 3, 2), "float64", (2, 1, 4), True)
 
     def run(q, k, v, bias):
@@ -188,7 +173,7 @@ def test_gradcheck_attention(rng, backend, options):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gradcheck_rnn(rng, backend, cell):
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     a = rnn_inputs(rng, cell, "float64", T=3, B=3, I=2, H=2, requires_grad=True)
     run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
 
@@ -202,7 +187,7 @@ def test_gradcheck_rnn(rng, backend, cell):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_gradcheck_attention_varlen(rng, backend):
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, cu_q, cu_k, _, _ = varlen_inputs(rng, "float64", True, (2, 0, 3), (3, 1, 2))
 
     def run(q, k, v):
@@ -216,7 +201,7 @@ def test_gradcheck_attention_varlen(rng, backend):
 @pytest.mark.parametrize("shape", ATTN_SHAPES)
 @pytest.mark.parametrize("options", ATTN_OPTIONS)
 def test_attention_grad_vs_reference(rng, backend, dtype, shape, options):
-    require_backend(backend, "attention")
+    require_backend(backend)
     B, Hq, _, Sq, Sk, _, _ = shape
     q, k, v, bias = attn_inputs(rng, shape, dtype, (Hq, 1, Sk), True)  # bias broadcast over B, Sq
     out = seqcore.attention(q, k, v, bias=bias, backend=backend, **options)
@@ -234,7 +219,7 @@ def test_attention_grad_vs_reference(rng, backend, dtype, shape, options):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_attention_varlen_grad_vs_reference(rng, backend, dtype):
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, cu_q, cu_k, _, _ = varlen_inputs(rng, dtype, True)
     options = dict(causal=True, softcap=2.0)
     out = seqcore.attention_varlen(q, k, v, cu_q, cu_k, backend=backend, **options)
@@ -264,7 +249,7 @@ def _scores_lse(q, k, bias, causal, softcap, scale):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_gradient_through_lse(rng, backend):
     """lse feeds merge_attention (split-KV, ring attention): its gradient must reach q, k, bias."""
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, bias = attn_inputs(rng, (2, 4, 2, 5, 7, 8, 6), "float64", (4, 5, 7), True)
     options = dict(causal=True, softcap=3.0)
     out, lse = seqcore.attention(q, k, v, bias=bias, return_lse=True, backend=backend, **options)
@@ -283,7 +268,7 @@ def test_gradient_through_lse(rng, backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_varlen_gradient_through_lse_only(rng, backend):
     """Only lse is used (out gets no gradient): the lse term alone, per packed sequence."""
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, cu_q, cu_k, _, _ = varlen_inputs(rng, "float64", True)
     _, lse = seqcore.attention_varlen(q, k, v, cu_q, cu_k, causal=True, return_lse=True,
                                       backend=backend)
@@ -308,7 +293,7 @@ def test_varlen_gradient_through_lse_only(rng, backend):
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_compile_attention_fullgraph(rng, backend):
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, bias = attn_inputs(rng, (2, 4, 2, 5, 7, 8, 6), "float32", (4, 1, 7), True)
 
     def run(q, k, v, bias):
@@ -327,7 +312,7 @@ def test_compile_attention_fullgraph(rng, backend):
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_compile_rnn_fullgraph(rng, backend, cell):
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     a = rnn_inputs(rng, cell, "float32", requires_grad=True)
     run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
 
@@ -351,7 +336,7 @@ def test_compile_rnn_fullgraph(rng, backend, cell):
 def test_compile_rnn_fullgraph_with_lengths(rng, backend, cell):
     """lengths as a tensor: its values are unknown while tracing, so the op checks them when
     it runs (a bad length is still a ValueError, not a wrong answer)."""
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     a = rnn_inputs(rng, cell, "float32", T=5, B=3, requires_grad=True)
     run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
 
@@ -375,7 +360,7 @@ def test_compile_rnn_fullgraph_with_lengths(rng, backend, cell):
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 def test_compile_attention_varlen_fullgraph(rng, backend):
     """With max_seqlen_q/k given, cu_seqlens values need not be read while tracing."""
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, cu_q, cu_k, max_q, max_k = varlen_inputs(rng, "float32", True)
 
     def run(q, k, v, cu_q, cu_k):
@@ -401,8 +386,7 @@ def test_compile_attention_varlen_fullgraph(rng, backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 def test_tensors_in_tensors_out(rng, backend, dtype):
-    require_backend(backend, "attention")
-    require_backend(backend, "recurrent")
+    require_backend(backend)
     torch_dtype = TORCH_DTYPES[dtype]
     q, k, v, bias = attn_inputs(rng, (3, 2, 1, 4, 1, 5, 3), dtype, (4, 1))
     out, lse = seqcore.attention(q, k, v, bias=bias, return_lse=True, backend=backend)
@@ -427,7 +411,7 @@ def test_tensors_in_tensors_out(rng, backend, dtype):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_float16_gradients(rng, backend):
-    require_backend(backend, "attention")
+    require_backend(backend)
     q, k, v, _ = attn_inputs(rng, (1, 2, 2, 3, 4, 4, 4), "float16", requires_grad=True)
     out = seqcore.attention(q, k, v, causal=True, backend=backend)
     dout = tensor(rng, out.shape, "float16")
