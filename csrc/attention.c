@@ -235,14 +235,6 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
 #define FAST_FWD fast_fwd_f32
 #endif
 #include "attention.c"
-#undef real
-#undef NR
-#undef EXP
-#undef TANH
-#undef LOG
-#undef MADD
-#undef RN
-#undef FAST_FWD
 
 #define real double
 #define NR NR_F64
@@ -252,13 +244,6 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
 #define MADD fma
 #define RN(name) name##_f64
 #include "attention.c"
-#undef real
-#undef NR
-#undef EXP
-#undef TANH
-#undef LOG
-#undef MADD
-#undef RN
 #undef ATTN_TEMPLATE
 
 /* ---------------------------------------------------------------- forward, AVX-512 fast path
@@ -1072,4 +1057,14 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
     free(delta);
     return status;
 }
+
+/* End of one instantiation: its parameters are undefined for the next. */
+#undef real
+#undef NR
+#undef EXP
+#undef TANH
+#undef LOG
+#undef MADD
+#undef RN
+#undef FAST_FWD
 #endif

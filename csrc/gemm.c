@@ -80,13 +80,6 @@ static void *alloc_aligned(size_t bytes) {
 #define MADD MADD_F32
 #define GN(name) name##_f32
 #include "gemm.c"
-#undef real
-#undef NR
-#undef MR
-#undef MC
-#undef SIMD_KERNEL
-#undef MADD
-#undef GN
 
 #define real double
 #define NR (2 * VEC_BYTES / 8)
@@ -96,54 +89,41 @@ static void *alloc_aligned(size_t bytes) {
 #define MADD MADD_F64
 #define GN(name) name##_f64
 #include "gemm.c"
-#undef real
-#undef NR
-#undef MR
-#undef MC
-#undef SIMD_KERNEL
-#undef MADD
-#undef GN
 #undef GEMM_TEMPLATE
 
 #else /* ---- template: real, NR, MR, MC, SIMD_KERNEL, MADD, GN ---- */
 
-/* ap[p][k][i] = A(p*MR + i, k): MR-row panels, zero rows past mc. The loops follow the
- * smaller stride of A (reads along memory, writes within the small packed block). */
-static void GN(pack_a)(int64_t mc, int64_t kc, const real *a, int64_t sam, int64_t sak,
-                       real *restrict ap) {
-    for (int64_t p = 0; p < mc; p += MR, ap += MR * kc) {
-        int64_t rows = min64(MR, mc - p);
-        if (rows < MR)
-            memset(ap, 0, sizeof(real) * MR * kc);
-        if (sak <= sam) {
-            for (int64_t i = 0; i < rows; i++)
+/* dst[q][k][j] = S(q*width + j, k): panels of `width` rows of S (n x kc, strides s_n and
+ * s_k), zero rows past n. The loops follow the smaller stride of S (reads along memory,
+ * writes within the small packed block). Inlined with a constant width at both uses. */
+static inline void GN(pack_panels)(int64_t n, int64_t kc, const real *src, int64_t s_n,
+                                   int64_t s_k, int width, real *restrict dst) {
+    for (int64_t q = 0; q < n; q += width, dst += width * kc) {
+        int64_t rows = min64(width, n - q);
+        if (rows < width)
+            memset(dst, 0, sizeof(real) * width * kc);
+        if (s_k <= s_n) {
+            for (int64_t j = 0; j < rows; j++)
                 for (int64_t k = 0; k < kc; k++)
-                    ap[k * MR + i] = a[(p + i) * sam + k * sak];
+                    dst[k * width + j] = src[(q + j) * s_n + k * s_k];
         } else {
             for (int64_t k = 0; k < kc; k++)
-                for (int64_t i = 0; i < rows; i++)
-                    ap[k * MR + i] = a[(p + i) * sam + k * sak];
+                for (int64_t j = 0; j < rows; j++)
+                    dst[k * width + j] = src[(q + j) * s_n + k * s_k];
         }
     }
 }
 
-/* bp[q][k][j] = B(k, q*NR + j): NR-column panels, zero columns past nc. */
+/* ap[p][k][i] = A(p*MR + i, k): MR-row panels of an mc x kc block of A. */
+static void GN(pack_a)(int64_t mc, int64_t kc, const real *a, int64_t sam, int64_t sak,
+                       real *restrict ap) {
+    GN(pack_panels)(mc, kc, a, sam, sak, MR, ap);
+}
+
+/* bp[q][k][j] = B(k, q*NR + j): NR-column panels of a kc x nc block of B. */
 static void GN(pack_b)(int64_t kc, int64_t nc, const real *b, int64_t sbk, int64_t sbn,
                        real *restrict bp) {
-    for (int64_t q = 0; q < nc; q += NR, bp += NR * kc) {
-        int64_t cols = min64(NR, nc - q);
-        if (cols < NR)
-            memset(bp, 0, sizeof(real) * NR * kc);
-        if (sbk <= sbn) {
-            for (int64_t j = 0; j < cols; j++)
-                for (int64_t k = 0; k < kc; k++)
-                    bp[k * NR + j] = b[k * sbk + (q + j) * sbn];
-        } else {
-            for (int64_t k = 0; k < kc; k++)
-                for (int64_t j = 0; j < cols; j++)
-                    bp[k * NR + j] = b[k * sbk + (q + j) * sbn];
-        }
-    }
+    GN(pack_panels)(nc, kc, b, sbn, sbk, NR, bp);
 }
 
 #if SIMD_KERNEL
@@ -450,5 +430,14 @@ int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam
     free(bp);
     return status;
 }
+
+/* End of one instantiation: its parameters are undefined for the next. */
+#undef real
+#undef NR
+#undef MR
+#undef MC
+#undef SIMD_KERNEL
+#undef MADD
+#undef GN
 
 #endif

@@ -233,20 +233,6 @@ static void *ualloc(int64_t count, size_t size) {
 #define UPDATE_SIMD 0
 #endif
 #include "recurrent.c"
-#undef real
-#undef NR
-#undef NV
-#undef MADD
-#undef EXP
-#undef TANH
-#undef RN
-#undef VREG
-#undef VZERO
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VFMA
-#undef UPDATE_SIMD
 
 #define real double
 #define NR (2 * VEC_BYTES / 8)
@@ -265,20 +251,6 @@ static void *ualloc(int64_t count, size_t size) {
 #endif
 #define UPDATE_SIMD 0
 #include "recurrent.c"
-#undef real
-#undef NR
-#undef NV
-#undef MADD
-#undef EXP
-#undef TANH
-#undef RN
-#undef VREG
-#undef VZERO
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VFMA
-#undef UPDATE_SIMD
 #undef RNN_TEMPLATE
 
 #else /* ---- template: real, NR (hidden units per block), NV (units per vector), MADD, EXP,
@@ -1134,5 +1106,21 @@ int RN(seqcore_gru_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
     p.ys = y, p.wss = ws, p.dh = dh0;
     return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh);
 }
+
+/* End of one instantiation: its parameters are undefined for the next. */
+#undef real
+#undef NR
+#undef NV
+#undef MADD
+#undef EXP
+#undef TANH
+#undef RN
+#undef VREG
+#undef VZERO
+#undef VLOAD
+#undef VSTORE
+#undef VSET1
+#undef VFMA
+#undef UPDATE_SIMD
 
 #endif
