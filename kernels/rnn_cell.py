@@ -207,6 +207,35 @@ def store_ws(ws_ptr, slot, row, offs_h, mask, value, active, H, NSLOT: tl.conste
 
 
 @triton.jit
+def store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H):
+    """y[t] = h for active rows; a row past its length zeroes y at t = step instead (every
+    position past a length is zeroed exactly once). Returns the rows written, for ws."""
+    out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
+    tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
+             tl.where(active[:, None], h, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    return out_row
+
+
+@triton.jit
+def store_lstm_ws(ws_ptr, out_row, offs_h, mask, active, i, f, g, o, c, H):
+    """The gates and cell state lstm's backward reads: ws[t, b] = (i, f, g, o, c)."""
+    store_ws(ws_ptr, 0, out_row, offs_h, mask, i, active, H, 5)
+    store_ws(ws_ptr, 1, out_row, offs_h, mask, f, active, H, 5)
+    store_ws(ws_ptr, 2, out_row, offs_h, mask, g, active, H, 5)
+    store_ws(ws_ptr, 3, out_row, offs_h, mask, o, active, H, 5)
+    store_ws(ws_ptr, 4, out_row, offs_h, mask, c, active, H, 5)
+
+
+@triton.jit
+def store_gru_ws(ws_ptr, out_row, offs_h, mask, active, r, z, n, hn, H):
+    """What gru's backward reads: ws[t, b] = (r, z, n, W_hn h + b_hn)."""
+    store_ws(ws_ptr, 0, out_row, offs_h, mask, r, active, H, 4)
+    store_ws(ws_ptr, 1, out_row, offs_h, mask, z, active, H, 4)
+    store_ws(ws_ptr, 2, out_row, offs_h, mask, n, active, H, 4)
+    store_ws(ws_ptr, 3, out_row, offs_h, mask, hn, active, H, 4)
+
+
+@triton.jit
 def lstm_step_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, h_in_ptr, h_out_ptr, c_ptr, y_ptr, ws_ptr,
                      len_ptr, step, T, B, H,
                      HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, NEED_WS: tl.constexpr,
@@ -233,16 +262,9 @@ def lstm_step_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, h_in_ptr, h_out_ptr, c_ptr, 
     keep = active[:, None]
     tl.store(h_out_ptr + state, tl.where(keep, h, h_old), mask=mask)
     tl.store(c_ptr + state, tl.where(keep, c, c_old), mask=mask)
-    # an inactive row zeroes y at t = step (the positions past its length)
-    out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
-    tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
-             tl.where(keep, h, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H)
     if NEED_WS:
-        store_ws(ws_ptr, 0, out_row, offs_h, mask, i, active, H, 5)
-        store_ws(ws_ptr, 1, out_row, offs_h, mask, f, active, H, 5)
-        store_ws(ws_ptr, 2, out_row, offs_h, mask, g, active, H, 5)
-        store_ws(ws_ptr, 3, out_row, offs_h, mask, o, active, H, 5)
-        store_ws(ws_ptr, 4, out_row, offs_h, mask, c, active, H, 5)
+        store_lstm_ws(ws_ptr, out_row, offs_h, mask, active, i, f, g, o, c, H)
 
 
 @triton.jit
@@ -281,14 +303,9 @@ def gru_step_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, h_in_ptr, h_out_ptr, y_ptr, w
     r, z, n, h = gru_cell_math(pre_r, pre_z, xn, hn, h_old)
     keep = active[:, None]
     tl.store(h_out_ptr + state, tl.where(keep, h, h_old), mask=mask)
-    out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
-    tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
-             tl.where(keep, h, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H)
     if NEED_WS:
-        store_ws(ws_ptr, 0, out_row, offs_h, mask, r, active, H, 4)
-        store_ws(ws_ptr, 1, out_row, offs_h, mask, z, active, H, 4)
-        store_ws(ws_ptr, 2, out_row, offs_h, mask, n, active, H, 4)
-        store_ws(ws_ptr, 3, out_row, offs_h, mask, hn, active, H, 4)
+        store_gru_ws(ws_ptr, out_row, offs_h, mask, active, r, z, n, hn, H)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ import triton.language as tl
 from seqcore.kernels import rnn_cell
 from seqcore.kernels.rnn_cell import (dot_precision, gru_cell_math, gru_forward_steps,
                                       input_projection, lstm_cell_math, lstm_forward_steps,
-                                      step_rows, store_ws)
+                                      step_rows, store_gru_ws, store_lstm_ws, store_y)
 
 # Limits of what one program holds on chip. Checked by compiling the kernels for sm_90 with
 # Triton 3.6 + ptxas (8 warps, float32 and float16 weights): no register spills for
@@ -150,15 +150,9 @@ def lstm_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, c0_ptr, c_n_
         keep = active[:, None]
         c = tl.where(keep, c_new, c)
         tl.store(h_dst + own, tl.where(keep, h_new, h_old), mask=mask)
-        out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
-        tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
-                 tl.where(keep, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+        out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h_new, B, H)
         if NEED_WS:
-            store_ws(ws_ptr, 0, out_row, offs_h, mask, i, active, H, 5)
-            store_ws(ws_ptr, 1, out_row, offs_h, mask, f, active, H, 5)
-            store_ws(ws_ptr, 2, out_row, offs_h, mask, g, active, H, 5)
-            store_ws(ws_ptr, 3, out_row, offs_h, mask, o, active, H, 5)
-            store_ws(ws_ptr, 4, out_row, offs_h, mask, c_new, active, H, 5)
+            store_lstm_ws(ws_ptr, out_row, offs_h, mask, active, i, f, g, o, c_new, H)
         grid_barrier(counter_ptr, nprog * (step + 1), USE_SEM)
     tl.store(c_n_ptr + own, c, mask=mask)
 
@@ -199,14 +193,9 @@ def gru_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, y_ptr, ws_ptr
         r, z, n, h_new = gru_cell_math(pre_r, pre_z, xn, hn, h_old)
         keep = active[:, None]
         tl.store(h_dst + own, tl.where(keep, h_new, h_old), mask=mask)
-        out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
-        tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
-                 tl.where(keep, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+        out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h_new, B, H)
         if NEED_WS:
-            store_ws(ws_ptr, 0, out_row, offs_h, mask, r, active, H, 4)
-            store_ws(ws_ptr, 1, out_row, offs_h, mask, z, active, H, 4)
-            store_ws(ws_ptr, 2, out_row, offs_h, mask, n, active, H, 4)
-            store_ws(ws_ptr, 3, out_row, offs_h, mask, hn, active, H, 4)
+            store_gru_ws(ws_ptr, out_row, offs_h, mask, active, r, z, n, hn, H)
         grid_barrier(counter_ptr, nprog * (step + 1), USE_SEM)
 
 

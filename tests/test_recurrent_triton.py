@@ -300,3 +300,51 @@ def test_autograd_through_public_api(cell, path, rng, triton_device):
         w = want[name]
         assert_close(g, w, "float32", grad=True, name="d" + name,
                      scale=max(1.0, float(np.abs(w).max())))
+
+
+# The compiled path without a GPU: the interpreter runs kernels as Python and cannot see errors
+# that only Triton's compiler raises, so compile the recurrent kernels for an H100 (sm_90).
+_COMPILE_FOR_SM90 = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from seqcore.kernels import rnn_bwd, rnn_cell, rnn_persistent
+
+POINTER_TYPES = {"len_ptr": "*i64", "counter_ptr": "*i32"}
+
+
+def compile_one(fn, consts):
+    sig = {name: "constexpr" if name in consts else
+           POINTER_TYPES.get(name, "*fp32") if name.endswith("_ptr") else "i32"
+           for name in fn.arg_names}
+    kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+                            options=dict(num_warps=4, num_stages=1))
+    assert kernel.asm.get("cubin"), "no cubin"
+
+
+for lengths, reverse in ((True, False), (False, True)):
+    flags = dict(HAS_LENGTHS=lengths, REVERSE=reverse, PRECISION="ieee", BLOCK_B=16, BLOCK_H=32)
+    for fn in (rnn_cell.lstm_step_kernel, rnn_cell.gru_step_kernel):
+        compile_one(fn, dict(flags, NEED_WS=True, BLOCK_K=32))
+    for fn in (rnn_persistent.lstm_persistent_kernel, rnn_persistent.gru_persistent_kernel):
+        compile_one(fn, dict(flags, NEED_WS=True, USE_SEM=True, H_PAD=64))
+    for fn in (rnn_bwd.lstm_bwd_step_kernel, rnn_bwd.gru_bwd_step_kernel):
+        for final in (False, True):
+            compile_one(fn, dict(flags, FINAL=final, BLOCK_K=32))
+print("compiled")
+'''
+
+
+def test_kernels_compile_for_sm90(triton_device):
+    """Cell, persistent and backward-step kernels go through Triton's compiler to sm_90 cubin.
+    On a GPU the tests above compile and run them for real."""
+    import os
+    import subprocess
+    import sys
+
+    if triton_device == "cuda":
+        pytest.skip("on a GPU the tests above compile and run the kernels for real")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, cwd=os.getcwd(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
