@@ -31,14 +31,6 @@ def kind_of(x):
     return None
 
 
-def being_traced(x):
-    """True when x is a tensor seen by torch.compile's tracer: its values are not known yet,
-    so checks of index values move into the op that runs (seqcore/_torch.py)."""
-    if not is_tensor(x):
-        return False
-    return _torch().compiler.is_compiling()
-
-
 def common_kind(named_arrays):
     """The one kind shared by all given (name, array) pairs; None values are skipped.
 

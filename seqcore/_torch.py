@@ -219,7 +219,9 @@ attention_fwd.register_autograd(_attention_backward, setup_context=_attention_se
 
 
 def _check_cu_values(cu, total, max_len, side):
-    """cu_seqlens values, checked where they are known (see _lengths_arg)."""
+    """cu_seqlens values, checked where they are known (see _lengths_arg). Without max_seqlen
+    the API has read and checked them already, to find the longest sequence: pass max_seqlen
+    (as in FlashAttention) to read them from the device once."""
     longest = V.check_cu_seqlens_values(f"cu_seqlens_{side}", cu.detach().cpu().numpy(), total)
     if longest > max_len:
         raise ValueError(f"max_seqlen_{side}={max_len} is smaller than the longest sequence ({longest})")
@@ -319,8 +321,8 @@ attention_varlen_fwd.register_autograd(_attention_varlen_backward,
 
 
 def _lengths_arg(backend, lengths, T):
-    """lengths for the backend, its values checked here: under torch.compile the API could
-    not read them (eagerly the API has already checked them; the check is a few B ints)."""
+    """lengths for the backend, its values checked here, where they are known (the API
+    checks only shape and dtype of a lengths tensor: under torch.compile it cannot read it)."""
     if lengths is None:
         return None
     V.check_lengths_values(lengths.detach().cpu().numpy(), T)

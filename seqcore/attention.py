@@ -131,8 +131,9 @@ def _check_cu_seqlens(name, cu, total, given_max):
     if total >= 2**31:
         raise ValueError(f"{name}: packed length {total} does not fit int32")
     n_seqs = _arrays.shape(cu)[0] - 1
-    if _arrays.being_traced(cu) and given_max is not None:
-        # torch.compile: values unknown while tracing; the op checks them when it runs
+    if _arrays.is_tensor(cu) and given_max is not None:
+        # the torch op checks the values when it runs (under torch.compile the tracer cannot
+        # read them here); with the bounds given there is no need to read them on the host
         if cu.dtype.is_floating_point or cu.dtype.is_complex or cu.dtype == _arrays._torch().bool:
             raise TypeError(f"{name} must hold integers (int32), got dtype {cu.dtype}")
         return _arrays.contiguous(_arrays.astype(cu, "int32")), given_max, n_seqs

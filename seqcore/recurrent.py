@@ -47,7 +47,9 @@ def _check_lengths(lengths, B, T, like):
         return None
     if _arrays.kind_of(lengths) is None and not isinstance(lengths, (list, tuple)):
         raise TypeError(f"lengths must be a sequence of ints, an array or a tensor, got {type(lengths).__name__}")
-    if _arrays.being_traced(lengths):  # values checked by the op (seqcore/_torch.py)
+    if _arrays.is_tensor(lengths):
+        # its values are checked once, by the torch op when it runs (seqcore/_torch.py): also
+        # under torch.compile, whose tracer cannot read them here
         if tuple(lengths.shape) != (B,):
             raise ValueError(f"lengths must have shape (batch,) = {(B,)}, got {tuple(lengths.shape)}")
         return _arrays.as_index_array(lengths, "lengths", like)

@@ -181,7 +181,9 @@ def test_batch_dims_and_no_lse(rng, triton_device):
 # Packed sequences
 
 
-def check_varlen(rng, device, dtype, lens_q, lens_k, Hq=2, Hkv=1, D=16, Dv=24, **opts):
+def check_varlen(rng, device, dtype, lens_q, lens_k, Hq=2, Hkv=1, D=16, Dv=24, bounds=None,
+                 **opts):
+    """bounds: max_seqlen_q/k passed to seqcore only (the reference needs none)."""
     cu_q = np.concatenate([[0], np.cumsum(lens_q)]).astype(np.int32)
     cu_k = np.concatenate([[0], np.cumsum(lens_k)]).astype(np.int32)
     q = tensor(rng, (int(cu_q[-1]), Hq, D), dtype, device)
@@ -189,7 +191,7 @@ def check_varlen(rng, device, dtype, lens_q, lens_k, Hq=2, Hkv=1, D=16, Dv=24, *
     v = tensor(rng, (int(cu_k[-1]), Hkv, Dv), dtype, device)
     cu_qt, cu_kt = (torch.from_numpy(c).to(device) for c in (cu_q, cu_k))
     out, lse = seqcore.attention_varlen(q, k, v, cu_qt, cu_kt, return_lse=True, backend="triton",
-                                        **opts)
+                                        **(bounds or {}), **opts)
     ref_out, ref_lse = reference.attention_varlen(to_f64(q), to_f64(k), to_f64(v), cu_q, cu_k,
                                                   return_lse=True, **opts)
     assert out.dtype == q.dtype and lse.dtype == torch.float32
@@ -212,6 +214,13 @@ def test_varlen(rng, triton_device, dtype, lens_q, lens_k, opts):
 def test_varlen_gqa_odd_dims(rng, triton_device):
     check_varlen(rng, triton_device, "float32", [9, 17], [30, 2], Hq=6, Hkv=2, D=3, Dv=80,
                  causal=True, window=(4, -1))
+
+
+def test_varlen_max_seqlen_above_longest(rng, triton_device):
+    """max_seqlen_q/k given larger than the longest sequence (torch.compile passes the caller's
+    bounds as they are): the programs past each sequence's end must write nothing."""
+    check_varlen(rng, triton_device, "float32", [7, 20, 0, 3], [12, 4, 6, 0], causal=True,
+                 bounds=dict(max_seqlen_q=45, max_seqlen_k=70))
 
 
 def test_varlen_all_empty(rng, triton_device):
