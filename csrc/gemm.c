@@ -16,6 +16,7 @@
 #include <string.h>
 #include "common.h"
 #include "gemm.h"
+#include "scratch.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -66,10 +67,9 @@ enum { KC = 256, KC_BIG = 512 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-static void *alloc_aligned(size_t bytes) {
-    bytes = (bytes + 63) / 64 * 64;
-    return aligned_alloc(64, bytes ? bytes : 64);
-}
+/* Packed panels live in scratch blocks (see scratch.h: kept between calls, so the
+ * megabytes of a packed B are not faulted in afresh each time). */
+static void *alloc_aligned(size_t bytes) { return seqcore_scratch_take(bytes); }
 
 #define GEMM_TEMPLATE
 #define real float
@@ -392,7 +392,7 @@ static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t
                 }
         }
     }
-    free(ap);
+    seqcore_scratch_give(ap);
     return SEQCORE_OK;
 }
 
@@ -427,7 +427,7 @@ int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam
             status = s;
         }
     }
-    free(bp);
+    seqcore_scratch_give(bp);
     return status;
 }
 

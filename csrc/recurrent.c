@@ -14,7 +14,12 @@
  *   The step's micro-kernel: for B < TILE_MIN_B, step_micro (rows x 2 vectors of units,
  *   one gate at a time: the step is bound by reading w_hh); from TILE_MIN_B on, tile_rows
  *   (R rows x all G gates of one vector of units, 24 zmm accumulators with AVX-512), whose
- *   finished tile holds every gate of its units for the update.
+ *   finished tile holds every gate of its units for the update. The tiled step also
+ *   computes the input projection itself, x_t @ w_ih^T for its units with the same kernel
+ *   (x packed per chunk of steps in step 1 instead of projected), so at B >= TILE_MIN_B
+ *   every FLOP of the forward runs in tile_rows and no xg goes through memory.
+ * Scratch (packed weights, xg or packed x) comes from seqcore_scratch_take: kept between
+ * calls, so its megabytes are not faulted in on every call.
  * Backward through time, the same ownership of hidden units (each thread packs its own
  * columns of w_hh first):
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
@@ -36,6 +41,7 @@
 #include "common.h"
 #include "gemm.h"
 #include "recurrent.h"
+#include "scratch.h"
 
 enum { LSTM = 0, GRU = 1 };
 /* Most batch rows per micro-kernel call in the time loop: a call takes `rows` = 1, 2, 4 or
@@ -200,17 +206,18 @@ static void thread_share(int64_t n, int64_t *lo, int64_t *hi) {
     *hi = n * (t + 1) / nt;
 }
 
-/* calloc of count elements of `size` bytes, never 0 bytes (so NULL means out of memory). */
-static void *zalloc(int64_t count, size_t size) {
-    return calloc(count > 0 ? (size_t)count : 1, size);
-}
-
-/* The same, uninitialized, for buffers that are written in full before they are read. A
- * calloc of megabytes maps fresh zero pages and faults each one in on first touch, on
- * every call; freed malloc memory is reused by the next call (glibc raises its mmap
- * threshold after the first free of a mapped block). */
-static void *ualloc(int64_t count, size_t size) {
-    return malloc((count > 0 ? (size_t)count : 1) * size);
+/* One scratch block (see scratch.h) cut into n parts of bytes[i] bytes, each 64-byte
+ * aligned, at part[i] (NULL when empty); returns the block, NULL when out of memory. */
+static void *take_parts(int n, const int64_t *bytes, void **part) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += ((size_t)bytes[i] + 63) / 64 * 64;
+    char *block = seqcore_scratch_take(total), *at = block;
+    for (int i = 0; i < n; i++) {
+        part[i] = block && bytes[i] > 0 ? at : NULL;
+        at += block ? ((size_t)bytes[i] + 63) / 64 * 64 : 0;
+    }
+    return block;
 }
 
 #define RNN_TEMPLATE
@@ -271,6 +278,8 @@ struct RN(rnn) {
     real *xg;                        /* forward: input projections of the times from xg_t0 */
     int64_t xg_t0, xgw;              /*   (chunk, B, xgw), columns as xcol orders them */
     real *xbias;                     /* forward: the biases added to xg (G*H) */
+    real *xpack, *wip;               /* tiled forward: packed x of the steps from xp_s0 and */
+    int64_t xp_s0;                   /*   w_ih packed as wp (the projection in the step) */
     real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
     real *wp;                        /* w_hh packed for the time loop */
 };
@@ -378,12 +387,12 @@ static void RN(input_bias)(const struct RN(rnn) *p, const real *b_ih, real *bias
 }
 
 /* The LSTM cell update of element b at time t for the nu hidden units from u0; acc holds
- * the recurrent part of each gate: unit j of gate g at acc[g * gs + j]. */
+ * the recurrent part of each gate (unit j of gate g at acc[g * gs + j]) and xg the input
+ * part, without biases (at xg[g * xs + j]). */
 static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
-                           int64_t nu, const real *acc, int64_t gs) {
+                           int64_t nu, const real *acc, int64_t gs, const real *xg) {
     int64_t H = p->H, row = t * p->B + b;
     int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
-    const real *xg = p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
     const real *xb = p->xbias + RN(xcol)(p, 0, u0);
     real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
@@ -430,10 +439,9 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
 /* The GRU update: r, z from x and h parts (biases folded into xg), then
  * n = tanh(x_n + r * (W_hn h + b_hn)). */
 static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
-                          int64_t nu, const real *acc, int64_t gs) {
+                          int64_t nu, const real *acc, int64_t gs, const real *xg) {
     int64_t H = p->H, row = t * p->B + b;
     int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
-    const real *xg = p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
     const real *xb = p->xbias + RN(xcol)(p, 0, u0);
     const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
     real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
@@ -478,20 +486,23 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
 }
 
 /* The cell update at step s of batch group grp for the units [u0, u0 + nu) from their
- * gates' recurrent parts (unit j of gate g of the group's row i at acc[i * rs + g * gs + j]),
- * and the new h packed into hnext. */
+ * gates' recurrent parts (unit j of gate g of the group's row i at acc[i * rs + g * gs + j])
+ * and input parts (laid out as acc in xacc, or NULL: in the chunk's xg), and the new h
+ * packed into hnext. */
 static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64_t nu,
-                           int64_t grp, const real *acc, int64_t rs, int64_t gs,
-                           real *hnext) {
+                           int64_t grp, const real *acc, const real *xacc, int64_t rs,
+                           int64_t gs, real *hnext) {
     int64_t H = p->H;
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         if (s < len) {  /* else the element is done: its state is carried */
-            int64_t t = time_of(s, len, p->reverse);
+            int64_t t = time_of(s, len, p->reverse), row = t * p->B + b;
+            const real *xg = xacc ? xacc + i * rs
+                                  : p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
             if (p->cell == LSTM)
-                RN(lstm_units)(p, t, b, u0, nu, acc + i * rs, gs);
+                RN(lstm_units)(p, t, b, u0, nu, acc + i * rs, gs, xg);
             else
-                RN(gru_units)(p, t, b, u0, nu, acc + i * rs, gs);
+                RN(gru_units)(p, t, b, u0, nu, acc + i * rs, gs, xg);
         }
         real *dst = hnext + packed_at(b, u0, H, p->rows);
         for (int64_t j = 0; j < nu; j++)
@@ -508,8 +519,8 @@ static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64
     for (int64_t g = 0; g < G; g++)
         RN(step_micro)(H, p->rows, hcur + grp * H * p->rows, p->wp + (blk * G + g) * H * NR,
                        acc[g], 0);
-    RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp, acc[0][0], NR,
-                   SMR * NR, hnext);
+    RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp, acc[0][0], NULL,
+                   NR, SMR * NR, hnext);
 }
 
 /* fwd_block for every batch group at once (B > SMR): k runs in slices, and each w_hh slice
@@ -528,7 +539,7 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
     }
     for (int64_t grp = 0; grp < p->ngrp; grp++)
         RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp,
-                       accbuf[grp][0][0], NR, SMR * NR, hnext);
+                       accbuf[grp][0][0], NULL, NR, SMR * NR, hnext);
 }
 
 /* ---- batch-tiled step (B >= TILE_MIN_B) ----
@@ -540,18 +551,35 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
  * loads per R * G FMAs, and when the last k slice is done the tile holds every gate of its
  * units, so the cell update runs straight from it. */
 
-/* wp[ub][k][g][j] = w_hh[g*H + ub*NV + j][k] (zero past H) for the unit blocks [lo, hi):
- * per k, the G gate vectors of one block of NV units side by side, so a tile streams its
- * operand in order. */
-static void RN(pack_w_tiled)(const struct RN(rnn) *p, real *restrict wp, int64_t lo,
-                             int64_t hi) {
+/* wp[ub][k][g][j] = w[g*H + ub*NV + j][k] (zero past H) for the unit blocks [lo, hi) of
+ * w = w_hh or w_ih (G*H x K): per k, the G gate vectors of one block of NV units side by
+ * side, so a tile streams its operand in order. */
+static void RN(pack_w_tiled)(const struct RN(rnn) *p, const real *w, int64_t K,
+                             real *restrict wp, int64_t lo, int64_t hi) {
     int64_t H = p->H, G = p->G;
     for (int64_t ub = lo; ub < hi; ub++) {
         const real *rows[4 * NV];
         for (int64_t g = 0; g < G; g++)
             for (int64_t j = 0, u = ub * NV; j < NV; j++, u++)
-                rows[g * NV + j] = u < H ? p->w_hh + (g * H + u) * H : NULL;
-        RN(seqcore_pack_cols)(H, G * NV, rows, 0, wp + ub * H * G * NV, G * NV);
+                rows[g * NV + j] = u < H ? w + (g * H + u) * K : NULL;
+        RN(seqcore_pack_cols)(K, G * NV, rows, 0, wp + ub * K * G * NV, G * NV);
+    }
+}
+
+/* x of the steps [s0, s1) packed as h is (packed_at, I columns), share `part` of `parts`
+ * of the (step, group) pairs: xpack[s - s0][grp][k][i] = x[t][grp*rows + i][k], t the time
+ * of step s of that element (zeros past B or its length). */
+static void RN(pack_x_steps)(const struct RN(rnn) *p, int64_t s0, int64_t s1, int64_t part,
+                             int64_t parts) {
+    int64_t I = p->I, R = p->rows, n = (s1 - s0) * p->ngrp;
+    for (int64_t item = n * part / parts; item < n * (part + 1) / parts; item++) {
+        int64_t s = s0 + item / p->ngrp, grp = item % p->ngrp;
+        const real *rows[TILE_ACCS];
+        for (int64_t i = 0, b = grp * R; i < R; i++, b++) {
+            int64_t len = b < p->B ? len_of(p->lengths, b, p->T) : 0;
+            rows[i] = s < len ? p->x + (time_of(s, len, p->reverse) * p->B + b) * I : NULL;
+        }
+        RN(seqcore_pack_cols)(I, R, rows, 0, p->xpack + item * I * R, R);
     }
 }
 
@@ -648,28 +676,43 @@ static void RN(tile_step)(int64_t kc, int cell, int64_t rows, const real *hp, in
 }
 #undef TILE_CASES
 
-/* Step s for the unit block ub (NV units, all G gates) and every batch group: k in slices
- * of TILE_KSLICE, each slice of w_hh used by all groups while it is in L1 (partial sums in
- * accbuf: ngrp x R x G x NV), then the cell updates. */
-static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
-                                const real *hcur, real *hnext, real *accbuf) {
-    int64_t H = p->H, G = p->G, R = p->rows, tile = R * G * NV;
-    const real *wp = p->wp + ub * H * G * NV;
-    for (int64_t k0 = 0; k0 < H; k0 += TILE_KSLICE) {
-        int64_t kc = H - k0 < TILE_KSLICE ? H - k0 : TILE_KSLICE;
+/* acc[grp] (+)= the product of the packed rows of every batch group (hp: K columns, as
+ * packed_at lays them out) with a unit block's packed weights (wp: K x G x NV), k in slices
+ * of TILE_KSLICE: each slice of wp is used by all groups while it is in L1. */
+static void RN(tiles_all_groups)(const struct RN(rnn) *p, int64_t K, const real *hp,
+                                 const real *wp, real *acc) {
+    int64_t G = p->G, R = p->rows, tile = R * G * NV;
+    for (int64_t k0 = 0; k0 < K; k0 += TILE_KSLICE) {
+        int64_t kc = K - k0 < TILE_KSLICE ? K - k0 : TILE_KSLICE;
         for (int64_t grp = 0; grp < p->ngrp; grp++)
-            RN(tile_step)(kc, p->cell, p->B - grp * R, hcur + (grp * H + k0) * R, R,
-                          wp + k0 * G * NV, accbuf + grp * tile, k0 == 0);
+            RN(tile_step)(kc, p->cell, p->B - grp * R, hp + (grp * K + k0) * R, R,
+                          wp + k0 * G * NV, acc + grp * tile, k0 == 0);
     }
-    int64_t u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
-    for (int64_t grp = 0; grp < p->ngrp; grp++)
-        RN(fwd_update)(p, s, u0, nu, grp, accbuf + grp * tile, G * NV, NV, hnext);
 }
 
-/* Per-thread partial sums of fwd_block_tiled / fwd_block_groups (0: none needed). */
+/* Step s for the unit block ub (NV units, all G gates) and every batch group: the input
+ * part x_t @ w_ih^T of its gates (into xacc) and the recurrent part h @ w_hh^T (into acc),
+ * each ngrp x R x G x NV, then the cell updates straight from them. Computing the input
+ * projection here, rather than as a gemm per chunk of steps into xg, runs it with the
+ * step's tile kernel and leaves it in L1 for the update. */
+static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
+                                const real *hcur, real *hnext, real *acc) {
+    int64_t H = p->H, I = p->I, G = p->G, R = p->rows, tile = R * G * NV;
+    real *xacc = acc + p->ngrp * tile;
+    RN(tiles_all_groups)(p, I, p->xpack + (s - p->xp_s0) * p->ngrp * I * R,
+                         p->wip + ub * I * G * NV, xacc);
+    RN(tiles_all_groups)(p, H, hcur, p->wp + ub * H * G * NV, acc);
+    int64_t u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
+    for (int64_t grp = 0; grp < p->ngrp; grp++)
+        RN(fwd_update)(p, s, u0, nu, grp, acc + grp * tile, xacc + grp * tile, G * NV, NV,
+                       hnext);
+}
+
+/* Per-thread partial sums of fwd_block_tiled (recurrent and input parts) and
+ * fwd_block_groups (0: none needed). */
 static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
     if (p->tiled)
-        return p->ngrp * p->rows * p->G * NV;
+        return 2 * p->ngrp * p->rows * p->G * NV;
     return p->ngrp > 1 ? p->ngrp * 4 * SMR * NR : 0;
 }
 
@@ -720,27 +763,35 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
         /* Each thread packs the parts of w_ih^T and w_hh that it alone reads: in parallel,
          * with no barrier (serial, the packing took ~20% of the LSTM B1 forward), and
          * into its own core's cache. */
-        RN(seqcore_gemm_pack_b_cols_share)(I, p->xgw, w_ih_cols, w_ih_packed, tid, nthreads);
-        if (p->tiled)
-            RN(pack_w_tiled)(p, p->wp, lo, hi);
-        else
+        if (p->tiled) {
+            RN(pack_w_tiled)(p, p->w_hh, p->H, p->wp, lo, hi);
+            RN(pack_w_tiled)(p, p->w_ih, I, p->wip, lo, hi);
+        } else {
+            RN(seqcore_gemm_pack_b_cols_share)(I, p->xgw, w_ih_cols, w_ih_packed, tid, nthreads);
             RN(pack_w_fwd)(p, p->wp, lo, hi);
+        }
         real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
         real (*accbuf)[4][SMR][NR] = (real (*)[4][SMR][NR])mybuf;
         for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
             int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
-            /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps when
-             * lengths and reverse: see rnn_fwd) */
-            int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
-            int st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I, p->x + t0 * B * I, I,
-                                                   1, w_ih_packed, 0, p->xg, p->xgw, tid,
-                                                   nthreads);
-            if (st) {
-#pragma omp atomic write
-                status = st;
-            }
+            if (p->tiled) {  /* the steps compute their own projections from packed x */
+                RN(pack_x_steps)(p, s0, s1, tid, nthreads);
 #pragma omp single
-            p->xg_t0 = t0;  /* (the barrier after it: every share of xg is written) */
+                p->xp_s0 = s0;  /* (the barrier after it: every share of xpack is written) */
+            } else {
+                /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps
+                 * when lengths and reverse: see rnn_fwd) */
+                int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
+                int st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I,
+                                                       p->x + t0 * B * I, I, 1, w_ih_packed, 0,
+                                                       p->xg, p->xgw, tid, nthreads);
+                if (st) {
+#pragma omp atomic write
+                    status = st;
+                }
+#pragma omp single
+                p->xg_t0 = t0;  /* (the barrier after it: every share of xg is written) */
+            }
             RN(time_steps_fwd)(p, hpack, one, s0, s1, lo, hi, mybuf, accbuf);
         }
     }
@@ -772,47 +823,54 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
      * is small (all T at once: 32 MB for LSTM B64, written to memory, read back with
      * misses in the cell updates, and page-faulted in on every call). With lengths and
      * reverse the elements' steps do not map to common times: one chunk of all of them. */
-    int64_t chunk = p->lengths && p->reverse ? steps : ceil_div(CHUNK_ROWS, B);
-    chunk = chunk < steps ? chunk : steps;
     if (B >= TILE_MIN_B) {  /* batch-tiled step: groups of tile_rows_for(G) rows */
         p->tiled = 1;
         p->rows = RN(tile_rows_for)(p->G);
         p->ngrp = ceil_div(B, p->rows);
     }
+    /* (the tiled step packs x per step, at each element's own time: chunks of any size) */
+    int64_t chunk = p->lengths && p->reverse && !p->tiled ? steps : ceil_div(CHUNK_ROWS, B);
+    chunk = chunk < steps ? chunk : steps;
     p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
-    p->xg = ualloc(chunk * B * p->xgw, sizeof(real));
-    real *w_ih_packed = ualloc(RN(seqcore_gemm_packed_b_size)(p->I, p->xgw), sizeof(real));
-    /* the columns of w_ih^T (rows of w_ih) in xcol's order, NULL for padding */
-    const real **w_ih_cols = zalloc(p->xgw, sizeof(real *));
-    p->xbias = zalloc(p->xgw, sizeof(real));
-    p->wp = ualloc((p->tiled ? ceil_div(H, NV) * NV : p->nblk * NR) * GH, sizeof(real));
-    real *hpack = zalloc(2 * p->ngrp * p->rows * H, sizeof(real));
-    /* per-thread partial sums for fwd_block_groups, used when there are several groups */
     int64_t nthreads = 1;
 #ifdef _OPENMP
     nthreads = omp_get_max_threads();
 #endif
-    int64_t accsize = RN(accbuf_size)(p);
-    real *accbufs = accsize ? ualloc(nthreads * accsize, sizeof(real)) : NULL;
-    int status = p->xg && w_ih_packed && w_ih_cols && p->xbias && p->wp &&
-                 hpack && (accbufs || !accsize) ? SEQCORE_OK : SEQCORE_ENOMEM;
-    if (!status) {
+    int64_t accsize = RN(accbuf_size)(p), I = p->I, rs = (int64_t)sizeof(real);
+    int tiled = p->tiled;
+    /* The scratch, in one block: xbias, packed w_hh (wp); tiled, packed x and w_ih; else
+     * the projection's output xg, packed w_ih^T and the columns of w_ih^T (rows of w_ih)
+     * in xcol's order (NULL for padding); packed h (two buffers); per-thread partial sums. */
+    int64_t bytes[9] = {p->xgw * rs,
+                        (tiled ? ceil_div(H, NV) * NV : p->nblk * NR) * GH * rs,
+                        tiled ? chunk * p->ngrp * p->rows * I * rs : 0,
+                        tiled ? ceil_div(H, NV) * NV * p->G * I * rs : 0,
+                        tiled ? 0 : chunk * B * p->xgw * rs,
+                        tiled ? 0 : RN(seqcore_gemm_packed_b_size)(I, p->xgw) * rs,
+                        tiled ? 0 : p->xgw * (int64_t)sizeof(real *),
+                        2 * p->ngrp * p->rows * H * rs,
+                        nthreads * accsize * rs};
+    void *part[9];
+    void *scratch = take_parts(9, bytes, part);
+    p->xbias = part[0], p->wp = part[1], p->xpack = part[2], p->wip = part[3], p->xg = part[4];
+    real *w_ih_packed = part[5], *hpack = part[7], *accbufs = part[8];
+    const real **w_ih_cols = part[6];
+    if (!scratch)
+        return SEQCORE_ENOMEM;
+    memset(p->xbias, 0, (size_t)bytes[0]);  /* (padding columns stay zero) */
+    if (w_ih_cols) {
+        memset(w_ih_cols, 0, (size_t)bytes[6]);
         for (int64_t g = 0; g < p->G; g++)
             for (int64_t u = 0; u < H; u++)
-                w_ih_cols[RN(xcol)(p, g, u)] = p->w_ih + (g * H + u) * p->I;
-        RN(input_bias)(p, b_ih, p->xbias);
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t k = 0; k < H; k++)
-                hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
-        status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_cols, w_ih_packed, accbufs);
+                w_ih_cols[RN(xcol)(p, g, u)] = p->w_ih + (g * H + u) * I;
     }
-    free(w_ih_cols);
-    free(w_ih_packed);
-    free(p->xg);
-    free(p->xbias);
-    free(p->wp);
-    free(hpack);
-    free(accbufs);
+    RN(input_bias)(p, b_ih, p->xbias);
+    memset(hpack, 0, (size_t)bytes[7]);  /* (padding rows stay zero) */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t k = 0; k < H; k++)
+            hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
+    int status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_cols, w_ih_packed, accbufs);
+    seqcore_scratch_give(scratch);
     return status;
 }
 
@@ -1000,9 +1058,10 @@ static void RN(column_sums)(const real *a, int64_t rows, int64_t cols, real *sum
 static int RN(weight_grads)(const struct RN(rnn) *p, real *dx, real *dw_ih, real *dw_hh,
                             real *db_ih, real *db_hh) {
     int64_t TB = p->T * p->B, I = p->I, H = p->H, GH = p->G * H;
-    real *h_prev = zalloc(TB * H, sizeof(real));
+    real *h_prev = seqcore_scratch_take((size_t)(TB * H) * sizeof(real));
     if (!h_prev)
         return SEQCORE_ENOMEM;
+    memset(h_prev, 0, (size_t)(TB * H) * sizeof(real));
     RN(gather_h_prev)(p, h_prev);
     int status = RN(seqcore_gemm)(TB, I, GH, p->dgx, GH, 1, p->w_ih, I, 1, 0, dx, I);
     if (!status)
@@ -1011,7 +1070,7 @@ static int RN(weight_grads)(const struct RN(rnn) *p, real *dx, real *dw_ih, real
         status = RN(seqcore_gemm)(GH, H, TB, p->dgh, 1, GH, h_prev, H, 1, 0, dw_hh, H);
     RN(column_sums)(p->dgx, TB, GH, db_ih);
     RN(column_sums)(p->dgh, TB, GH, db_hh);
-    free(h_prev);
+    seqcore_scratch_give(h_prev);
     return status;
 }
 
@@ -1022,20 +1081,25 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
     if (p->cell == LSTM)
         RN(init_state)(p->dc, dc_n, B * H);
     int64_t steps = max_len(p->lengths, B, T);
-    p->dgx = zalloc(T * B * GH, sizeof(real));
-    p->dgh = p->cell == LSTM ? p->dgx : zalloc(T * B * GH, sizeof(real));
-    p->wp = ualloc(p->nblk * NR * GH, sizeof(real));
-    real *dgpack = zalloc(2 * p->ngrp * p->rows * GH, sizeof(real));
-    int status = p->dgx && p->dgh && p->wp && dgpack ? SEQCORE_OK : SEQCORE_ENOMEM;
-    if (!status) {
-        RN(time_loop_bwd)(p, dgpack, steps);
-        status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
+    /* scratch: the gate gradients, x side and h side (one array for LSTM), packed w_hh
+     * and packed gate gradients (two buffers) */
+    int64_t rs = (int64_t)sizeof(real);
+    int64_t bytes[4] = {T * B * GH * rs, p->cell == LSTM ? 0 : T * B * GH * rs,
+                        p->nblk * NR * GH * rs, 2 * p->ngrp * p->rows * GH * rs};
+    void *part[4];
+    void *scratch = take_parts(4, bytes, part);
+    if (!scratch)
+        return SEQCORE_ENOMEM;
+    p->dgx = part[0], p->dgh = part[1] ? part[1] : part[0], p->wp = part[2];
+    real *dgpack = part[3];
+    if (p->lengths) {  /* the steps past an element's length leave its gradients zero */
+        memset(p->dgx, 0, (size_t)bytes[0]);
+        memset(part[1] ? part[1] : p->dgx, 0, (size_t)bytes[part[1] ? 1 : 0]);
     }
-    if (p->dgh != p->dgx)
-        free(p->dgh);
-    free(p->dgx);
-    free(p->wp);
-    free(dgpack);
+    memset(dgpack, 0, (size_t)bytes[3]);  /* (padding rows stay zero) */
+    RN(time_loop_bwd)(p, dgpack, steps);
+    int status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
+    seqcore_scratch_give(scratch);
     return status;
 }
 

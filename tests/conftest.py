@@ -32,6 +32,9 @@ if not HAS_CUDA:
 # Tests check correctness, not speed: on a GPU, compile each kernel variant's default tile config
 # only, instead of autotuning a dozen configs for every tiny test shape.
 os.environ.setdefault("SEQCORE_AUTOTUNE", "0")
+# The C kernels keep scratch memory between calls (csrc/scratch.h): fill it with NaN bytes
+# whenever it is handed out, so a kernel reading scratch it did not write fails here.
+os.environ.setdefault("SEQCORE_POISON_SCRATCH", "1")
 
 try:
     import torch  # noqa: F401

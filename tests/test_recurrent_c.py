@@ -3,6 +3,8 @@
 Forward through the public API (seqcore.lstm/gru/lstm_cell/gru_cell, backend="c"); backward
 through the backend module seqcore._c_recurrent against reference.lstm_bwd/gru_bwd.
 """
+import concurrent.futures
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -21,8 +23,10 @@ SHAPES = [(5, 3, 17, 17), (5, 8, 3, 100), (1, 1, 1, 1), (1, 8, 100, 3), (5, 1, 4
 DTYPES = ["float32", "float64", "float16"]
 # Shapes for the paths that only larger batches take (csrc/recurrent.c): T*B over CHUNK_ROWS =
 # 512 rows, so the input projection runs in several chunks inside the time loop; B >= 16, the
-# tiled step (with a last, partial batch group); 9 <= B <= 15, the k-sliced step.
-LARGE_SHAPES = [(20, 64, 9, 40), (11, 100, 17, 33), (40, 17, 5, 20), (9, 128, 3, 16), (4, 12, 6, 20)]
+# tiled step (with a last, partial batch group; I, H over TILE_KSLICE = 128: several k slices);
+# 9 <= B <= 15, the k-sliced step.
+LARGE_SHAPES = [(20, 64, 9, 40), (11, 100, 17, 33), (40, 17, 5, 20), (9, 128, 3, 16), (4, 12, 6, 20),
+                (3, 20, 150, 130)]
 
 
 def make_inputs(rng, cell, T, B, I, H, dtype, biases=True, states=True):
@@ -250,3 +254,29 @@ def test_c_rejects_missing_arrays():
                                    p, p, ffi.NULL) == -1
     assert lib.seqcore_lstm_bwd_f64(2, 2, 2, 2, p, p, p, p, p, p, p, p, ffi.NULL, 0, p,
                                     ffi.NULL, p, p, p, p, p, p, p) == -1
+
+
+def test_concurrent_calls(rng):
+    """Calls from several threads at once (cffi releases the GIL): the C kernels share only
+    the kept scratch blocks (csrc/scratch.c), so each result must match its own reference.
+    Shapes of different sizes, on the tiled (B >= 16) and the small-batch paths, so blocks
+    of every size change hands between threads."""
+    cases = [("lstm", (6, 20, 9, 40)), ("gru", (5, 3, 7, 33)), ("lstm", (4, 2, 5, 70)),
+             ("gru", (7, 17, 12, 24))] * 2
+    jobs = [(cell, shape, np.random.default_rng(int(rng.integers(1 << 30))))
+            for cell, shape in cases]
+
+    def run(job):
+        cell, shape, job_rng = job
+        failures = []
+        for _ in range(5):
+            got, want, names = run_backward(job_rng, cell, shape, "float64", None, False)
+            try:
+                check_grads(got, want, names, "float64")
+            except AssertionError as e:
+                failures.append(str(e))
+        return failures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        failures = [f for result in pool.map(run, jobs) for f in result]
+    assert not failures, failures[:3]
