@@ -131,12 +131,14 @@ static inline __m512 exp_v16(__m512 x) {
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    /* exp(r) by a degree-6 minimax polynomial on |r| <= ln2/2 (relative error 1.7e-8, below
+     * float32 rounding, as Taylor's degree 7 was): one FMA less in each of the 5 exps per
+     * unit and step */
+    __m512 p = _mm512_set1_ps(1.38368458e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.37481581e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16682251e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66664198e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.99999911e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
