@@ -67,9 +67,6 @@ enum { KC = 256, KC_BIG = 512 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Packed panels live in scratch blocks (see scratch.h: kept between calls, so the
- * megabytes of a packed B are not faulted in afresh each time). */
-static void *alloc_aligned(size_t bytes) { return seqcore_scratch_take(bytes); }
 
 #define GEMM_TEMPLATE
 #define real float
@@ -364,7 +361,7 @@ static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t
     if (r0 >= r1 || c0 >= c1)
         return SEQCORE_OK;
     int in_place = SIMD_KERNEL && sak == 1;
-    real *ap = in_place ? NULL : alloc_aligned(sizeof(real) * MC * kcb);
+    real *ap = in_place ? NULL : seqcore_scratch_take(sizeof(real) * MC * kcb);
     if (!in_place && !ap)
         return SEQCORE_ENOMEM;
     int64_t m_end = min64(r1 * MR, M), n_end = min64(c1 * NR, N);
@@ -413,7 +410,9 @@ int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam
     if (M < 0 || N < 0 || K < 0 || ldc < N || M == 0 || N == 0 || K == 0)
         return GN(gemm_trivial)(M, N, K, accumulate, c, ldc);
     /* B is packed once, all of it, by all threads (it is read by every row block) */
-    real *bp = alloc_aligned(sizeof(real) * GN(seqcore_gemm_packed_b_size)(K, N));
+    /* (packed panels live in scratch blocks, kept between calls: the megabytes of a packed
+     * B are not faulted in afresh each time) */
+    real *bp = seqcore_scratch_take(sizeof(real) * GN(seqcore_gemm_packed_b_size)(K, N));
     if (!bp)
         return SEQCORE_ENOMEM;
     int64_t kcb = (double)M * N * sizeof(real) > C_BIG_BYTES ? KC_BIG : KC;

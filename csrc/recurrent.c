@@ -820,17 +820,16 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     int64_t steps = max_len(p->lengths, B, T);
     if (steps == 0)
         return SEQCORE_OK;
-    /* The input projection runs in chunks of steps (chunk_steps) with w_ih^T packed once:
-     * a chunk's projections are still in cache when its steps read them, and the buffer
-     * is small (all T at once: 32 MB for LSTM B64, written to memory, read back with
-     * misses in the cell updates, and page-faulted in on every call). With lengths and
-     * reverse the elements' steps do not map to common times: one chunk of all of them. */
     if (B >= TILE_MIN_B) {  /* batch-tiled step: groups of tile_rows_for(G) rows */
         p->tiled = 1;
         p->rows = RN(tile_rows_for)(p->G);
         p->ngrp = ceil_div(B, p->rows);
     }
-    /* (the tiled step packs x per step, at each element's own time: chunks of any size) */
+    /* The time loop runs in chunks of steps. Below TILE_MIN_B each chunk's input projection
+     * is one gemm (w_ih^T packed once): its projections are still in cache when its steps
+     * read them, and the buffer is small (all T at once: 32 MB for LSTM B64). With lengths
+     * and reverse the elements' steps do not map to common times: one chunk of all of them.
+     * The tiled step packs each chunk's x at each element's own time instead (any chunk). */
     int64_t chunk = p->lengths && p->reverse && !p->tiled ? steps : ceil_div(CHUNK_ROWS, B);
     chunk = chunk < steps ? chunk : steps;
     p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
@@ -1096,7 +1095,8 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
     real *dgpack = part[3];
     if (p->lengths) {  /* the steps past an element's length leave its gradients zero */
         memset(p->dgx, 0, (size_t)bytes[0]);
-        memset(part[1] ? part[1] : p->dgx, 0, (size_t)bytes[part[1] ? 1 : 0]);
+        if (part[1])
+            memset(p->dgh, 0, (size_t)bytes[1]);
     }
     memset(dgpack, 0, (size_t)bytes[3]);  /* (padding rows stay zero) */
     RN(time_loop_bwd)(p, dgpack, steps);
