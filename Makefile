@@ -19,9 +19,11 @@ install: $(PY)
 	$(PIP) install -q -e ".[test]" $(PINS)
 	$(PY) -c "import seqcore; print('seqcore backends:', seqcore.available_backends())"
 
-# Rebuild the C extension in place after editing csrc/ (locked: several builds may race).
+# Rebuild the C extension in place after editing csrc/: recompiles only the objects an edit
+# changes (each source once per ISA level, cached in build/obj by content, compiler and flags),
+# then relinks (locked: several builds may race).
 build: $(PY)
-	flock /tmp/seqcore-build.lock $(PIP) install -q --no-build-isolation --no-deps -e .
+	flock /tmp/seqcore-build.lock $(PY) csrc/build.py
 
 # Every test, the Triton kernels under the interpreter when no GPU is present.
 test: install

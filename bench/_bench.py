@@ -75,9 +75,8 @@ def seqcore_problem(family, backend, grad):
         import seqcore
     except Exception as e:  # noqa: BLE001 - any import failure is a reason to skip
         return f"import seqcore failed: {type(e).__name__}: {e}"
-    status = seqcore.backend_status().get(backend, f"unknown backend {backend!r}")
-    if status:
-        return status
+    if backend not in seqcore.available_backends():
+        return seqcore.backend_status().get(backend, f"unknown backend {backend!r}")
     try:
         gen = generator("probe")
         if family == "attention":

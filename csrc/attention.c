@@ -15,6 +15,7 @@
  * (see ATTN_TEMPLATE below), and compiled for float and double.
  */
 #ifndef ATTN_TEMPLATE
+#include "isa.h"  /* this ISA level's names */
 #include "seqcore.h"
 
 #include <math.h>

@@ -1,16 +1,17 @@
 /* Blocked matrix multiply (see gemm.h), after the BLIS/GotoBLAS layout:
  *   B is packed once, all of it: per KC slice of the inner dimension, NR-column panels
  *   (k-major); then each thread takes a share of C's MR x NR panels (rows or columns) and,
- *   per KC slice and MC rows, packs A's block into MR-row panels (or, for the float32
- *   AVX-512 kernel and rows contiguous in k, reads them in place) and runs the MR x NR
- *   micro-kernel over every panel pair.
+ *   per KC slice and MC rows, packs A's block into MR-row panels (or, for rows contiguous
+ *   in k, reads them in place) and runs the MR x NR micro-kernel over every panel pair.
  * Packing absorbs any strides (transposed operands included) and zero-pads the edges, so
- * the micro-kernel always runs full-width loops the compiler vectorizes.
+ * the micro-kernel always runs full-width vector loops. It is written once with the ISA
+ * level's vectors (simd.h); the level sets its width and register blocking.
  *
  * The part after `#else` is a template compiled twice: this file includes itself with
  * `real` = float and then double, so both precisions share one text.
  */
 #ifndef GEMM_TEMPLATE
+#include "isa.h"  /* this ISA level's names */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,29 +22,21 @@
 #include <omp.h>
 #endif
 
-/* MR rows x NR columns of accumulators, two vectors per row. With AVX-512 the vectors are
- * 512-bit (GCC's -march=native default is 256-bit even there; the wider ones measured ~1.6x
- * faster on one core of this machine's Xeon) and its 32 vector registers leave room for
- * 8 rows (16 accumulators; 1.2x faster than 6) in the auto-vectorized kernel, and for 12
- * (24 accumulators) in the float32 one written with intrinsics (GCC spills 12 rows of the
- * generic one). Elsewhere 6 rows fill 12 of 16 registers. MC = 12 MR rows of A per block. */
-#if defined(__AVX512F__)
-#if defined(__GNUC__) && !defined(__clang__)
+/* MR rows x NVEC vectors of accumulators (NR = NVEC * lanes columns), from the ISA level's
+ * register file (simd.h): MR * NVEC accumulators + NVEC loaded B vectors + a broadcast A
+ * value, and a temporary without FMA. That gives 12 x 2 with 32 registers (AVX-512, NEON:
+ * 12 rows measured 1.2x faster than 8 on the Xeon; 6 x 4 and 8 x 3 no faster at LSTM B64),
+ * 6 x 2 with 16 (AVX2: BLIS's Haswell kernel) and 5 x 2 for the FMA-less baseline.
+ * MC = 12 MR rows of A per block. */
+#include "simd.h"
+#if defined(SIMD_AVX512) && defined(__GNUC__) && !defined(__clang__)
+/* GCC's default vector width is 256 bits even with AVX-512; the loops it vectorizes here
+ * (packing, edges) run faster at 512 */
 #pragma GCC target("prefer-vector-width=512")
 #endif
-#include <immintrin.h>
-#define VEC_BYTES 64
-#define MR_F32 12
-#define NVEC_F32 2  /* NR = 32 floats; 6 x 4 and 8 x 3 vectors measured no faster at LSTM B64 */
-#define MR_F64 8
-#define GEMM_SIMD_F32 1
-#else
-#define VEC_BYTES 32
-#define MR_F32 6
-#define NVEC_F32 2
-#define MR_F64 6
-#define GEMM_SIMD_F32 0
-#endif
+#define GEMM_NVEC 2
+#define GEMM_MR_FIT ((SIMD_REGS - GEMM_NVEC - 2 - !SIMD_FMA) / GEMM_NVEC)
+#define GEMM_MR (GEMM_MR_FIT < 12 ? GEMM_MR_FIT : 12)
 /* KC: the inner dimension is cut into slices of KC (the B micro-panel, KC x NR, stays in
  * L1) or, when C is large, of KC_BIG: each slice after the first reads C back and writes
  * it again, and a C of T*B x 4H (32 MB for LSTM B64) goes to memory and back each time
@@ -55,40 +48,33 @@ enum { KC = 256, KC_BIG = 512 };
  * its chunks of steps): repacking B per block of rows, and A per block of columns, took
  * ~35% of the time of x @ w_ih^T at T*B = 4096 rows in an earlier version. */
 
-/* fma() compiles to one vfmadd where the target has FMA; elsewhere keep a*b + c (a libm
- * fma call would be slow). GCC does not contract a*b + c on its own under -std=c11. */
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-#define MADD_F32(a, b, c) fmaf((a), (b), (c))
-#define MADD_F64(a, b, c) fma((a), (b), (c))
-#else
-#define MADD_F32(a, b, c) ((a) * (b) + (c))
-#define MADD_F64(a, b, c) ((a) * (b) + (c))
-#endif
-
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 
 #define GEMM_TEMPLATE
 #define real float
-#define NR (NVEC_F32 * VEC_BYTES / 4)
-#define MR MR_F32
+#define IS_F32 1
+#define VEC vf
+#define V(op) vf_##op
+#define NR (GEMM_NVEC * VF)
+#define MR GEMM_MR
 #define MC (12 * MR)
-#define SIMD_KERNEL GEMM_SIMD_F32
-#define MADD MADD_F32
 #define GN(name) name##_f32
 #include "gemm.c"
 
 #define real double
-#define NR (2 * VEC_BYTES / 8)
-#define MR MR_F64
+#define IS_F32 0
+#define VEC vd
+#define V(op) vd_##op
+#define NR (GEMM_NVEC * VD)
+#define MR GEMM_MR
 #define MC (12 * MR)
-#define SIMD_KERNEL 0
-#define MADD MADD_F64
 #define GN(name) name##_f64
 #include "gemm.c"
 #undef GEMM_TEMPLATE
 
-#else /* ---- template: real, NR, MR, MC, SIMD_KERNEL, MADD, GN ---- */
+#else /* ---- template: real, IS_F32, VEC and V(op) (its vector type and operations, see
+       * simd.h), NR, MR, MC, GN ---- */
 
 /* dst[q][k][j] = S(q*width + j, k): panels of `width` rows of S (n x kc, strides s_n and
  * s_k), zero rows past n. The loops follow the smaller stride of S (reads along memory,
@@ -123,54 +109,24 @@ static void GN(pack_b)(int64_t kc, int64_t nc, const real *b, int64_t sbk, int64
     GN(pack_panels)(nc, kc, b, sbn, sbk, NR, bp);
 }
 
-#if SIMD_KERNEL
-/* r[i][j] <- r[j][i] for a 16 x 16 block of floats, in 64 shuffles (unpacks within 128-bit
- * lanes, then moves of whole lanes). */
-static inline void GN(transpose16)(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {  /* lane L of t[i]: r[i][4L], r[i+1][4L], ... */
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {  /* lane L of u[i + c]: column 4L + c of rows i..i+3 */
-        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
-        __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
-        u[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        u[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        u[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        u[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    for (int c = 0; c < 4; c++) {  /* column 4L + c: lane L of u[c], u[4+c], u[8+c], u[12+c] */
-        __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
-        __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
-        __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
-        __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
-        r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
-        r[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
-        r[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
-    }
-}
-#endif
-
 void GN(seqcore_pack_cols)(int64_t kc, int64_t n, const real *const *src, int64_t k0, real *dst,
                            int64_t ld) {
     int64_t j0 = 0;
-#if SIMD_KERNEL
-    /* 16 x 16 blocks transposed in registers: scalar copies run at ~1 value per cycle,
+#if IS_F32
+    /* VF x VF blocks transposed in registers: scalar copies run at ~1 value per cycle,
      * which made packing w_ih and w_hh ~15% of the LSTM B1 forward */
-    for (; j0 + 16 <= n; j0 += 16) {
+    for (; j0 + VF <= n; j0 += VF) {
         int64_t k = 0;
-        for (; k + 16 <= kc; k += 16) {
-            __m512 r[16];
-            for (int j = 0; j < 16; j++)
-                r[j] = src[j0 + j] ? _mm512_loadu_ps(src[j0 + j] + k0 + k) : _mm512_setzero_ps();
-            GN(transpose16)(r);
-            for (int i = 0; i < 16; i++)
-                _mm512_storeu_ps(dst + (k + i) * ld + j0, r[i]);
+        for (; k + VF <= kc; k += VF) {
+            vf r[VF];
+            for (int j = 0; j < VF; j++)
+                r[j] = src[j0 + j] ? vf_load(src[j0 + j] + k0 + k) : vf_zero();
+            vf_transpose(r);
+            for (int i = 0; i < VF; i++)
+                vf_store(dst + (k + i) * ld + j0, r[i]);
         }
         for (; k < kc; k++)
-            for (int64_t j = j0; j < j0 + 16; j++)
+            for (int64_t j = j0; j < j0 + VF; j++)
                 dst[k * ld + j] = src[j] ? src[j][k0 + k] : 0;
     }
 #endif
@@ -183,35 +139,34 @@ void GN(seqcore_pack_cols)(int64_t kc, int64_t n, const real *const *src, int64_
                 dst[k * ld + j] = src[j] ? src[j][k0 + k] : 0;
 }
 
-#if SIMD_KERNEL
-/* float32, AVX-512: C[0:mr, 0:nr] (+)= A @ Bpanel with MR x 2 zmm accumulators. A is either
- * a packed panel (packed: A(i, k) = ap[k*MR + i]) or read in place from row-major rows
+/* C[0:mr, 0:nr] (+)= A @ Bpanel with MR x NVEC vector accumulators. A is either a packed
+ * panel (packed: A(i, k) = ap[k*MR + i]) or read in place from row-major rows
  * (A(i, k) = ap[i*lda + k]; rows past mr repeat row mr - 1, whose results are dropped).
- * Reading x in place saves the strided scalar copy that packing it costs (T*B x I values,
+ * Reading A in place saves the strided scalar copy that packing it costs (T*B x I values,
  * once per block of columns), and its rows stream through L1 in order just as well. */
-static inline void GN(micro_impl)(int64_t kc, const real *restrict ap, int64_t lda,
-                                  const real *restrict bp, real *restrict c, int64_t ldc,
-                                  int64_t mr, int64_t nr, int accumulate, const int packed) {
-    enum { NVEC = NR / 16 };
-    __m512 acc[MR][NVEC];
+static inline __attribute__((always_inline)) void GN(micro_impl)(
+        int64_t kc, const real *restrict ap, int64_t lda, const real *restrict bp,
+        real *restrict c, int64_t ldc, int64_t mr, int64_t nr, int accumulate, const int packed) {
+    enum { NVEC = GEMM_NVEC, LANES = NR / GEMM_NVEC };
+    VEC acc[MR][NVEC];
     const real *arow[MR];
     for (int i = 0; i < MR; i++) {
         for (int v = 0; v < NVEC; v++)
-            acc[i][v] = _mm512_setzero_ps();
+            acc[i][v] = V(zero)();
         arow[i] = packed ? ap + i : ap + (i < mr ? i : mr - 1) * lda;
     }
     const int64_t ks = packed ? MR : 1;
     for (int64_t k = 0; k < kc; k++, bp += NR) {
-        __m512 b[NVEC];
+        VEC b[NVEC];
 #pragma GCC unroll 4
         for (int v = 0; v < NVEC; v++)
-            b[v] = _mm512_loadu_ps(bp + 16 * v);
+            b[v] = V(load)(bp + LANES * v);
 #pragma GCC unroll 12
         for (int i = 0; i < MR; i++) {
-            __m512 a = _mm512_set1_ps(arow[i][k * ks]);
+            VEC a = V(set1)(arow[i][k * ks]);
 #pragma GCC unroll 4
             for (int v = 0; v < NVEC; v++)
-                acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+                acc[i][v] = V(fma)(a, b[v], acc[i][v]);
         }
     }
     if (mr == MR && nr == NR) {
@@ -221,8 +176,8 @@ static inline void GN(micro_impl)(int64_t kc, const real *restrict ap, int64_t l
 #pragma GCC unroll 4
             for (int v = 0; v < NVEC; v++) {
                 if (accumulate)
-                    acc[i][v] = _mm512_add_ps(_mm512_loadu_ps(ci + 16 * v), acc[i][v]);
-                _mm512_storeu_ps(ci + 16 * v, acc[i][v]);
+                    acc[i][v] = V(add)(V(load)(ci + LANES * v), acc[i][v]);
+                V(store)(ci + LANES * v, acc[i][v]);
             }
         }
         return;
@@ -230,7 +185,7 @@ static inline void GN(micro_impl)(int64_t kc, const real *restrict ap, int64_t l
     real tmp[MR][NR];
     for (int i = 0; i < MR; i++)
         for (int v = 0; v < NVEC; v++)
-            _mm512_storeu_ps(tmp[i] + 16 * v, acc[i][v]);
+            V(store)(tmp[i] + LANES * v, acc[i][v]);
     for (int64_t i = 0; i < mr; i++)
         for (int64_t j = 0; j < nr; j++)
             c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + tmp[i][j];
@@ -245,22 +200,6 @@ static void GN(micro_rows)(int64_t kc, const real *a, int64_t lda, const real *b
                            int64_t ldc, int64_t mr, int64_t nr, int accumulate) {
     GN(micro_impl)(kc, a, lda, bp, c, ldc, mr, nr, accumulate, 0);
 }
-#else
-/* C[0:mr, 0:nr] (+)= Apanel @ Bpanel: the MR x NR accumulator block lives in registers. */
-static void GN(micro)(int64_t kc, const real *restrict ap, const real *restrict bp,
-                      real *restrict c, int64_t ldc, int64_t mr, int64_t nr, int accumulate) {
-    real acc[MR][NR] = {{0}};
-    for (int64_t k = 0; k < kc; k++, ap += MR, bp += NR)
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; i++)
-#pragma omp simd
-            for (int j = 0; j < NR; j++)
-                acc[i][j] = MADD(ap[i], bp[j], acc[i][j]);
-    for (int64_t i = 0; i < mr; i++)
-        for (int64_t j = 0; j < nr; j++)
-            c[i * ldc + j] = (accumulate ? c[i * ldc + j] : 0) + acc[i][j];
-}
-#endif
 
 /* Packed B (see gemm.h): for each slice of kcb values of k (from p0), the NR-column panels
  * of all N columns, kc x NR each: slice p0 starts at bp + p0 * npad(N). The packed_share
@@ -360,7 +299,7 @@ static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t
                          int64_t c0, int64_t c1, int accumulate, real *c, int64_t ldc) {
     if (r0 >= r1 || c0 >= c1)
         return SEQCORE_OK;
-    int in_place = SIMD_KERNEL && sak == 1;
+    int in_place = sak == 1;
     real *ap = in_place ? NULL : seqcore_scratch_take(sizeof(real) * MC * kcb);
     if (!in_place && !ap)
         return SEQCORE_ENOMEM;
@@ -378,13 +317,11 @@ static int GN(gemm_rect)(int64_t M, int64_t N, int64_t K, const real *a, int64_t
                 for (int64_t ir = 0; ir < mc; ir += MR) {
                     real *cij = c + (i0 + ir) * ldc + j0;
                     int64_t mr = min64(MR, mc - ir), nr = min64(NR, n_end - j0);
-#if SIMD_KERNEL
                     if (in_place) {
                         GN(micro_rows)(kc, ablk + ir * sam, sam, bslice + j0 * kc, cij, ldc, mr,
                                        nr, acc);
                         continue;
                     }
-#endif
                     GN(micro)(kc, ap + ir * kc, bslice + j0 * kc, cij, ldc, mr, nr, acc);
                 }
         }
@@ -432,11 +369,12 @@ int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam
 
 /* End of one instantiation: its parameters are undefined for the next. */
 #undef real
+#undef IS_F32
+#undef VEC
+#undef V
 #undef NR
 #undef MR
 #undef MC
-#undef SIMD_KERNEL
-#undef MADD
 #undef GN
 
 #endif

@@ -4,10 +4,9 @@
  *   A(m, k) = a[m*sam + k*sak],  B(k, n) = b[k*sbk + n*sbn]   (any strides: the
  *   operands are packed into panels, so transposes cost nothing extra).
  *
- * Packed panels feed a register-blocked micro-kernel (AVX-512 intrinsics for float32 where
- * the target has them, else auto-vectorized, FMA where the target has it); OpenMP splits
- * the output panels across threads. Call it from outside
- * a parallel region. Returns 0, SEQCORE_EINVAL for negative sizes, SEQCORE_ENOMEM.
+ * Packed panels feed a register-blocked micro-kernel written with the ISA level's vectors
+ * (simd.h: its width and register count set the blocking); OpenMP splits the output panels
+ * across threads. Call it from outside a parallel region. Returns 0, SEQCORE_EINVAL for negative sizes, SEQCORE_ENOMEM.
  */
 #ifndef SEQCORE_GEMM_H
 #define SEQCORE_GEMM_H
@@ -39,7 +38,7 @@ int seqcore_gemm_packed_share_f64(int64_t M, int64_t N, int64_t K, const double 
                                   double *c, int64_t ldc, int64_t part, int64_t parts);
 /* dst[k*ld + j] = src[j][k0 + k] for j < n, k < kc (src[j] NULL: zeros): n columns given
  * as pointers, transposed into rows of ld values. The packing step of the kernels here
- * (AVX-512: in 16 x 16 register blocks); no OpenMP. */
+ * (float: in VF x VF register blocks); no OpenMP. */
 void seqcore_pack_cols_f32(int64_t kc, int64_t n, const float *const *src, int64_t k0,
                            float *dst, int64_t ld);
 void seqcore_pack_cols_f64(int64_t kc, int64_t n, const double *const *src, int64_t k0,

@@ -32,6 +32,7 @@
  * `real` = float and then double.
  */
 #ifndef RNN_TEMPLATE
+#include "isa.h"  /* this ISA level's names */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

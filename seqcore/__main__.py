@@ -104,9 +104,9 @@ def _report(backend, dtype, name, err_fn):
 
 def main():
     print(f"seqcore {seqcore.__version__}")
-    status = seqcore.backend_status()
-    for name, why in status.items():
-        print(f"  {name:7s} {'available' if not why else 'unavailable: ' + why}")
+    available = seqcore.available_backends()
+    for name, what in seqcore.backend_status().items():
+        print(f"  {name:7s} {what if name in available else 'unavailable: ' + what}")
     rng = np.random.default_rng()
     failures = 0
     start = time.perf_counter()

@@ -38,14 +38,32 @@ def _triton_status():
     return ""
 
 
-def backend_status():
+def _problems():
     """{backend: ''} when it works here, else {backend: why not}."""
     return {"c": _c.status(), "triton": _triton_status(), "numpy": ""}
 
 
+def _what_runs(backend):
+    if backend == "c":
+        levels = ", ".join(_c.isa_levels())
+        return (f"C kernels at ISA level {_c.isa()} (this CPU runs {levels}; "
+                f"{_c.ISA_ENV} forces one)")
+    if backend == "triton":
+        return "Triton kernels under the interpreter (TRITON_INTERPRET=1)" if interpreter_on() \
+            else "Triton kernels on CUDA"
+    return "the float64 NumPy reference"
+
+
+def backend_status():
+    """{backend: what runs}: "available: ..." (for the C backend, the ISA level its kernels run
+    at) when the backend works here, else why it does not."""
+    return {name: f"available: {_what_runs(name)}" if not why else why
+            for name, why in _problems().items()}
+
+
 def available_backends():
-    status = backend_status()
-    return tuple(name for name in BACKENDS if not status[name])
+    problems = _problems()
+    return tuple(name for name in BACKENDS if not problems[name])
 
 
 def pick(kind, device_type, backend):
@@ -60,6 +78,9 @@ def pick(kind, device_type, backend):
         if device_type == "cuda":
             backend = "triton"
         elif device_type == "cpu":
+            if _C_STATUS and _C_STATUS.startswith(_c.ISA_ENV):
+                # asked for a level that cannot run: an error, not a silent fallback
+                raise RuntimeError(f"seqcore C backend unavailable: {_C_STATUS}")
             if _C_STATUS:
                 warnings.warn(f"seqcore: C backend unavailable, using the slow reference: {_C_STATUS}",
                               RuntimeWarning, stacklevel=3)

@@ -1,0 +1,32 @@
+/* This ISA level's kernel table (see kernels.h; compiled once per level like the kernels,
+ * so every name below is the level's own copy). */
+#include "isa.h"
+#include "kernels.h"
+#include "gemm.h"
+#include "simd.h"
+
+/* y = f(x) elementwise with the vector math of this level (vector body, masked tail). */
+static void seqcore_vec_math_f32(int fn, int64_t n, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i += VF) {
+        vf v = vf_load_n(x + i, n - i);
+        switch (fn) {
+        case SEQCORE_VEC_EXP: v = vf_exp(v); break;
+        case SEQCORE_VEC_SIGMOID: v = vf_sigmoid(v); break;
+        case SEQCORE_VEC_TANH: v = vf_tanh(v); break;
+        default: v = vf_exp2_nonpos(v); break;
+        }
+        vf_store_n(y + i, v, n - i);
+    }
+}
+
+const seqcore_kernel_table seqcore_kernels = {
+    SEQCORE_ISA_NAME,
+    seqcore_attention_fwd_f32, seqcore_attention_fwd_f64,
+    seqcore_attention_bwd_f32, seqcore_attention_bwd_f64,
+    seqcore_lstm_fwd_f32, seqcore_lstm_fwd_f64,
+    seqcore_gru_fwd_f32, seqcore_gru_fwd_f64,
+    seqcore_lstm_bwd_f32, seqcore_lstm_bwd_f64,
+    seqcore_gru_bwd_f32, seqcore_gru_bwd_f64,
+    seqcore_gemm_f32, seqcore_gemm_f64,
+    seqcore_vec_math_f32,
+};
