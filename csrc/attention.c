@@ -22,46 +22,39 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Vector registers: 64 bytes and 32 of them with AVX-512, else 32 bytes and 16 (AVX2; the
- * vector extensions fall back to narrower SIMD elsewhere). The micro-kernel holds an
- * MR x (2 vectors) block of C: 16 or 8 accumulators, leaving room for the operands. */
-#ifdef __AVX512F__
-#define VEC_BYTES 64
-enum { MR = 8 };
-#else
-#define VEC_BYTES 32
-enum { MR = 4 };
-#endif
+#include "parallel.h"
+#include "scratch.h"
+#include "simd.h"
+
+/* The general path's micro-kernel holds an MR x (2 vectors) block of C in registers, and MR
+ * divides the 64-row tiles: 8 rows (16 accumulators) with 32 vector registers, else 4 (8).
+ * NR = two vectors of the ISA level (simd.h) also divides them. */
+enum { MR = SIMD_REGS >= 32 ? 8 : 4 };
 
 enum {
     BQ = 64,      /* query rows per tile */
     BK = 64,      /* key rows per tile */
-    NR_F32 = 2 * VEC_BYTES / 4,  /* micro-kernel columns: two vectors */
-    NR_F64 = 2 * VEC_BYTES / 8,
+    NR_F32 = 2 * VF,  /* micro-kernel columns: two vectors */
+    NR_F64 = 2 * VD,
     MAX_HEAD_DIM = 256,
 };
 
-/* -std=c11 turns off the contraction of a * b + c into one FMA in GCC; the micro-kernels want
- * it (one rounding instead of two, and twice the throughput). Clang contracts by default. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define FMA_CONTRACT __attribute__((optimize("fp-contract=fast")))
-#else
-#define FMA_CONTRACT
-#endif
-
-/* GCC vectorizes loops with 256-bit vectors under -march=native even where the target has
- * 512-bit ones; WIDE_LOOPS asks for 512 on a function whose loops are worth it (the exp of
- * P in the backward). */
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+/* GCC vectorizes loops with 256-bit vectors even where the target has 512-bit ones;
+ * WIDE_LOOPS asks for 512 on a function whose scalar loops are worth it. */
+#if defined(SIMD_AVX512) && defined(__GNUC__) && !defined(__clang__)
 #define WIDE_LOOPS __attribute__((target("prefer-vector-width=512")))
 #else
 #define WIDE_LOOPS
 #endif
 
-/* One vector register (GCC/Clang vector extensions), aligned only to its element so it loads
- * from any row. */
-typedef float vec_f32 __attribute__((vector_size(VEC_BYTES), aligned(4)));
-typedef double vec_f64 __attribute__((vector_size(VEC_BYTES), aligned(8)));
+/* fmaf/fma inline where the level has FMA; without it a libm call, so a * b + c instead. */
+#if SIMD_FMA
+#define MADD_F32(a, b, c) fmaf((a), (b), (c))
+#define MADD_F64(a, b, c) fma((a), (b), (c))
+#else
+#define MADD_F32(a, b, c) ((a) * (b) + (c))
+#define MADD_F64(a, b, c) ((a) * (b) + (c))
+#endif
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -169,28 +162,10 @@ static tile_pos make_tile(const band *bd, int64_t i0, int64_t nq, int64_t j0, in
     return t;
 }
 
-/* exp for float without libm, so loops of it vectorize: exp(x) = 2^n exp(r), |r| <= ln2 / 2,
- * exp(r) by its degree-7 Taylor polynomial (relative error < 1e-8, below float rounding).
- * x < -87 (including -inf) gives exactly 0; x is never above 0 here. */
-static inline float exp_f32(float x) {
-    float xc = x < -87.0f ? -87.0f : x;
-    xc = xc > 88.0f ? 88.0f : xc;
-    /* round to nearest by the 1.5 * 2^23 trick: floorf would be a libm call */
-    float n = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;
-    float r = fmaf(n, -0.693145751953125f, xc);   /* ln2 split in a high part exact in float */
-    r = fmaf(n, -1.428606765330187e-06f, r);      /* and the low rest */
-    float poly = 1.0f / 5040;
-    poly = fmaf(poly, r, 1.0f / 720);
-    poly = fmaf(poly, r, 1.0f / 120);
-    poly = fmaf(poly, r, 1.0f / 24);
-    poly = fmaf(poly, r, 1.0f / 6);
-    poly = fmaf(poly, r, 0.5f);
-    poly = fmaf(poly, r, 1.0f);
-    poly = fmaf(poly, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return x < -87.0f ? 0.0f : poly * two_n;
+/* The products of a forward as if every query saw every key (an upper bound): whether a call
+ * is worth the threads (parallel.h). */
+static double attention_work(const seqcore_attn_problem *p) {
+    return 2.0 * (double)(p->D + p->Dv) * (double)query_row_count(p) * (double)p->Sk;
 }
 
 /* Cheap checks of everything the kernels index with (the API validated already). */
@@ -219,82 +194,61 @@ static int problem_ok(const seqcore_attn_problem *p, const void *q, const void *
  * The float forward first tries the AVX-512 fast path (after the two instantiations).
  * ------------------------------------------------------------------------------------------ */
 
-#ifdef __AVX512F__
 static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
                         const float *v, const float *bias, float *out, float *lse);
-#endif
 
 #define ATTN_TEMPLATE
 #define real float
+#define VEC vf
+#define V(op) vf_##op
+#define VL VF
+#define VMATH 1
 #define NR NR_F32
-#define EXP exp_f32
+#define EXP simd_expf
 #define TANH tanhf
 #define LOG logf
-#define MADD fmaf
+#define MADD MADD_F32
 #define RN(name) name##_f32
-#ifdef __AVX512F__
 #define FAST_FWD fast_fwd_f32
-#endif
 #include "attention.c"
 
 #define real double
+#define VEC vd
+#define V(op) vd_##op
+#define VL VD
+#define VMATH 0
 #define NR NR_F64
 #define EXP exp
 #define TANH tanh
 #define LOG log
-#define MADD fma
+#define MADD MADD_F64
 #define RN(name) name##_f64
 #include "attention.c"
 #undef ATTN_TEMPLATE
 
-/* ---------------------------------------------------------------- forward, AVX-512 fast path
+/* ---------------------------------------------------------------- forward, fast path
  *
- * The common case (float, no bias, no softcap) with AVX-512: the score tile, the online
- * softmax and P V are fused per block of FR = 6 query rows, so a block's scores live in 24
- * zmm registers and only its P (6 x 64 floats) goes through memory (for the broadcasts of
- * P V). Per key tile, every FR-row block of the BQF-row query task reuses the key and value
- * tiles from L1 (16 + 16 KB at D = Dv = 64).
- * Scores are kept in base 2: q is pre-multiplied by scale * log2(e), so exp becomes exp2 (one
- * multiply fewer per score); m is then a base-2 max and lse = m ln2 + log(l).
- * K is packed once per call into 64-key tiles, each D x 64 contiguous (transposed), zero
+ * The common case (float, no bias, no softcap), written once on the ISA level's vectors:
+ * per block of FR query rows and key tile of BKF keys,
+ *   1. S = Q K^T in passes of NKV vectors of keys (FR x NKV accumulators in registers:
+ *      6 x 4 zmm with AVX-512, one pass over 64 keys; 6 x 2 ymm with AVX2, four passes),
+ *      the band mask applied as a pass stores its scores to the block's L1 buffer;
+ *   2. the online softmax on each row of the buffer (base-2 max, exp2, running sum);
+ *   3. O = alpha O + P V in passes of NKV vectors of Dv, the block's O in registers.
+ * Per key tile, every FR-row block of the BQF-row query task reuses the key and value tiles
+ * from L1. Scores are kept in base 2: q is pre-multiplied by scale * log2(e), so exp becomes
+ * exp2 (one multiply fewer per score); m is then a base-2 max and lse = m ln2 + log(l).
+ * K is packed once per call into BKF-key tiles, each D x BKF contiguous (transposed), zero
  * columns past a sequence's last key; tile t of sequence s is tile tile_base[s] + t. */
-#ifdef __AVX512F__
-#include <immintrin.h>
 
 enum {
-    FR = 6,     /* query rows per register block: 6 x 4 accumulators + 4 operands */
-    BQF = 192,  /* query rows per task (a multiple of FR): each key tile serves 32 blocks */
+    NKV = SIMD_REGS >= 32 ? 4 : 2,    /* vectors of keys (or of Dv columns) per pass */
+    FR_FIT = (SIMD_REGS - NKV - 1 - !SIMD_FMA) / NKV,
+    FR = FR_FIT < 6 ? FR_FIT : 6,     /* query rows per register block */
+    BKF = 64,                         /* keys per tile */
+    BQF = 32 * FR,                    /* query rows per task: each key tile serves 32 blocks */
+    KPASS = NKV * VF,                 /* keys (or Dv columns) per pass */
 };
-
-/* 2^x on 16 lanes for x <= 0 (scores minus their row max): 2^n 2^r, n = round(x), |r| <= 1/2,
- * 2^r by its degree-6 Taylor polynomial in r ln2 (relative error < 2e-7); x < -126 (also -inf)
- * gives exactly 0, so masked scores add nothing; NaN stays NaN. */
-static inline __m512 exp2_ps(__m512 x) {
-    const __m512 lo = _mm512_set1_ps(-126.0f);
-    __mmask16 live = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);
-    x = _mm512_max_ps(lo, x);  /* (max returns its second operand, x, when x is NaN) */
-    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_sub_ps(x, n);  /* exact */
-    __m512 poly = _mm512_set1_ps(1.5403530393381606e-4f);            /* ln2^6 / 720 */
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.3333558146428443e-3f));  /* ln2^5 / 120 */
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(9.618129107628477e-3f));   /* ln2^4 / 24 */
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(5.550410866482158e-2f));   /* ln2^3 / 6 */
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(0.2402265069591007f));     /* ln2^2 / 2 */
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(0.6931471805599453f));     /* ln2 */
-    poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(1.0f));
-    return _mm512_maskz_scalef_ps(live, poly, n);
-}
-
-static float exp2_1(float x) { return _mm512_cvtss_f32(exp2_ps(_mm512_set1_ps(x))); }
-
-/* Bits c of the result: key column c of a 64-wide tile is visible (lo <= c < hi). */
-static uint64_t column_mask(int64_t lo, int64_t hi) {
-    lo = clamp64(lo, 0, 64);
-    hi = clamp64(hi, 0, 64);
-    if (hi <= lo) return 0;
-    uint64_t below_hi = hi == 64 ? ~(uint64_t)0 : (((uint64_t)1 << hi) - 1);
-    return below_hi & ~(((uint64_t)1 << lo) - 1);
-}
 
 /* Packed K, see above. tile_base has n_seq + 1 entries; returns NULL when out of memory. */
 static int64_t *key_tile_bases(const seqcore_attn_problem *p) {
@@ -302,155 +256,163 @@ static int64_t *key_tile_bases(const seqcore_attn_problem *p) {
     if (!base) return NULL;
     base[0] = 0;
     for (int64_t s = 0; s < p->n_seq; s++)
-        base[s + 1] = base[s] + cdiv(k_rows(p, s, 0).len, BK);
+        base[s + 1] = base[s] + cdiv(k_rows(p, s, 0).len, BKF);
     return base;
 }
 
-/* dst[c * ldd + r] = src[r * lds + c] for a 16 x 16 block: three rounds of in-register
- * shuffles (pairs of floats, then of doubles, then 128-bit lanes twice) instead of 256
- * scattered scalar stores. */
-static inline void transpose16_f32(const float *src, int64_t lds, float *dst, int64_t ldd) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    /* u[4g + e], 128-bit lane k: rows 4g .. 4g + 3 of column 4k + e */
-    for (int g = 0; g < 16; g += 4) {
-        __m512d a = _mm512_castps_pd(t[g]), b = _mm512_castps_pd(t[g + 1]);
-        __m512d c = _mm512_castps_pd(t[g + 2]), d = _mm512_castps_pd(t[g + 3]);
-        r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    /* a 4 x 4 transpose of 128-bit lanes for each e: column 4k + e gathers lane k of u[4g + e] */
-    for (int e = 0; e < 4; e++) {
-        __m512 v0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x44);
-        __m512 v1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xEE);
-        __m512 v2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44);
-        __m512 v3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
-        _mm512_storeu_ps(dst + (0 + e) * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-        _mm512_storeu_ps(dst + (4 + e) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
-        _mm512_storeu_ps(dst + (8 + e) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-        _mm512_storeu_ps(dst + (12 + e) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
-    }
-}
-
-/* Pack the key tiles of (sequence s, kv head hk) into kp (Hkv x n_tiles x D x BK). */
+/* Pack the key tiles of (sequence s, kv head hk) into kp (Hkv x n_tiles x D x BKF): VF x VF
+ * blocks transposed in registers, then the odd rows and columns one by one. */
 static void pack_keys_f32(const seqcore_attn_problem *p, const float *k, const int64_t *base,
                           float *kp, int64_t s, int64_t hk) {
     seq_rows kr = k_rows(p, s, hk);
-    int64_t D = p->D, n_tiles = base[p->n_seq], D16 = D / 16 * 16;
+    int64_t D = p->D, n_tiles = base[p->n_seq], Dv_ = D / VF * VF;
     for (int64_t t = 0; t < base[s + 1] - base[s]; t++) {
-        float *dst = kp + (hk * n_tiles + base[s] + t) * D * BK;
-        int64_t j0 = t * BK, nk = min64(BK, kr.len - j0), j = 0;
-        for (; j + 16 <= nk; j += 16) {  /* whole 16 x 16 blocks, then the odd columns */
-            const float *rows = k + row_index(kr, j0 + j) * D;
-            for (int64_t c = 0; c < D16; c += 16)
-                transpose16_f32(rows + c, kr.step * D, dst + c * BK + j, BK);
-            for (int64_t jj = j; jj < j + 16; jj++)
-                for (int64_t c = D16; c < D; c++) dst[c * BK + jj] = k[row_index(kr, j0 + jj) * D + c];
+        float *dst = kp + (hk * n_tiles + base[s] + t) * D * BKF;
+        int64_t j0 = t * BKF, nk = min64(BKF, kr.len - j0), j = 0;
+        for (; j + VF <= nk; j += VF) {
+            for (int64_t c = 0; c < Dv_; c += VF) {
+                vf r[VF];
+                for (int i = 0; i < VF; i++)
+                    r[i] = vf_load(k + row_index(kr, j0 + j + i) * D + c);
+                vf_transpose(r);
+                for (int i = 0; i < VF; i++) vf_store(dst + (c + i) * BKF + j, r[i]);
+            }
+            for (int64_t jj = j; jj < j + VF; jj++)
+                for (int64_t c = Dv_; c < D; c++) dst[c * BKF + jj] = k[row_index(kr, j0 + jj) * D + c];
         }
         for (; j < nk; j++) {
             const float *row = k + row_index(kr, j0 + j) * D;
-            for (int64_t c = 0; c < D; c++) dst[c * BK + j] = row[c];
+            for (int64_t c = 0; c < D; c++) dst[c * BKF + j] = row[c];
         }
         for (int64_t c = 0; c < D; c++)
-            for (int64_t jj = nk; jj < BK; jj++) dst[c * BK + jj] = 0;
+            for (int64_t jj = nk; jj < BKF; jj++) dst[c * BKF + jj] = 0;
     }
 }
 
 /* Per-thread scratch of the fast forward. */
 typedef struct {
     float *block;
-    float *q;   /* BQ x D: query tile times scale * log2(e) */
-    float *o;   /* BQ x dvp: output accumulator (unnormalized), dvp = Dv rounded up to 64 */
-    float *l;   /* BQ x 16: per-lane partial sums of exp (summed across lanes at the end) */
-    float *m;   /* BQ: running base-2 max */
-    float *pb;  /* FR x BK: P of the current FR-row block */
+    float *q;   /* BQF x D: query tile times scale * log2(e) */
+    float *o;   /* BQF x dvp: output accumulator (unnormalized), dvp = Dv rounded up to KPASS */
+    float *l;   /* BQF: running sums of exp */
+    float *m;   /* BQF: running base-2 max */
+    float *s;   /* FR x BKF: scores, then P, of the current block */
 } fast_scratch_f32;
 
 static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
-    int64_t sizes[5] = {BQF * D, BQF * dvp, BQF * 16, BQF, FR * BK};
-    float **parts[5] = {&w->q, &w->o, &w->l, &w->m, &w->pb};
+    int64_t sizes[5] = {BQF * D, BQF * dvp, BQF, BQF, FR * BKF};
+    float **parts[5] = {&w->q, &w->o, &w->l, &w->m, &w->s};
     int64_t total = 0;
-    for (int i = 0; i < 5; i++) total += sizes[i];
-    w->block = aligned_alloc(64, (size_t)round_up(total * (int64_t)sizeof(float), 64));
+    for (int i = 0; i < 5; i++) total += round_up(sizes[i], 16);
+    w->block = seqcore_scratch_take((size_t)total * sizeof(float));
     if (!w->block) return 0;
     float *at = w->block;
     for (int i = 0; i < 5; i++) { *parts[i] = at; at += round_up(sizes[i], 16); }
     return 1;
 }
 
-/* One 4-row block against one key tile: S = Q K^T (base 2), mask, online softmax, O += P V. */
-FMA_CONTRACT static void fast_block_f32(const float *restrict qb, int64_t D,
-                                        const float *restrict kt, const float *restrict vt,
-                                        int64_t ldv, int64_t nk, int64_t Dv, int64_t dvp,
-                                        const uint64_t *col_masks, float *restrict m,
-                                        float *restrict l, float *restrict ob,
-                                        float *restrict pb) {
-    __m512 acc[FR][4];
+/* Visible keys [lo[r], hi[r]) of the block's rows within the tile (NULL: all of them). */
+typedef struct { int64_t lo[FR], hi[FR]; } row_bands;
+
+/* Scores of keys c0 .. c0 + KPASS for the block's FR rows: qb (FR x D) times kt (D x BKF),
+ * masked to each row's band, into s (FR x BKF). */
+static inline __attribute__((always_inline)) void fast_scores_f32(
+        const float *restrict qb, int64_t D, const float *restrict kt, int64_t c0,
+        const row_bands *bands, float *restrict s) {
+    vf acc[FR][NKV];
     for (int r = 0; r < FR; r++)
-        for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
+        for (int c = 0; c < NKV; c++) acc[r][c] = vf_zero();
     for (int64_t kk = 0; kk < D; kk++) {
-        __m512 b0 = _mm512_load_ps(kt + kk * BK), b1 = _mm512_load_ps(kt + kk * BK + 16);
-        __m512 b2 = _mm512_load_ps(kt + kk * BK + 32), b3 = _mm512_load_ps(kt + kk * BK + 48);
+        vf b[NKV];
+        for (int c = 0; c < NKV; c++) b[c] = vf_load(kt + kk * BKF + c0 + c * VF);
         for (int r = 0; r < FR; r++) {
-            __m512 a = _mm512_set1_ps(qb[r * D + kk]);
-            acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-            acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
-            acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+            vf a = vf_set1(qb[r * D + kk]);
+            for (int c = 0; c < NKV; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
         }
     }
-    const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
-    __m512 alpha[FR];
+    const vf neg_inf = vf_set1(-INFINITY);
+    for (int r = 0; r < FR; r++)
+        for (int c = 0; c < NKV; c++) {
+            vf v = acc[r][c];
+            if (bands) {
+                int64_t lane0 = c0 + c * VF;
+                v = vf_select(vmask_lanes(bands->lo[r] - lane0, bands->hi[r] - lane0), v, neg_inf);
+            }
+            vf_store(s + r * BKF + c0 + c * VF, v);
+        }
+}
+
+/* The online softmax of one row of scores (base 2; masked ones -inf): s <- P in place;
+ * returns the factor alpha = 2^(m_old - m_new) the row's O and l are to be scaled by. */
+static inline float fast_softmax_row_f32(float *restrict s, float *restrict m,
+                                         float *restrict l) {
+    vf mx = vf_load(s);
+    for (int64_t j = VF; j < BKF; j += VF) mx = vf_max(mx, vf_load(s + j));
+    float m_old = *m, m_new = vf_reduce_max(mx);
+    m_new = m_new > m_old ? m_new : m_old;
+    /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
+    float m_use = m_new == -INFINITY ? 0 : m_new;
+    vf mu = vf_set1(m_use), sum = vf_zero();
+    for (int64_t j = 0; j < BKF; j += VF) {
+        vf pr = vf_exp2_nonpos(vf_sub(vf_load(s + j), mu));
+        vf_store(s + j, pr);
+        sum = vf_add(sum, pr);
+    }
+    float alpha = 1.0f;
+    if (m_new > m_old) {
+        float a[VF];
+        vf_store(a, vf_exp2_nonpos(vf_set1(m_old - m_use)));
+        alpha = a[0];
+    }
+    *m = m_new;
+    *l = *l * alpha + vf_reduce_add(sum);
+    return alpha;
+}
+
+/* O columns c0 .. c0 + KPASS of the block: alpha O + P V over the tile's nk keys, V rows
+ * read in place (ldv apart), masked past Dv. */
+static inline __attribute__((always_inline)) void fast_pv_f32(
+        const float *restrict pb, const float *restrict vt, int64_t ldv, int64_t nk,
+        int64_t Dv, int64_t c0, const float *alpha, float *restrict ob, int64_t dvp) {
+    vf acc[FR][NKV];
     for (int r = 0; r < FR; r++) {
-        if (col_masks)
-            for (int c = 0; c < 4; c++)
-                acc[r][c] = _mm512_mask_mov_ps(neg_inf, (__mmask16)(col_masks[r] >> (16 * c)),
-                                               acc[r][c]);
-        __m512 mx = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]),
-                                  _mm512_max_ps(acc[r][2], acc[r][3]));
-        float m_old = m[r], m_new = _mm512_reduce_max_ps(mx);
-        m_new = m_new > m_old ? m_new : m_old;
-        /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
-        float m_use = m_new == -INFINITY ? 0 : m_new;
-        alpha[r] = _mm512_set1_ps(m_new > m_old ? exp2_1(m_old - m_use) : 1.0f);
-        m[r] = m_new;
-        __m512 mu = _mm512_set1_ps(m_use), sum = _mm512_setzero_ps();
-        for (int c = 0; c < 4; c++) {
-            __m512 pr = exp2_ps(_mm512_sub_ps(acc[r][c], mu));
-            _mm512_store_ps(pb + r * BK + 16 * c, pr);
-            sum = _mm512_add_ps(sum, pr);
-        }
-        _mm512_store_ps(l + r * 16, _mm512_fmadd_ps(_mm512_load_ps(l + r * 16), alpha[r], sum));
+        vf a = vf_set1(alpha[r]);
+        for (int c = 0; c < NKV; c++) acc[r][c] = vf_mul(vf_load(ob + r * dvp + c0 + c * VF), a);
     }
-    /* O (FR x dvp, 64 columns at a time) = alpha O + P V; V rows read in place, masked past Dv */
-    for (int64_t c0 = 0; c0 < dvp; c0 += 64) {
-        __mmask16 vm[4];
-        for (int c = 0; c < 4; c++)
-            vm[c] = (__mmask16)(column_mask(0, Dv - c0) >> (16 * c));
-        for (int r = 0; r < FR; r++)
-            for (int c = 0; c < 4; c++)
-                acc[r][c] = _mm512_mul_ps(_mm512_load_ps(ob + r * dvp + c0 + 16 * c), alpha[r]);
+    if (c0 + KPASS <= Dv) {
         for (int64_t kk = 0; kk < nk; kk++) {
             const float *vr = vt + kk * ldv + c0;
-            __m512 b0 = _mm512_maskz_loadu_ps(vm[0], vr), b1 = _mm512_maskz_loadu_ps(vm[1], vr + 16);
-            __m512 b2 = _mm512_maskz_loadu_ps(vm[2], vr + 32), b3 = _mm512_maskz_loadu_ps(vm[3], vr + 48);
+            vf b[NKV];
+            for (int c = 0; c < NKV; c++) b[c] = vf_load(vr + c * VF);
             for (int r = 0; r < FR; r++) {
-                __m512 a = _mm512_set1_ps(pb[r * BK + kk]);
-                acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-                acc[r][2] = _mm512_fmadd_ps(a, b2, acc[r][2]);
-                acc[r][3] = _mm512_fmadd_ps(a, b3, acc[r][3]);
+                vf a = vf_set1(pb[r * BKF + kk]);
+                for (int c = 0; c < NKV; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
             }
         }
-        for (int r = 0; r < FR; r++)
-            for (int c = 0; c < 4; c++) _mm512_store_ps(ob + r * dvp + c0 + 16 * c, acc[r][c]);
+    } else {  /* the last columns: loads masked past Dv */
+        for (int64_t kk = 0; kk < nk; kk++) {
+            const float *vr = vt + kk * ldv + c0;
+            vf b[NKV];
+            for (int c = 0; c < NKV; c++) b[c] = vf_load_n(vr + c * VF, Dv - c0 - c * VF);
+            for (int r = 0; r < FR; r++) {
+                vf a = vf_set1(pb[r * BKF + kk]);
+                for (int c = 0; c < NKV; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
+            }
+        }
     }
+    for (int r = 0; r < FR; r++)
+        for (int c = 0; c < NKV; c++) vf_store(ob + r * dvp + c0 + c * VF, acc[r][c]);
+}
+
+/* One FR-row block against one key tile: scores, online softmax, O += P V. */
+static void fast_block_f32(const float *restrict qb, int64_t D, const float *restrict kt,
+                           const float *restrict vt, int64_t ldv, int64_t nk, int64_t Dv,
+                           int64_t dvp, const row_bands *bands, float *restrict m,
+                           float *restrict l, float *restrict ob, float *restrict s) {
+    for (int64_t c0 = 0; c0 < BKF; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s);
+    float alpha[FR];
+    for (int r = 0; r < FR; r++) alpha[r] = fast_softmax_row_f32(s + r * BKF, m + r, l + r);
+    for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, ldv, nk, Dv, c0, alpha, ob, dvp);
 }
 
 /* Output rows i0 .. i0 + BQF of (sequence sq, query head h), fast path. */
@@ -460,23 +422,23 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
     int64_t hk = h / (p->Hq / p->Hkv);
     seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, hk);
     if (i0 >= qr.len) return;
-    int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, 64);
+    int64_t D = p->D, Dv = p->Dv, dvp = round_up(Dv, KPASS);
     int64_t nq = min64(BQF, qr.len - i0), mq = round_up(nq, FR);
     band bd = make_band(o, qr.len, kr.len);
     load_rows_f32(w->q, D, q, qr, i0, nq, mq, D, (float)(o->scale * 1.4426950408889634));
     for (int64_t r = 0; r < mq; r++) {
         w->m[r] = -INFINITY;
-        for (int64_t c = 0; c < 16; c++) w->l[r * 16 + c] = 0;
+        w->l[r] = 0;
         for (int64_t c = 0; c < dvp; c++) w->o[r * dvp + c] = 0;
     }
-    const float *kp_head = kp + (hk * base[p->n_seq] + base[sq]) * D * BK;
+    const float *kp_head = kp + (hk * base[p->n_seq] + base[sq]) * D * BKF;
     int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
-    for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
-        tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
-        const float *kt = kp_head + j0 * D;  /* tile j0 / BK, D * BK floats each */
+    for (int64_t j0 = j_begin / BKF * BKF; j0 < j_end; j0 += BKF) {
+        tile_pos t = make_tile(&bd, i0, nq, j0, min64(BKF, kr.len - j0));
+        const float *kt = kp_head + j0 * D;  /* tile j0 / BKF, D * BKF floats each */
         const float *vt = v + row_index(kr, j0) * Dv;
         int64_t ldv = kr.step * Dv;
-        int masked = t.needs_mask || t.nk < BK;
+        int masked = t.needs_mask || t.nk < BKF;
         for (int64_t r0 = 0; r0 < mq; r0 += FR) {
             /* a block none of whose rows sees a key of this tile would leave m, l and o as
              * they are (all its scores are -inf): skip it (the upper part of tall diagonal
@@ -484,20 +446,19 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
             int64_t i_last = min64(i0 + r0 + FR, i0 + nq) - 1;
             if (t.needs_mask && (band_hi(&bd, i_last) <= j0 || band_lo(&bd, i0 + r0) >= j0 + t.nk))
                 continue;
-            uint64_t cm[FR];
+            row_bands rb;
             for (int r = 0; masked && r < FR; r++) {
                 int64_t i = i0 + r0 + r;
-                int64_t lo = t.needs_mask ? band_lo(&bd, i) - j0 : 0;
-                int64_t hi = t.needs_mask ? band_hi(&bd, i) - j0 : BK;
-                cm[r] = column_mask(lo, min64(hi, t.nk));
+                rb.lo[r] = t.needs_mask ? band_lo(&bd, i) - j0 : 0;
+                rb.hi[r] = min64(t.needs_mask ? band_hi(&bd, i) - j0 : BKF, t.nk);
             }
-            fast_block_f32(w->q + r0 * D, D, kt, vt, ldv, t.nk, Dv, dvp, masked ? cm : NULL,
-                           w->m + r0, w->l + r0 * 16, w->o + r0 * dvp, w->pb);
+            fast_block_f32(w->q + r0 * D, D, kt, vt, ldv, t.nk, Dv, dvp, masked ? &rb : NULL,
+                           w->m + r0, w->l + r0, w->o + r0 * dvp, w->s);
         }
     }
     for (int64_t r = 0; r < nq; r++) {
         int64_t row = row_index(qr, i0 + r);
-        float l = _mm512_reduce_add_ps(_mm512_load_ps(w->l + r * 16));
+        float l = w->l[r];
         float *dst = out + row * Dv, inv_l = l > 0 ? 1 / l : 0;
         for (int64_t c = 0; c < Dv; c++) dst[c] = w->o[r * dvp + c] * inv_l;
         lse[row] = l > 0 ? w->m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
@@ -510,13 +471,15 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
     if (bias || p->softcap > 0) return -3;
     attn_opts o = make_opts(p);
     int64_t n_tiles = cdiv(p->Sq, BQF), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
-    int64_t dvp = round_up(p->Dv, 64);
+    int64_t dvp = round_up(p->Dv, KPASS);
     int64_t *base = key_tile_bases(p);
     if (!base) return SEQCORE_ENOMEM;
-    float *kp = aligned_alloc(64, (size_t)max64(1, p->Hkv * base[p->n_seq]) * p->D * BK * sizeof(float));
+    /* (kept scratch, see scratch.h: megabytes of packed keys are not faulted in per call) */
+    float *kp = seqcore_scratch_take((size_t)max64(1, p->Hkv * base[p->n_seq]) * p->D * BKF *
+                                     sizeof(float));
     if (!kp) { free(base); return SEQCORE_ENOMEM; }
     int status = SEQCORE_OK;
-#pragma omp parallel if (n_tasks > 1)
+#pragma omp parallel if (seqcore_worth_threads(attention_work(p)))
     {
 #pragma omp for schedule(dynamic)
         for (int64_t sh = 0; sh < p->n_seq * p->Hkv; sh++)
@@ -535,57 +498,56 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
             fast_tile_f32(p, &o, q, kp, base, v, out, lse, seq_head / p->Hq, seq_head % p->Hq,
                           tile * BQF, &w);
         }
-        free(w.block);
+        seqcore_scratch_give(w.block);
     }
-    free(kp);
+    seqcore_scratch_give(kp);
     free(base);
     return status;
 }
-#endif /* __AVX512F__ */
 
-#else /* ---- template: real, NR (micro-kernel columns), EXP, TANH, LOG, MADD, RN, FAST_FWD
-       * (float only: the fast forward, tried first; -3 when it does not apply) ---- */
+#else /* ---- template: real, VEC / V(op) / VL (its vectors, simd.h), VMATH (vector exp),
+       * NR (micro-kernel columns), EXP, TANH, LOG, MADD, RN, FAST_FWD (float only: the fast
+       * forward, tried first; -3 when it does not apply) ---- */
 
 /* C[M x N] (+)= A[M x K] B[K x N] (accumulate: += else =), row-major with leading dims;
  * M % MR == 0, N % NR == 0. a_transposed: A is stored as its transpose (K x M, row-major),
  * so P^T dout and dS^T Q read P and dS as they come (no transposed copies).
  * An MR x NR block of C stays in registers (two vectors per row) while the k loop
  * streams a row of B and broadcasts a column of A. */
-FMA_CONTRACT static inline __attribute__((always_inline)) void RN(gemm_any)(
+static inline __attribute__((always_inline)) void RN(gemm_any)(
         int64_t M, int64_t N, int64_t K, const real *restrict A, int64_t lda, int a_transposed,
         const real *restrict B, int64_t ldb, real *restrict C, int64_t ldc, int accumulate) {
     for (int64_t m = 0; m < M; m += MR) {
         for (int64_t n = 0; n < N; n += NR) {
-            RN(vec) acc[MR][2] = {{{0}}};
-            for (int r = 0; accumulate && r < MR; r++) {
-                acc[r][0] = *(const RN(vec) *)(C + (m + r) * ldc + n);
-                acc[r][1] = *(const RN(vec) *)(C + (m + r) * ldc + n + NR / 2);
+            VEC acc[MR][2];
+            for (int r = 0; r < MR; r++) {
+                acc[r][0] = accumulate ? V(load)(C + (m + r) * ldc + n) : V(zero)();
+                acc[r][1] = accumulate ? V(load)(C + (m + r) * ldc + n + VL) : V(zero)();
             }
             for (int64_t kk = 0; kk < K; kk++) {
-                RN(vec) b0 = *(const RN(vec) *)(B + kk * ldb + n);
-                RN(vec) b1 = *(const RN(vec) *)(B + kk * ldb + n + NR / 2);
+                VEC b0 = V(load)(B + kk * ldb + n), b1 = V(load)(B + kk * ldb + n + VL);
                 for (int r = 0; r < MR; r++) {
-                    real a = a_transposed ? A[kk * lda + m + r] : A[(m + r) * lda + kk];
-                    acc[r][0] += a * b0;
-                    acc[r][1] += a * b1;
+                    VEC a = V(set1)(a_transposed ? A[kk * lda + m + r] : A[(m + r) * lda + kk]);
+                    acc[r][0] = V(fma)(a, b0, acc[r][0]);
+                    acc[r][1] = V(fma)(a, b1, acc[r][1]);
                 }
             }
             for (int r = 0; r < MR; r++) {
-                *(RN(vec) *)(C + (m + r) * ldc + n) = acc[r][0];
-                *(RN(vec) *)(C + (m + r) * ldc + n + NR / 2) = acc[r][1];
+                V(store)(C + (m + r) * ldc + n, acc[r][0]);
+                V(store)(C + (m + r) * ldc + n + VL, acc[r][1]);
             }
         }
     }
 }
 
-FMA_CONTRACT static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *restrict A,
                                   int64_t lda, const real *restrict B, int64_t ldb,
                                   real *restrict C, int64_t ldc, int accumulate) {
     RN(gemm_any)(M, N, K, A, lda, 0, B, ldb, C, ldc, accumulate);
 }
 
 /* C (+)= A^T B, A stored K x M row-major. */
-FMA_CONTRACT static void RN(gemm_at)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+static void RN(gemm_at)(int64_t M, int64_t N, int64_t K, const real *restrict A,
                                      int64_t lda, const real *restrict B, int64_t ldb,
                                      real *restrict C, int64_t ldc, int accumulate) {
     RN(gemm_any)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
@@ -656,8 +618,9 @@ static int RN(fwd_scratch_alloc)(RN(fwd_scratch) *w, int64_t D, int64_t dvp) {
     real **parts[6] = {&w->q, &w->v, &w->s, &w->o, &w->m, &w->l};
     int64_t total = 0;
     for (int i = 0; i < 6; i++) total += sizes[i];
-    w->block = calloc((size_t)total, sizeof(real));
+    w->block = seqcore_scratch_take((size_t)total * sizeof(real));
     if (!w->block) return 0;
+    memset(w->block, 0, (size_t)total * sizeof(real));
     real *at = w->block;
     for (int i = 0; i < 6; i++) { *parts[i] = at; at += sizes[i]; }
     return 1;
@@ -667,13 +630,13 @@ static int RN(fwd_scratch_alloc)(RN(fwd_scratch) *w, int64_t D, int64_t dvp) {
  * query tile reads its score operand as row-major D x BK blocks instead of transposing.
  * ldt leaves BK zero columns past the last token for the padded reads of the last tile. */
 static real *RN(transpose_keys)(const seqcore_attn_problem *p, const real *k, int64_t ldt) {
-    real *kt = malloc((size_t)max64(1, p->Hkv * p->D * ldt) * sizeof(real));
+    real *kt = seqcore_scratch_take((size_t)max64(1, p->Hkv * p->D * ldt) * sizeof(real));
     if (!kt) return NULL;
     int64_t n_tok = ldt - BK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (seqcore_worth_threads(attention_work(p)))
     for (int64_t hd = 0; hd < p->Hkv * p->D; hd++)
         for (int64_t tok = n_tok; tok < ldt; tok++) kt[hd * ldt + tok] = 0;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (seqcore_worth_threads(attention_work(p)))
     for (int64_t sh = 0; sh < p->n_seq * p->Hkv; sh++) {
         int64_t s = sh / p->Hkv, hk = sh % p->Hkv;
         seq_rows kr = k_rows(p, s, hk);
@@ -686,12 +649,44 @@ static real *RN(transpose_keys)(const seqcore_attn_problem *p, const real *k, in
     return kt;
 }
 
+/* s[j] <- exp(s[j] - sub) for j < n (-inf gives 0); returns their sum. The float levels
+ * use the vector exp of simd.h (a libm call per score would not vectorize). */
+static real RN(exp_row)(real *restrict s, int64_t n, real sub) {
+#if VMATH
+    VEC sum = V(zero)(), mu = V(set1)(sub);
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) {
+        VEC pr = V(exp)(V(sub)(V(load)(s + j), mu));
+        V(store)(s + j, pr);
+        sum = V(add)(sum, pr);
+    }
+    if (j < n) {
+        VEC pr = V(exp)(V(sub)(V(load_n)(s + j, n - j), mu));
+        V(store_n)(s + j, pr, n - j);
+        sum = V(add)(sum, V(select)(vmask_lanes(0, n - j), pr, V(zero)()));
+    }
+    return V(reduce_add)(sum);
+#else
+    real sum = 0;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = EXP(s[j] - sub);
+        sum += s[j];
+    }
+    return sum;
+#endif
+}
+
+/* ds[j] <- P[j] (dP[j] - delta): the gradient of the scaled score, from dP = dO V^T. */
+static void RN(dscore_row)(real *restrict ds, const real *restrict prob, int64_t n, real delta) {
+    for (int64_t j = 0; j < n; j++) ds[j] = prob[j] * (ds[j] - delta);
+}
+
 /* One key tile of the online softmax for query row r: s <- exp(s - new max) in place (the
  * padding columns up to nkp hold -inf), o row rescaled by exp(old max - new max). */
 static void RN(online_softmax_row)(real *restrict s, int64_t nkp, real *restrict m,
                                    real *restrict l, real *restrict o, int64_t dvp) {
-    real lane_max[NR], lane_sum[NR];
-    for (int c = 0; c < NR; c++) { lane_max[c] = -INFINITY; lane_sum[c] = 0; }
+    real lane_max[NR];
+    for (int c = 0; c < NR; c++) lane_max[c] = -INFINITY;
     for (int64_t j = 0; j < nkp; j += NR)
         for (int c = 0; c < NR; c++) lane_max[c] = s[j + c] > lane_max[c] ? s[j + c] : lane_max[c];
     /* fold the lanes in halves: a tree, not a chain of NR dependent steps */
@@ -702,15 +697,7 @@ static void RN(online_softmax_row)(real *restrict s, int64_t nkp, real *restrict
     /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
     real m_use = m_new == -INFINITY ? 0 : m_new;
     real alpha = EXP(*m - m_use);
-    for (int64_t j = 0; j < nkp; j += NR)
-        for (int c = 0; c < NR; c++) {
-            real p = EXP(s[j + c] - m_use);
-            s[j + c] = p;
-            lane_sum[c] += p;
-        }
-    for (int half = NR / 2; half > 0; half /= 2)
-        for (int c = 0; c < half; c++) lane_sum[c] += lane_sum[c + half];
-    real sum = lane_sum[0];
+    real sum = RN(exp_row)(s, nkp, m_use);
     *l = *l * alpha + sum;
     *m = m_new;
     if (alpha != 1)
@@ -779,7 +766,7 @@ int RN(seqcore_attention_fwd)(const seqcore_attn_problem *p, const real *q, cons
     real *kt = RN(transpose_keys)(p, k, ldt);
     if (!kt) return SEQCORE_ENOMEM;
     int status = SEQCORE_OK;
-#pragma omp parallel if (n_tasks > 1)
+#pragma omp parallel if (n_tasks > 1 && seqcore_worth_threads(attention_work(p)))
     {
         RN(fwd_scratch) w;
         int ok = RN(fwd_scratch_alloc)(&w, p->D, dvp);
@@ -796,9 +783,9 @@ int RN(seqcore_attention_fwd)(const seqcore_attn_problem *p, const real *q, cons
             RN(fwd_tile)(p, &o, q, kt, ldt, v, bias, out, lse, seq_head / p->Hq,
                          seq_head % p->Hq, tile * BQ, &w);
         }
-        free(w.block);
+        seqcore_scratch_give(w.block);
     }
-    free(kt);
+    seqcore_scratch_give(kt);
     return status;
 }
 
@@ -828,8 +815,9 @@ static int RN(bwd_scratch_alloc)(RN(bwd_scratch) *w, int64_t D, int64_t dp, int6
                          &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
     int64_t total = 0;
     for (int i = 0; i < 13; i++) total += sizes[i];
-    w->block = calloc((size_t)total, sizeof(real));
+    w->block = seqcore_scratch_take((size_t)total * sizeof(real));
     if (!w->block) return 0;
+    memset(w->block, 0, (size_t)total * sizeof(real));
     real *at = w->block;
     for (int i = 0; i < 13; i++) { *parts[i] = at; at += sizes[i]; }
     return 1;
@@ -869,11 +857,8 @@ WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const a
         /* a row that sees no key has lse -inf and gets P = 0 (not exp(-inf + inf)) */
         real row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
         real *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
-        for (int64_t j = 0; j < nk; j++) {
-            real pr = EXP(s[j] - row_lse);
-            s[j] = pr;
-            ds[j] = pr * (ds[j] - row_delta);
-        }
+        RN(exp_row)(s, nk, row_lse);
+        RN(dscore_row)(ds, s, nk, row_delta);
         if (db)
             for (int64_t j = 0; j < nk; j++) db[j] = ds[j];
         if (o->softcap > 0)
@@ -1003,7 +988,7 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
     int64_t dp = round_up(p->D, NR), dvp = round_up(p->Dv, NR);
     int64_t n_q_tiles = cdiv(p->Sq, BQ), n_k_tiles = cdiv(p->Sk, BK);
     int64_t n_heads = p->n_seq * p->Hq;
-    real *delta = malloc((size_t)max64(1, query_row_count(p)) * sizeof(real));
+    real *delta = seqcore_scratch_take((size_t)max64(1, query_row_count(p)) * sizeof(real));
     if (!delta) return SEQCORE_ENOMEM;
     /* One pass per kv head (dQ with dK, dV: P and dS computed once, not twice) when the kv
      * heads alone keep the threads evenly busy (dense heads are equal work, so a multiple of
@@ -1015,11 +1000,11 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
     int balanced = n_kv_heads >= 4 * threads || (!p->cu_q && n_kv_heads % threads == 0);
     int fused = !dbias && dq_acc_len <= ((int64_t)1 << 22) && balanced;
     int status = SEQCORE_OK;
-#pragma omp parallel if (n_heads > 1)
+#pragma omp parallel if (n_heads > 1 && seqcore_worth_threads(2.5 * attention_work(p)))
     {
         RN(bwd_scratch) w;
         int ok = RN(bwd_scratch_alloc)(&w, p->D, dp, p->Dv, dvp);
-        real *dq_acc = fused && ok ? malloc((size_t)dq_acc_len * sizeof(real)) : NULL;
+        real *dq_acc = fused && ok ? seqcore_scratch_take((size_t)dq_acc_len * sizeof(real)) : NULL;
         if (!ok || (fused && !dq_acc)) {
             ok = 0;
 #pragma omp atomic write
@@ -1052,15 +1037,19 @@ int RN(seqcore_attention_bwd)(const seqcore_attn_problem *p, const real *dout, c
                                 seq_head / p->Hq, seq_head % p->Hq, tile * BQ, &w);
             }
         }
-        free(dq_acc);
-        free(w.block);
+        seqcore_scratch_give(dq_acc);
+        seqcore_scratch_give(w.block);
     }
-    free(delta);
+    seqcore_scratch_give(delta);
     return status;
 }
 
 /* End of one instantiation: its parameters are undefined for the next. */
 #undef real
+#undef VEC
+#undef V
+#undef VL
+#undef VMATH
 #undef NR
 #undef EXP
 #undef TANH

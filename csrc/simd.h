@@ -390,11 +390,11 @@ SIMD_INLINE double vd_reduce_add(vd v) { return v[0] + v[1]; }
 /* ============================================================ derived, for every level */
 
 /* exp(x) = 2^n exp(r), x = n ln2 + r, |r| <= ln2/2; exp(r) by a degree-6 minimax polynomial
- * (relative error 1.7e-8, below float rounding). x is clamped to [-87, 88] so 2^n stays a
- * normal float; below -87.3 (and -inf) the result is exactly 0; NaN stays NaN. */
+ * (relative error 1.7e-8, below float rounding). x is clamped to [log(FLT_MIN), 88] so 2^n
+ * stays a normal float; below that (and -inf) the result is exactly 0; NaN stays NaN. */
 SIMD_INLINE vf vf_exp(vf x) {
-    const vf lo = vf_set1(-87.0f);
-    vmask underflow = vf_lt(x, vf_set1(-87.33654f));
+    const vf lo = vf_set1(-87.33654f);  /* log(FLT_MIN) */
+    vmask underflow = vf_lt(x, lo);
     vf xc = vf_max(lo, vf_min(vf_set1(88.0f), x));  /* (NaN passes: second operands) */
     vf n = vf_round(vf_mul(xc, vf_set1(1.44269504f)));
     vf r = vf_fnma(n, vf_set1(0.693145752f), xc);  /* ln2 split: n * hi is exact */
