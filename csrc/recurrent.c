@@ -42,31 +42,29 @@
 #include "common.h"
 #include "gemm.h"
 #include "recurrent.h"
+#include "parallel.h"
 #include "scratch.h"
+#include "simd.h"
 
 enum { LSTM = 0, GRU = 1 };
 /* Most batch rows per micro-kernel call in the time loop: a call takes `rows` = 1, 2, 4 or
- * 8 of them (the largest that B fills; rows past B are zero padding). */
-enum { SMR = 8 };
+ * SMR of them (the largest that B fills; rows past B are zero padding). SMR x 2 vector
+ * accumulators: 8 rows with 32 vector registers, 4 with 16. */
+enum { SMR = SIMD_REGS >= 32 ? 8 : 4 };
 /* Slice of k for fwd_block_groups: a gate's KSLICE x NR slice of packed w_hh (8 KB f32)
  * plus the matching slices of h for 8 batch groups (16 KB) stay in L1. */
 enum { KSLICE = 64 };
 
-/* Hidden units per block: two vectors. As in gemm.c, use 512-bit vectors where the target
- * has them (GCC's -march=native default is 256-bit). */
-#if defined(__AVX512F__)
-#if defined(__GNUC__) && !defined(__clang__)
+/* Hidden units per block: two vectors of the ISA level (simd.h). As in gemm.c, GCC is asked
+ * for 512-bit auto-vectorized loops where the level has them. */
+#if defined(SIMD_AVX512) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("prefer-vector-width=512")
 #endif
-#include <immintrin.h>
-#define VEC_BYTES 64
-/* Accumulator vectors of the batch-tiled step (tile_rows): 24 of the 32 zmm registers,
- * leaving room for the G loaded w_hh vectors and a broadcast h value. */
-#define TILE_ACCS 24
-#else
-#define VEC_BYTES 32
-#define TILE_ACCS 12  /* of 16 vector registers */
-#endif
+/* Batch rows of a tile of the batch-tiled step (tile_rows) for G gates: R * G accumulator
+ * vectors, leaving registers for the G loaded weight vectors, a broadcast h value and (no
+ * FMA) a product: 6 x 4 (LSTM) and 8 x 3 (GRU) with 32 registers, 2 x 4 and 4 x 3 with 16. */
+#define TILE_R_FIT(G) ((SIMD_REGS - (G) - 1 - !SIMD_FMA) / (G))
+#define TILE_R(G) (TILE_R_FIT(G) < 8 ? TILE_R_FIT(G) : 8)
 /* The batch-tiled step (see tile_rows) from this batch size on; below it, the time loop is
  * bound by streaming w_hh (read once per step for few rows) and the two-vector blocks
  * of step_micro are the better fit. */
@@ -78,7 +76,7 @@ enum { TILE_KSLICE = 128 };
 /* Rows (steps x batch) of the input projection per chunk (see rnn_fwd). */
 enum { CHUNK_ROWS = 512 };
 
-#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+#if SIMD_FMA
 #define RNN_MADD_F32(a, b, c) fmaf((a), (b), (c))
 #define RNN_MADD_F64(a, b, c) fma((a), (b), (c))
 #else
@@ -95,73 +93,10 @@ enum { CHUNK_ROWS = 512 };
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* exp for float32 written so gate loops vectorize (libm's expf is a scalar call, and the
- * time loop makes 5 of them per hidden unit per step): exp(x) = 2^n exp(r), x = n ln2 + r,
- * |r| <= ln2/2, exp(r) by its Taylor series to r^7 (relative error < 1e-7). */
-static inline float exp_f32(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);  /* keeps 2^n a normal float */
-    const float round_magic = 12582912.0f;                /* 1.5 * 2^23: rounds to integer */
-    float n = (x * 1.44269504f + round_magic) - round_magic;
-    float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;  /* ln2 split: hi exact in n*hi */
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
-    return p * two_n.f;
-}
-
-/* tanh(x) = 1 - 2 / (exp(2x) + 1): absolute error ~1e-7 near 0, exact limits at +-inf. */
+/* Scalar float exp and tanh: lane 0 of the vector math (simd.h), so scalar paths compute
+ * what the vector cell updates do. */
+static inline float exp_f32(float x) { return simd_expf(x); }
 static inline float tanh_f32(float x) { return 1.0f - 2.0f / (exp_f32(2.0f * x) + 1.0f); }
-
-#if defined(__AVX512F__)
-/* The same three on 16 floats, for the float32 cell updates with AVX-512 (UPDATE_SIMD).
- * The scalar forms vectorize too, but each sigmoid/tanh divides, and vdivps on 16 lanes
- * is slow (the divider is not pipelined): 5 divisions per unit made the LSTM update ~8%
- * of the B64 forward. Here 1/v is rcp14 (relative error < 2^-14) plus one Newton step
- * (error ~2^-28, i.e. within rounding of the division), and 2^n comes from scalef. */
-static inline __m512 exp_v16(__m512 x) {
-    /* clamp as exp_f32 does; min/max return their second operand when one is NaN, so a
-     * NaN x passes through */
-    x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    /* exp(r) by a degree-6 minimax polynomial on |r| <= ln2/2 (relative error 1.7e-8, below
-     * float32 rounding, as Taylor's degree 7 was): one FMA less in each of the 5 exps per
-     * unit and step */
-    __m512 p = _mm512_set1_ps(1.38368458e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.37481581e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16682251e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66664198e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.99999911e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-static inline __m512 recip_v16(__m512 v) {
-    __m512 r = _mm512_rcp14_ps(v);
-    __m512 e = _mm512_fnmadd_ps(v, r, _mm512_set1_ps(1.0f));  /* 1 - v r */
-    return _mm512_fmadd_ps(r, e, r);
-}
-
-static inline __m512 sigmoid_v16(__m512 x) {
-    __m512 one = _mm512_set1_ps(1.0f);
-    return recip_v16(_mm512_add_ps(one, exp_v16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
-
-static inline __m512 tanh_v16(__m512 x) {
-    __m512 one = _mm512_set1_ps(1.0f);
-    __m512 e = exp_v16(_mm512_add_ps(x, x));
-    return _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), recip_v16(_mm512_add_ps(e, one)), one);
-}
-#endif
 
 static int64_t len_of(const int64_t *lengths, int64_t b, int64_t T) {
     return lengths ? lengths[b] : T;
@@ -225,46 +160,33 @@ static void *take_parts(int n, const int64_t *bytes, void **part) {
 
 #define RNN_TEMPLATE
 #define real float
-#define NR (2 * VEC_BYTES / 4)
-#define NV (VEC_BYTES / 4)
+#define VEC vf
+#define V(op) vf_##op
+#define NV VF
+#define NR (2 * VF)
 #define MADD RNN_MADD_F32
 #define EXP exp_f32
 #define TANH tanh_f32
 #define RN(name) name##_f32
-#if defined(__AVX512F__)
-#define VREG __m512
-#define VZERO _mm512_setzero_ps
-#define VLOAD _mm512_loadu_ps
-#define VSTORE _mm512_storeu_ps
-#define VSET1 _mm512_set1_ps
-#define VFMA _mm512_fmadd_ps
 #define UPDATE_SIMD 1
-#else
-#define UPDATE_SIMD 0
-#endif
 #include "recurrent.c"
 
 #define real double
-#define NR (2 * VEC_BYTES / 8)
-#define NV (VEC_BYTES / 8)
+#define VEC vd
+#define V(op) vd_##op
+#define NV VD
+#define NR (2 * VD)
 #define MADD RNN_MADD_F64
 #define EXP exp
 #define TANH tanh
 #define RN(name) name##_f64
-#if defined(__AVX512F__)
-#define VREG __m512d
-#define VZERO _mm512_setzero_pd
-#define VLOAD _mm512_loadu_pd
-#define VSTORE _mm512_storeu_pd
-#define VSET1 _mm512_set1_pd
-#define VFMA _mm512_fmadd_pd
-#endif
 #define UPDATE_SIMD 0
 #include "recurrent.c"
 #undef RNN_TEMPLATE
 
-#else /* ---- template: real, NR (hidden units per block), NV (units per vector), MADD, EXP,
-        * TANH, RN; with AVX-512 also VREG, VZERO, VLOAD, VSTORE, VSET1, VFMA ---- */
+#else /* ---- template: real, VEC / V(op) (its vectors, simd.h), NV (units per vector), NR
+        * (hidden units per block: two vectors), MADD, EXP, TANH, RN, UPDATE_SIMD (float: the
+        * cell updates with the vector math of simd.h) ---- */
 
 /* One call's arrays and sizes. Forward and backward fill the parts they use. */
 struct RN(rnn) {
@@ -295,39 +217,48 @@ static inline real RN(sigmoid)(real v) { return 1 / (1 + EXP(-v)); }
  * chain of ROWS x 2 accumulators would leave the FMA units waiting on their 4-cycle latency
  * (2 units need >= 8 independent sums): k is then split into KS interleaved chains, summed
  * at the end (KS * ROWS = 4 -> 8 accumulator vectors). */
-static inline void RN(step_micro_rows)(int64_t K, const real *restrict hp,
-                                       const real *restrict wp, real acc[SMR][NR], int ROWS,
-                                       int accumulate) {
+static inline __attribute__((always_inline)) void RN(step_micro_rows)(
+        int64_t K, const real *restrict hp, const real *restrict wp, real acc[SMR][NR], int ROWS,
+        int accumulate) {
     enum { KS_MAX = 4 };
     const int KS = ROWS >= 4 ? 1 : 4 / ROWS;
-    real sum[KS_MAX][SMR][NR] = {{{0}}};
+    VEC sum[KS_MAX][SMR][2];
+    for (int s = 0; s < KS; s++)
+        for (int i = 0; i < ROWS; i++) sum[s][i][0] = sum[s][i][1] = V(zero)();
     int64_t k = 0;
     for (; k + KS <= K; k += KS, hp += KS * ROWS, wp += KS * NR)
 #pragma GCC unroll 4
-        for (int s = 0; s < KS; s++)
+        for (int s = 0; s < KS; s++) {
+            VEC w0 = V(load)(wp + s * NR), w1 = V(load)(wp + s * NR + NV);
 #pragma GCC unroll 8
-            for (int i = 0; i < ROWS; i++)
-#pragma omp simd
-                for (int j = 0; j < NR; j++)
-                    sum[s][i][j] = MADD(hp[s * ROWS + i], wp[s * NR + j], sum[s][i][j]);
-    for (; k < K; k++, hp += ROWS, wp += NR)
-        for (int i = 0; i < ROWS; i++)
-#pragma omp simd
-            for (int j = 0; j < NR; j++)
-                sum[0][i][j] = MADD(hp[i], wp[j], sum[0][i][j]);
+            for (int i = 0; i < ROWS; i++) {
+                VEC h = V(set1)(hp[s * ROWS + i]);
+                sum[s][i][0] = V(fma)(h, w0, sum[s][i][0]);
+                sum[s][i][1] = V(fma)(h, w1, sum[s][i][1]);
+            }
+        }
+    for (; k < K; k++, hp += ROWS, wp += NR) {
+        VEC w0 = V(load)(wp), w1 = V(load)(wp + NV);
+        for (int i = 0; i < ROWS; i++) {
+            VEC h = V(set1)(hp[i]);
+            sum[0][i][0] = V(fma)(h, w0, sum[0][i][0]);
+            sum[0][i][1] = V(fma)(h, w1, sum[0][i][1]);
+        }
+    }
 #pragma GCC unroll 4
     for (int s = 1; s < KS; s++)
-        for (int i = 0; i < ROWS; i++)
-#pragma omp simd
-            for (int j = 0; j < NR; j++)
-                sum[0][i][j] += sum[s][i][j];
-    if (accumulate)
-        for (int i = 0; i < ROWS; i++)
-#pragma omp simd
-            for (int j = 0; j < NR; j++)
-                acc[i][j] += sum[0][i][j];
-    else
-        memcpy(acc, sum[0], (size_t)ROWS * sizeof(sum[0][0]));
+        for (int i = 0; i < ROWS; i++) {
+            sum[0][i][0] = V(add)(sum[0][i][0], sum[s][i][0]);
+            sum[0][i][1] = V(add)(sum[0][i][1], sum[s][i][1]);
+        }
+    for (int i = 0; i < ROWS; i++) {
+        if (accumulate) {
+            sum[0][i][0] = V(add)(sum[0][i][0], V(load)(acc[i]));
+            sum[0][i][1] = V(add)(sum[0][i][1], V(load)(acc[i] + NV));
+        }
+        V(store)(acc[i], sum[0][i][0]);
+        V(store)(acc[i] + NV, sum[0][i][1]);
+    }
 }
 
 /* acc (+)= the product above (+= when accumulate: a later slice of k). */
@@ -400,27 +331,25 @@ static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_
     real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
 #if UPDATE_SIMD
-    for (int64_t j = 0; j < nu; j += 16) {
-        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
-        __m512 pre[4];
+    for (int64_t j = 0; j < nu; j += NV) {
+        int64_t n = nu - j;  /* the last vector is masked past nu */
+        VEC pre[4];
         for (int g = 0; g < 4; g++)
-            pre[g] = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * xs + j),
-                                                 _mm512_maskz_loadu_ps(m, xb + g * xs + j)),
-                                   _mm512_maskz_loadu_ps(m, acc + g * gs + j));
-        __m512 gi = sigmoid_v16(pre[0]), gf = sigmoid_v16(pre[1]);
-        __m512 gg = tanh_v16(pre[2]), go = sigmoid_v16(pre[3]);
-        __m512 c = _mm512_fmadd_ps(gf, _mm512_maskz_loadu_ps(m, c_state + j),
-                                   _mm512_mul_ps(gi, gg));
-        __m512 h = _mm512_mul_ps(go, tanh_v16(c));
-        _mm512_mask_storeu_ps(c_state + j, m, c);
-        _mm512_mask_storeu_ps(h_state + j, m, h);
-        _mm512_mask_storeu_ps(y + j, m, h);
+            pre[g] = V(add)(V(add)(V(load_n)(xg + g * xs + j, n), V(load_n)(xb + g * xs + j, n)),
+                            V(load_n)(acc + g * gs + j, n));
+        VEC gi = V(sigmoid)(pre[0]), gf = V(sigmoid)(pre[1]);
+        VEC gg = V(tanh)(pre[2]), go = V(sigmoid)(pre[3]);
+        VEC c = V(fma)(gf, V(load_n)(c_state + j, n), V(mul)(gi, gg));
+        VEC h = V(mul)(go, V(tanh)(c));
+        V(store_n)(c_state + j, c, n);
+        V(store_n)(h_state + j, h, n);
+        V(store_n)(y + j, h, n);
         if (ws) {
-            _mm512_mask_storeu_ps(ws + j, m, gi);
-            _mm512_mask_storeu_ps(ws + H + j, m, gf);
-            _mm512_mask_storeu_ps(ws + 2 * H + j, m, gg);
-            _mm512_mask_storeu_ps(ws + 3 * H + j, m, go);
-            _mm512_mask_storeu_ps(ws + 4 * H + j, m, c);
+            V(store_n)(ws + j, gi, n);
+            V(store_n)(ws + H + j, gf, n);
+            V(store_n)(ws + 2 * H + j, gg, n);
+            V(store_n)(ws + 3 * H + j, go, n);
+            V(store_n)(ws + 4 * H + j, c, n);
         }
     }
     return;
@@ -450,27 +379,25 @@ static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t
     real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
     real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
 #if UPDATE_SIMD
-    for (int64_t j = 0; j < nu; j += 16) {
-        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
-        __m512 pre[3];
+    for (int64_t j = 0; j < nu; j += NV) {
+        int64_t n = nu - j;  /* the last vector is masked past nu */
+        VEC pre[3];
         for (int g = 0; g < 3; g++)
-            pre[g] = _mm512_add_ps(_mm512_maskz_loadu_ps(m, xg + g * xs + j),
-                                   _mm512_maskz_loadu_ps(m, xb + g * xs + j));
-        __m512 hn = _mm512_maskz_loadu_ps(m, acc + 2 * gs + j);
+            pre[g] = V(add)(V(load_n)(xg + g * xs + j, n), V(load_n)(xb + g * xs + j, n));
+        VEC hn = V(load_n)(acc + 2 * gs + j, n);
         if (b_hn)
-            hn = _mm512_add_ps(hn, _mm512_maskz_loadu_ps(m, b_hn + j));
-        __m512 r = sigmoid_v16(_mm512_add_ps(pre[0], _mm512_maskz_loadu_ps(m, acc + j)));
-        __m512 z = sigmoid_v16(_mm512_add_ps(pre[1], _mm512_maskz_loadu_ps(m, acc + gs + j)));
-        __m512 n = tanh_v16(_mm512_fmadd_ps(r, hn, pre[2]));
-        __m512 h = _mm512_fmadd_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), z), n,
-                                   _mm512_mul_ps(z, _mm512_maskz_loadu_ps(m, h_state + j)));
-        _mm512_mask_storeu_ps(h_state + j, m, h);
-        _mm512_mask_storeu_ps(y + j, m, h);
+            hn = V(add)(hn, V(load_n)(b_hn + j, n));
+        VEC r = V(sigmoid)(V(add)(pre[0], V(load_n)(acc + j, n)));
+        VEC z = V(sigmoid)(V(add)(pre[1], V(load_n)(acc + gs + j, n)));
+        VEC nn = V(tanh)(V(fma)(r, hn, pre[2]));
+        VEC h = V(fma)(V(sub)(V(set1)(1.0f), z), nn, V(mul)(z, V(load_n)(h_state + j, n)));
+        V(store_n)(h_state + j, h, n);
+        V(store_n)(y + j, h, n);
         if (ws) {
-            _mm512_mask_storeu_ps(ws + j, m, r);
-            _mm512_mask_storeu_ps(ws + H + j, m, z);
-            _mm512_mask_storeu_ps(ws + 2 * H + j, m, n);
-            _mm512_mask_storeu_ps(ws + 3 * H + j, m, hn);
+            V(store_n)(ws + j, r, n);
+            V(store_n)(ws + H + j, z, n);
+            V(store_n)(ws + 2 * H + j, nn, n);
+            V(store_n)(ws + 3 * H + j, hn, n);
         }
     }
     return;
@@ -550,7 +477,8 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
  * step_micro blocks (8 rows x 2 vectors of one gate: 16 accumulators, 10 loads per 16 FMAs,
  * the partial sums of every gate and group going through memory) ran it at about half
  * the FMA peak. Here a tile is R batch rows x all G gates of NV hidden units (one vector
- * per gate): R * G = TILE_ACCS accumulators (LSTM 6 x 4, GRU 8 x 3 with AVX-512), G + R
+ * per gate): R * G = TILE_R(G) * G accumulators (LSTM 6 x 4, GRU 8 x 3 with 32 vector
+ * registers; 2 x 4 and 4 x 3 with 16), G + R
  * loads per R * G FMAs, and when the last k slice is done the tile holds every gate of its
  * units, so the cell update runs straight from it. */
 
@@ -577,7 +505,7 @@ static void RN(pack_x_steps)(const struct RN(rnn) *p, int64_t s0, int64_t s1, in
     int64_t I = p->I, R = p->rows, n = (s1 - s0) * p->ngrp;
     for (int64_t item = n * part / parts; item < n * (part + 1) / parts; item++) {
         int64_t s = s0 + item / p->ngrp, grp = item % p->ngrp;
-        const real *rows[TILE_ACCS];
+        const real *rows[8];  /* TILE_R <= 8 */
         for (int64_t i = 0, b = grp * R; i < R; i++, b++) {
             int64_t len = b < p->B ? len_of(p->lengths, b, p->T) : 0;
             rows[i] = s < len ? p->x + (time_of(s, len, p->reverse) * p->B + b) * I : NULL;
@@ -589,85 +517,61 @@ static void RN(pack_x_steps)(const struct RN(rnn) *p, int64_t s0, int64_t s1, in
 /* acc[i][g][j] (+)= sum over kc values of k of hp[k][i] * wp[k][g][j]: R rows (packed h of
  * one batch group) by G gates x NV units. R and G are constants in each call (see
  * tile_step), so the accumulators stay in registers. acc is read first unless `first`. */
-#ifdef VREG
 static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int64_t hs,
                                  const real *restrict wp, real *restrict acc, int first,
                                  const int R, const int G) {
     enum { RMAX = 8 };
-    VREG sum[RMAX][4];
+    VEC sum[RMAX][4];
     /* all of them, not only R x G: GCC 12 warns of maybe-uninitialized ones otherwise (it
      * drops the unused ones) */
 #pragma GCC unroll 8
     for (int i = 0; i < RMAX; i++)
 #pragma GCC unroll 4
         for (int g = 0; g < 4; g++)
-            sum[i][g] = VZERO();
+            sum[i][g] = V(zero)();
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++)
-            sum[i][g] = first ? VZERO() : VLOAD(acc + (i * G + g) * NV);
+            sum[i][g] = first ? V(zero)() : V(load)(acc + (i * G + g) * NV);
     /* full tiles step h by the constant R: with hs in a register GCC 12 spills one of the
      * 6 x 4 LSTM accumulators */
-    const int64_t hstep = R == TILE_ACCS / G ? R : hs;
+    const int64_t hstep = R == TILE_R(G) ? R : hs;
     for (int64_t k = 0; k < kc; k++, hp += hstep, wp += G * NV) {
-        VREG w[4];
+        VEC w[4];
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++)
-            w[g] = VLOAD(wp + g * NV);
+            w[g] = V(load)(wp + g * NV);
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
-            VREG h = VSET1(hp[i]);
+            VEC h = V(set1)(hp[i]);
 #pragma GCC unroll 4
             for (int g = 0; g < G; g++)
-                sum[i][g] = VFMA(h, w[g], sum[i][g]);
+                sum[i][g] = V(fma)(h, w[g], sum[i][g]);
         }
     }
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++)
-            VSTORE(acc + (i * G + g) * NV, sum[i][g]);
+            V(store)(acc + (i * G + g) * NV, sum[i][g]);
 }
-#else
-static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int64_t hs,
-                                 const real *restrict wp, real *restrict acc, int first,
-                                 const int R, const int G) {
-    enum { RMAX = 8 };
-    real sum[RMAX][4][NV];
-    for (int i = 0; i < R; i++)
-        for (int g = 0; g < G; g++)
-            for (int j = 0; j < NV; j++)
-                sum[i][g][j] = first ? 0 : acc[(i * G + g) * NV + j];
-    for (int64_t k = 0; k < kc; k++, hp += hs, wp += G * NV)
-#pragma GCC unroll 4
-        for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-            for (int g = 0; g < G; g++)
-#pragma omp simd
-                for (int j = 0; j < NV; j++)
-                    sum[i][g][j] = MADD(hp[i], wp[g * NV + j], sum[i][g][j]);
-    for (int i = 0; i < R; i++)
-        for (int g = 0; g < G; g++)
-            memcpy(acc + (i * G + g) * NV, sum[i][g], NV * sizeof(real));
-}
-#endif
 
-/* Rows per batch group of the tiled step: TILE_ACCS / G accumulator vectors. */
-static int64_t RN(tile_rows_for)(int64_t G) { return TILE_ACCS / G; }
+/* Rows per batch group of the tiled step (TILE_R: from the level's registers). */
+static int64_t RN(tile_rows_for)(int64_t G) { return G == 4 ? TILE_R(4) : TILE_R(3); }
 
 /* tile_rows for `rows` of the group's hs rows (the last group of B holds fewer than hs,
  * and computing its padding rows cost ~3% of the step at LSTM B64: 64 = 10 x 6 + 4). */
 #define TILE_CASES(G)                                                                       \
-    switch (rows < TILE_ACCS / G ? rows : TILE_ACCS / G) {                                \
+    switch (rows < TILE_R(G) ? rows : TILE_R(G)) {                                        \
     case 1: RN(tile_rows)(kc, hp, hs, wp, acc, first, 1, G); break;                      \
-    case 2: RN(tile_rows)(kc, hp, hs, wp, acc, first, 2, G); break;                      \
-    case 3: RN(tile_rows)(kc, hp, hs, wp, acc, first, 3, G); break;                      \
-    case 4: RN(tile_rows)(kc, hp, hs, wp, acc, first, 4 <= TILE_ACCS / G ? 4 : 1, G); break; \
-    case 5: RN(tile_rows)(kc, hp, hs, wp, acc, first, 5 <= TILE_ACCS / G ? 5 : 1, G); break; \
-    case 6: RN(tile_rows)(kc, hp, hs, wp, acc, first, 6 <= TILE_ACCS / G ? 6 : 1, G); break; \
-    case 7: RN(tile_rows)(kc, hp, hs, wp, acc, first, 7 <= TILE_ACCS / G ? 7 : 1, G); break; \
-    default: RN(tile_rows)(kc, hp, hs, wp, acc, first, TILE_ACCS / G, G); break;          \
+    case 2: RN(tile_rows)(kc, hp, hs, wp, acc, first, 2 <= TILE_R(G) ? 2 : 1, G); break; \
+    case 3: RN(tile_rows)(kc, hp, hs, wp, acc, first, 3 <= TILE_R(G) ? 3 : 1, G); break; \
+    case 4: RN(tile_rows)(kc, hp, hs, wp, acc, first, 4 <= TILE_R(G) ? 4 : 1, G); break; \
+    case 5: RN(tile_rows)(kc, hp, hs, wp, acc, first, 5 <= TILE_R(G) ? 5 : 1, G); break; \
+    case 6: RN(tile_rows)(kc, hp, hs, wp, acc, first, 6 <= TILE_R(G) ? 6 : 1, G); break; \
+    case 7: RN(tile_rows)(kc, hp, hs, wp, acc, first, 7 <= TILE_R(G) ? 7 : 1, G); break; \
+    default: RN(tile_rows)(kc, hp, hs, wp, acc, first, TILE_R(G), G); break;              \
     }
 
 static void RN(tile_step)(int64_t kc, int cell, int64_t rows, const real *hp, int64_t hs,
@@ -927,37 +831,32 @@ static void RN(lstm_units_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, 
                                : (p->c0 ? p->c0 + b * H : NULL);
     const real *dy = p->dy ? p->dy + (t * B + b) * H : NULL;
     real *dh = p->dh + b * H, *dc = p->dc + b * H, *dgx = p->dgx + (t * B + b) * GH;
-    /* dgp: consecutive units of one row are `rows` apart (see packed_at) */
-    const __m512i lane_step = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32((int)p->rows));
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (int64_t j = 0; j < nu; j += 16) {
-        int64_t u = u0 + j;
-        __mmask16 m = nu - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nu - j)) - 1);
-        __m512 gi = _mm512_maskz_loadu_ps(m, w + u), gf = _mm512_maskz_loadu_ps(m, w + H + u);
-        __m512 gg = _mm512_maskz_loadu_ps(m, w + 2 * H + u);
-        __m512 go = _mm512_maskz_loadu_ps(m, w + 3 * H + u);
-        __m512 c = _mm512_maskz_loadu_ps(m, w + 4 * H + u);
-        __m512 cp = c_prev ? _mm512_maskz_loadu_ps(m, c_prev + u) : _mm512_setzero_ps();
-        __m512 dht = _mm512_maskz_loadu_ps(m, dh + u);
+    const VEC one = V(set1)(1.0f);
+    for (int64_t j = 0; j < nu; j += NV) {
+        int64_t u = u0 + j, n = nu - j;  /* the last vector is masked past nu */
+        VEC gi = V(load_n)(w + u, n), gf = V(load_n)(w + H + u, n);
+        VEC gg = V(load_n)(w + 2 * H + u, n), go = V(load_n)(w + 3 * H + u, n);
+        VEC c = V(load_n)(w + 4 * H + u, n);
+        VEC cp = c_prev ? V(load_n)(c_prev + u, n) : V(zero)();
+        VEC dht = V(load_n)(dh + u, n);
         if (dy)
-            dht = _mm512_add_ps(dht, _mm512_maskz_loadu_ps(m, dy + u));
-        __m512 tc = tanh_v16(c);
-        __m512 dct = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dc + u),
-                                   _mm512_mul_ps(_mm512_mul_ps(dht, go),
-                                                 _mm512_fnmadd_ps(tc, tc, one)));
-        __m512 d[4];
-        d[0] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, gg), gi), _mm512_sub_ps(one, gi));
-        d[1] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dct, cp), gf), _mm512_sub_ps(one, gf));
-        d[2] = _mm512_mul_ps(_mm512_mul_ps(dct, gi), _mm512_fnmadd_ps(gg, gg, one));
-        d[3] = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dht, tc), go), _mm512_sub_ps(one, go));
-        _mm512_mask_storeu_ps(dc + u, m, _mm512_mul_ps(dct, gf));
-        _mm512_mask_storeu_ps(dh + u, m, _mm512_setzero_ps());
+            dht = V(add)(dht, V(load_n)(dy + u, n));
+        VEC tc = V(tanh)(c);
+        VEC dct = V(add)(V(load_n)(dc + u, n), V(mul)(V(mul)(dht, go), V(fnma)(tc, tc, one)));
+        VEC d[4];
+        d[0] = V(mul)(V(mul)(V(mul)(dct, gg), gi), V(sub)(one, gi));
+        d[1] = V(mul)(V(mul)(V(mul)(dct, cp), gf), V(sub)(one, gf));
+        d[2] = V(mul)(V(mul)(dct, gi), V(fnma)(gg, gg, one));
+        d[3] = V(mul)(V(mul)(V(mul)(dht, tc), go), V(sub)(one, go));
+        V(store_n)(dc + u, V(mul)(dct, gf), n);
+        V(store_n)(dh + u, V(zero)(), n);
         for (int g = 0; g < 4; g++) {
-            _mm512_mask_storeu_ps(dgx + g * H + u, m, d[g]);
-            _mm512_mask_i32scatter_ps(dgp + packed_at(b, g * H + u, GH, p->rows), m, lane_step,
-                                      d[g], 4);
+            V(store_n)(dgx + g * H + u, d[g], n);
+            /* dgp: consecutive units of one row are `rows` apart (see packed_at) */
+            real lanes[NV];
+            V(store)(lanes, d[g]);
+            real *dst = dgp + packed_at(b, g * H + u, GH, p->rows);
+            for (int64_t l = 0; l < (n < NV ? n : NV); l++) dst[l * p->rows] = lanes[l];
         }
     }
 }
@@ -1114,7 +1013,7 @@ static struct RN(rnn) RN(problem)(int cell, int64_t T, int64_t B, int64_t I, int
     p.cell = cell, p.reverse = reverse != 0;
     p.T = T, p.B = B, p.I = I, p.H = H, p.G = cell == LSTM ? 4 : 3;
     p.nws = cell == LSTM ? 5 * H : 4 * H;
-    p.rows = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
+    p.rows = B >= SMR ? SMR : B >= 4 ? 4 : B >= 2 ? 2 : 1;
     p.nblk = ceil_div(H, NR), p.ngrp = ceil_div(B, p.rows);
     p.lengths = lengths;
     return p;
@@ -1182,12 +1081,8 @@ int RN(seqcore_gru_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
 #undef EXP
 #undef TANH
 #undef RN
-#undef VREG
-#undef VZERO
-#undef VLOAD
-#undef VSTORE
-#undef VSET1
-#undef VFMA
+#undef VEC
+#undef V
 #undef UPDATE_SIMD
 
 #endif
