@@ -60,11 +60,15 @@ enum { KSLICE = 64 };
 #if defined(SIMD_AVX512) && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC target("prefer-vector-width=512")
 #endif
-/* Batch rows of a tile of the batch-tiled step (tile_rows) for G gates: R * G accumulator
- * vectors, leaving registers for the G loaded weight vectors, a broadcast h value and (no
- * FMA) a product: 6 x 4 (LSTM) and 8 x 3 (GRU) with 32 registers, 2 x 4 and 4 x 3 with 16. */
-#define TILE_R_FIT(G) ((SIMD_REGS - (G) - 1 - !SIMD_FMA) / (G))
-#define TILE_R(G) (TILE_R_FIT(G) < 8 ? TILE_R_FIT(G) : 8)
+/* Batch rows of a tile of the batch-tiled step (tile_rows) for G gates: the most (up to 8)
+ * whose R * G accumulator vectors leave registers for min(R, G) operands kept per k (the G
+ * weight vectors, or the R broadcast h values, whichever are fewer), one more operand and
+ * (no FMA) a product: 6 x 4 (LSTM) and 8 x 3 (GRU) with 32 registers, 3 x 4 and 4 x 3 with
+ * 16 (2 x 4 kept the weights: 8 accumulators, too few to hide the FMA latency). */
+#define TILE_FITS(R, G) ((R) * (G) + ((R) < (G) ? (R) : (G)) + 1 + !SIMD_FMA <= SIMD_REGS)
+#define TILE_R(G)                                                                           \
+    (TILE_FITS(8, G) ? 8 : TILE_FITS(7, G) ? 7 : TILE_FITS(6, G) ? 6 : TILE_FITS(5, G) ? 5  \
+     : TILE_FITS(4, G) ? 4 : TILE_FITS(3, G) ? 3 : TILE_FITS(2, G) ? 2 : 1)
 /* The batch-tiled step (see tile_rows) from this batch size on; below it, the time loop is
  * bound by streaming w_hh (read once per step for few rows) and the two-vector blocks
  * of step_micro are the better fit. */
@@ -230,6 +234,8 @@ static inline __attribute__((always_inline)) void RN(step_micro_rows)(
 #pragma GCC unroll 4
         for (int s = 0; s < KS; s++) {
             VEC w0 = V(load)(wp + s * NR), w1 = V(load)(wp + s * NR + NV);
+            V(keep)(w0);
+            V(keep)(w1);
 #pragma GCC unroll 8
             for (int i = 0; i < ROWS; i++) {
                 VEC h = V(set1)(hp[s * ROWS + i]);
@@ -538,16 +544,35 @@ static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int
      * 6 x 4 LSTM accumulators */
     const int64_t hstep = R == TILE_R(G) ? R : hs;
     for (int64_t k = 0; k < kc; k++, hp += hstep, wp += G * NV) {
-        VEC w[4];
-#pragma GCC unroll 4
-        for (int g = 0; g < G; g++)
-            w[g] = V(load)(wp + g * NV);
+        if (R < G) {  /* keep the R broadcast h values, stream the G weight vectors */
+            VEC h[RMAX];
 #pragma GCC unroll 8
-        for (int i = 0; i < R; i++) {
-            VEC h = V(set1)(hp[i]);
+            for (int i = 0; i < R; i++) {
+                h[i] = V(set1)(hp[i]);
+                V(keep)(h[i]);
+            }
 #pragma GCC unroll 4
-            for (int g = 0; g < G; g++)
-                sum[i][g] = V(fma)(h, w[g], sum[i][g]);
+            for (int g = 0; g < G; g++) {
+                VEC w = V(load)(wp + g * NV);
+                V(keep)(w);
+#pragma GCC unroll 8
+                for (int i = 0; i < R; i++)
+                    sum[i][g] = V(fma)(h[i], w, sum[i][g]);
+            }
+        } else {  /* keep the G weight vectors, stream the R broadcast h values */
+            VEC w[4];
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++) {
+                w[g] = V(load)(wp + g * NV);
+                V(keep)(w[g]);
+            }
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++) {
+                VEC h = V(set1)(hp[i]);
+#pragma GCC unroll 4
+                for (int g = 0; g < G; g++)
+                    sum[i][g] = V(fma)(h, w[g], sum[i][g]);
+            }
         }
     }
 #pragma GCC unroll 8
