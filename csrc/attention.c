@@ -342,18 +342,18 @@ static inline __attribute__((always_inline)) void fast_scores_f32(
         }
 }
 
-/* The online softmax of one row of scores (base 2; masked ones -inf): s <- P in place;
+/* The online softmax of one row of nkp scores (base 2; masked ones -inf): s <- P in place;
  * returns the factor alpha = 2^(m_old - m_new) the row's O and l are to be scaled by. */
-static inline float fast_softmax_row_f32(float *restrict s, float *restrict m,
+static inline float fast_softmax_row_f32(float *restrict s, int64_t nkp, float *restrict m,
                                          float *restrict l) {
     vf mx = vf_load(s);
-    for (int64_t j = VF; j < BKF; j += VF) mx = vf_max(mx, vf_load(s + j));
+    for (int64_t j = VF; j < nkp; j += VF) mx = vf_max(mx, vf_load(s + j));
     float m_old = *m, m_new = vf_reduce_max(mx);
     m_new = m_new > m_old ? m_new : m_old;
     /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
     float m_use = m_new == -INFINITY ? 0 : m_new;
     vf mu = vf_set1(m_use), sum = vf_zero();
-    for (int64_t j = 0; j < BKF; j += VF) {
+    for (int64_t j = 0; j < nkp; j += VF) {
         vf pr = vf_exp2_nonpos(vf_sub(vf_load(s + j), mu));
         vf_store(s + j, pr);
         sum = vf_add(sum, pr);
@@ -404,14 +404,16 @@ static inline __attribute__((always_inline)) void fast_pv_f32(
         for (int c = 0; c < NKV; c++) vf_store(ob + r * dvp + c0 + c * VF, acc[r][c]);
 }
 
-/* One FR-row block against one key tile: scores, online softmax, O += P V. */
+/* One FR-row block against one key tile: scores, online softmax, O += P V. A short tile
+ * (the last of a sequence) computes only the passes its nk keys need. */
 static void fast_block_f32(const float *restrict qb, int64_t D, const float *restrict kt,
                            const float *restrict vt, int64_t ldv, int64_t nk, int64_t Dv,
                            int64_t dvp, const row_bands *bands, float *restrict m,
                            float *restrict l, float *restrict ob, float *restrict s) {
-    for (int64_t c0 = 0; c0 < BKF; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s);
+    int64_t nkp = round_up(nk, KPASS);
+    for (int64_t c0 = 0; c0 < nkp; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s);
     float alpha[FR];
-    for (int r = 0; r < FR; r++) alpha[r] = fast_softmax_row_f32(s + r * BKF, m + r, l + r);
+    for (int r = 0; r < FR; r++) alpha[r] = fast_softmax_row_f32(s + r * BKF, nkp, m + r, l + r);
     for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, ldv, nk, Dv, c0, alpha, ob, dvp);
 }
 

@@ -73,6 +73,9 @@ enum { KSLICE = 64 };
  * bound by streaming w_hh (read once per step for few rows) and the two-vector blocks
  * of step_micro are the better fit. */
 enum { TILE_MIN_B = 16 };
+/* Below this batch size the forward reads the weights in place (see fwd_block_in_place):
+ * no packing. */
+enum { IN_PLACE_MAX_B = 16 };
 /* k slice of the batch-tiled step: the slice of a 16-unit block's packed w_hh
  * (TILE_KSLICE x 4 gates x 64 B = 32 KB for LSTM f32) stays in L1 while every batch group
  * uses it, and h streams from L2. */
@@ -198,6 +201,7 @@ struct RN(rnn) {
     int64_t T, B, I, H, G, nws;      /* nws: workspace width per (t, b): 5H or 4H */
     int64_t nblk, rows, ngrp;        /* blocks of NR hidden units, groups of `rows` batch rows */
     int tiled;                       /* forward: batch-tiled step (blocks of NV units) */
+    int in_place;                    /* forward: weights read in place (blocks of NV units) */
     const int64_t *lengths;
     const real *x, *w_ih, *w_hh, *b_hh, *h0, *c0, *dy;
     real *y, *ws;                    /* forward outputs (ws may be NULL) */
@@ -478,6 +482,108 @@ static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk
                        accbuf[grp][0][0], NULL, NR, SMR * NR, hnext);
 }
 
+/* ---- in-place step (B < IN_PLACE_MAX_B) ----
+ * With few batch rows a step reads all of w_hh (and the projection all of w_ih) for a few
+ * dot products per row: the time goes to streaming the weights, whatever their layout.
+ * Packing them first (a read and a write of both, per call) then costs as much as several
+ * steps, and a cell (one step) would pay it on every call. So these steps read the weights
+ * as they lie: every gate pre-activation is a dot product of a weight row with an h (or x)
+ * row, k along the vector lanes, summed across the lanes once at the end. */
+
+/* Weight rows per dot-product block for M batch rows: M * R accumulators, the M batch
+ * vectors kept, one weight vector streamed (and a product without FMA). */
+#define DOT_R_FIT(M) ((SIMD_REGS - (M) - 1 - !SIMD_FMA) / (M))
+#define DOT_R(M) (DOT_R_FIT(M) < 8 ? DOT_R_FIT(M) : 8)
+#ifndef DOT_PREFETCH
+#define DOT_PREFETCH 128
+#endif
+
+/* out[m * ldo + r] = a_m . w_r for m < mv, r < rv: rows of a (lda apart) and of w (ldw
+ * apart), K long. M and R are constants (the register block); rows past mv / rv repeat the
+ * last valid one and are not stored. */
+static ALWAYS_INLINE void RN(dots)(int64_t K, const real *restrict a, int64_t lda, int64_t mv,
+                                   const real *restrict w, int64_t ldw, int64_t rv,
+                                   real *restrict out, int64_t ldo, const int M, const int R) {
+    enum { MMAX = 4, RMAX = 8 };
+    const real *ar[MMAX], *wr[RMAX];
+    VEC acc[MMAX][RMAX];
+    for (int m = 0; m < M; m++) ar[m] = a + (m < mv ? m : mv - 1) * lda;
+    for (int r = 0; r < R; r++) wr[r] = w + (r < rv ? r : rv - 1) * ldw;
+#pragma GCC unroll 4
+    for (int m = 0; m < MMAX; m++)
+#pragma GCC unroll 8
+        for (int r = 0; r < RMAX; r++) acc[m][r] = V(zero)();
+    int64_t k = 0;
+    for (; k + NV <= K; k += NV) {
+        VEC av[MMAX];
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++) {
+            av[m] = V(load)(ar[m] + k);
+            V(keep)(av[m]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            VEC wv = V(load)(wr[r] + k);
+            __builtin_prefetch(wr[r] + k + DOT_PREFETCH);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++) acc[m][r] = V(fma)(av[m], wv, acc[m][r]);
+        }
+    }
+    if (k < K) {  /* the last K % NV values: masked loads, zeros past K */
+        for (int m = 0; m < M; m++) {
+            VEC av = V(load_n)(ar[m] + k, K - k);
+            for (int r = 0; r < R; r++) acc[m][r] = V(fma)(av, V(load_n)(wr[r] + k, K - k), acc[m][r]);
+        }
+    }
+    for (int m = 0; m < M && m < mv; m++)
+        for (int r = 0; r < R && r < rv; r++) out[m * ldo + r] = V(reduce_add)(acc[m][r]);
+}
+
+/* out[m * ldo + j] = a_m . w_j for m < M, j < n (any M and n): blocks of dots. */
+static void RN(dots_block)(int64_t K, const real *a, int64_t lda, int64_t M, const real *w,
+                           int64_t ldw, int64_t n, real *out, int64_t ldo) {
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        int64_t mv = M - m0 < 4 ? M - m0 : 4;
+        const real *am = a + m0 * lda;
+        real *om = out + m0 * ldo;
+        if (mv == 1)
+            for (int64_t j0 = 0; j0 < n; j0 += DOT_R(1))
+                RN(dots)(K, am, lda, 1, w + j0 * ldw, ldw, n - j0, om + j0, ldo, 1, DOT_R(1));
+        else if (mv == 2)
+            for (int64_t j0 = 0; j0 < n; j0 += DOT_R(2))
+                RN(dots)(K, am, lda, 2, w + j0 * ldw, ldw, n - j0, om + j0, ldo, 2, DOT_R(2));
+        else
+            for (int64_t j0 = 0; j0 < n; j0 += DOT_R(4))
+                RN(dots)(K, am, lda, mv, w + j0 * ldw, ldw, n - j0, om + j0, ldo, 4, DOT_R(4));
+    }
+}
+
+/* The input projections of M rows of x (from x_rows) for this thread's unit blocks
+ * [lo, hi), w_ih read in place: xg[m][g*H + u] (xcol's untiled order). */
+static void RN(project_in_place)(const struct RN(rnn) *p, int64_t M, const real *x_rows,
+                                 int64_t lo, int64_t hi) {
+    int64_t H = p->H, I = p->I;
+    for (int64_t ub = lo; ub < hi; ub++) {
+        int64_t u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
+        for (int64_t g = 0; g < p->G; g++)
+            RN(dots_block)(I, x_rows, I, M, p->w_ih + (g * H + u0) * I, I, nu,
+                           p->xg + RN(xcol)(p, g, u0), p->xgw);
+    }
+}
+
+/* Step s for the unit block ub (NV units, all G gates) and every batch row: the recurrent
+ * part of the gates from hcur (B x H, as it lies) and w_hh in place, then the updates. */
+static void RN(fwd_block_in_place)(const struct RN(rnn) *p, int64_t s, int64_t ub,
+                                   const real *hcur, real *hnext) {
+    int64_t H = p->H, G = p->G, u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
+    real acc[IN_PLACE_MAX_B * 4 * NV];  /* [b][g][j] */
+    for (int64_t g = 0; g < G; g++)
+        RN(dots_block)(H, hcur, H, p->B, p->w_hh + (g * H + u0) * H, H, nu, acc + g * NV,
+                       G * NV);
+    for (int64_t b = 0; b < p->B; b++)
+        RN(fwd_update)(p, s, u0, nu, b, acc + b * G * NV, NULL, 0, NV, hnext);
+}
+
 /* ---- batch-tiled step (B >= TILE_MIN_B) ----
  * With many batch rows the per-step product h (B x H) @ w_hh^T is a real matmul, and the
  * step_micro blocks (8 rows x 2 vectors of one gate: 16 accumulators, 10 loads per 16 FMAs,
@@ -645,6 +751,8 @@ static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
 static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
     if (p->tiled)
         return 2 * p->ngrp * p->rows * p->G * NV;
+    if (p->in_place)
+        return 0;
     return p->ngrp > 1 ? p->ngrp * 4 * SMR * NR : 0;
 }
 
@@ -663,6 +771,8 @@ static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one
             int64_t blk = s & 1 ? hi - 1 - n : lo + n;
             if (p->tiled)
                 RN(fwd_block_tiled)(p, s, blk, hcur, hnext, mybuf);
+            else if (p->in_place)
+                RN(fwd_block_in_place)(p, s, blk, hcur, hnext);
             else if (accbuf)
                 RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
             else
@@ -686,7 +796,7 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
 #pragma omp parallel
     {
         int64_t lo, hi;
-        thread_share(p->tiled ? ceil_div(p->H, NV) : p->nblk, &lo, &hi);
+        thread_share(p->tiled || p->in_place ? ceil_div(p->H, NV) : p->nblk, &lo, &hi);
         int64_t tid = 0, nthreads = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -698,7 +808,7 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
         if (p->tiled) {
             RN(pack_w_tiled)(p, p->w_hh, p->H, p->wp, lo, hi);
             RN(pack_w_tiled)(p, p->w_ih, I, p->wip, lo, hi);
-        } else {
+        } else if (!p->in_place) {
             RN(seqcore_gemm_pack_b_cols_share)(I, p->xgw, w_ih_cols, w_ih_packed, tid, nthreads);
             RN(pack_w_fwd)(p, p->wp, lo, hi);
         }
@@ -714,7 +824,11 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
                 /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps
                  * when lengths and reverse: see rnn_fwd) */
                 int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
-                int st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I,
+                int st = SEQCORE_OK;
+                if (p->in_place)  /* this thread's columns, w_ih as it lies */
+                    RN(project_in_place)(p, (s1 - s0) * B, p->x + t0 * B * I, lo, hi);
+                else
+                    st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I,
                                                        p->x + t0 * B * I, I, 1, w_ih_packed, 0,
                                                        p->xg, p->xgw, tid, nthreads);
                 if (st) {
@@ -754,6 +868,11 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
         p->tiled = 1;
         p->rows = RN(tile_rows_for)(p->G);
         p->ngrp = ceil_div(B, p->rows);
+    } else if (B < IN_PLACE_MAX_B && !getenv("SEQCORE_RNN_PACKED")) {
+        /* weights in place; h as it lies (one row per group: packed_at is the plain layout) */
+        p->in_place = 1;
+        p->rows = 1;
+        p->ngrp = B;
     }
     /* The time loop runs in chunks of steps. Below TILE_MIN_B each chunk's input projection
      * is one gemm (w_ih^T packed once): its projections are still in cache when its steps
@@ -768,17 +887,17 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     nthreads = omp_get_max_threads();
 #endif
     int64_t accsize = RN(accbuf_size)(p), I = p->I, rs = (int64_t)sizeof(real);
-    int tiled = p->tiled;
+    int tiled = p->tiled, packed = !p->tiled && !p->in_place;
     /* The scratch, in one block: xbias, packed w_hh (wp); tiled, packed x and w_ih; else
      * the projection's output xg, packed w_ih^T and the columns of w_ih^T (rows of w_ih)
      * in xcol's order (NULL for padding); packed h (two buffers); per-thread partial sums. */
     int64_t bytes[9] = {p->xgw * rs,
-                        (tiled ? ceil_div(H, NV) * NV : p->nblk * NR) * GH * rs,
+                        tiled ? ceil_div(H, NV) * NV * GH * rs : packed ? p->nblk * NR * GH * rs : 0,
                         tiled ? chunk * p->ngrp * p->rows * I * rs : 0,
                         tiled ? ceil_div(H, NV) * NV * p->G * I * rs : 0,
                         tiled ? 0 : chunk * B * p->xgw * rs,
-                        tiled ? 0 : RN(seqcore_gemm_packed_b_size)(I, p->xgw) * rs,
-                        tiled ? 0 : p->xgw * (int64_t)sizeof(real *),
+                        packed ? RN(seqcore_gemm_packed_b_size)(I, p->xgw) * rs : 0,
+                        packed ? p->xgw * (int64_t)sizeof(real *) : 0,
                         2 * p->ngrp * p->rows * H * rs,
                         nthreads * accsize * rs};
     void *part[9];

@@ -23,6 +23,10 @@ enum { HEAD = 64 };
  * gathered h, a gemm's packed B and each thread's packed A), and a forward one more. */
 #define KEEP 8
 static _Atomic(void *) kept[KEEP];
+/* capacity of the block in each slot, readable without owning it (a block read through a
+ * slot's pointer may be taken and unmapped by another thread meanwhile); only a hint: the
+ * capacity of a block taken by exchange is checked again */
+static atomic_size_t kept_cap[KEEP];
 static atomic_size_t kept_bytes;
 #endif
 
@@ -71,6 +75,7 @@ static int poison_wanted(void) {
 }
 
 static void *take_block(size_t bytes);
+static void seqcore_scratch_give_kept(void *block);
 
 void *seqcore_scratch_take(size_t bytes) {
     void *block = take_block(bytes);
@@ -81,29 +86,43 @@ void *seqcore_scratch_take(size_t bytes) {
 
 static void *take_block(size_t bytes) {
 #ifdef KEEP
-    /* the smallest kept block that is large enough; the others go back */
-    void *found[KEEP], *best = NULL;
-    int n = 0;
-    for (int i = 0; i < KEEP; i++)
-        if ((found[n] = atomic_exchange(&kept[i], NULL))) {
-            atomic_fetch_sub(&kept_bytes, capacity(found[n]));
-            n++;
+    /* the smallest kept block that is large enough: found by looking (plain loads), then
+     * taken by one exchange (another thread may have taken it meanwhile: look again) */
+    for (int attempt = 0; attempt < 4; attempt++) {
+        int best = -1;
+        size_t best_cap = 0;
+        for (int i = 0; i < KEEP; i++) {
+            size_t cap = atomic_load_explicit(&kept_cap[i], memory_order_relaxed);
+            if (atomic_load_explicit(&kept[i], memory_order_relaxed) && cap >= bytes &&
+                (best < 0 || cap < best_cap))
+                best = i, best_cap = cap;
         }
-    for (int i = 0; i < n; i++)
-        if (capacity(found[i]) >= bytes && (!best || capacity(found[i]) < capacity(best)))
-            best = found[i];
-    /* none fits: the smallest is dropped, so that the kept blocks do not pile up */
-    void *drop = NULL;
-    for (int i = 0; i < n && !best; i++)
-        if (!drop || capacity(found[i]) < capacity(drop))
-            drop = found[i];
-    for (int i = 0; i < n; i++)
-        if (found[i] != best && found[i] != drop)
-            seqcore_scratch_give(found[i]);
-    if (drop)
-        unmap_block(drop);
-    if (best)
-        return best;
+        if (best < 0)
+            break;
+        void *b = atomic_exchange(&kept[best], NULL);
+        if (b && capacity(b) >= bytes) {
+            atomic_fetch_sub(&kept_bytes, capacity(b));
+            return b;
+        }
+        if (b)  /* another block took its place: put it back */
+            seqcore_scratch_give_kept(b);
+    }
+    /* none fits: drop the smallest kept block, so that the kept blocks do not pile up */
+    int smallest = -1;
+    size_t small_cap = 0;
+    for (int i = 0; i < KEEP; i++) {
+        size_t cap = atomic_load_explicit(&kept_cap[i], memory_order_relaxed);
+        if (atomic_load_explicit(&kept[i], memory_order_relaxed) &&
+            (smallest < 0 || cap < small_cap))
+            smallest = i, small_cap = cap;
+    }
+    if (smallest >= 0) {
+        void *b = atomic_exchange(&kept[smallest], NULL);
+        if (b) {
+            atomic_fetch_sub(&kept_bytes, capacity(b));
+            unmap_block(b);
+        }
+    }
 #endif
     return map_block(bytes);
 }
@@ -111,11 +130,18 @@ static void *take_block(size_t bytes) {
 void seqcore_scratch_give(void *block) {
     if (!block)
         return;
+    seqcore_scratch_give_kept(block);
+}
+
+static void seqcore_scratch_give_kept(void *block) {
 #ifdef KEEP
     size_t size = capacity(block);
     if (atomic_fetch_add(&kept_bytes, size) + size <= KEEP_BYTES)
         for (int i = 0; i < KEEP; i++) {
             void *empty = NULL;
+            if (atomic_load_explicit(&kept[i], memory_order_relaxed))
+                continue;
+            atomic_store_explicit(&kept_cap[i], size, memory_order_relaxed);
             if (atomic_compare_exchange_strong(&kept[i], &empty, block))
                 return;
         }

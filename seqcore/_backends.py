@@ -135,9 +135,15 @@ _MODULES = {
 }
 
 
+_LOADED = {}
+
+
 def module(backend, family):
     """The module implementing `family` ("attention" | "recurrent") for `backend`
     (the interface is described in seqcore/_problem.py)."""
-    import importlib
+    mod = _LOADED.get((backend, family))
+    if mod is None:
+        import importlib
 
-    return importlib.import_module(_MODULES[(backend, family)])
+        mod = _LOADED[(backend, family)] = importlib.import_module(_MODULES[(backend, family)])
+    return mod

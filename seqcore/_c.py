@@ -91,17 +91,21 @@ def status():
 
 _CTYPES = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *",
            np.dtype(np.int32): "int32_t *", np.dtype(np.int64): "int64_t *"}
+_ARRAY_CTYPES = {dt: name[:-2] + "[]" for dt, name in _CTYPES.items()}
 
 
 def ptr(a):
     """A typed C pointer to the data of NumPy array `a` (NULL for None).
 
-    The caller keeps `a` alive for the duration of the call.
+    The caller keeps `a` alive for the duration of the call. A C-contiguous array goes
+    through ffi.from_buffer (~0.3 us); others (broadcast views with zero strides) through
+    the slower ctypes address (~2.5 us).
     """
-    _, ffi = load()
     if a is None:
-        return ffi.NULL
-    return ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
+        return _ffi.NULL
+    if a.flags.c_contiguous:
+        return _ffi.from_buffer(_ARRAY_CTYPES[a.dtype], a)
+    return _ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
 
 
 def strides(a):

@@ -11,21 +11,28 @@ from seqcore import _c
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
+_ENTRIES = {}
+
+
 def _entry(name, dtype):
-    lib, _ = _c.load()
-    return getattr(lib, f"seqcore_attention_{name}_{_SUFFIX[np.dtype(dtype)]}")
+    fn = _ENTRIES.get((name, dtype))
+    if fn is None:
+        lib, _ = _c.load()
+        fn = _ENTRIES[(name, dtype)] = getattr(
+            lib, f"seqcore_attention_{name}_{_SUFFIX[np.dtype(dtype)]}")
+    return fn
+
+
+_NO_STRIDES = [0, 0, 0, 0]
 
 
 def _problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q=None, cu_k=None, bias=None):
     """A seqcore_attn_problem; the cffi struct keeps no reference to cu_q/cu_k (caller does)."""
     _, ffi = _c.load()
-    prob = ffi.new("seqcore_attn_problem *")
-    prob.n_seq, prob.Hq, prob.Hkv, prob.Sq, prob.Sk, prob.D, prob.Dv = n_seq, Hq, Hkv, Sq, Sk, D, Dv
-    prob.cu_q, prob.cu_k = _c.ptr(cu_q), _c.ptr(cu_k)
-    prob.scale, prob.softcap = p.scale, p.softcap
-    prob.window_left, prob.window_right = p.window_left, p.window_right
-    prob.bias_strides = list(_c.strides(bias)) if bias is not None else [0, 0, 0, 0]
-    return prob
+    return ffi.new("seqcore_attn_problem *", [
+        n_seq, Hq, Hkv, Sq, Sk, D, Dv, _c.ptr(cu_q), _c.ptr(cu_k), p.scale, p.softcap,
+        p.window_left, p.window_right,
+        list(_c.strides(bias)) if bias is not None else _NO_STRIDES])
 
 
 def _bias_view(bias, dtype):
@@ -42,7 +49,8 @@ def _contiguous(dtype, *arrays):
 
 
 def attention_fwd(q, k, v, bias, p):
-    q, k, v = _contiguous(q.dtype, q, k, v)
+    if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
+        q, k, v = _contiguous(q.dtype, q, k, v)
     B, Hq, Sq, D = q.shape
     _, Hkv, Sk, Dv = v.shape
     bias = _bias_view(bias, q.dtype)

@@ -12,9 +12,15 @@ from seqcore._c import ptr
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
+_KERNELS = {}
+
+
 def _kernel(name, dtype):
-    lib, _ = _c.load()
-    return getattr(lib, f"seqcore_{name}_{_SUFFIX[np.dtype(dtype)]}")
+    fn = _KERNELS.get((name, dtype))
+    if fn is None:
+        lib, _ = _c.load()
+        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[np.dtype(dtype)]}")
+    return fn
 
 
 def _lengths(lengths):

@@ -144,8 +144,7 @@ def _lse_grad(dlse, q, k, bias, lse, visible, scale, softcap):
 # Attention (dense)
 
 
-@torch.library.custom_op("seqcore::attention_fwd", mutates_args=())
-def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float,
+def _attention_fwd_body(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float,
                   window_left: int, window_right: int, softcap: float, causal: bool,
                   backend: str) -> tuple[Tensor, Tensor]:
     """out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (float64 for float64 q)."""
@@ -153,6 +152,9 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale
     (out, lse), outs = _run_backend(backend, "attention", "attention_fwd",
                                     _contig(q, k, v) + [bias], (p,), q.device)
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
+
+
+attention_fwd = torch.library.custom_op("seqcore::attention_fwd", mutates_args=())(_attention_fwd_body)
 
 
 @attention_fwd.register_fake
@@ -227,8 +229,7 @@ def _check_cu_values(cu, total, max_len, side):
         raise ValueError(f"max_seqlen_{side}={max_len} is smaller than the longest sequence ({longest})")
 
 
-@torch.library.custom_op("seqcore::attention_varlen_fwd", mutates_args=())
-def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int,
+def _attention_varlen_fwd_body(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int,
                          max_k: int, scale: float, window_left: int, window_right: int,
                          softcap: float, causal: bool, backend: str) -> tuple[Tensor, Tensor]:
     """out (Tq, Hq, Dv), lse (Tq, Hq)."""
@@ -238,6 +239,9 @@ def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Te
     (out, lse), outs = _run_backend(backend, "attention", "attention_varlen_fwd",
                                     _contig(q, k, v, cu_q, cu_k), (max_q, max_k, p), q.device)
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
+
+
+attention_varlen_fwd = torch.library.custom_op("seqcore::attention_varlen_fwd", mutates_args=())(_attention_varlen_fwd_body)
 
 
 @attention_varlen_fwd.register_fake
@@ -329,8 +333,7 @@ def _lengths_arg(backend, lengths, T):
     return _to_backend(backend, lengths.contiguous())
 
 
-@torch.library.custom_op("seqcore::lstm_fwd", mutates_args=())
-def lstm_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
+def _lstm_fwd_body(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
              c0: Tensor, lengths: Optional[Tensor], reverse: bool, need_ws: bool,
              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y (T, B, H), h_n, c_n, ws): ws (T, B, 5H) for lstm_bwd when need_ws, else (0,)."""
@@ -341,6 +344,9 @@ def lstm_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, 
     acc = _acc_dtype(x.dtype)
     ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), outs.tensor(c_n, x.dtype), ws
+
+
+lstm_fwd = torch.library.custom_op("seqcore::lstm_fwd", mutates_args=())(_lstm_fwd_body)
 
 
 @lstm_fwd.register_fake
@@ -415,8 +421,7 @@ lstm_fwd.register_autograd(_lstm_backward, setup_context=_lstm_setup)
 # GRU
 
 
-@torch.library.custom_op("seqcore::gru_fwd", mutates_args=())
-def gru_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
+def _gru_fwd_body(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
             lengths: Optional[Tensor], reverse: bool, need_ws: bool,
             backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(y (T, B, H), h_n, ws): ws (T, B, 4H) for gru_bwd when need_ws, else (0,)."""
@@ -427,6 +432,9 @@ def gru_fwd(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h
     acc = _acc_dtype(x.dtype)
     ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), ws
+
+
+gru_fwd = torch.library.custom_op("seqcore::gru_fwd", mutates_args=())(_gru_fwd_body)
 
 
 @gru_fwd.register_fake
@@ -481,28 +489,42 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _eager_inference(*tensors):
+    """True when a call needs no autograd and nothing traces it (no torch.compile or export,
+    no functorch transform, plain tensors): the op's body then runs directly. The dispatcher
+    and autograd wrapping of a custom op cost ~100 us a call, more than a small kernel."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is Tensor and not (grad and t.requires_grad))
+               for t in tensors)
+
+
 def attention(q4, k4, v4, bias4, p, backend):
     """(out (B, Hq, Sq, Dv), lse (B, Hq, Sq)) for the normalized problem p (an AttnParams)."""
-    return attention_fwd(q4, k4, v4, bias4, p.scale, p.window_left, p.window_right, p.softcap,
-                         p.causal, backend)
+    op = _attention_fwd_body if _eager_inference(q4, k4, v4, bias4) else attention_fwd
+    return op(q4, k4, v4, bias4, p.scale, p.window_left, p.window_right, p.softcap, p.causal,
+              backend)
 
 
 def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, p, backend):
     """(out (Tq, Hq, Dv), lse (Tq, Hq)) over packed sequences."""
-    return attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p.scale, p.window_left,
-                                p.window_right, p.softcap, p.causal, backend)
+    op = _attention_varlen_fwd_body if _eager_inference(q, k, v) else attention_varlen_fwd
+    return op(q, k, v, cu_q, cu_k, max_q, max_k, p.scale, p.window_left, p.window_right,
+              p.softcap, p.causal, backend)
 
 
 def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend):
     """(y, h_n, c_n) for one LSTM layer; x is (T, B, I)."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
-    y, h_n, c_n, _ = lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws,
-                              backend)
+    op = _lstm_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0, c0) else lstm_fwd
+    y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend)
     return y, h_n, c_n
 
 
 def gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend):
     """(y, h_n) for one GRU layer; x is (T, B, I)."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
-    y, h_n, _ = gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, backend)
+    op = _gru_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0) else gru_fwd
+    y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, backend)
     return y, h_n

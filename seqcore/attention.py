@@ -19,6 +19,9 @@ def _check_window(window):
 
 
 def _check_options(D, causal, scale, window, softcap, return_lse):
+    if scale is None and window is None and softcap is None and causal in (False, True) \
+            and return_lse in (False, True) and type(causal) is bool and type(return_lse) is bool:
+        return _default_params(D, causal)  # the common call: checked once per (D, causal)
     V.require_bool("causal", causal)
     V.require_bool("return_lse", return_lse)
     scale = 1.0 / math.sqrt(D) if scale is None else V.require_real("scale", scale)
@@ -26,6 +29,36 @@ def _check_options(D, causal, scale, window, softcap, return_lse):
     if softcap is not None:
         softcap = V.require_real("softcap", softcap, positive=True)
     return make_attn_params(scale, causal, window, softcap)
+
+
+_DEFAULT_PARAMS = {}
+
+
+def _default_params(D, causal):
+    p = _DEFAULT_PARAMS.get((D, causal))
+    if p is None:
+        p = _DEFAULT_PARAMS[(D, causal)] = make_attn_params(1.0 / math.sqrt(D), causal, None, None)
+    return p
+
+
+def _shapes(q, k, v):
+    return f"q {_arrays.shape(q)}, k {_arrays.shape(k)}, v {_arrays.shape(v)}"
+
+
+def _same_dtype(q, k, v):
+    """The dtype name q, k and v share (TypeError otherwise)."""
+    if q.dtype == k.dtype == v.dtype:
+        return _arrays.dtype_name(q)
+    return V.require_same_dtype([("q", q), ("k", k), ("v", v)])
+
+
+def _compute_array(x, cdt, shape4):
+    """x in the compute dtype, contiguous, as (B, H, S, D): no copy when it already is."""
+    if isinstance(x, np.ndarray):
+        if x.dtype != cdt or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=cdt)
+        return x if x.ndim == 4 else x.reshape(shape4)
+    return _arrays.reshape(_arrays.contiguous(_arrays.astype(x, cdt)), shape4)
 
 
 def _check_head_dims(D, Dv):
@@ -72,26 +105,39 @@ def _flat_bias(bias, batch, Hq, Sq, Sk, B):
 def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
               return_lse=False, backend=None):
     """Scaled dot-product attention; see API.md. Returns out, or (out, lse) with return_lse."""
-    kind = _arrays.common_kind([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    if type(q) is not np.ndarray:
+        host = _arrays.host_views(backend, q, k, v, bias)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (see host_views)
+            return _arrays.host_results(attention(
+                *host[:3], bias=host[3], causal=causal, scale=scale, window=window,
+                softcap=softcap, return_lse=return_lse, backend=backend))
+    # (the checks are ordered so that a NumPy call with default options costs a few us)
+    numpy_only = bias is None and type(q) is np.ndarray and type(k) is np.ndarray \
+        and type(v) is np.ndarray
+    kind = _arrays.NUMPY if numpy_only else \
+        _arrays.common_kind([("q", q), ("k", k), ("v", v), ("bias", bias)])
     for name, x in (("q", q), ("k", k), ("v", v)):
-        V.require_ndim(name, x, range(3, 64), "(*batch, heads, seq, dim)")
-    V.require_same_device([("q", q), ("k", k), ("v", v), ("bias", bias)])
-    dtype = V.require_same_dtype([("q", q), ("k", k), ("v", v)])
+        if not 3 <= x.ndim < 64:
+            V.require_ndim(name, x, range(3, 64), "(*batch, heads, seq, dim)")
+    if not numpy_only:  # NumPy arrays are all on the host
+        V.require_same_device([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    dtype = _same_dtype(q, k, v)
     if bias is not None:
         V.require_float("bias", bias)
-    shapes = f"q {_arrays.shape(q)}, k {_arrays.shape(k)}, v {_arrays.shape(v)}"
     if not (q.ndim == k.ndim == v.ndim):
-        raise ValueError(f"q, k, v must have the same number of dims: {shapes}")
-    batch, (Hq, Sq, D) = _arrays.shape(q)[:-3], _arrays.shape(q)[-3:]
-    Hkv, Sk, Dk = _arrays.shape(k)[-3:]
-    Hv, Skv, Dv = _arrays.shape(v)[-3:]
-    if _arrays.shape(k)[:-3] != batch or _arrays.shape(v)[:-3] != batch:
-        raise ValueError(f"q, k, v must share the batch dims: {shapes}")
+        raise ValueError(f"q, k, v must have the same number of dims: {_shapes(q, k, v)}")
+    qs, ks, vs = _arrays.shape(q), _arrays.shape(k), _arrays.shape(v)
+    batch, (Hq, Sq, D) = qs[:-3], qs[-3:]
+    Hkv, Sk, Dk = ks[-3:]
+    Hv, Skv, Dv = vs[-3:]
+    if ks[:-3] != batch or vs[:-3] != batch:
+        raise ValueError(f"q, k, v must share the batch dims: {_shapes(q, k, v)}")
     if Dk != D:
-        raise ValueError(f"q and k must share the head dim D: {shapes}")
+        raise ValueError(f"q and k must share the head dim D: {_shapes(q, k, v)}")
     if Hv != Hkv or Skv != Sk:
-        raise ValueError(f"k and v must share heads and sequence length: {shapes}")
-    _check_heads(Hq, Hkv, shapes)
+        raise ValueError(f"k and v must share heads and sequence length: {_shapes(q, k, v)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        _check_heads(Hq, Hkv, _shapes(q, k, v))
     _check_head_dims(D, Dv)
     p = _check_options(D, causal, scale, window, softcap, return_lse)
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
@@ -99,8 +145,9 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, soft
 
     B = math.prod(batch)  # Python ints: torch.compile traces this, np.prod it cannot
     cdt = _compute_dtype(backend, dtype)
-    q4, k4, v4 = (_arrays.reshape(_arrays.contiguous(_arrays.astype(x, cdt)), (B,) + _arrays.shape(x)[-3:])
-                  for x in (q, k, v))
+    q4 = _compute_array(q, cdt, (B, Hq, Sq, D))
+    k4 = _compute_array(k, cdt, (B, Hkv, Sk, D))
+    v4 = _compute_array(v, cdt, (B, Hkv, Sk, Dv))
     bias4 = None
     if bias is not None:
         bias_dt = cdt if backend != "triton" else _arrays.dtype_name(bias)

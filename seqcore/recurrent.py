@@ -20,8 +20,10 @@ def _compute_dtype(backend, dtype):
 def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
     """Hidden size H from the weights, checking the PyTorch layout (G*H, I), (G*H, H), (G*H,)."""
     G = GATES[cell]
-    V.require_ndim("w_ih", w_ih, (2,), f"({G}*H, input_size)")
-    V.require_ndim("w_hh", w_hh, (2,), f"({G}*H, H)")
+    if w_ih.ndim != 2:
+        V.require_ndim("w_ih", w_ih, (2,), f"({G}*H, input_size)")
+    if w_hh.ndim != 2:
+        V.require_ndim("w_hh", w_hh, (2,), f"({G}*H, H)")
     GH, H = _arrays.shape(w_hh)
     if H < 1 or GH != G * H:
         raise ValueError(f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_arrays.shape(w_hh)}")
@@ -65,7 +67,10 @@ def _check_lengths(lengths, B, T, like):
 def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, backend, seq):
     """Validate; return (kind, backend, dtype, cdt, arrays in compute dtype, lengths, H)."""
     named = [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)] + states
-    kind = _arrays.common_kind(named)
+    # (ordered so that a NumPy call costs a few us: a cell is one step of a stream)
+    given = [a for _, a in named if a is not None]
+    numpy_only = all(type(a) is np.ndarray for a in given)
+    kind = _arrays.NUMPY if numpy_only else _arrays.common_kind(named)
     if seq:
         V.require_ndim("x", x, (3,), "(B, T, input_size)" if batch_first else "(T, B, input_size)")
         T, B, I = _arrays.shape(x)
@@ -74,8 +79,11 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
     else:
         V.require_ndim("x", x, (2,), "(B, input_size)")
         (B, I), T = _arrays.shape(x), 1
-    V.require_same_device(named)
-    dtype = V.require_same_dtype(named)
+    if not numpy_only:  # NumPy arrays are all on the host
+        V.require_same_device(named)
+    dt0 = given[0].dtype
+    dtype = _arrays.dtype_name(x) if all(a.dtype == dt0 for a in given) else \
+        V.require_same_dtype(named)
     V.require_float("x", x)
     H = _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I)
     for name, s in states:
@@ -87,8 +95,11 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
     G = GATES[cell]
 
     def prep(a, shape_):
-        a = _arrays.zeros_like_kind(x, shape_, cdt) if a is None else _arrays.astype(a, cdt)
-        return _arrays.contiguous(a)
+        if a is None:
+            return _arrays.zeros_like_kind(x, shape_, cdt)
+        if type(a) is np.ndarray and a.dtype == cdt and a.flags.c_contiguous:
+            return a
+        return _arrays.contiguous(_arrays.astype(a, cdt))
 
     if seq and batch_first:
         x = x.transpose(0, 1) if _arrays.is_tensor(x) else x.transpose(1, 0, 2)
@@ -127,6 +138,12 @@ def _seq_out(y, dtype, batch_first):
 def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None, reverse=False,
          batch_first=False, backend=None):
     """One LSTM layer over a sequence; returns (y, (h_n, c_n)). See API.md."""
+    if type(x) is not np.ndarray:
+        host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
+            y, (h_n, c_n) = lstm(*host[:7], lengths=host[7], reverse=reverse,
+                                 batch_first=batch_first, backend=backend)
+            return _arrays.host_results(y), _arrays.host_results((h_n, c_n))
     V.require_bool("reverse", reverse)
     V.require_bool("batch_first", batch_first)
     kind, backend, dtype, a, lengths = _prepare(
@@ -138,6 +155,11 @@ def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
 def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, lengths=None, reverse=False,
         batch_first=False, backend=None):
     """One GRU layer over a sequence; returns (y, h_n). See API.md."""
+    if type(x) is not np.ndarray:
+        host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, lengths)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
+            return _arrays.host_results(gru(*host[:6], lengths=host[6], reverse=reverse,
+                                            batch_first=batch_first, backend=backend))
     V.require_bool("reverse", reverse)
     V.require_bool("batch_first", batch_first)
     kind, backend, dtype, a, lengths = _prepare(
@@ -148,6 +170,10 @@ def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, lengths=None, reverse=F
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step: (h_new, c_new). See API.md."""
+    if type(x) is not np.ndarray:
+        host = _arrays.host_views(backend, x, h, c, w_ih, w_hh, b_ih, b_hh)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
+            return _arrays.host_results(lstm_cell(*host, backend=backend))
     if h is None or c is None:
         raise TypeError("lstm_cell needs h and c (pass zeros for a fresh state)")
     kind, backend, dtype, a, _ = _prepare(
@@ -159,6 +185,10 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
 
 def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One GRU step: h_new. See API.md."""
+    if type(x) is not np.ndarray:
+        host = _arrays.host_views(backend, x, h, w_ih, w_hh, b_ih, b_hh)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
+            return _arrays.host_results(gru_cell(*host, backend=backend))
     if h is None:
         raise TypeError("gru_cell needs h (pass zeros for a fresh state)")
     kind, backend, dtype, a, _ = _prepare(
