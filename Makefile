@@ -7,8 +7,12 @@ PIP := $(PY) -m pip
 # torch 2.13.0 is the CPU build on this machine's disk (an unpinned torch pulls CUDA builds).
 PINS := "numpy<2.4" torch==2.13.0 triton==3.6.0
 JOBS ?= 2
+# aarch64 cross toolchain and emulator for `make test-arm` (Debian: gcc-aarch64-linux-gnu,
+# qemu-user)
+ARM_CC ?= aarch64-linux-gnu-gcc
+ARM_RUN ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
 
-.PHONY: install build test bench bench-gpu clean
+.PHONY: install build check-c test test-arm bench bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +29,20 @@ install: $(PY)
 build: $(PY)
 	flock /tmp/seqcore-build.lock $(PY) csrc/build.py
 
-# Every test, the Triton kernels under the interpreter when no GPU is present.
-test: install
+# The C-level reference checks (csrc/check/): every kernel at every ISA level this CPU runs,
+# against scalar references, on one thread and on all.
+check-c: $(PY)
+	flock /tmp/seqcore-build.lock $(PY) csrc/build.py check
+
+# Every test: the C checks, then pytest (the Triton kernels under the interpreter when no GPU
+# is present; the C tests at every ISA level this CPU runs).
+test: install check-c
 	TRITON_INTERPRET=$${TRITON_INTERPRET:-1} $(PY) -m pytest -q tests
+
+# The C sources cross-compiled for aarch64 (baseline and NEON levels) and their reference
+# checks run under qemu.
+test-arm: $(PY)
+	flock /tmp/seqcore-build.lock $(PY) csrc/build.py check --cc "$(ARM_CC)" --run "$(ARM_RUN)"
 
 bench: install
 	mkdir -p bench/out

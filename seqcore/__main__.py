@@ -1,5 +1,8 @@
-"""`python -m seqcore`: list the backends here and check each against the float64 reference
-on fresh random inputs (a few seconds). Exit status 1 if any check fails."""
+"""`python -m seqcore [backend ...]`: list the backends here and check each (or the named
+ones) against the float64 reference on fresh random inputs (a few seconds); the C backend at
+every ISA level this CPU runs (only the forced one under SEQCORE_CPU_ISA). Exit status 1 if
+any check fails."""
+import os
 import sys
 import time
 
@@ -77,32 +80,42 @@ def _convert(backend, arrays):
             for k, v in arrays.items()}
 
 
-def _check(backend, dtype, rng):
+def _check(backend, dtype, rng, label):
     failures = 0
     for name, arrays, opts in _attention_cases(rng, dtype):
         want = reference.attention(**arrays, **opts)
         got = seqcore.attention(**_convert(backend, arrays), **_convert(backend, opts), backend=backend)
-        failures += _report(backend, dtype, name, lambda: _max_err(got, want))
+        failures += _report(label, dtype, name, lambda: _max_err(got, want))
     for name, op, args, opts in _recurrent_cases(rng, dtype):
         want = getattr(reference, op)(*args, **opts)
         targs = tuple(_convert(backend, {"a": a})["a"] for a in args)
         got = getattr(seqcore, op)(*targs, **opts, backend=backend)
-        failures += _report(backend, dtype, name, lambda: _max_err(got, want))
+        failures += _report(label, dtype, name, lambda: _max_err(got, want))
     return failures
 
 
-def _report(backend, dtype, name, err_fn):
+def _report(label, dtype, name, err_fn):
     try:
         err = err_fn()
     except NotImplementedError as exc:
-        print(f"  {backend:7s} {dtype:8s} {name:32s} not implemented: {exc}")
+        print(f"  {label:11s} {dtype:8s} {name:32s} not implemented: {exc}")
         return 1
     ok = err <= TOL[dtype]
-    print(f"  {backend:7s} {dtype:8s} {name:32s} max error {err:.2e}  {'ok' if ok else 'FAIL'}")
+    print(f"  {label:11s} {dtype:8s} {name:32s} max error {err:.2e}  {'ok' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 
-def main():
+def _runs(backend):
+    """(label, setup) for each configuration of `backend` to check: one per ISA level for C."""
+    if backend != "c":
+        return [(backend, None)]
+    from seqcore import _c
+
+    levels = [_c.isa()] if os.environ.get(_c.ISA_ENV) else list(_c.isa_levels())
+    return [(f"c[{level}]", lambda level=level: _c.set_isa(level)) for level in levels]
+
+
+def main(argv=()):
     print(f"seqcore {seqcore.__version__}")
     available = seqcore.available_backends()
     for name, what in seqcore.backend_status().items():
@@ -110,18 +123,23 @@ def main():
     rng = np.random.default_rng()
     failures = 0
     start = time.perf_counter()
-    for backend in seqcore.available_backends():
-        dtypes = ["float32", "float64"] if backend != "triton" else ["float32"]
-        for dtype in dtypes:
-            try:
-                failures += _check(backend, dtype, rng)
-            except Exception as exc:  # report and go on with the other backends
-                print(f"  {backend:7s} {dtype:8s} ERROR {type(exc).__name__}: {exc}")
-                failures += 1
+    for backend in available:
+        if argv and backend not in argv:
+            continue
+        for label, setup in _runs(backend):
+            if setup:
+                setup()
+            dtypes = ["float32", "float64"] if backend != "triton" else ["float32"]
+            for dtype in dtypes:
+                try:
+                    failures += _check(backend, dtype, rng, label)
+                except Exception as exc:  # report and go on with the other backends
+                    print(f"  {label:11s} {dtype:8s} ERROR {type(exc).__name__}: {exc}")
+                    failures += 1
     print(f"checked against seqcore.reference in {time.perf_counter() - start:.1f} s: "
           f"{'all ok' if not failures else f'{failures} failure(s)'}")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

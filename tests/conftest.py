@@ -155,6 +155,35 @@ def dtype(request, triton_device):
     return request.param
 
 
+def _isa_levels():
+    """The ISA levels of the C kernels this CPU runs (['none'] without the extension)."""
+    try:
+        from seqcore import _c
+    except ImportError:
+        return ["none"]
+    return list(_c.isa_levels()) or ["none"]
+
+
+ISA_LEVELS = _isa_levels()
+
+
+@pytest.fixture(params=ISA_LEVELS, scope="module")
+def every_isa(request):
+    """Runs a module's tests once per ISA level this CPU runs, with the C kernels forced to
+    it (a module opts in with `pytestmark = [..., pytest.mark.usefixtures("every_isa")]`)."""
+    if request.param == "none":
+        yield None
+        return
+    from seqcore import _c
+
+    before = _c.isa()
+    _c.set_isa(request.param)
+    try:
+        yield request.param
+    finally:
+        _c.set_isa(before)
+
+
 def require_backend(backend):
     """Skip, with the reason, where the C extension is not built (seqcore imports without it)."""
     from seqcore import _c

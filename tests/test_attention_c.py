@@ -18,7 +18,10 @@ from seqcore import reference as ref
 from seqcore._problem import make_attn_params
 from conftest import assert_close, poison
 
-pytestmark = pytest.mark.skipif(bool(_c.status()), reason=f"C backend unavailable: {_c.status()}")
+pytestmark = [
+    pytest.mark.skipif(bool(_c.status()), reason=f"C backend unavailable: {_c.status()}"),
+    pytest.mark.usefixtures("every_isa"),  # every ISA level this CPU runs (conftest)
+]
 if not _c.status():
     from seqcore import _c_attention as C_ATTN
 

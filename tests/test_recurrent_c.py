@@ -14,7 +14,10 @@ import seqcore.reference as ref
 from seqcore import _c
 from conftest import assert_close
 
-pytestmark = pytest.mark.skipif(bool(_c.status()), reason="C extension not built")
+pytestmark = [
+    pytest.mark.skipif(bool(_c.status()), reason="C extension not built"),
+    pytest.mark.usefixtures("every_isa"),  # every ISA level this CPU runs (conftest)
+]
 
 GATES = {"lstm": 4, "gru": 3}
 # (T, B, I, H): odd sizes, length 1, empty sequences and batches, several batch groups
