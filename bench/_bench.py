@@ -129,8 +129,9 @@ def check_against(impl, actual, expected, tol):
     return err
 
 
-def run(benchmark, fn, *, op, impl, shape, dtype, flops, err=None):
-    """Time fn() (synchronized) under pytest-benchmark with a round count fitted to BUDGET_S."""
+def run(benchmark, fn, *, op, impl, shape, dtype, flops, err=None, max_rounds=None):
+    """Time fn() (synchronized) under pytest-benchmark with a round count fitted to BUDGET_S
+    (at most max_rounds, default MAX_ROUNDS; small calls take thousands for a stable median)."""
     def call():
         fn()
         sync()
@@ -139,7 +140,7 @@ def run(benchmark, fn, *, op, impl, shape, dtype, flops, err=None):
     start = time.perf_counter()
     call()
     one = time.perf_counter() - start
-    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_S / max(one, 1e-6))))
+    rounds = int(min(max_rounds or MAX_ROUNDS, max(MIN_ROUNDS, BUDGET_S / max(one, 1e-6))))
     benchmark.group = f"{op} {shape}"
     benchmark.extra_info.update(op=op, impl=impl, shape=shape, dtype=dtype, flops=float(flops),
                                 device=device_name(), max_rel_err_vs_torch=err)
@@ -148,15 +149,27 @@ def run(benchmark, fn, *, op, impl, shape, dtype, flops, err=None):
 
 @functools.lru_cache(maxsize=None)
 def device_name():
+    """The GPU, or the CPU with its thread count and the ISA levels both sides run at."""
     if HAS_CUDA:
         return torch.cuda.get_device_name()
     import platform
 
+    cpu = platform.processor() or "cpu"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    return (f"{cpu} ({torch.get_num_threads()} threads; seqcore C ISA {seqcore_isa()}, "
+            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
+
+
+def seqcore_isa():
+    try:
+        from seqcore import _c
+    except Exception:  # noqa: BLE001
+        return "unavailable"
+    return _c.isa() or f"unavailable ({_c.status()})"

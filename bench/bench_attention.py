@@ -28,9 +28,12 @@ FWD_CASES = [
     (1, 8, 8, 1024, 64, False),
     (1, 8, 8, 1024, 64, True),
     (1, 8, 2, 1024, 64, True),  # GQA: 4 query heads per kv head
+    (4, 8, 8, 256, 128, False),
 ]
 FWD_BWD_CASES = [
     (1, 8, 8, 256, 64, False),
+    (1, 8, 8, 256, 64, True),
+    (1, 8, 8, 1024, 64, False),
     (1, 8, 8, 1024, 64, True),
     (1, 8, 2, 1024, 64, True),
 ]

@@ -2,7 +2,7 @@
 
 CPU (float32, 2 threads): seqcore backend "c" vs torch.nn (and the float64 NumPy reference at
 B=1 forward only). CUDA (float32): seqcore backend "triton" vs torch.nn (cuDNN).
-T=64, I=H=512, B in {1, 8, 64} forward; forward+backward at B=8.
+T=64, I=H=512, B in {1, 8, 64}, forward and forward+backward.
 
 Run: make bench   (or: .venv/bin/python -m pytest -q bench/bench_recurrent.py --benchmark-only)
 """
@@ -20,7 +20,7 @@ TOL = 1e-2 if HAS_CUDA else 1e-3
 T, I, H = 64, 512, 512
 
 FWD_CASES = [(cell, B) for cell in ("lstm", "gru") for B in (1, 8, 64)]
-FWD_BWD_CASES = [(cell, 8) for cell in ("lstm", "gru")]
+FWD_BWD_CASES = [(cell, B) for cell in ("lstm", "gru") for B in (1, 8, 64)]
 
 IMPLS = ["seqcore-triton", "torch"] if HAS_CUDA else ["seqcore-c", "torch", "seqcore-numpy"]
 NUMPY_MAX_B = 1

@@ -54,21 +54,6 @@ def common_kind(named_arrays):
 _NUMPY_NAMES = {np.dtype(n): n for n in ("float16", "float32", "float64", "int32", "int64")}
 
 
-def _not_host_dtypes():
-    torch = sys.modules.get("torch")
-    return (torch.bfloat16, torch.complex32, torch.complex64, torch.complex128) if torch else ()
-
-
-class _LazyDtypes:
-    """dtypes NumPy cannot view (bfloat16, complex), looked up once torch is imported."""
-
-    def __contains__(self, dt):
-        return dt in _not_host_dtypes()
-
-
-_NOT_HOST = _LazyDtypes()
-
-
 def dtype_name(x):
     """'float16' | 'bfloat16' | 'float32' | 'float64' | other, for either kind."""
     if is_tensor(x):
@@ -164,12 +149,13 @@ def host_views(backend, *xs):
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None
     grad = torch.is_grad_enabled()
+    host_dtypes = _host_dtypes(torch)
     views = []
     for x in xs:
         if x is None:
             views.append(None)
             continue
-        if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype in _NOT_HOST:
+        if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in host_dtypes:
             return None
         if x.requires_grad:
             if grad:
@@ -180,6 +166,18 @@ def host_views(backend, *xs):
         except (RuntimeError, TypeError):  # e.g. a tensor with the negative bit set
             return None
     return views
+
+
+_HOST_DTYPES = None
+
+
+def _host_dtypes(torch):
+    """The tensor dtypes NumPy views (no bfloat16, no complex), as a set (built once)."""
+    global _HOST_DTYPES
+    if _HOST_DTYPES is None:
+        _HOST_DTYPES = frozenset((torch.float16, torch.float32, torch.float64, torch.int8,
+                                  torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool))
+    return _HOST_DTYPES
 
 
 def host_results(results):
