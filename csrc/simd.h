@@ -17,9 +17,10 @@
  *   vf_zero, vf_set1, vf_load, vf_store (unaligned), vf_load_n / vf_store_n (the first n
  *   lanes, 0 <= n <= VF; the load zeroes the rest), vf_add, vf_sub, vf_mul, vf_fma(a, b, c)
  *   = a * b + c, vf_fnma(a, b, c) = c - a * b, vf_max / vf_min (NaN in the second operand
- *   is returned: clamps pass NaN through), vf_reduce_add, vf_reduce_max, vf_round (to
- *   nearest even), vf_rcp (1/x to within float rounding), vf_ldexp(p, n) = p * 2^n for
- *   integral n in [-126, 127], masks: vf_lt, vf_le, vf_select(m, a, b) (m ? a : b),
+ *   is returned: clamps pass NaN through), vf_reduce_add, vf_reduce_max, vf_rcp (1/x to
+ *   within float rounding), vf_pow2_magic(t) = 2^n for t = n + 1.5 * 2^23 (integral n in
+ *   [-127, 127]; 2^-127 gives exactly 0: the rounding trick below hands n over in t's low
+ *   mantissa bits, so 2^n is one shift and one add), masks: vf_lt, vf_le, vf_select(m, a, b) (m ? a : b),
  *   vmask_lanes(lo, hi) (lanes lo <= i < hi), vf_transpose (VF x VF in registers),
  *   vf_keep(v) (v stays in a register: not re-loaded by each use).
  * Derived once for every level, at the end: vf_exp, vf_exp2_nonpos, vf_sigmoid, vf_tanh.
@@ -76,12 +77,14 @@ SIMD_INLINE vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
 SIMD_INLINE vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 SIMD_INLINE float vf_reduce_add(vf v) { return _mm512_reduce_add_ps(v); }
 SIMD_INLINE float vf_reduce_max(vf v) { return _mm512_reduce_max_ps(v); }
-SIMD_INLINE vf vf_round(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 SIMD_INLINE vf vf_rcp(vf v) {  /* rcp14 and one Newton step: error ~2^-28 */
     vf r = _mm512_rcp14_ps(v);
     return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(v, r, _mm512_set1_ps(1.0f)), r);
 }
-SIMD_INLINE vf vf_ldexp(vf p, vf n) { return _mm512_scalef_ps(p, n); }
+SIMD_INLINE vf vf_pow2_magic(vf t) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23),
+                                                _mm512_set1_epi32(127 << 23)));
+}
 SIMD_INLINE vmask vf_lt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
 SIMD_INLINE vmask vf_le(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
 SIMD_INLINE vf vf_select(vmask m, vf a, vf b) { return _mm512_mask_blend_ps(m, b, a); }
@@ -174,14 +177,13 @@ SIMD_INLINE float vf_reduce_max(vf v) {
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
 }
-SIMD_INLINE vf vf_round(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
 SIMD_INLINE vf vf_rcp(vf v) {  /* rcpps (12 bits) and one Newton step: error ~2^-23 */
     vf r = _mm256_rcp_ps(v);
     return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(v, r, _mm256_set1_ps(1.0f)), r);
 }
-SIMD_INLINE vf vf_ldexp(vf p, vf n) {
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+SIMD_INLINE vf vf_pow2_magic(vf t) {
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23),
+                                                _mm256_set1_epi32(127 << 23)));
 }
 SIMD_INLINE vmask vf_lt(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
 SIMD_INLINE vmask vf_le(vf a, vf b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
@@ -265,15 +267,14 @@ SIMD_INLINE vf vf_max(vf a, vf b) { return vbslq_f32(vcgtq_f32(a, b), a, b); }
 SIMD_INLINE vf vf_min(vf a, vf b) { return vbslq_f32(vcltq_f32(a, b), a, b); }
 SIMD_INLINE float vf_reduce_add(vf v) { return vaddvq_f32(v); }
 SIMD_INLINE float vf_reduce_max(vf v) { return vmaxvq_f32(v); }
-SIMD_INLINE vf vf_round(vf x) { return vrndnq_f32(x); }
 SIMD_INLINE vf vf_rcp(vf v) {  /* frecpe (8 bits) and two Newton steps */
     vf r = vrecpeq_f32(v);
     r = vmulq_f32(r, vrecpsq_f32(v, r));
     return vmulq_f32(r, vrecpsq_f32(v, r));
 }
-SIMD_INLINE vf vf_ldexp(vf p, vf n) {
-    int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23);
-    return vmulq_f32(p, vreinterpretq_f32_s32(bits));
+SIMD_INLINE vf vf_pow2_magic(vf t) {
+    return vreinterpretq_f32_s32(vaddq_s32(vshlq_n_s32(vreinterpretq_s32_f32(t), 23),
+                                           vdupq_n_s32(127 << 23)));
 }
 SIMD_INLINE vmask vf_lt(vf a, vf b) { return vcltq_f32(a, b); }
 SIMD_INLINE vmask vf_le(vf a, vf b) { return vcleq_f32(a, b); }
@@ -359,16 +360,14 @@ SIMD_INLINE float vf_reduce_max(vf v) {
     float a = v[0] > v[2] ? v[0] : v[2], b = v[1] > v[3] ? v[1] : v[3];
     return a > b ? a : b;
 }
-SIMD_INLINE vf vf_round(vf x) {  /* |x| < 2^22: adding 1.5 * 2^23 rounds to an integer */
-    const vf magic = vf_set1(12582912.0f);
-    return (x + magic) - magic;
-}
 SIMD_INLINE vf vf_rcp(vf v) { return vf_set1(1.0f) / v; }
-SIMD_INLINE vf vf_ldexp(vf p, vf n) {
-    vmask bits = (__builtin_convertvector(n, vmask) + 127) << 23;
-    vf two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
+SIMD_INLINE vf vf_pow2_magic(vf t) {
+    vmask bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits << 23) + (127 << 23);
+    vf out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
 }
 SIMD_INLINE vmask vmask_lanes(int64_t lo, int64_t hi) {
     lo = lo < -1 ? -1 : lo > 5 ? 5 : lo;
@@ -416,14 +415,20 @@ SIMD_INLINE double vd_reduce_add(vd v) { return v[0] + v[1]; }
 
 /* ============================================================ derived, for every level */
 
+/* The exp functions round with t = x + 1.5 * 2^23 (n = t - 1.5 * 2^23 is x rounded to the
+ * nearest integer, |x| < 2^22) and build 2^n from t's bits (vf_pow2_magic): two adds and a
+ * shift instead of a round, a conversion, a compare and a blend. */
+#define SIMD_ROUND_MAGIC 12582912.0f
+
 /* exp(x) = 2^n exp(r), x = n ln2 + r, |r| <= ln2/2; exp(r) by a degree-6 minimax polynomial
- * (relative error 1.7e-8, below float rounding). x is clamped to [log(FLT_MIN), 88] so 2^n
- * stays a normal float; below that (and -inf) the result is exactly 0; NaN stays NaN. */
+ * (relative error 1.7e-8, below float rounding). x is clamped to [-88, 88]: below
+ * log(FLT_MIN) = -87.34 (and -inf) n reaches -127 and the result is exactly 0, at the top
+ * 2^n stays finite; NaN stays NaN. */
 SIMD_INLINE vf vf_exp(vf x) {
-    const vf lo = vf_set1(-87.33654f);  /* log(FLT_MIN) */
-    vmask underflow = vf_lt(x, lo);
-    vf xc = vf_max(lo, vf_min(vf_set1(88.0f), x));  /* (NaN passes: second operands) */
-    vf n = vf_round(vf_mul(xc, vf_set1(1.44269504f)));
+    const vf magic = vf_set1(SIMD_ROUND_MAGIC);
+    vf xc = vf_max(vf_set1(-88.0f), vf_min(vf_set1(88.0f), x));  /* (NaN passes) */
+    vf t = vf_fma(xc, vf_set1(1.44269504f), magic);
+    vf n = vf_sub(t, magic);
     vf r = vf_fnma(n, vf_set1(0.693145752f), xc);  /* ln2 split: n * hi is exact */
     r = vf_fnma(n, vf_set1(1.42860677e-6f), r);
     vf p = vf_set1(1.38368458e-3f);
@@ -433,18 +438,17 @@ SIMD_INLINE vf vf_exp(vf x) {
     p = vf_fma(p, r, vf_set1(4.99999911e-1f));
     p = vf_fma(p, r, vf_set1(1.0f));
     p = vf_fma(p, r, vf_set1(1.0f));
-    return vf_select(underflow, vf_zero(), vf_ldexp(p, n));
+    return vf_mul(p, vf_pow2_magic(t));
 }
 
 /* 2^x for x <= 0 (scores minus their running max, in base 2): 2^n 2^r, n = round(x),
  * |r| <= 1/2, 2^r by its degree-6 Taylor polynomial in r ln2 (relative error < 2e-7);
- * x < -126 (also -inf) gives exactly 0, so masked scores add nothing. */
+ * x <= -126.5 (also -inf) gives exactly 0, so masked scores add nothing. */
 SIMD_INLINE vf vf_exp2_nonpos(vf x) {
-    const vf lo = vf_set1(-126.0f);
-    vmask underflow = vf_lt(x, lo);
-    x = vf_max(lo, x);
-    vf n = vf_round(x);
-    vf r = vf_sub(x, n);  /* exact */
+    const vf magic = vf_set1(SIMD_ROUND_MAGIC);
+    x = vf_max(vf_set1(-127.0f), x);  /* (max returns its second operand, x, when x is NaN) */
+    vf t = vf_add(x, magic);
+    vf r = vf_sub(x, vf_sub(t, magic));  /* exact */
     vf p = vf_set1(1.5403530393381606e-4f);               /* ln2^6 / 720 */
     p = vf_fma(p, r, vf_set1(1.3333558146428443e-3f));    /* ln2^5 / 120 */
     p = vf_fma(p, r, vf_set1(9.618129107628477e-3f));     /* ln2^4 / 24 */
@@ -452,7 +456,7 @@ SIMD_INLINE vf vf_exp2_nonpos(vf x) {
     p = vf_fma(p, r, vf_set1(0.2402265069591007f));       /* ln2^2 / 2 */
     p = vf_fma(p, r, vf_set1(0.6931471805599453f));       /* ln2 */
     p = vf_fma(p, r, vf_set1(1.0f));
-    return vf_select(underflow, vf_zero(), vf_ldexp(p, n));
+    return vf_mul(p, vf_pow2_magic(t));
 }
 
 /* 1 / (1 + exp(-x)); the reciprocal, not a division (vdivps is slow and not pipelined
