@@ -17,6 +17,7 @@
 #include <string.h>
 #include "common.h"
 #include "gemm.h"
+#include "parallel.h"
 #include "scratch.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -44,9 +45,8 @@
  * in cache and KC is ~7% faster). */
 enum { KC = 256, KC_BIG = 512 };
 #define C_BIG_BYTES (8 << 20)
-/* B is packed once per product, all of it (and the recurrent forward packs w_ih once for all
- * its chunks of steps): repacking B per block of rows, and A per block of columns, took
- * ~35% of the time of x @ w_ih^T at T*B = 4096 rows in an earlier version. */
+/* B is packed once per product, all of it: repacking B per block of rows, and A per block of
+ * columns, took ~35% of the time of x @ w_ih^T at T*B = 4096 rows in an earlier version. */
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -201,12 +201,11 @@ static void GN(micro_rows)(int64_t kc, const real *a, int64_t lda, const real *b
     GN(micro_impl)(kc, a, lda, bp, c, ldc, mr, nr, accumulate, 0);
 }
 
-/* Packed B (see gemm.h): for each slice of kcb values of k (from p0), the NR-column panels
- * of all N columns, kc x NR each: slice p0 starts at bp + p0 * npad(N). The packed_share
- * functions use kcb = KC. */
+/* Packed B: for each slice of kcb values of k (from p0), the NR-column panels of all N
+ * columns, kc x NR each: slice p0 starts at bp + p0 * npad(N). */
 static int64_t GN(npad)(int64_t N) { return (N + NR - 1) / NR * NR; }
 
-int64_t GN(seqcore_gemm_packed_b_size)(int64_t K, int64_t N) {
+static int64_t GN(packed_b_size)(int64_t K, int64_t N) {
     return K > 0 && N > 0 ? K * GN(npad)(N) : 1;
 }
 
@@ -220,27 +219,6 @@ static void GN(pack_b_shared)(int64_t K, int64_t N, const real *b, int64_t sbk, 
         int64_t p0 = item / panels * kcb, q = item % panels * NR, kc = min64(kcb, K - p0);
         GN(pack_b)(kc, min64(NR, N - q), b + p0 * sbk + q * sbn, sbk, sbn,
                    bp + p0 * GN(npad)(N) + q * kc);
-    }
-}
-
-/* Panels [c0, c1) of C's column panels as seqcore_gemm_packed_share splits them. */
-static void GN(share_panels)(int64_t N, int64_t part, int64_t parts, int64_t *c0, int64_t *c1) {
-    int64_t pn = (N + NR - 1) / NR;
-    *c0 = pn * part / parts, *c1 = pn * (part + 1) / parts;
-}
-
-void GN(seqcore_gemm_pack_b_cols_share)(int64_t K, int64_t N, const real *const *bcol, real *bp,
-                                        int64_t part, int64_t parts) {
-    int64_t c0, c1;
-    GN(share_panels)(N, part, parts, &c0, &c1);
-    for (int64_t p0 = 0; p0 < K; p0 += KC) {
-        int64_t kc = min64(KC, K - p0);
-        for (int64_t q = c0 * NR; q < c1 * NR; q += NR) {
-            const real *cols[NR];
-            for (int64_t j = 0; j < NR; j++)
-                cols[j] = q + j < N ? bcol[q + j] : NULL;
-            GN(seqcore_pack_cols)(kc, NR, cols, p0, bp + p0 * GN(npad)(N) + q * kc, NR);
-        }
     }
 }
 
@@ -271,26 +249,6 @@ static int GN(gemm_part)(int64_t M, int64_t N, int64_t K, const real *a, int64_t
     else
         c0 = pn * t / nt, c1 = pn * (t + 1) / nt;
     return GN(gemm_rect)(M, N, K, a, sam, sak, bp, kcb, r0, r1, c0, c1, accumulate, c, ldc);
-}
-
-int GN(seqcore_gemm_packed_share)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam,
-                                  int64_t sak, const real *bp, int accumulate, real *c,
-                                  int64_t ldc, int64_t part, int64_t parts) {
-    if (M < 0 || N < 0 || K < 0 || ldc < N || parts < 1 || part < 0 || part >= parts)
-        return SEQCORE_EINVAL;
-    if (M == 0 || N == 0)
-        return SEQCORE_OK;
-    int64_t c0, c1;
-    GN(share_panels)(N, part, parts, &c0, &c1);
-    if (K == 0) {
-        if (!accumulate)
-            for (int64_t m = 0; m < M; m++)
-                for (int64_t j = c0 * NR; j < min64(c1 * NR, N); j++)
-                    c[m * ldc + j] = 0;
-        return SEQCORE_OK;
-    }
-    return GN(gemm_rect)(M, N, K, a, sam, sak, bp, KC, 0, (M + MR - 1) / MR, c0, c1, accumulate,
-                         c, ldc);
 }
 
 /* Rows [r0, r1) x columns [c0, c1) of MR x NR panels of C. */
@@ -349,12 +307,12 @@ int GN(seqcore_gemm)(int64_t M, int64_t N, int64_t K, const real *a, int64_t sam
     /* B is packed once, all of it, by all threads (it is read by every row block) */
     /* (packed panels live in scratch blocks, kept between calls: the megabytes of a packed
      * B are not faulted in afresh each time) */
-    real *bp = seqcore_scratch_take(sizeof(real) * GN(seqcore_gemm_packed_b_size)(K, N));
+    real *bp = seqcore_scratch_take(sizeof(real) * GN(packed_b_size)(K, N));
     if (!bp)
         return SEQCORE_ENOMEM;
     int64_t kcb = (double)M * N * sizeof(real) > C_BIG_BYTES ? KC_BIG : KC;
     int status = SEQCORE_OK;
-#pragma omp parallel
+#pragma omp parallel if (seqcore_worth_threads(2.0 * M * N * K))
     {
         GN(pack_b_shared)(K, N, b, sbk, sbn, bp, kcb);
         int s = GN(gemm_part)(M, N, K, a, sam, sak, bp, kcb, accumulate, c, ldc);

@@ -70,14 +70,8 @@
 /* Shared between kernel files (gemm.h) */
 #define seqcore_gemm_f32 ISA_SYMBOL(seqcore_gemm_f32)
 #define seqcore_gemm_f64 ISA_SYMBOL(seqcore_gemm_f64)
-#define seqcore_gemm_packed_b_size_f32 ISA_SYMBOL(seqcore_gemm_packed_b_size_f32)
-#define seqcore_gemm_packed_b_size_f64 ISA_SYMBOL(seqcore_gemm_packed_b_size_f64)
-#define seqcore_gemm_packed_share_f32 ISA_SYMBOL(seqcore_gemm_packed_share_f32)
-#define seqcore_gemm_packed_share_f64 ISA_SYMBOL(seqcore_gemm_packed_share_f64)
 #define seqcore_pack_cols_f32 ISA_SYMBOL(seqcore_pack_cols_f32)
 #define seqcore_pack_cols_f64 ISA_SYMBOL(seqcore_pack_cols_f64)
-#define seqcore_gemm_pack_b_cols_share_f32 ISA_SYMBOL(seqcore_gemm_pack_b_cols_share_f32)
-#define seqcore_gemm_pack_b_cols_share_f64 ISA_SYMBOL(seqcore_gemm_pack_b_cols_share_f64)
 /* This level's table (kernels.h) */
 #define seqcore_kernels ISA_SYMBOL(seqcore_kernels)
 

@@ -1,32 +1,29 @@
 /* LSTM and GRU over sequences, forward and backward (see recurrent.h).
  *
- * Forward (one OpenMP parallel region):
- *   0. each thread packs the panels of w_ih^T its share of the projection reads and the rows
- *      of w_hh of its own hidden units (no barrier: no other thread reads them);
- *   1. per chunk of steps (CHUNK_ROWS rows of T*B), the input projection of its steps,
- *        xg (steps*B, G*H) = x @ w_ih^T (w_ih packed once; biases added in the update),
- *      each thread computing the columns of its own hidden units (seqcore_gemm_packed_share);
- *   2. the chunk's steps: each thread owns a slice of hidden units and, per step, computes
- *      all G gates of them (h @ w_hh^T for its rows of w_hh, a register-blocked
- *      micro-kernel) and applies the cell update on the spot, so no gate tensor goes back
- *      to memory; one barrier per step. h is kept packed (batch rows interleaved, k-major)
- *      in two buffers so the next step can read it while this one writes.
- *   The step's micro-kernel: for B < TILE_MIN_B, step_micro (rows x 2 vectors of units,
- *   one gate at a time: the step is bound by reading w_hh); from TILE_MIN_B on, tile_rows
- *   (R rows x all G gates of one vector of units, 24 zmm accumulators with AVX-512), whose
- *   finished tile holds every gate of its units for the update. The tiled step also
- *   computes the input projection itself, x_t @ w_ih^T for its units with the same kernel
- *   (x packed per chunk of steps in step 1 instead of projected), so at B >= TILE_MIN_B
- *   every FLOP of the forward runs in tile_rows and no xg goes through memory.
- * Scratch (packed weights, xg or packed x) comes from seqcore_scratch_take: kept between
- * calls, so its megabytes are not faulted in on every call.
+ * Forward (one OpenMP parallel region, for calls worth the threads: parallel.h): each thread
+ * owns a slice of hidden units and, per step, computes all G gates of them and applies the
+ * cell update on the spot, so no gate tensor goes back to memory; one barrier per step. h
+ * is kept in two buffers so the next step can read it while this one writes. Two steps:
+ *   - B < TILE_MIN_B, weights in place (fwd_block_in_place): every gate is a dot product of
+ *     a weight row with an h row, k along the vector lanes (dots). Per chunk of steps
+ *     (CHUNK_ROWS rows of T*B) each thread first computes the input projections of its own
+ *     units, xg = x @ w_ih^T, reading w_ih once for all the chunk's rows. Nothing is packed,
+ *     so a cell (one step) or a short sequence pays for no repacking of the weights.
+ *   - B >= TILE_MIN_B, batch-tiled (fwd_block_tiled): the step is a real matmul. Each thread
+ *     packs the parts of w_hh and w_ih it alone reads (no barrier), x is packed per chunk,
+ *     and tile_rows (R rows x all G gates of one vector of units: 6 x 4 with 32 vector
+ *     registers, 3 x 4 with 16) computes both the recurrent part and the input projection
+ *     of its units; the finished tile holds every gate for the update.
+ * The register blocking of both comes from the ISA level (simd.h). Scratch (packed weights,
+ * xg or packed x) comes from seqcore_scratch_take: kept between calls, so its megabytes are
+ * not faulted in on every call.
  * Backward through time, the same ownership of hidden units (each thread packs its own
  * columns of w_hh first):
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
  *            gradients dG_t (stored for all t, and packed for phase 2);  barrier;
- *   phase 2 (own units): dh_{t-1} += dG_t @ w_hh.
+ *   phase 2 (own units): dh_{t-1} += dG_t @ w_hh (step_micro).
  *   Then dx = dG @ w_ih, dw_ih = dG^T x, dw_hh = dG^T h_prev as large matmuls over all
- *   steps, and the bias gradients as column sums of dG.
+ *   steps (gemm.c), and the bias gradients as column sums of dG.
  *
  * The part after `#else` is a template compiled twice: this file includes itself with
  * `real` = float and then double.
@@ -51,9 +48,6 @@ enum { LSTM = 0, GRU = 1 };
  * SMR of them (the largest that B fills; rows past B are zero padding). SMR x 2 vector
  * accumulators: 8 rows with 32 vector registers, 4 with 16. */
 enum { SMR = SIMD_REGS >= 32 ? 8 : 4 };
-/* Slice of k for fwd_block_groups: a gate's KSLICE x NR slice of packed w_hh (8 KB f32)
- * plus the matching slices of h for 8 batch groups (16 KB) stay in L1. */
-enum { KSLICE = 64 };
 
 /* Hidden units per block: two vectors of the ISA level (simd.h). As in gemm.c, GCC is asked
  * for 512-bit auto-vectorized loops where the level has them. */
@@ -70,12 +64,11 @@ enum { KSLICE = 64 };
     (TILE_FITS(8, G) ? 8 : TILE_FITS(7, G) ? 7 : TILE_FITS(6, G) ? 6 : TILE_FITS(5, G) ? 5  \
      : TILE_FITS(4, G) ? 4 : TILE_FITS(3, G) ? 3 : TILE_FITS(2, G) ? 2 : 1)
 /* The batch-tiled step (see tile_rows) from this batch size on; below it, the time loop is
- * bound by streaming w_hh (read once per step for few rows) and the two-vector blocks
- * of step_micro are the better fit. */
+ * bound by streaming the weights (read once per step for few rows), whatever their layout,
+ * and reading them in place saves packing them. */
 enum { TILE_MIN_B = 16 };
-/* Below this batch size the forward reads the weights in place (see fwd_block_in_place):
- * no packing. */
-enum { IN_PLACE_MAX_B = 16 };
+/* Below TILE_MIN_B the forward reads the weights in place (see fwd_block_in_place): no
+ * packing. */
 /* k slice of the batch-tiled step: the slice of a 16-unit block's packed w_hh
  * (TILE_KSLICE x 4 gates x 64 B = 32 KB for LSTM f32) stays in L1 while every batch group
  * uses it, and h streams from L2. */
@@ -200,8 +193,7 @@ struct RN(rnn) {
     int cell, reverse;
     int64_t T, B, I, H, G, nws;      /* nws: workspace width per (t, b): 5H or 4H */
     int64_t nblk, rows, ngrp;        /* blocks of NR hidden units, groups of `rows` batch rows */
-    int tiled;                       /* forward: batch-tiled step (blocks of NV units) */
-    int in_place;                    /* forward: weights read in place (blocks of NV units) */
+    int tiled;                       /* forward: batch-tiled step, else weights in place */
     const int64_t *lengths;
     const real *x, *w_ih, *w_hh, *b_hh, *h0, *c0, *dy;
     real *y, *ws;                    /* forward outputs (ws may be NULL) */
@@ -280,20 +272,6 @@ static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *
     case 4: RN(step_micro_rows)(K, hp, wp, acc, 4, accumulate); break;
     default: RN(step_micro_rows)(K, hp, wp, acc, SMR, accumulate); break;
     }
-}
-
-/* Forward packing of the blocks [lo, hi): wp[blk][g][k][j] = w_hh[g*H + blk*NR + j][k]
- * (zero past H): the G gate rows of one block of hidden units, as the operand of
- * step_micro. */
-static void RN(pack_w_fwd)(const struct RN(rnn) *p, real *restrict wp, int64_t lo, int64_t hi) {
-    int64_t H = p->H;
-    for (int64_t blk = lo; blk < hi; blk++)
-        for (int64_t g = 0; g < p->G; g++) {
-            const real *rows[NR];
-            for (int64_t j = 0, u = blk * NR; j < NR; j++, u++)
-                rows[j] = u < H ? p->w_hh + (g * H + u) * H : NULL;
-            RN(seqcore_pack_cols)(H, NR, rows, 0, wp + (blk * p->G + g) * H * NR, NR);
-        }
 }
 
 /* Backward packing of the blocks [lo, hi): wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past
@@ -450,39 +428,7 @@ static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64
     }
 }
 
-/* Step s for hidden-unit block blk and batch group grp: all G gates of those units from
- * the packed h (hcur), the cell update, and the new h packed into hnext. */
-static void RN(fwd_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
-                          const real *hcur, real *hnext) {
-    int64_t H = p->H, G = p->G;
-    real acc[4][SMR][NR];
-    for (int64_t g = 0; g < G; g++)
-        RN(step_micro)(H, p->rows, hcur + grp * H * p->rows, p->wp + (blk * G + g) * H * NR,
-                       acc[g], 0);
-    RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp, acc[0][0], NULL,
-                   NR, SMR * NR, hnext);
-}
-
-/* fwd_block for every batch group at once (B > SMR): k runs in slices, and each w_hh slice
- * is used for all groups while it is in L1, instead of streaming a gate's whole panel
- * (H x NR: 64 KB for H512, more than L1) from L2 once per group. The partial sums wait in
- * accbuf (ngrp x 4 x SMR x NR). */
-static void RN(fwd_block_groups)(const struct RN(rnn) *p, int64_t s, int64_t blk,
-                                 const real *hcur, real *hnext, real (*accbuf)[4][SMR][NR]) {
-    int64_t H = p->H, G = p->G, rows = p->rows;
-    for (int64_t k0 = 0; k0 < H; k0 += KSLICE) {
-        int64_t kc = H - k0 < KSLICE ? H - k0 : KSLICE;
-        for (int64_t g = 0; g < G; g++)
-            for (int64_t grp = 0; grp < p->ngrp; grp++)
-                RN(step_micro)(kc, rows, hcur + (grp * H + k0) * rows,
-                               p->wp + ((blk * G + g) * H + k0) * NR, accbuf[grp][g], k0 > 0);
-    }
-    for (int64_t grp = 0; grp < p->ngrp; grp++)
-        RN(fwd_update)(p, s, blk * NR, H - blk * NR < NR ? H - blk * NR : NR, grp,
-                       accbuf[grp][0][0], NULL, NR, SMR * NR, hnext);
-}
-
-/* ---- in-place step (B < IN_PLACE_MAX_B) ----
+/* ---- in-place step (B < TILE_MIN_B) ----
  * With few batch rows a step reads all of w_hh (and the projection all of w_ih) for a few
  * dot products per row: the time goes to streaming the weights, whatever their layout.
  * Packing them first (a read and a write of both, per call) then costs as much as several
@@ -539,22 +485,25 @@ static ALWAYS_INLINE void RN(dots)(int64_t K, const real *restrict a, int64_t ld
         for (int r = 0; r < R && r < rv; r++) out[m * ldo + r] = V(reduce_add)(acc[m][r]);
 }
 
-/* out[m * ldo + j] = a_m . w_j for m < M, j < n (any M and n): blocks of dots. */
+/* out[m * ldo + j] = a_m . w_j for m < M, j < n (any M and n): blocks of dots, weight rows
+ * outermost, so each block of them is read from memory once and serves every row of a from
+ * L1 (the other order read the weights once per 4 rows of a). */
 static void RN(dots_block)(int64_t K, const real *a, int64_t lda, int64_t M, const real *w,
                            int64_t ldw, int64_t n, real *out, int64_t ldo) {
-    for (int64_t m0 = 0; m0 < M; m0 += 4) {
-        int64_t mv = M - m0 < 4 ? M - m0 : 4;
-        const real *am = a + m0 * lda;
-        real *om = out + m0 * ldo;
-        if (mv == 1)
-            for (int64_t j0 = 0; j0 < n; j0 += DOT_R(1))
-                RN(dots)(K, am, lda, 1, w + j0 * ldw, ldw, n - j0, om + j0, ldo, 1, DOT_R(1));
-        else if (mv == 2)
-            for (int64_t j0 = 0; j0 < n; j0 += DOT_R(2))
-                RN(dots)(K, am, lda, 2, w + j0 * ldw, ldw, n - j0, om + j0, ldo, 2, DOT_R(2));
-        else
-            for (int64_t j0 = 0; j0 < n; j0 += DOT_R(4))
-                RN(dots)(K, am, lda, mv, w + j0 * ldw, ldw, n - j0, om + j0, ldo, 4, DOT_R(4));
+    const int64_t R = M == 1 ? DOT_R(1) : M == 2 ? DOT_R(2) : DOT_R(4);
+    for (int64_t j0 = 0; j0 < n; j0 += R) {
+        const real *wj = w + j0 * ldw;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            int64_t mv = M - m0 < 4 ? M - m0 : 4;
+            const real *am = a + m0 * lda;
+            real *om = out + m0 * ldo + j0;
+            if (M == 1)
+                RN(dots)(K, am, lda, 1, wj, ldw, n - j0, om, ldo, 1, DOT_R(1));
+            else if (M == 2)
+                RN(dots)(K, am, lda, 2, wj, ldw, n - j0, om, ldo, 2, DOT_R(2));
+            else  /* (R = DOT_R(4) rows for every block of 4 rows of a, the last maybe fewer) */
+                RN(dots)(K, am, lda, mv, wj, ldw, n - j0, om, ldo, 4, DOT_R(4));
+        }
     }
 }
 
@@ -576,7 +525,7 @@ static void RN(project_in_place)(const struct RN(rnn) *p, int64_t M, const real 
 static void RN(fwd_block_in_place)(const struct RN(rnn) *p, int64_t s, int64_t ub,
                                    const real *hcur, real *hnext) {
     int64_t H = p->H, G = p->G, u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
-    real acc[IN_PLACE_MAX_B * 4 * NV];  /* [b][g][j] */
+    real acc[TILE_MIN_B * 4 * NV];  /* [b][g][j] (B < TILE_MIN_B here) */
     for (int64_t g = 0; g < G; g++)
         RN(dots_block)(H, hcur, H, p->B, p->w_hh + (g * H + u0) * H, H, nu, acc + g * NV,
                        G * NV);
@@ -746,20 +695,14 @@ static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
                        hnext);
 }
 
-/* Per-thread partial sums of fwd_block_tiled (recurrent and input parts) and
- * fwd_block_groups (0: none needed). */
+/* Per-thread partial sums of fwd_block_tiled (recurrent and input parts; 0: none needed). */
 static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
-    if (p->tiled)
-        return 2 * p->ngrp * p->rows * p->G * NV;
-    if (p->in_place)
-        return 0;
-    return p->ngrp > 1 ? p->ngrp * 4 * SMR * NR : 0;
+    return p->tiled ? 2 * p->ngrp * p->rows * p->G * NV : 0;
 }
 
-/* Steps [s0, s1) for this thread's blocks [lo, hi) (of NV units when tiled, else NR). */
+/* Steps [s0, s1) for this thread's blocks [lo, hi) of NV units. */
 static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one, int64_t s0,
-                               int64_t s1, int64_t lo, int64_t hi, real *mybuf,
-                               real (*accbuf)[4][SMR][NR]) {
+                               int64_t s1, int64_t lo, int64_t hi, real *mybuf) {
     for (int64_t s = s0; s < s1; s++) {
         const real *hcur = hpack + (s & 1) * one;
         real *hnext = hpack + ((s + 1) & 1) * one;
@@ -771,32 +714,26 @@ static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one
             int64_t blk = s & 1 ? hi - 1 - n : lo + n;
             if (p->tiled)
                 RN(fwd_block_tiled)(p, s, blk, hcur, hnext, mybuf);
-            else if (p->in_place)
-                RN(fwd_block_in_place)(p, s, blk, hcur, hnext);
-            else if (accbuf)
-                RN(fwd_block_groups)(p, s, blk, hcur, hnext, accbuf);
             else
-                for (int64_t grp = 0; grp < p->ngrp; grp++)
-                    RN(fwd_block)(p, s, blk, grp, hcur, hnext);
+                RN(fwd_block_in_place)(p, s, blk, hcur, hnext);
         }
 #pragma omp barrier
     }
 }
 
 
-/* The time loop, in chunks of `chunk` steps: per chunk, each thread computes its share of
- * the chunk's input projections (xg = x @ w_ih^T, w_ih packed in w_ih_packed; the panel
- * shares of the columns match the threads' unit blocks for the tiled step), then the steps,
- * one barrier after each. */
-static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int64_t chunk,
-                             const real *const *w_ih_cols, real *w_ih_packed, real *accbufs) {
+/* The time loop, in chunks of `chunk` steps: per chunk, each thread prepares its share of
+ * the chunk's input projections (in place: xg = x @ w_ih^T for the columns of its own
+ * units; tiled: x packed for the steps to project), then the steps, one barrier after each. */
+static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int64_t chunk,
+                              real *accbufs) {
     int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
     int64_t B = p->B, I = p->I;
-    int status = SEQCORE_OK;
-#pragma omp parallel
+    double flops = 2.0 * (double)steps * B * (p->I + p->H) * p->G * p->H;
+#pragma omp parallel if (seqcore_worth_threads(flops))
     {
         int64_t lo, hi;
-        thread_share(p->tiled || p->in_place ? ceil_div(p->H, NV) : p->nblk, &lo, &hi);
+        thread_share(ceil_div(p->H, NV), &lo, &hi);
         int64_t tid = 0, nthreads = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -808,12 +745,8 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
         if (p->tiled) {
             RN(pack_w_tiled)(p, p->w_hh, p->H, p->wp, lo, hi);
             RN(pack_w_tiled)(p, p->w_ih, I, p->wip, lo, hi);
-        } else if (!p->in_place) {
-            RN(seqcore_gemm_pack_b_cols_share)(I, p->xgw, w_ih_cols, w_ih_packed, tid, nthreads);
-            RN(pack_w_fwd)(p, p->wp, lo, hi);
         }
         real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
-        real (*accbuf)[4][SMR][NR] = (real (*)[4][SMR][NR])mybuf;
         for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
             int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
             if (p->tiled) {  /* the steps compute their own projections from packed x */
@@ -824,24 +757,13 @@ static int RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int6
                 /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps
                  * when lengths and reverse: see rnn_fwd) */
                 int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
-                int st = SEQCORE_OK;
-                if (p->in_place)  /* this thread's columns, w_ih as it lies */
-                    RN(project_in_place)(p, (s1 - s0) * B, p->x + t0 * B * I, lo, hi);
-                else
-                    st = RN(seqcore_gemm_packed_share)((s1 - s0) * B, p->xgw, I,
-                                                       p->x + t0 * B * I, I, 1, w_ih_packed, 0,
-                                                       p->xg, p->xgw, tid, nthreads);
-                if (st) {
-#pragma omp atomic write
-                    status = st;
-                }
+                RN(project_in_place)(p, (s1 - s0) * B, p->x + t0 * B * I, lo, hi);
 #pragma omp single
                 p->xg_t0 = t0;  /* (the barrier after it: every share of xg is written) */
             }
-            RN(time_steps_fwd)(p, hpack, one, s0, s1, lo, hi, mybuf, accbuf);
+            RN(time_steps_fwd)(p, hpack, one, s0, s1, lo, hi, mybuf);
         }
     }
-    return status;
 }
 
 static void RN(init_state)(real *state, const real *given, int64_t n) {
@@ -868,17 +790,17 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
         p->tiled = 1;
         p->rows = RN(tile_rows_for)(p->G);
         p->ngrp = ceil_div(B, p->rows);
-    } else if (B < IN_PLACE_MAX_B && !getenv("SEQCORE_RNN_PACKED")) {
+    } else {
         /* weights in place; h as it lies (one row per group: packed_at is the plain layout) */
-        p->in_place = 1;
         p->rows = 1;
         p->ngrp = B;
     }
-    /* The time loop runs in chunks of steps. Below TILE_MIN_B each chunk's input projection
-     * is one gemm (w_ih^T packed once): its projections are still in cache when its steps
-     * read them, and the buffer is small (all T at once: 32 MB for LSTM B64). With lengths
-     * and reverse the elements' steps do not map to common times: one chunk of all of them.
-     * The tiled step packs each chunk's x at each element's own time instead (any chunk). */
+    /* The time loop runs in chunks of steps. Below TILE_MIN_B each chunk's input projections
+     * are computed first, w_ih read in place once for all the chunk's rows: they are still
+     * in cache when its steps read them, and the buffer is small (all T at once: 32 MB for
+     * LSTM B64). With lengths and reverse the elements' steps do not map to common times:
+     * one chunk of all of them. The tiled step packs each chunk's x at each element's own
+     * time instead (any chunk). */
     int64_t chunk = p->lengths && p->reverse && !p->tiled ? steps : ceil_div(CHUNK_ROWS, B);
     chunk = chunk < steps ? chunk : steps;
     p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
@@ -887,41 +809,31 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     nthreads = omp_get_max_threads();
 #endif
     int64_t accsize = RN(accbuf_size)(p), I = p->I, rs = (int64_t)sizeof(real);
-    int tiled = p->tiled, packed = !p->tiled && !p->in_place;
-    /* The scratch, in one block: xbias, packed w_hh (wp); tiled, packed x and w_ih; else
-     * the projection's output xg, packed w_ih^T and the columns of w_ih^T (rows of w_ih)
-     * in xcol's order (NULL for padding); packed h (two buffers); per-thread partial sums. */
-    int64_t bytes[9] = {p->xgw * rs,
-                        tiled ? ceil_div(H, NV) * NV * GH * rs : packed ? p->nblk * NR * GH * rs : 0,
+    int tiled = p->tiled;
+    /* The scratch, in one block: xbias; tiled, packed w_hh (wp), packed x and w_ih; else the
+     * projections xg; h (two buffers, packed when tiled); per-thread partial sums. */
+    int64_t bytes[7] = {p->xgw * rs,
+                        tiled ? ceil_div(H, NV) * NV * GH * rs : 0,
                         tiled ? chunk * p->ngrp * p->rows * I * rs : 0,
                         tiled ? ceil_div(H, NV) * NV * p->G * I * rs : 0,
                         tiled ? 0 : chunk * B * p->xgw * rs,
-                        packed ? RN(seqcore_gemm_packed_b_size)(I, p->xgw) * rs : 0,
-                        packed ? p->xgw * (int64_t)sizeof(real *) : 0,
                         2 * p->ngrp * p->rows * H * rs,
                         nthreads * accsize * rs};
-    void *part[9];
-    void *scratch = take_parts(9, bytes, part);
+    void *part[7];
+    void *scratch = take_parts(7, bytes, part);
     p->xbias = part[0], p->wp = part[1], p->xpack = part[2], p->wip = part[3], p->xg = part[4];
-    real *w_ih_packed = part[5], *hpack = part[7], *accbufs = part[8];
-    const real **w_ih_cols = part[6];
+    real *hpack = part[5], *accbufs = part[6];
     if (!scratch)
         return SEQCORE_ENOMEM;
     memset(p->xbias, 0, (size_t)bytes[0]);  /* (padding columns stay zero) */
-    if (w_ih_cols) {
-        memset(w_ih_cols, 0, (size_t)bytes[6]);
-        for (int64_t g = 0; g < p->G; g++)
-            for (int64_t u = 0; u < H; u++)
-                w_ih_cols[RN(xcol)(p, g, u)] = p->w_ih + (g * H + u) * I;
-    }
     RN(input_bias)(p, b_ih, p->xbias);
-    memset(hpack, 0, (size_t)bytes[7]);  /* (padding rows stay zero) */
+    memset(hpack, 0, (size_t)bytes[5]);  /* (padding rows stay zero) */
     for (int64_t b = 0; b < B; b++)
         for (int64_t k = 0; k < H; k++)
             hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
-    int status = RN(time_loop_fwd)(p, hpack, steps, chunk, w_ih_cols, w_ih_packed, accbufs);
+    RN(time_loop_fwd)(p, hpack, steps, chunk, accbufs);
     seqcore_scratch_give(scratch);
-    return status;
+    return SEQCORE_OK;
 }
 
 /* ---- backward ---- */
@@ -1056,7 +968,7 @@ static void RN(bwd_matmul_block)(const struct RN(rnn) *p, int64_t blk, int64_t g
 
 static void RN(time_loop_bwd)(const struct RN(rnn) *p, real *dgpack, int64_t steps) {
     int64_t one = p->ngrp * p->G * p->H * p->rows;  /* size of one packed dG buffer */
-#pragma omp parallel
+#pragma omp parallel if (seqcore_worth_threads(2.0 * steps * p->B * p->G * p->H * p->H))
     {
         int64_t lo, hi;
         thread_share(p->nblk, &lo, &hi);
