@@ -4,12 +4,13 @@
  * owns a slice of hidden units and, per step, computes all G gates of them and applies the
  * cell update on the spot, so no gate tensor goes back to memory; one barrier per step. h
  * is kept in two buffers so the next step can read it while this one writes. Two steps:
- *   - B < TILE_MIN_B, weights in place (fwd_block_in_place): every gate is a dot product of
+ *   - few rows (batch 1, or under TILE_MIN_ROWS steps x batch), weights in place
+ *     (fwd_block_in_place): every gate is a dot product of
  *     a weight row with an h row, k along the vector lanes (dots). Per chunk of steps
  *     (CHUNK_ROWS rows of T*B) each thread first computes the input projections of its own
  *     units, xg = x @ w_ih^T, reading w_ih once for all the chunk's rows. Nothing is packed,
  *     so a cell (one step) or a short sequence pays for no repacking of the weights.
- *   - B >= TILE_MIN_B, batch-tiled (fwd_block_tiled): the step is a real matmul. Each thread
+ *   - otherwise batch-tiled (fwd_block_tiled): the step is a real matmul. Each thread
  *     packs the parts of w_hh and w_ih it alone reads (no barrier), x is packed per chunk,
  *     and tile_rows (R rows x all G gates of one vector of units: 6 x 4 with 32 vector
  *     registers, 3 x 4 with 16) computes both the recurrent part and the input projection
@@ -63,12 +64,13 @@ enum { SMR = SIMD_REGS >= 32 ? 8 : 4 };
 #define TILE_R(G)                                                                           \
     (TILE_FITS(8, G) ? 8 : TILE_FITS(7, G) ? 7 : TILE_FITS(6, G) ? 6 : TILE_FITS(5, G) ? 5  \
      : TILE_FITS(4, G) ? 4 : TILE_FITS(3, G) ? 3 : TILE_FITS(2, G) ? 2 : 1)
-/* The batch-tiled step (see tile_rows) from this batch size on; below it, the time loop is
- * bound by streaming the weights (read once per step for few rows), whatever their layout,
- * and reading them in place saves packing them. */
-enum { TILE_MIN_B = 16 };
-/* Below TILE_MIN_B the forward reads the weights in place (see fwd_block_in_place): no
- * packing. */
+/* The batch-tiled step (see tile_rows) packs the weights once per call and then runs the
+ * steps at nearly the FMA peak; reading the weights in place (fwd_block_in_place) packs
+ * nothing and runs dot products. Packing pays once a call has enough rows (steps x batch)
+ * to reuse them, and never at batch 1. Measured on Zen 3 (AVX2, I = H = 512): T64 with B2
+ * ran 1.3x faster tiled; T16 B4 and T8 B8 broke even; T2 B16, T1 (a cell) at any batch
+ * and every B1 ran faster in place. */
+enum { TILE_MIN_ROWS = 96 };
 /* k slice of the batch-tiled step: the slice of a 16-unit block's packed w_hh
  * (TILE_KSLICE x 4 gates x 64 B = 32 KB for LSTM f32) stays in L1 while every batch group
  * uses it, and h streams from L2. */
@@ -428,7 +430,7 @@ static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64
     }
 }
 
-/* ---- in-place step (B < TILE_MIN_B) ----
+/* ---- in-place step (few rows, see TILE_MIN_ROWS) ----
  * With few batch rows a step reads all of w_hh (and the projection all of w_ih) for a few
  * dot products per row: the time goes to streaming the weights, whatever their layout.
  * Packing them first (a read and a write of both, per call) then costs as much as several
@@ -523,9 +525,9 @@ static void RN(project_in_place)(const struct RN(rnn) *p, int64_t M, const real 
 /* Step s for the unit block ub (NV units, all G gates) and every batch row: the recurrent
  * part of the gates from hcur (B x H, as it lies) and w_hh in place, then the updates. */
 static void RN(fwd_block_in_place)(const struct RN(rnn) *p, int64_t s, int64_t ub,
-                                   const real *hcur, real *hnext) {
+                                   const real *hcur, real *hnext, real *acc) {
     int64_t H = p->H, G = p->G, u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
-    real acc[TILE_MIN_B * 4 * NV];  /* [b][g][j] (B < TILE_MIN_B here) */
+    /* acc: this thread's B x G x NV partial sums, [b][g][j] */
     for (int64_t g = 0; g < G; g++)
         RN(dots_block)(H, hcur, H, p->B, p->w_hh + (g * H + u0) * H, H, nu, acc + g * NV,
                        G * NV);
@@ -533,7 +535,7 @@ static void RN(fwd_block_in_place)(const struct RN(rnn) *p, int64_t s, int64_t u
         RN(fwd_update)(p, s, u0, nu, b, acc + b * G * NV, NULL, 0, NV, hnext);
 }
 
-/* ---- batch-tiled step (B >= TILE_MIN_B) ----
+/* ---- batch-tiled step (enough rows, see TILE_MIN_ROWS) ----
  * With many batch rows the per-step product h (B x H) @ w_hh^T is a real matmul, and the
  * step_micro blocks (8 rows x 2 vectors of one gate: 16 accumulators, 10 loads per 16 FMAs,
  * the partial sums of every gate and group going through memory) ran it at about half
@@ -695,9 +697,10 @@ static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
                        hnext);
 }
 
-/* Per-thread partial sums of fwd_block_tiled (recurrent and input parts; 0: none needed). */
+/* Per-thread partial sums: of fwd_block_tiled (recurrent and input parts) or of
+ * fwd_block_in_place (recurrent part). */
 static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
-    return p->tiled ? 2 * p->ngrp * p->rows * p->G * NV : 0;
+    return p->tiled ? 2 * p->ngrp * p->rows * p->G * NV : p->B * p->G * NV;
 }
 
 /* Steps [s0, s1) for this thread's blocks [lo, hi) of NV units. */
@@ -715,7 +718,7 @@ static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one
             if (p->tiled)
                 RN(fwd_block_tiled)(p, s, blk, hcur, hnext, mybuf);
             else
-                RN(fwd_block_in_place)(p, s, blk, hcur, hnext);
+                RN(fwd_block_in_place)(p, s, blk, hcur, hnext, mybuf);
         }
 #pragma omp barrier
     }
@@ -786,7 +789,7 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     int64_t steps = max_len(p->lengths, B, T);
     if (steps == 0)
         return SEQCORE_OK;
-    if (B >= TILE_MIN_B) {  /* batch-tiled step: groups of tile_rows_for(G) rows */
+    if (B >= 2 && steps * B >= TILE_MIN_ROWS) {  /* batch-tiled: groups of tile_rows_for(G) rows */
         p->tiled = 1;
         p->rows = RN(tile_rows_for)(p->G);
         p->ngrp = ceil_div(B, p->rows);
@@ -795,7 +798,7 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
         p->rows = 1;
         p->ngrp = B;
     }
-    /* The time loop runs in chunks of steps. Below TILE_MIN_B each chunk's input projections
+    /* The time loop runs in chunks of steps. In place, each chunk's input projections
      * are computed first, w_ih read in place once for all the chunk's rows: they are still
      * in cache when its steps read them, and the buffer is small (all T at once: 32 MB for
      * LSTM B64). With lengths and reverse the elements' steps do not map to common times:

@@ -24,12 +24,13 @@ GATES = {"lstm": 4, "gru": 3}
 SHAPES = [(5, 3, 17, 17), (5, 8, 3, 100), (1, 1, 1, 1), (1, 8, 100, 3), (5, 1, 4, 33), (0, 3, 5, 3),
           (3, 0, 4, 5), (4, 64, 9, 40)]
 DTYPES = ["float32", "float64", "float16"]
-# Shapes for the paths that only larger batches take (csrc/recurrent.c): T*B over CHUNK_ROWS =
-# 512 rows, so the input projection runs in several chunks inside the time loop; B >= 16, the
-# tiled step (with a last, partial batch group; I, H over TILE_KSLICE = 128: several k slices);
-# 9 <= B <= 15, the k-sliced step.
+# Shapes for the paths that only larger calls take (csrc/recurrent.c): T*B over CHUNK_ROWS =
+# 512 rows, so the input projection runs in several chunks inside the time loop; T*B >=
+# TILE_MIN_ROWS = 96 with B >= 2, the tiled step (with a last, partial batch group; I, H over
+# TILE_KSLICE = 128: several k slices), from batch 2 on; fewer rows, the in-place step with
+# several 4-row blocks of the batch.
 LARGE_SHAPES = [(20, 64, 9, 40), (11, 100, 17, 33), (40, 17, 5, 20), (9, 128, 3, 16), (4, 12, 6, 20),
-                (3, 20, 150, 130)]
+                (3, 20, 150, 130), (60, 2, 7, 19), (40, 3, 10, 24), (2, 37, 11, 21)]
 
 
 def make_inputs(rng, cell, T, B, I, H, dtype, biases=True, states=True):
@@ -262,7 +263,7 @@ def test_c_rejects_missing_arrays():
 def test_concurrent_calls(rng):
     """Calls from several threads at once (cffi releases the GIL): the C kernels share only
     the kept scratch blocks (csrc/scratch.c), so each result must match its own reference.
-    Shapes of different sizes, on the tiled (B >= 16) and the small-batch paths, so blocks
+    Shapes of different sizes, on the tiled and the in-place paths, so blocks
     of every size change hands between threads."""
     cases = [("lstm", (6, 20, 9, 40)), ("gru", (5, 3, 7, 33)), ("lstm", (4, 2, 5, 70)),
              ("gru", (7, 17, 12, 24))] * 2

@@ -223,6 +223,8 @@ void check_recurrent(const seqcore_kernel_table *kt, check_stats *st) {
             {"T9 B20 I19 H33 lengths (batch-tiled)", cell, 9, 20, 19, 33, len20, 0, 1, 1},
             {"T9 B20 reverse lengths (batch-tiled)", cell, 9, 20, 19, 33, len20, 1, 1, 1},
             {"T0 B2", cell, 0, 2, 3, 4, NULL, 0, 1, 1},
+            {"T1 B21 I9 H17 (cells of a batch, in place)", cell, 1, 21, 9, 17, NULL, 0, 1, 1},
+            {"T40 B3 I6 H11 (batch-tiled at batch 3)", cell, 40, 3, 6, 11, NULL, 1, 1, 1},
         };
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             run_case(kt, st, &cases[i], 1000 + 31 * i + cell);
