@@ -342,15 +342,8 @@ SIMD_INLINE vf vf_sub(vf a, vf b) { return a - b; }
 SIMD_INLINE vf vf_mul(vf a, vf b) { return a * b; }
 SIMD_INLINE vf vf_fma(vf a, vf b, vf c) { return a * b + c; }
 SIMD_INLINE vf vf_fnma(vf a, vf b, vf c) { return c - a * b; }
-SIMD_INLINE vf vf_select(vmask m, vf a, vf b) {
-    vmask ai, bi;
-    memcpy(&ai, &a, sizeof ai);
-    memcpy(&bi, &b, sizeof bi);
-    vmask r = (ai & m) | (bi & ~m);
-    vf out;
-    memcpy(&out, &r, sizeof out);
-    return out;
-}
+/* (a cast between vector types of one size reinterprets the bits) */
+SIMD_INLINE vf vf_select(vmask m, vf a, vf b) { return (vf)(((vmask)a & m) | ((vmask)b & ~m)); }
 SIMD_INLINE vmask vf_lt(vf a, vf b) { return (vmask)(a < b); }
 SIMD_INLINE vmask vf_le(vf a, vf b) { return (vmask)(a <= b); }
 SIMD_INLINE vf vf_max(vf a, vf b) { return vf_select(a > b, a, b); }
@@ -361,14 +354,7 @@ SIMD_INLINE float vf_reduce_max(vf v) {
     return a > b ? a : b;
 }
 SIMD_INLINE vf vf_rcp(vf v) { return vf_set1(1.0f) / v; }
-SIMD_INLINE vf vf_pow2_magic(vf t) {
-    vmask bits;
-    memcpy(&bits, &t, sizeof bits);
-    bits = (bits << 23) + (127 << 23);
-    vf out;
-    memcpy(&out, &bits, sizeof out);
-    return out;
-}
+SIMD_INLINE vf vf_pow2_magic(vf t) { return (vf)(((vmask)t << 23) + (127 << 23)); }
 SIMD_INLINE vmask vmask_lanes(int64_t lo, int64_t hi) {
     lo = lo < -1 ? -1 : lo > 5 ? 5 : lo;
     hi = hi < -1 ? -1 : hi > 5 ? 5 : hi;
