@@ -167,6 +167,12 @@ static inline __attribute__((always_inline)) void GN(micro_impl)(
             acc[i][v] = V(zero)();
         arow[i] = packed ? ap + i : ap + (i < mr ? i : mr - 1) * lda;
     }
+    /* the C tile is read (accumulate) and written at the end: fetch its lines now, so the
+     * misses overlap the k loop instead of stalling after it (as BLIS's kernels do) */
+    for (int i = 0; i < MR && i < mr; i++) {
+        __builtin_prefetch(c + i * ldc, 1);
+        __builtin_prefetch(c + i * ldc + NR - 1, 1);
+    }
     const int64_t ks = packed ? MR : 1;
     for (int64_t k = 0; k < kc; k++, bp += NR) {
         VEC b[NVEC];

@@ -45,10 +45,12 @@
 #include "simd.h"
 
 enum { LSTM = 0, GRU = 1 };
-/* Most batch rows per micro-kernel call in the time loop: a call takes `rows` = 1, 2, 4 or
- * SMR of them (the largest that B fills; rows past B are zero padding). SMR x 2 vector
- * accumulators: 8 rows with 32 vector registers, 4 with 16. */
-enum { SMR = SIMD_REGS >= 32 ? 8 : 4 };
+/* Most batch rows per step_micro call (the backward's dh += dG @ w_hh): a call takes `rows`
+ * = 1, 2, 4 or SMR of them (see step_rows); rows past B are zero padding. SMR x 2 vector
+ * accumulators plus 2 loaded weight vectors and a broadcast: 8 rows with 32 vector
+ * registers (as tuned on AVX-512), 6 with 16 (12 accumulators; 4 rows left 8, too few to
+ * hide the FMA latency). */
+enum { SMR = SIMD_REGS >= 32 ? 8 : 6 };
 
 /* Hidden units per block: two vectors of the ISA level (simd.h). As in gemm.c, GCC is asked
  * for 512-bit auto-vectorized loops where the level has them. */
@@ -71,6 +73,7 @@ enum { SMR = SIMD_REGS >= 32 ? 8 : 4 };
  * ran 1.3x faster tiled; T16 B4 and T8 B8 broke even; T2 B16, T1 (a cell) at any batch
  * and every B1 ran faster in place. */
 enum { TILE_MIN_ROWS = 96 };
+
 /* k slice of the batch-tiled step: the slice of a 16-unit block's packed w_hh
  * (TILE_KSLICE x 4 gates x 64 B = 32 KB for LSTM f32) stays in L1 while every batch group
  * uses it, and h streams from L2. */
@@ -1088,13 +1091,21 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
 
 /* ---- entry points ---- */
 
+/* Batch rows per step_micro call: SMR unless its padding would waste more than a few rows
+ * (B8 with SMR 6: 12 rows computed for 8), then 4, 2 or 1. */
+static int64_t RN(step_rows)(int64_t B) {
+    if (B >= SMR && ceil_div(B, SMR) * SMR * 100 <= 115 * B)
+        return SMR;
+    return B >= 4 ? 4 : B >= 2 ? 2 : 1;
+}
+
 static struct RN(rnn) RN(problem)(int cell, int64_t T, int64_t B, int64_t I, int64_t H,
                                   const int64_t *lengths, int reverse) {
     struct RN(rnn) p = {0};
     p.cell = cell, p.reverse = reverse != 0;
     p.T = T, p.B = B, p.I = I, p.H = H, p.G = cell == LSTM ? 4 : 3;
     p.nws = cell == LSTM ? 5 * H : 4 * H;
-    p.rows = B >= SMR ? SMR : B >= 4 ? 4 : B >= 2 ? 2 : 1;
+    p.rows = RN(step_rows)(B);
     p.nblk = ceil_div(H, NR), p.ngrp = ceil_div(B, p.rows);
     p.lengths = lengths;
     return p;
