@@ -27,13 +27,14 @@
 #include "simd.h"
 
 /* The general path's micro-kernel holds an MR x (2 vectors) block of C in registers, and MR
- * divides the 64-row tiles: 8 rows (16 accumulators) with 32 vector registers, else 4 (8).
- * NR = two vectors of the ISA level (simd.h) also divides them. */
-enum { MR = SIMD_REGS >= 32 ? 8 : 4 };
+ * and NR (two vectors) divide the BQ x BK tiles: 8 rows (16 accumulators) and 64-row tiles
+ * with 32 vector registers; 6 rows (12 accumulators: 4 left 8, too few to hide the FMA
+ * latency) and 48-row tiles with 16. */
+enum { MR = SIMD_REGS >= 32 ? 8 : 6 };
 
 enum {
-    BQ = 64,      /* query rows per tile */
-    BK = 64,      /* key rows per tile */
+    BQ = SIMD_REGS >= 32 ? 64 : 48,  /* query rows per tile */
+    BK = BQ,                         /* key rows per tile */
     NR_F32 = 2 * VF,  /* micro-kernel columns: two vectors */
     NR_F64 = 2 * VD,
     MAX_HEAD_DIM = 256,
@@ -191,7 +192,7 @@ static int problem_ok(const seqcore_attn_problem *p, const void *q, const void *
 /* ------------------------------------------------------------------------------------------
  * The general path (every feature: bias, softcap, any head dim, float and double) is the
  * template after `#else`: this file includes itself with `real` = float and then double.
- * The float forward first tries the AVX-512 fast path (after the two instantiations).
+ * The float forward first tries the fast path (after the two instantiations).
  * ------------------------------------------------------------------------------------------ */
 
 static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
