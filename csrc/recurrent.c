@@ -755,21 +755,24 @@ static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int
             RN(pack_w_tiled)(p, p->w_ih, I, p->wip, lo, hi);
         }
         real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
+        /* this thread's view of the call: where the current chunk starts is its own */
+        struct RN(rnn) mine = *p;
         for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
             int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
             if (p->tiled) {  /* the steps compute their own projections from packed x */
                 RN(pack_x_steps)(p, s0, s1, tid, nthreads);
-#pragma omp single
-                p->xp_s0 = s0;  /* (the barrier after it: every share of xpack is written) */
+                mine.xp_s0 = s0;
+#pragma omp barrier
+                /* (every share of xpack is written: each unit block reads all of them) */
             } else {
                 /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps
-                 * when lengths and reverse: see rnn_fwd) */
+                 * when lengths and reverse: see rnn_fwd); each thread projects and then
+                 * reads only the columns of its own units: no barrier */
                 int64_t t0 = p->reverse && !p->lengths ? p->T - s1 : s0;
                 RN(project_in_place)(p, (s1 - s0) * B, p->x + t0 * B * I, lo, hi);
-#pragma omp single
-                p->xg_t0 = t0;  /* (the barrier after it: every share of xg is written) */
+                mine.xg_t0 = t0;
             }
-            RN(time_steps_fwd)(p, hpack, one, s0, s1, lo, hi, mybuf);
+            RN(time_steps_fwd)(&mine, hpack, one, s0, s1, lo, hi, mybuf);
         }
     }
 }
