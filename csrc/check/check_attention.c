@@ -157,6 +157,7 @@ void check_attention(const seqcore_kernel_table *kt, check_stats *st) {
         {"Sq9 Sk4 causal (rows that see no key)", 1, 2, 2, 9, 4, 16, 16, -1, 0, 0, 0, NULL, NULL},
         {"Sk0 (no keys at all)", 1, 2, 2, 3, 0, 8, 8, -1, -1, 0, 0, NULL, NULL},
         {"D256 Dv256", 1, 1, 1, 5, 9, 256, 256, -1, -1, 0, 0, NULL, NULL},
+        {"B1 H2 S100 D128 causal (shorter key tiles)", 1, 2, 2, 100, 100, 128, 128, -1, 0, 0, 0, NULL, NULL},
         {"D1 Dv3", 1, 3, 1, 6, 6, 1, 3, -1, -1, 0, 0, NULL, NULL},
         {"varlen 4 seqs (one empty)", 4, 4, 2, 35, 68, 16, 24, -1, -1, 0, 0, cu_q, cu_k},
         {"varlen causal + softcap", 4, 4, 2, 35, 68, 16, 24, -1, 0, 3, 0, cu_q, cu_k},
