@@ -50,6 +50,29 @@ def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
     return y, h_n, c_n, ws
 
 
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """One step, (h_new, c_new), for seqcore.recurrent's direct cell path: x (B, I), h, c
+    (B, H) and the weights C-contiguous in one dtype, biases None (zeros) or given."""
+    B, I = x.shape
+    H = w_hh.shape[1]
+    y, h_n, c_n = np.empty((1, B, H), x.dtype), np.empty((B, H), x.dtype), np.empty((B, H), x.dtype)
+    _c.check(_kernel("lstm_fwd", x.dtype)(
+        1, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h), ptr(c), ptr(None),
+        0, ptr(y), ptr(h_n), ptr(c_n), ptr(None)), "lstm_fwd")
+    return h_n, c_n
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    """One step, h_new (see lstm_cell)."""
+    B, I = x.shape
+    H = w_hh.shape[1]
+    y, h_n = np.empty((1, B, H), x.dtype), np.empty((B, H), x.dtype)
+    _c.check(_kernel("gru_fwd", x.dtype)(
+        1, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h), ptr(None), 0,
+        ptr(y), ptr(h_n), ptr(None)), "gru_fwd")
+    return h_n
+
+
 def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)

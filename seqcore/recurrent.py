@@ -168,6 +168,33 @@ def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, lengths=None, reverse=F
     return _seq_out(y, dtype, batch_first), _arrays.astype(h_n, dtype)
 
 
+_C_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _direct_cell(backend, G, x, w_ih, w_hh, biases, states):
+    """True when a cell step can go straight to the C kernel: the C backend, NumPy arrays of
+    one float32/float64 dtype, C-contiguous, in the layout's shapes. A streaming model calls
+    a cell once per frame, and the general checks and conversions cost more than the kernel
+    at small sizes; every other call takes the general path, which explains what is wrong."""
+    if backend not in (None, "c") or _backends._C_STATUS:
+        return False
+    dt = x.dtype
+    if dt not in _C_DTYPES or x.ndim != 2 or w_ih.__class__ is not np.ndarray or \
+            w_hh.__class__ is not np.ndarray or w_ih.ndim != 2 or w_hh.ndim != 2:
+        return False
+    (B, I), (GH, H) = x.shape, w_hh.shape
+    if I < 1 or H < 1 or GH != G * H or w_ih.shape != (GH, I):
+        return False
+    for a, shape_ in [(w_ih, None), (w_hh, None), (x, None)] + [(b, (GH,)) for b in biases] + \
+            [(st, (B, H)) for st in states]:
+        if a is None and shape_ == (GH,):
+            continue
+        if a.__class__ is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous or \
+                (shape_ is not None and a.shape != shape_):
+            return False
+    return True
+
+
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step: (h_new, c_new). See API.md."""
     if type(x) is not np.ndarray:
@@ -176,6 +203,10 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
             return _arrays.host_results(lstm_cell(*host, backend=backend))
     if h is None or c is None:
         raise TypeError("lstm_cell needs h and c (pass zeros for a fresh state)")
+    if type(x) is np.ndarray and _direct_cell(backend, 4, x, w_ih, w_hh, (b_ih, b_hh), (h, c)):
+        from seqcore import _c_recurrent
+
+        return _c_recurrent.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
     kind, backend, dtype, a, _ = _prepare(
         "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h", h), ("c", c)], None, False, backend, False)
     a["h0"], a["c0"] = a.pop("h"), a.pop("c")
@@ -191,6 +222,10 @@ def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
             return _arrays.host_results(gru_cell(*host, backend=backend))
     if h is None:
         raise TypeError("gru_cell needs h (pass zeros for a fresh state)")
+    if type(x) is np.ndarray and _direct_cell(backend, 3, x, w_ih, w_hh, (b_ih, b_hh), (h,)):
+        from seqcore import _c_recurrent
+
+        return _c_recurrent.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
     kind, backend, dtype, a, _ = _prepare(
         "gru", x, w_ih, w_hh, b_ih, b_hh, [("h", h)], None, False, backend, False)
     a["h0"] = a.pop("h")
