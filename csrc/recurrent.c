@@ -78,6 +78,8 @@ enum { TILE_MIN_ROWS = 96 };
  * (TILE_KSLICE x 4 gates x 64 B = 32 KB for LSTM f32) stays in L1 while every batch group
  * uses it, and h streams from L2. */
 enum { TILE_KSLICE = 128 };
+/* Floats ahead within a weight row that the in-place step's dot products prefetch. */
+enum { DOT_PREFETCH = 128 };
 /* Rows (steps x batch) of the input projection per chunk (see rnn_fwd). */
 enum { CHUNK_ROWS = 512 };
 
@@ -447,9 +449,6 @@ static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64
  * vectors kept, one weight vector streamed (and a product without FMA). */
 #define DOT_R_FIT(M) ((SIMD_REGS - (M) - 1 - !SIMD_FMA) / (M))
 #define DOT_R(M) (DOT_R_FIT(M) < 8 ? DOT_R_FIT(M) : 8)
-#ifndef DOT_PREFETCH
-#define DOT_PREFETCH 128
-#endif
 
 /* out[m * ldo + r] = a_m . w_r for m < mv, r < rv: rows of a (lda apart) and of w (ldw
  * apart), K long. M and R are constants (the register block); rows past mv / rv repeat the

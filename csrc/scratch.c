@@ -75,7 +75,6 @@ static int poison_wanted(void) {
 }
 
 static void *take_block(size_t bytes);
-static void seqcore_scratch_give_kept(void *block);
 
 void *seqcore_scratch_take(size_t bytes) {
     void *block = take_block(bytes);
@@ -105,7 +104,7 @@ static void *take_block(size_t bytes) {
             return b;
         }
         if (b)  /* another block took its place: put it back */
-            seqcore_scratch_give_kept(b);
+            seqcore_scratch_give(b);
     }
     /* none fits: drop the smallest kept block, so that the kept blocks do not pile up */
     int smallest = -1;
@@ -130,10 +129,6 @@ static void *take_block(size_t bytes) {
 void seqcore_scratch_give(void *block) {
     if (!block)
         return;
-    seqcore_scratch_give_kept(block);
-}
-
-static void seqcore_scratch_give_kept(void *block) {
 #ifdef KEEP
     size_t size = capacity(block);
     if (atomic_fetch_add(&kept_bytes, size) + size <= KEEP_BYTES)

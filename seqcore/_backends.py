@@ -17,6 +17,7 @@ BACKENDS = ("c", "triton", "numpy")
 # The C extension's status, read once at import: torch.compile traces pick(), and dynamo cannot
 # guard on the cffi library object that _c.status() consults (no weak references to it).
 _C_STATUS = _c.status()
+_C_ISA_REFUSED = _c.isa_refused()
 
 
 def interpreter_on():
@@ -78,7 +79,7 @@ def pick(kind, device_type, backend):
         if device_type == "cuda":
             backend = "triton"
         elif device_type == "cpu":
-            if _C_STATUS and _C_STATUS.startswith(_c.ISA_ENV):
+            if _C_ISA_REFUSED:
                 # asked for a level that cannot run: an error, not a silent fallback
                 raise RuntimeError(f"seqcore C backend unavailable: {_C_STATUS}")
             if _C_STATUS:

@@ -15,11 +15,12 @@ import numpy as np
 _lib = None
 _ffi = None
 _error = None
+_isa_refused = False  # the extension loaded, but SEQCORE_CPU_ISA asks for a level that cannot run
 ISA_ENV = "SEQCORE_CPU_ISA"
 
 
 def _try_load():
-    global _lib, _ffi, _error
+    global _lib, _ffi, _error, _isa_refused
     if _lib is not None or _error is not None:
         return
     try:
@@ -32,7 +33,7 @@ def _try_load():
     if forced:
         why = _isa_problem(_csrc.lib, _csrc.ffi, forced)
         if why:
-            _error = f"{ISA_ENV}={forced}: {why}"
+            _error, _isa_refused = f"{ISA_ENV}={forced}: {why}", True
             return
         _csrc.lib.seqcore_isa_select(forced.encode())
     _lib, _ffi = _csrc.lib, _csrc.ffi
@@ -77,6 +78,26 @@ def set_isa(name):
     lib.seqcore_isa_select(name.encode())
 
 
+def isa_refused():
+    """True when the C backend is unavailable because SEQCORE_CPU_ISA asks for a level that
+    cannot run here (an error to report, not a reason to fall back to the reference)."""
+    _try_load()
+    return _isa_refused
+
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_KERNELS = {}
+
+
+def kernel(name, dtype):
+    """The entry point seqcore_<name>_<f32|f64> for `dtype` (looked up once)."""
+    fn = _KERNELS.get((name, dtype))
+    if fn is None:
+        lib, _ = load()
+        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[np.dtype(dtype)]}")
+    return fn
+
+
 def load():
     """(lib, ffi), or (None, None) when the extension is missing."""
     _try_load()
@@ -101,11 +122,12 @@ def ptr(a):
     through ffi.from_buffer (~0.3 us); others (broadcast views with zero strides) through
     the slower ctypes address (~2.5 us).
     """
+    ffi = _ffi or load()[1]
     if a is None:
-        return _ffi.NULL
+        return ffi.NULL
     if a.flags.c_contiguous:
-        return _ffi.from_buffer(_ARRAY_CTYPES[a.dtype], a)
-    return _ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
+        return ffi.from_buffer(_ARRAY_CTYPES[a.dtype], a)
+    return ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
 
 
 def strides(a):

@@ -8,19 +8,8 @@ import numpy as np
 
 from seqcore import _c
 
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-
-
-_ENTRIES = {}
-
-
 def _entry(name, dtype):
-    fn = _ENTRIES.get((name, dtype))
-    if fn is None:
-        lib, _ = _c.load()
-        fn = _ENTRIES[(name, dtype)] = getattr(
-            lib, f"seqcore_attention_{name}_{_SUFFIX[np.dtype(dtype)]}")
-    return fn
+    return _c.kernel(f"attention_{name}", dtype)
 
 
 _NO_STRIDES = [0, 0, 0, 0]

@@ -9,18 +9,7 @@ import numpy as np
 from seqcore import _c
 from seqcore._c import ptr
 
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-
-
-_KERNELS = {}
-
-
-def _kernel(name, dtype):
-    fn = _KERNELS.get((name, dtype))
-    if fn is None:
-        lib, _ = _c.load()
-        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[np.dtype(dtype)]}")
-    return fn
+_kernel = _c.kernel
 
 
 def _lengths(lengths):
@@ -48,29 +37,6 @@ def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
         ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(c_n), ptr(ws))
     _c.check(status, "lstm_fwd")
     return y, h_n, c_n, ws
-
-
-def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    """One step, (h_new, c_new), for seqcore.recurrent's direct cell path: x (B, I), h, c
-    (B, H) and the weights C-contiguous in one dtype, biases None (zeros) or given."""
-    B, I = x.shape
-    H = w_hh.shape[1]
-    y, h_n, c_n = np.empty((1, B, H), x.dtype), np.empty((B, H), x.dtype), np.empty((B, H), x.dtype)
-    _c.check(_kernel("lstm_fwd", x.dtype)(
-        1, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h), ptr(c), ptr(None),
-        0, ptr(y), ptr(h_n), ptr(c_n), ptr(None)), "lstm_fwd")
-    return h_n, c_n
-
-
-def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
-    """One step, h_new (see lstm_cell)."""
-    B, I = x.shape
-    H = w_hh.shape[1]
-    y, h_n = np.empty((1, B, H), x.dtype), np.empty((B, H), x.dtype)
-    _c.check(_kernel("gru_fwd", x.dtype)(
-        1, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h), ptr(None), 0,
-        ptr(y), ptr(h_n), ptr(None)), "gru_fwd")
-    return h_n
 
 
 def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):

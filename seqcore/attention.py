@@ -19,8 +19,8 @@ def _check_window(window):
 
 
 def _check_options(D, causal, scale, window, softcap, return_lse):
-    if scale is None and window is None and softcap is None and causal in (False, True) \
-            and return_lse in (False, True) and type(causal) is bool and type(return_lse) is bool:
+    if scale is None and window is None and softcap is None and type(causal) is bool \
+            and type(return_lse) is bool:
         return _default_params(D, causal)  # the common call: checked once per (D, causal)
     V.require_bool("causal", causal)
     V.require_bool("return_lse", return_lse)

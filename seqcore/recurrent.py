@@ -179,18 +179,22 @@ def _direct_cell(backend, G, x, w_ih, w_hh, biases, states):
     if backend not in (None, "c") or _backends._C_STATUS:
         return False
     dt = x.dtype
-    if dt not in _C_DTYPES or x.ndim != 2 or w_ih.__class__ is not np.ndarray or \
-            w_hh.__class__ is not np.ndarray or w_ih.ndim != 2 or w_hh.ndim != 2:
+    if dt not in _C_DTYPES:
+        return False
+    for a in (x, w_ih, w_hh) + states + biases:  # (plain loops: this runs on every frame)
+        if a is not None and (a.__class__ is not np.ndarray or a.dtype != dt or
+                              not a.flags.c_contiguous):
+            return False
+    if x.ndim != 2 or w_hh.ndim != 2:
         return False
     (B, I), (GH, H) = x.shape, w_hh.shape
     if I < 1 or H < 1 or GH != G * H or w_ih.shape != (GH, I):
         return False
-    for a, shape_ in [(w_ih, None), (w_hh, None), (x, None)] + [(b, (GH,)) for b in biases] + \
-            [(st, (B, H)) for st in states]:
-        if a is None and shape_ == (GH,):
-            continue
-        if a.__class__ is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous or \
-                (shape_ is not None and a.shape != shape_):
+    for st in states:
+        if st.shape != (B, H):
+            return False
+    for b in biases:
+        if b is not None and b.shape != (GH,):
             return False
     return True
 
@@ -206,7 +210,9 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     if type(x) is np.ndarray and _direct_cell(backend, 4, x, w_ih, w_hh, (b_ih, b_hh), (h, c)):
         from seqcore import _c_recurrent
 
-        return _c_recurrent.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+        _, h_n, c_n, _ = _c_recurrent.lstm_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, c, None,
+                                               False, False)
+        return h_n, c_n
     kind, backend, dtype, a, _ = _prepare(
         "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h", h), ("c", c)], None, False, backend, False)
     a["h0"], a["c0"] = a.pop("h"), a.pop("c")
@@ -225,7 +231,7 @@ def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     if type(x) is np.ndarray and _direct_cell(backend, 3, x, w_ih, w_hh, (b_ih, b_hh), (h,)):
         from seqcore import _c_recurrent
 
-        return _c_recurrent.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+        return _c_recurrent.gru_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False, False)[1]
     kind, backend, dtype, a, _ = _prepare(
         "gru", x, w_ih, w_hh, b_ih, b_hh, [("h", h)], None, False, backend, False)
     a["h0"] = a.pop("h")

@@ -290,21 +290,22 @@ def test_concurrent_calls(rng):
 def test_cell_direct_and_general_paths_agree(rng, monkeypatch, biases):
     """Contiguous float32/float64 NumPy cells go straight to the kernel (seqcore.recurrent's
     direct path); a strided weight takes the general path. Both match the reference."""
-    from seqcore import _c_recurrent
+    import sys
 
-    taken = []
-    real = _c_recurrent.lstm_cell
-    monkeypatch.setattr(_c_recurrent, "lstm_cell", lambda *a: taken.append(1) or real(*a))
+    recurrent = sys.modules["seqcore.recurrent"]
+    general_calls = []  # the general path validates through _prepare; the direct one does not
+    real = recurrent._prepare
+    monkeypatch.setattr(recurrent, "_prepare", lambda *a: general_calls.append(1) or real(*a))
     B, I, H = 2, 7, 9
     a = make_inputs(rng, "lstm", 1, B, I, H, "float64", biases=biases)
     x, h, c = a["x"][0], a["h0"], a["c0"]
     w = dict(w_ih=a["w_ih"], w_hh=a["w_hh"], b_ih=a.get("b_ih"), b_hh=a.get("b_hh"))
     want = ref.lstm_cell(x, h, c, **w)
     direct = seqcore.lstm_cell(x, h, c, **w)
-    assert taken == [1]
+    assert general_calls == []
     strided = dict(w, w_hh=np.asfortranarray(w["w_hh"]))  # not C-contiguous: general path
     general = seqcore.lstm_cell(x, h, c, **strided)
-    assert taken == [1]
+    assert general_calls == [1]
     for got in (direct, general):
         assert_close(got[0], want[0], "float64", name="h_new")
         assert_close(got[1], want[1], "float64", name="c_new", scale=max(1.0, np.abs(want[1]).max()))
