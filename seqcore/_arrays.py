@@ -138,10 +138,10 @@ def host_views(backend, *xs):
     entries kept), or None when the call must go through torch.
 
     A call qualifies when it is eager and needs no gradient: nothing traces it (torch.compile,
-    torch.export, a functorch transform), every array is a plain CPU tensor of a dtype NumPy
-    has, and none needs autograd. It then runs on the NumPy path (results wrapped back with
-    torch.from_numpy, no copy): a custom op's dispatch and the torch-side conversions cost
-    ~100 us a call, more than a small kernel (one RNN cell step of a stream).
+    torch.export, a functorch transform), every array is a plain CPU tensor (or a Parameter)
+    of a dtype NumPy has, and none needs autograd. It then runs on the NumPy path (results
+    wrapped back with torch.from_numpy, no copy): a custom op's dispatch and the torch-side
+    conversions cost ~100 us a call, more than a small kernel (one RNN cell step of a stream).
     """
     torch = sys.modules.get("torch")
     if torch is None or backend not in (None, "c"):
@@ -150,12 +150,13 @@ def host_views(backend, *xs):
         return None
     grad = torch.is_grad_enabled()
     host_dtypes = _host_dtypes(torch)
+    plain = (torch.Tensor, torch.nn.Parameter)  # (a Parameter: a module's weights)
     views = []
     for x in xs:
         if x is None:
             views.append(None)
             continue
-        if type(x) is not torch.Tensor or not x.is_cpu or x.dtype not in host_dtypes:
+        if type(x) not in plain or not x.is_cpu or x.dtype not in host_dtypes:
             return None
         if x.requires_grad:
             if grad:
@@ -166,6 +167,36 @@ def host_views(backend, *xs):
         except (RuntimeError, TypeError):  # e.g. a tensor with the negative bit set
             return None
     return views
+
+
+def direct_tensor_alloc(xs):
+    """An allocator of results like xs[0] (shape -> CPU tensor) when a C kernel may read the
+    tensors xs (None entries skipped) straight from their memory, else None.
+
+    That is when the call is eager and needs no gradient (as in host_views) and every tensor
+    is a plain CPU tensor (or Parameter: a module's weights) of one float32/float64 dtype,
+    strided, C-contiguous and not lazily negated. A stream calls a cell once per frame,
+    and NumPy views of seven tensors (~1.5 us each) cost as much as the kernel of a small
+    step.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dt = xs[0].dtype
+    if (dt is not torch.float32 and dt is not torch.float64) or torch.compiler.is_compiling() \
+            or torch._C._are_functorch_transforms_active():
+        return None
+    grad, strided = torch.is_grad_enabled(), torch.strided
+    plain = (torch.Tensor, torch.nn.Parameter)
+    for a in xs:  # (plain loops: this runs on every frame)
+        if a is None:
+            continue
+        if a.__class__ not in plain or a.dtype is not dt or not a.is_cpu or \
+                a.layout is not strided or not a.is_contiguous() or a.is_neg() or \
+                (grad and a.requires_grad):
+            return None
+    np_dt = np.float32 if dt is torch.float32 else np.float64
+    return lambda shape: torch.from_numpy(np.empty(shape, np_dt))
 
 
 _HOST_DTYPES = None

@@ -94,7 +94,9 @@ def kernel(name, dtype):
     fn = _KERNELS.get((name, dtype))
     if fn is None:
         lib, _ = load()
-        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[np.dtype(dtype)]}")
+        # (a torch dtype, from the direct cell path, by its name: torch.float32 -> float32)
+        np_dtype = np.dtype(str(dtype).replace("torch.", ""))
+        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[np_dtype]}")
     return fn
 
 
@@ -116,7 +118,8 @@ _ARRAY_CTYPES = {dt: name[:-2] + "[]" for dt, name in _CTYPES.items()}
 
 
 def ptr(a):
-    """A typed C pointer to the data of NumPy array `a` (NULL for None).
+    """A typed C pointer to the data of `a` (NULL for None): a NumPy array, or a CPU tensor
+    that _arrays.direct_tensor_alloc passed (contiguous, float, no lazy negation).
 
     The caller keeps `a` alive for the duration of the call. A C-contiguous array goes
     through ffi.from_buffer (~0.3 us); others (broadcast views with zero strides) through
@@ -125,9 +128,27 @@ def ptr(a):
     ffi = _ffi or load()[1]
     if a is None:
         return ffi.NULL
+    if a.__class__ is not np.ndarray:
+        return ffi.cast(_TENSOR_CTYPES[a.dtype], a.data_ptr())
     if a.flags.c_contiguous:
         return ffi.from_buffer(_ARRAY_CTYPES[a.dtype], a)
     return ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
+
+
+class _TensorCTypes(dict):
+    """torch dtype -> C pointer type, filled on first use (torch is imported only by then)."""
+
+    def __missing__(self, dtype):
+        import torch
+
+        names = {torch.float32: "float *", torch.float64: "double *"}
+        if dtype not in names:
+            raise TypeError(f"no C pointer type for tensors of {dtype}")
+        self[dtype] = names[dtype]
+        return self[dtype]
+
+
+_TENSOR_CTYPES = _TensorCTypes()
 
 
 def strides(a):

@@ -26,12 +26,18 @@ def _c_array(a, dtype):
     return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
 
-def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
+def numpy_alloc(dtype):
+    return lambda shape: np.empty(shape, dtype)
+
+
+def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, new=None):
+    """new: allocator of the results (shape -> array like x); NumPy arrays by default, CPU
+    tensors for the direct cell path (recurrent._direct_cell)."""
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)
-    y = np.empty((T, B, H), x.dtype)
-    h_n, c_n = np.empty((B, H), x.dtype), np.empty((B, H), x.dtype)
-    ws = np.empty((T, B, 5 * H), x.dtype) if need_ws else None
+    new = new or numpy_alloc(x.dtype)
+    y, h_n, c_n = new((T, B, H)), new((B, H)), new((B, H))
+    ws = new((T, B, 5 * H)) if need_ws else None
     status = _kernel("lstm_fwd", x.dtype)(
         T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0), ptr(c0),
         ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(c_n), ptr(ws))
@@ -39,12 +45,13 @@ def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
     return y, h_n, c_n, ws
 
 
-def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):
+def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, new=None):
+    """new: as in lstm_fwd."""
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)
-    y = np.empty((T, B, H), x.dtype)
-    h_n = np.empty((B, H), x.dtype)
-    ws = np.empty((T, B, 4 * H), x.dtype) if need_ws else None
+    new = new or numpy_alloc(x.dtype)
+    y, h_n = new((T, B, H)), new((B, H))
+    ws = new((T, B, 4 * H)) if need_ws else None
     status = _kernel("gru_fwd", x.dtype)(
         T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0),
         ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(ws))

@@ -5,7 +5,7 @@ their backwards); see seqcore/_problem.py for the interface.
 """
 import numpy as np
 
-from seqcore import _arrays, _backends
+from seqcore import _arrays, _backends, _c_recurrent
 from seqcore import _validate as V
 
 GATES = {"lstm": 4, "gru": 3}
@@ -172,47 +172,55 @@ _C_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _direct_cell(backend, G, x, w_ih, w_hh, biases, states):
-    """True when a cell step can go straight to the C kernel: the C backend, NumPy arrays of
-    one float32/float64 dtype, C-contiguous, in the layout's shapes. A streaming model calls
-    a cell once per frame, and the general checks and conversions cost more than the kernel
-    at small sizes; every other call takes the general path, which explains what is wrong."""
+    """The allocator of the results (shape -> array like x) when a cell step can go straight
+    to the C kernel, else None: the C backend; NumPy arrays, or CPU tensors that need no
+    gradient (_arrays.direct_tensor_alloc), of one float32/float64 dtype, C-contiguous, in
+    the layout's shapes. A streaming model calls a cell once per frame, and the general
+    checks and conversions cost more than the kernel at small sizes; every other call takes
+    the general path, which explains what is wrong."""
     if backend not in (None, "c") or _backends._C_STATUS:
-        return False
-    dt = x.dtype
-    if dt not in _C_DTYPES:
-        return False
-    for a in (x, w_ih, w_hh) + states + biases:  # (plain loops: this runs on every frame)
-        if a is not None and (a.__class__ is not np.ndarray or a.dtype != dt or
-                              not a.flags.c_contiguous):
-            return False
-    if x.ndim != 2 or w_hh.ndim != 2:
-        return False
+        return None
+    arrays = (x, w_ih, w_hh) + states + biases
+    if x.__class__ is np.ndarray:
+        dt = x.dtype
+        if dt not in _C_DTYPES:
+            return None
+        for a in arrays:  # (plain loops: this runs on every frame)
+            if a is not None and (a.__class__ is not np.ndarray or a.dtype != dt or
+                                  not a.flags.c_contiguous):
+                return None
+        new = _c_recurrent.numpy_alloc(dt)
+    else:
+        new = _arrays.direct_tensor_alloc(arrays)
+        if new is None:
+            return None
+    if x.ndim != 2 or w_hh.ndim != 2 or w_ih.ndim != 2:
+        return None
     (B, I), (GH, H) = x.shape, w_hh.shape
-    if I < 1 or H < 1 or GH != G * H or w_ih.shape != (GH, I):
-        return False
+    if I < 1 or H < 1 or GH != G * H or tuple(w_ih.shape) != (GH, I):
+        return None
     for st in states:
-        if st.shape != (B, H):
-            return False
+        if st is None or tuple(st.shape) != (B, H):
+            return None
     for b in biases:
-        if b is not None and b.shape != (GH,):
-            return False
-    return True
+        if b is not None and tuple(b.shape) != (GH,):
+            return None
+    return new
 
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One LSTM step: (h_new, c_new). See API.md."""
+    new = _direct_cell(backend, 4, x, w_ih, w_hh, (b_ih, b_hh), (h, c))
+    if new is not None:
+        _, h_n, c_n, _ = _c_recurrent.lstm_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, c, None,
+                                               False, False, new)
+        return h_n, c_n
     if type(x) is not np.ndarray:
         host = _arrays.host_views(backend, x, h, c, w_ih, w_hh, b_ih, b_hh)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
             return _arrays.host_results(lstm_cell(*host, backend=backend))
     if h is None or c is None:
         raise TypeError("lstm_cell needs h and c (pass zeros for a fresh state)")
-    if type(x) is np.ndarray and _direct_cell(backend, 4, x, w_ih, w_hh, (b_ih, b_hh), (h, c)):
-        from seqcore import _c_recurrent
-
-        _, h_n, c_n, _ = _c_recurrent.lstm_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, c, None,
-                                               False, False)
-        return h_n, c_n
     kind, backend, dtype, a, _ = _prepare(
         "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h", h), ("c", c)], None, False, backend, False)
     a["h0"], a["c0"] = a.pop("h"), a.pop("c")
@@ -222,16 +230,16 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
 
 def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One GRU step: h_new. See API.md."""
+    new = _direct_cell(backend, 3, x, w_ih, w_hh, (b_ih, b_hh), (h,))
+    if new is not None:
+        return _c_recurrent.gru_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False, False,
+                                    new)[1]
     if type(x) is not np.ndarray:
         host = _arrays.host_views(backend, x, h, w_ih, w_hh, b_ih, b_hh)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
             return _arrays.host_results(gru_cell(*host, backend=backend))
     if h is None:
         raise TypeError("gru_cell needs h (pass zeros for a fresh state)")
-    if type(x) is np.ndarray and _direct_cell(backend, 3, x, w_ih, w_hh, (b_ih, b_hh), (h,)):
-        from seqcore import _c_recurrent
-
-        return _c_recurrent.gru_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False, False)[1]
     kind, backend, dtype, a, _ = _prepare(
         "gru", x, w_ih, w_hh, b_ih, b_hh, [("h", h)], None, False, backend, False)
     a["h0"] = a.pop("h")

@@ -309,3 +309,52 @@ def test_cell_direct_and_general_paths_agree(rng, monkeypatch, biases):
     for got in (direct, general):
         assert_close(got[0], want[0], "float64", name="h_new")
         assert_close(got[1], want[1], "float64", name="c_new", scale=max(1.0, np.abs(want[1]).max()))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cell_direct_path_for_tensors(rng, monkeypatch, cell, dtype):
+    """CPU tensors that need no gradient (Parameters under no_grad too: a module's weights)
+    go straight to the kernel, results as tensors; a tensor the kernel cannot read as it lies
+    (strided, lazily negated) or a call that needs gradients takes the general path. Every
+    path matches the reference."""
+    torch = pytest.importorskip("torch")
+    import sys
+
+    recurrent = sys.modules["seqcore.recurrent"]
+    general_calls = []
+    real = recurrent._prepare
+    monkeypatch.setattr(recurrent, "_prepare", lambda *a: general_calls.append(1) or real(*a))
+    real_views = recurrent._arrays.host_views
+    monkeypatch.setattr(recurrent._arrays, "host_views",
+                        lambda *a: general_calls.append(2) or real_views(*a))
+    B, I, H = 3, 6, 11
+    a = make_inputs(rng, cell, 1, B, I, H, dtype)
+    x, states = a["x"][0], [a["h0"]] + ([a["c0"]] if cell == "lstm" else [])
+    ws = [a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"]]
+    fn, reference = getattr(seqcore, f"{cell}_cell"), getattr(ref, f"{cell}_cell")
+    want = reference(x, *states, *ws)
+    want = want if cell == "lstm" else (want,)
+
+    def check(got):
+        got = got if cell == "lstm" else (got,)
+        for g, w_ in zip(got, want):
+            assert isinstance(g, torch.Tensor) and g.dtype == getattr(torch, dtype)
+            assert_close(g.detach().numpy(), w_, dtype, name=f"{cell}_cell",
+                         scale=max(1.0, np.abs(w_).max()))
+
+    tensors = [torch.from_numpy(np.ascontiguousarray(v)) for v in [x] + states]
+    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in ws]
+    strided = torch.from_numpy(np.asfortranarray(ws[1]))  # not C-contiguous
+    negated = torch._neg_view(torch.from_numpy(-ws[0]))  # the neg bit: -(-w), read lazily
+    assert negated.is_neg()
+    with torch.no_grad():
+        check(fn(*tensors, *params))
+        assert general_calls == []
+        for weights in ([params[0], strided] + params[2:], [negated] + params[1:]):
+            check(fn(*tensors, *weights))
+            assert general_calls
+            general_calls.clear()
+    got = fn(*tensors, *params)  # gradients wanted: through autograd
+    assert general_calls and (got[0] if cell == "lstm" else got).requires_grad
+    check(got)
