@@ -153,6 +153,13 @@ static void thread_share(int64_t n, int64_t *lo, int64_t *hi) {
 
 /* One scratch block (see scratch.h) cut into n parts of bytes[i] bytes, each 64-byte
  * aligned, at part[i] (NULL when empty); returns the block, NULL when out of memory. */
+/* memset to 0 of `bytes` bytes; nothing for none (an empty part of take_parts is NULL, and
+ * memset(NULL, 0, 0) is undefined) */
+static void zero_bytes(void *at, int64_t bytes) {
+    if (bytes > 0)
+        memset(at, 0, (size_t)bytes);
+}
+
 static void *take_parts(int n, const int64_t *bytes, void **part) {
     size_t total = 0;
     for (int i = 0; i < n; i++)
@@ -777,6 +784,8 @@ static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int
 }
 
 static void RN(init_state)(real *state, const real *given, int64_t n) {
+    if (n == 0)  /* (an empty batch may come with NULL pointers: memset(NULL, 0, 0) is UB) */
+        return;
     if (given)
         memcpy(state, given, (size_t)n * sizeof(real));
     else
@@ -788,7 +797,7 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     RN(init_state)(p->h, p->h0, B * H);
     if (p->cell == LSTM)
         RN(init_state)(p->c, p->c0, B * H);
-    if (p->lengths) {  /* else every step writes all of y and ws */
+    if (p->lengths && T * B * H > 0) {  /* else every step writes all of y and ws */
         memset(p->y, 0, (size_t)(T * B * H) * sizeof(real));
         if (p->ws)
             memset(p->ws, 0, (size_t)(T * B * p->nws) * sizeof(real));
@@ -835,9 +844,9 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     real *hpack = part[5], *accbufs = part[6];
     if (!scratch)
         return SEQCORE_ENOMEM;
-    memset(p->xbias, 0, (size_t)bytes[0]);  /* (padding columns stay zero) */
+    zero_bytes(p->xbias, bytes[0]);  /* (padding columns stay zero) */
     RN(input_bias)(p, b_ih, p->xbias);
-    memset(hpack, 0, (size_t)bytes[5]);  /* (padding rows stay zero) */
+    zero_bytes(hpack, bytes[5]);  /* (padding rows stay zero) */
     for (int64_t b = 0; b < B; b++)
         for (int64_t k = 0; k < H; k++)
             hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
@@ -1080,11 +1089,11 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
     p->dgx = part[0], p->dgh = part[1] ? part[1] : part[0], p->wp = part[2];
     real *dgpack = part[3];
     if (p->lengths) {  /* the steps past an element's length leave its gradients zero */
-        memset(p->dgx, 0, (size_t)bytes[0]);
+        zero_bytes(p->dgx, bytes[0]);
         if (part[1])
-            memset(p->dgh, 0, (size_t)bytes[1]);
+            zero_bytes(p->dgh, bytes[1]);
     }
-    memset(dgpack, 0, (size_t)bytes[3]);  /* (padding rows stay zero) */
+    zero_bytes(dgpack, bytes[3]);  /* (padding rows stay zero) */
     RN(time_loop_bwd)(p, dgpack, steps);
     int status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
     seqcore_scratch_give(scratch);

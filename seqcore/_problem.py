@@ -52,8 +52,19 @@ class AttnParams:
         return self.window_left >= 0 or self.window_right >= 0
 
 
+# A window side this long reaches every key of any sequence an array can hold (2**40 rows
+# are terabytes), so it is the unbounded side (-1): window values then never overflow the
+# kernels' index arithmetic (int64 in C, int32/int64 on the GPU) nor cffi's int64.
+WINDOW_UNBOUNDED_FROM = 2**40
+
+
+def _window_side(w):
+    return -1 if w >= WINDOW_UNBOUNDED_FROM else w
+
+
 def make_attn_params(scale, causal, window, softcap):
     left, right = (-1, -1) if window is None else (int(window[0]), int(window[1]))
+    left, right = _window_side(left), _window_side(right)
     if causal:
         right = 0 if right < 0 else min(right, 0)
     return AttnParams(scale=float(scale), window_left=left, window_right=right,

@@ -178,6 +178,8 @@ def _check_cu_seqlens(name, cu, total, given_max):
     if total >= 2**31:
         raise ValueError(f"{name}: packed length {total} does not fit int32")
     n_seqs = _arrays.shape(cu)[0] - 1
+    if given_max is not None:  # (no sequence is longer than all of them: the kernels' work
+        given_max = min(given_max, total)  # and grids follow this bound, keep it finite)
     if _arrays.is_tensor(cu) and given_max is not None:
         # the torch op checks the values when it runs (under torch.compile the tracer cannot
         # read them here); with the bounds given there is no need to read them on the host
@@ -251,18 +253,22 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     kind = _arrays.common_kind([("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)])
     if _arrays.shape(out_a) != _arrays.shape(out_b):
         raise ValueError(f"out_a {_arrays.shape(out_a)} and out_b {_arrays.shape(out_b)} must have one shape")
+    if len(_arrays.shape(out_a)) < 1:
+        raise ValueError("out_a and out_b must have shape (..., Dv), got 0-d arrays")
     want = _arrays.shape(out_a)[:-1]
     for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         if _arrays.shape(lse) != want:
             raise ValueError(f"{name} must have shape out.shape[:-1] = {want}, got {_arrays.shape(lse)}")
-    V.require_float("out_a", out_a)
+    for name, x in (("out_a", out_a), ("lse_a", lse_a), ("lse_b", lse_b)):
+        V.require_float(name, x)
     V.require_same_dtype([("out_a", out_a), ("out_b", out_b)])
     V.require_same_device([("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)])
     if kind == _arrays.TORCH:
         import torch as xp
 
-        la, lb = lse_a.float(), lse_b.float()
-        oa, ob = out_a.float(), out_b.float()
+        acc = xp.float64 if out_a.dtype == xp.float64 else xp.float32  # (as for NumPy below)
+        la, lb = lse_a.to(acc), lse_b.to(acc)
+        oa, ob = out_a.to(acc), out_b.to(acc)
     else:
         xp = np
         acc = np.float64 if out_a.dtype == np.float64 else np.float32

@@ -367,3 +367,31 @@ def test_backend_takes_non_contiguous_views(rng):
     want = ref.attention_bwd(dout, q, k, v, causal=True, scale=0.4)
     for name, got, exp in zip(("dq", "dk", "dv"), grads[:3], want[:3]):
         assert_close(got, exp, "float32", grad=True, name=name)
+
+
+@pytest.mark.parametrize("window", [(-1, 2**63 - 1), (2**63, 0), (2**62, 3), (5, 2**40), (2**100, -1)])
+def test_huge_windows_are_unbounded(rng, window):
+    """Found by fuzzing: window sides near 2**63 overflowed (zeros from C, a wrong mask from
+    the reference) or raised OverflowError from cffi. A side longer than any sequence sees
+    every key, in C, in the reference and through torch tensors alike."""
+    bounded = tuple(-1 if w >= 2**31 else w for w in window)
+    q, k, v = (rng.standard_normal((1, 2, n, 8)) for n in (9, 13, 13))
+    want = ref.attention(q, k, v, window=bounded)
+    assert_close(ref.attention(q, k, v, window=window), want, "float64", name="reference")
+    for causal in (False, True):
+        assert_close(seqcore.attention(q, k, v, window=window, causal=causal, backend="c"),
+                     ref.attention(q, k, v, window=bounded, causal=causal), "float64", name="c")
+
+
+def test_varlen_max_seqlen_past_the_total_is_the_total(rng):
+    """Found by fuzzing: attention_varlen on tensors did work in proportion to max_seqlen_*
+    (2**40 never returned); no sequence is longer than the packed total."""
+    torch = pytest.importorskip("torch")
+    q = rng.standard_normal((10, 2, 8))
+    cu = np.array([0, 3, 10], np.int32)
+    want = ref.attention_varlen(q, q, q, cu, cu)
+    grad = lambda a: torch.from_numpy(a).requires_grad_(a.dtype == np.float64)  # the torch op
+    for kind in (np.asarray, torch.from_numpy, grad):
+        got = seqcore.attention_varlen(kind(q), kind(q), kind(q), kind(cu), kind(cu),
+                                       max_seqlen_q=2**40, max_seqlen_k=2**40, backend="c")
+        assert_close(np.asarray(got.detach() if kind is grad else got), want, "float64", name="out")

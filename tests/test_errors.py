@@ -90,6 +90,12 @@ def test_merge_bad_input():
         seqcore.merge_attention(f32(2, 3, 4), f32(2, 4), f32(2, 3, 4), f32(2, 3))
     with pytest.raises(ValueError, match="out_b"):
         seqcore.merge_attention(f32(2, 3, 4), f32(2, 3), f32(2, 3, 5), f32(2, 3))
+    # found by fuzzing: integer and complex lse, 0-d out
+    for bad in (np.zeros((2, 3), np.int32), np.zeros((2, 3), np.complex64)):
+        with pytest.raises(TypeError, match="lse_b.*floating"):
+            seqcore.merge_attention(f32(2, 3, 4), f32(2, 3), f32(2, 3, 4), bad)
+    with pytest.raises(ValueError, match="0-d"):
+        seqcore.merge_attention(f32(), f32(), f32(), f32())
 
 
 H, I, B, T = 5, 3, 2, 4

@@ -18,6 +18,9 @@ def band(Sq, Sk, causal=False, window=None):
     left, right = (-1, -1) if window is None else window
     left = -1 if left is None else int(left)
     right = -1 if right is None else int(right)
+    # a side longer than Sq + Sk reaches every key: clipped, so that huge Python ints do not
+    # overflow NumPy's int64 below
+    left, right = (min(w, Sq + Sk) for w in (left, right))
     if causal:
         right = 0 if right < 0 else min(right, 0)
     i = np.arange(Sq)[:, None]
