@@ -156,3 +156,72 @@ def test_attention_fwd_bwd(benchmark, case, impl):
     run(benchmark, lambda: forward_and_backward(attend, q, k, v, dout), op="attention fwd+bwd",
         impl=impl, shape=shape_name(case), dtype=str(DTYPE).replace("torch.", ""),
         flops=attention_flops(B, Hq, S, S, D, causal, passes="fwd+bwd"), err=err)
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding against a KV cache: one query per sequence against L cached keys (issue 11's bar:
+# B8 H32/kv8 D128, 4k keys, at least 1.2x torch SDPA over the same keys on the CPU). It reads
+# every cached key and value once: 2 * B * Hkv * L * D * itemsize bytes (268 MB in float32),
+# so it is a memory-bandwidth benchmark; the GFLOP/s column counts 4 * B * Hq * L * D.
+
+DECODE_CASES = [(8, 32, 8, 4096, 128)]  # (B, Hq, Hkv, L, D)
+DECODE_BLOCK = 16                        # tokens per block of the paged cache
+
+
+def decode_name(case):
+    B, Hq, Hkv, L, D = case
+    return f"B{B} H{Hq}/kv{Hkv} L{L} D{D} Sq1"
+
+
+@functools.lru_cache(maxsize=None)
+def decode_inputs(case):
+    """q, the dense caches (exactly L keys each), and the same keys in a paged cache whose
+    block table is a random permutation."""
+    B, Hq, Hkv, L, D = case
+    gen = generator(decode_name(case))
+    q = randn(gen, B, Hq, 1, D, dtype=DTYPE)
+    k, v = (randn(gen, B, Hkv, L, D, dtype=DTYPE) for _ in range(2))
+    per_seq = L // DECODE_BLOCK
+    table = torch.randperm(B * per_seq, generator=gen).reshape(B, per_seq).to(torch.int32)
+    paged = []
+    for x in (k, v):  # (B, Hkv, L, D) -> (num_blocks, Hkv, block, D) at the table's places
+        blocks = x.reshape(B, Hkv, per_seq, DECODE_BLOCK, D).permute(0, 2, 1, 3, 4)
+        out = torch.empty((B * per_seq, Hkv, DECODE_BLOCK, D), dtype=DTYPE, device=DEVICE)
+        out[table.reshape(-1).long().to(DEVICE)] = blocks.reshape(-1, Hkv, DECODE_BLOCK, D)
+        paged.append(out)
+    lens = torch.full((B,), L, dtype=torch.int32)
+    return q, k, v, paged[0], paged[1], table.to(DEVICE), lens.to(DEVICE)
+
+
+def decode_impl(impl, case):
+    q, k, v, kp, vp, table, lens = decode_inputs(case)
+    if impl == "torch":
+        return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    import seqcore
+
+    require_seqcore("attention", "c" if impl.startswith("seqcore-c") else "triton", False)
+    backend = "c" if impl.startswith("seqcore-c") else "triton"
+    if impl.endswith("paged"):
+        return lambda: seqcore.attention_with_kvcache(q, kp, vp, cache_seqlens=lens,
+                                                      block_table=table, backend=backend)
+    return lambda: seqcore.attention_with_kvcache(q, k, v, cache_seqlens=lens, backend=backend)
+
+
+DECODE_IMPLS = (["seqcore-triton", "seqcore-triton-paged", "torch"] if HAS_CUDA
+                else ["seqcore-c", "seqcore-c-paged", "torch"])
+
+
+@pytest.mark.parametrize("case, impl", [
+    pytest.param(case, impl, id=f"{decode_name(case).replace(' ', '-')}-{impl}")
+    for case in DECODE_CASES for impl in DECODE_IMPLS])
+def test_attention_decode(benchmark, case, impl):
+    call = decode_impl(impl, case)
+    q, k, v, *_ = decode_inputs(case)
+    with torch.no_grad():
+        want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
+        err = check_against(impl, [call()], [want], TOL)
+        B, Hq, Hkv, L, D = case
+        run(benchmark, call, op="attention decode", impl=impl, shape=decode_name(case),
+            dtype=str(DTYPE).replace("torch.", ""), flops=attention_flops(B, Hq, 1, L, D, False),
+            err=err)
+        benchmark.extra_info["bytes"] = 2 * B * Hkv * L * D * q.element_size()

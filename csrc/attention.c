@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "band.h"
 #include "parallel.h"
 #include "scratch.h"
 #include "simd.h"
@@ -56,12 +57,6 @@ enum {
 #define MADD_F32(a, b, c) ((a) * (b) + (c))
 #define MADD_F64(a, b, c) ((a) * (b) + (c))
 #endif
-
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-static int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return min64(max64(x, lo), hi); }
-static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-static int64_t round_up(int64_t a, int64_t b) { return cdiv(a, b) * b; }
 
 /* Element i of one (sequence, head) is row first + i * step of an array seen as (rows, width):
  * dense (B, H, S, width): first = (b * H + h) * S, step 1; packed (T, H, width):
@@ -123,30 +118,8 @@ static attn_opts make_opts(const seqcore_attn_problem *p) {
     return o;
 }
 
-/* The visible keys of query i in one sequence: [band_lo(i), band_hi(i)); both grow with i. */
-typedef struct { int64_t off, left, right, Sq, Sk; } band;
-
 static band make_band(const attn_opts *o, int64_t Sq, int64_t Sk) {
-    band bd = {Sk - Sq, o->left, o->right, Sq, Sk};
-    return bd;
-}
-
-static int64_t band_lo(const band *bd, int64_t i) {
-    return bd->left < 0 ? 0 : clamp64(i + bd->off - bd->left, 0, bd->Sk);
-}
-
-static int64_t band_hi(const band *bd, int64_t i) {
-    return bd->right < 0 ? bd->Sk : clamp64(i + bd->off + bd->right + 1, 0, bd->Sk);
-}
-
-/* First query whose band reaches key j (band_hi(i) > j). */
-static int64_t band_first_query(const band *bd, int64_t j) {
-    return bd->right < 0 ? 0 : clamp64(j - bd->off - bd->right, 0, bd->Sq);
-}
-
-/* One past the last query whose band starts at or before key j (band_lo(i) <= j). */
-static int64_t band_end_query(const band *bd, int64_t j) {
-    return bd->left < 0 ? bd->Sq : clamp64(j - bd->off + bd->left + 1, 0, bd->Sq);
+    return band_of(o->left, o->right, Sq, Sk);
 }
 
 /* A tile of queries i0 .. i0 + nq by keys j0 .. j0 + nk; needs_mask unless every key of it is

@@ -45,7 +45,7 @@ ROOT = os.path.dirname(HERE)
 OBJ_DIR = os.path.join(ROOT, "build", "obj")
 
 # Compiled once per ISA level / once for the baseline.
-KERNELS = ["attention.c", "gemm.c", "recurrent.c", "kernels.c"]
+KERNELS = ["attention.c", "kvcache.c", "gemm.c", "recurrent.c", "kernels.c"]
 SHARED = ["common.c", "scratch.c", "dispatch.c"]
 
 _X86_BASE = ["-march=x86-64", "-mtune=generic"]

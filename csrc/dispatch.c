@@ -127,6 +127,18 @@ int seqcore_attention_bwd_f64(const seqcore_attn_problem *p, const double *dout,
     return kt()->attention_bwd_f64(p, dout, q, k, v, bias, out, lse, dq, dk, dv, dbias);
 }
 
+int seqcore_attention_kvcache_f32(const seqcore_kvcache_problem *p, const float *q,
+                                  float *k_cache, float *v_cache, const float *k_new,
+                                  const float *v_new, float *out, float *lse) {
+    return kt()->attention_kvcache_f32(p, q, k_cache, v_cache, k_new, v_new, out, lse);
+}
+
+int seqcore_attention_kvcache_f64(const seqcore_kvcache_problem *p, const double *q,
+                                  double *k_cache, double *v_cache, const double *k_new,
+                                  const double *v_new, double *out, double *lse) {
+    return kt()->attention_kvcache_f64(p, q, k_cache, v_cache, k_new, v_new, out, lse);
+}
+
 int seqcore_lstm_fwd_f32(int64_t T, int64_t B, int64_t I, int64_t H, const float *x,
                          const float *w_ih, const float *w_hh, const float *b_ih,
                          const float *b_hh, const float *h0, const float *c0,

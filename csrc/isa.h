@@ -1,6 +1,6 @@
 /* The ISA level a kernel source is being compiled for, and the names that carry it.
  *
- * build.py compiles every kernel source (attention.c, gemm.c, recurrent.c, kernels.c) once
+ * build.py compiles every kernel source (attention.c, kvcache.c, gemm.c, recurrent.c, kernels.c) once
  * per ISA level of the target (x86-64: baseline, avx2, avx512; aarch64: baseline, neon), with
  * -DSEQCORE_ISA=<level> and that level's instruction-set flags, and links all of them into
  * one extension. So that the copies can sit side by side, the names the kernel files share
@@ -59,6 +59,8 @@
 #define seqcore_attention_fwd_f64 ISA_SYMBOL(seqcore_attention_fwd_f64)
 #define seqcore_attention_bwd_f32 ISA_SYMBOL(seqcore_attention_bwd_f32)
 #define seqcore_attention_bwd_f64 ISA_SYMBOL(seqcore_attention_bwd_f64)
+#define seqcore_attention_kvcache_f32 ISA_SYMBOL(seqcore_attention_kvcache_f32)
+#define seqcore_attention_kvcache_f64 ISA_SYMBOL(seqcore_attention_kvcache_f64)
 #define seqcore_lstm_fwd_f32 ISA_SYMBOL(seqcore_lstm_fwd_f32)
 #define seqcore_lstm_fwd_f64 ISA_SYMBOL(seqcore_lstm_fwd_f64)
 #define seqcore_gru_fwd_f32 ISA_SYMBOL(seqcore_gru_fwd_f32)

@@ -23,6 +23,7 @@ const seqcore_kernel_table seqcore_kernels = {
     SEQCORE_ISA_NAME,
     seqcore_attention_fwd_f32, seqcore_attention_fwd_f64,
     seqcore_attention_bwd_f32, seqcore_attention_bwd_f64,
+    seqcore_attention_kvcache_f32, seqcore_attention_kvcache_f64,
     seqcore_lstm_fwd_f32, seqcore_lstm_fwd_f64,
     seqcore_gru_fwd_f32, seqcore_gru_fwd_f64,
     seqcore_lstm_bwd_f32, seqcore_lstm_bwd_f64,

@@ -19,6 +19,8 @@ typedef struct {
     __typeof__(seqcore_attention_fwd_f64) *attention_fwd_f64;
     __typeof__(seqcore_attention_bwd_f32) *attention_bwd_f32;
     __typeof__(seqcore_attention_bwd_f64) *attention_bwd_f64;
+    __typeof__(seqcore_attention_kvcache_f32) *attention_kvcache_f32;
+    __typeof__(seqcore_attention_kvcache_f64) *attention_kvcache_f64;
     __typeof__(seqcore_lstm_fwd_f32) *lstm_fwd_f32;
     __typeof__(seqcore_lstm_fwd_f64) *lstm_fwd_f64;
     __typeof__(seqcore_gru_fwd_f32) *gru_fwd_f32;

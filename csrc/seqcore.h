@@ -14,5 +14,6 @@
 #include "common.h"
 #include "attention.h"
 #include "recurrent.h"
+#include "kvcache.h"
 
 #endif

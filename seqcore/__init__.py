@@ -5,20 +5,22 @@ The public API is described in API.md; `python -m seqcore` checks every backend 
 """
 from seqcore._backends import available_backends, backend_status
 from seqcore.attention import attention, attention_varlen, merge_attention
+from seqcore.kvcache import attention_with_kvcache
 from seqcore.recurrent import gru, gru_cell, lstm, lstm_cell
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "attention", "attention_varlen", "merge_attention",
+    "attention", "attention_varlen", "merge_attention", "attention_with_kvcache",
     "lstm_cell", "gru_cell", "lstm", "gru",
-    "available_backends", "backend_status", "nn", "reference",
+    "available_backends", "backend_status", "nn", "reference", "distributed",
 ]
 
 
 def __getattr__(name):
-    # seqcore.nn needs torch; import it only when asked for, so NumPy users never load torch.
-    if name in ("nn", "reference"):
+    # seqcore.nn and seqcore.distributed need torch; import them only when asked for, so NumPy
+    # users never load torch.
+    if name in ("nn", "reference", "distributed"):
         import importlib
 
         return importlib.import_module(f"seqcore.{name}")

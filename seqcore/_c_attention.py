@@ -1,7 +1,7 @@
-"""The "c" backend, attention family: csrc/attention.c through cffi.
+"""The "c" backend, attention family: csrc/attention.c and csrc/kvcache.c through cffi.
 
-Implements attention_fwd, attention_bwd, attention_varlen_fwd, attention_varlen_bwd as
-seqcore/_problem.py describes. Dense and packed problems go to the same C entry points:
+Implements attention_fwd, attention_bwd, attention_varlen_fwd, attention_varlen_bwd and
+attention_kvcache_fwd as seqcore/_problem.py describes. Dense and packed problems go to the same C entry points:
 a dense batch is n_seq = B sequences of fixed length, a packed one passes cu_seqlens.
 """
 import numpy as np
@@ -97,3 +97,23 @@ def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
                                     ptr(lse), ptr(dq), ptr(dk), ptr(dv), ptr(None)),
              "attention_varlen_bwd")
     return dq, dk, dv
+
+
+def attention_kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, p):
+    """The caches are written in place (contiguous, in q's dtype, as the interface promises)."""
+    B, Hq, Sq, D = q.shape
+    NB, Hkv, rows, Dv = v_cache.shape
+    S_new = 0 if k_new is None else k_new.shape[2]
+    out = np.empty((B, Hq, Sq, Dv), dtype=q.dtype)
+    lse = np.empty((B, Hq, Sq), dtype=q.dtype)
+    seqlens = np.ascontiguousarray(cache_seqlens, dtype=np.int32)
+    table = None if block_table is None else np.ascontiguousarray(block_table, dtype=np.int32)
+    ptr = _c.ptr
+    _, ffi = _c.load()
+    prob = ffi.new("seqcore_kvcache_problem *", [
+        B, Hq, Hkv, Sq, D, Dv, S_new, NB, rows, 0 if table is None else table.shape[1],
+        ptr(seqlens), ptr(table), p.scale, p.softcap, p.window_left, p.window_right])
+    _c.check(_c.kernel("attention_kvcache", q.dtype)(
+        prob, ptr(q), ptr(k_cache), ptr(v_cache), ptr(k_new), ptr(v_new), ptr(out), ptr(lse)),
+        "attention_kvcache_fwd")
+    return out, lse

@@ -8,7 +8,8 @@ import numpy as np
 
 # (seqcore.reference re-exports functions under the module names, so import from the modules)
 from seqcore.reference.attention import (attention, attention_bwd_full, attention_varlen,
-                                         attention_varlen_bwd as varlen_bwd)
+                                         attention_varlen_bwd as varlen_bwd,
+                                         attention_with_kvcache)
 from seqcore.reference.recurrent import gru_bwd as ref_gru_bwd, gru_run
 from seqcore.reference.recurrent import lstm_bwd as ref_lstm_bwd, lstm_run
 
@@ -48,6 +49,13 @@ def attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p):
 def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
     grads = varlen_bwd(dout, q, k, v, cu_q, cu_k, **_attn_options(p))
     return _cast(q.dtype, *grads)
+
+
+def attention_kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, p):
+    out, lse = attention_with_kvcache(q, k_cache, v_cache, k_new, v_new,
+                                      cache_seqlens=cache_seqlens, block_table=block_table,
+                                      return_lse=True, **_attn_options(p))
+    return out.astype(q.dtype), lse.astype(_acc_dtype(q.dtype))
 
 
 # ---------------------------------------------------------------- recurrent

@@ -18,6 +18,14 @@ attention family
       q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv) contiguous; cu_* int32 (N+1,);
       out (Tq, Hq, Dv); lse (Tq, Hq).
   attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p) -> (dq, dk, dv)
+  attention_kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, p)
+      -> (out, lse)
+      q (B, Hq, Sq, D); caches dense (B, Hkv, S_max, D|Dv), or paged (num_blocks, Hkv,
+      block_size, D|Dv) with block_table int32 (B, max_blocks) (else None); k_new/v_new
+      (B, Hkv, S_new, D|Dv) or None, written into the caches IN PLACE first (at
+      cache_seqlens[b] ..); cache_seqlens int32 (B,). Contiguous, one dtype, validated
+      (lengths fit, the blocks used are in range). Sequence b attends over cache_seqlens[b]
+      + S_new keys, the band bottom-right relative to that. out/lse as attention_fwd's.
 
 recurrent family (cells are sequences of length 1)
   lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws) -> (y, h_n, c_n, ws)

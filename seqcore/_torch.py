@@ -6,6 +6,7 @@ file. Each runs one op in the "seqcore" namespace:
 
   seqcore::attention_fwd / attention_bwd                 (dense, optional additive bias)
   seqcore::attention_varlen_fwd / attention_varlen_bwd   (packed sequences)
+  seqcore::attention_kvcache_fwd                         (KV cache, written in place; no grad)
   seqcore::lstm_fwd / lstm_bwd, seqcore::gru_fwd / gru_bwd
 
 Every forward op has a fake (meta) implementation, so torch.compile and FakeTensor tracing
@@ -321,6 +322,60 @@ attention_varlen_fwd.register_autograd(_attention_varlen_backward,
 
 
 # ----------------------------------------------------------------------------------------------
+# Attention against a KV cache (inference: no autograd formula)
+
+
+def _backend_cache(backend, t):
+    """A cache as `backend` writes it in place: itself (or its NumPy view) when contiguous in a
+    dtype the backend computes in, else a contiguous copy the caller writes back."""
+    if backend == "triton":
+        return t.contiguous()
+    return np.ascontiguousarray(_to_backend(backend, t))
+
+
+def _write_back(given, used):
+    """Copy a backend's cache back into the user's tensor unless it was written in place."""
+    if isinstance(used, np.ndarray):
+        if given.dtype in (torch.float32, torch.float64) and given.is_contiguous() and \
+                np.shares_memory(used, given.detach().numpy()):
+            return
+        used = torch.from_numpy(used)
+    elif used is given:
+        return
+    with torch.no_grad():  # (rows other than the new ones round-trip exactly)
+        given.copy_(used)
+
+
+def _attention_kvcache_body(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Optional[Tensor],
+                            v_new: Optional[Tensor], cache_seqlens: Tensor,
+                            block_table: Optional[Tensor], scale: float, window_left: int,
+                            window_right: int, softcap: float, causal: bool,
+                            backend: str) -> tuple[Tensor, Tensor]:
+    """out (B, Hq, Sq, Dv) in q's dtype and lse (B, Hq, Sq); k_cache/v_cache written in place."""
+    p = _params(scale, window_left, window_right, softcap, causal)
+    caches = [_backend_cache(backend, c) for c in (k_cache, v_cache)]
+    arrays = [_to_backend(backend, t) for t in _contig(q, k_new, v_new, cache_seqlens, block_table)]
+    out, lse = getattr(_backends.module(backend, "attention"), "attention_kvcache_fwd")(
+        arrays[0], caches[0], caches[1], arrays[1], arrays[2], arrays[3], arrays[4], p)
+    for given, used in zip((k_cache, v_cache), caches):
+        _write_back(given, used)
+    outs = _Outputs(arrays + caches, q.device)
+    return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
+
+
+attention_kvcache_fwd = torch.library.custom_op(
+    "seqcore::attention_kvcache_fwd", mutates_args=("k_cache", "v_cache"))(_attention_kvcache_body)
+
+
+@attention_kvcache_fwd.register_fake
+def _attention_kvcache_fake(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, scale,
+                            window_left, window_right, softcap, causal, backend):
+    B, Hq, Sq, _ = q.shape
+    return (q.new_empty((B, Hq, Sq, v_cache.shape[-1])),
+            q.new_empty((B, Hq, Sq), dtype=_acc_dtype(q.dtype)))
+
+
+# ----------------------------------------------------------------------------------------------
 # LSTM
 
 
@@ -512,6 +567,17 @@ def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, p, backend):
     op = _attention_varlen_fwd_body if _eager_inference(q, k, v) else attention_varlen_fwd
     return op(q, k, v, cu_q, cu_k, max_q, max_k, p.scale, p.window_left, p.window_right,
               p.softcap, p.causal, backend)
+
+
+def attention_kvcache(q, k_cache, v_cache, k_new, v_new, lens, table, p, backend):
+    """(out, lse) against a KV cache; lens/table: the validated host copies of cache_seqlens
+    and block_table (int64 NumPy), moved to q's device as int32."""
+    seqlens = torch.as_tensor(lens, dtype=torch.int32).to(q.device)
+    table = None if table is None else torch.as_tensor(table, dtype=torch.int32).to(q.device)
+    op = _attention_kvcache_body if _eager_inference(q, k_cache, v_cache, k_new, v_new) \
+        else attention_kvcache_fwd
+    return op(q, k_cache, v_cache, k_new, v_new, seqlens, table, p.scale, p.window_left,
+              p.window_right, p.softcap, p.causal, backend)
 
 
 def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend):

@@ -1,4 +1,5 @@
-"""torch.nn modules over seqcore's kernels: LSTM, GRU, MultiheadSelfAttention.
+"""torch.nn modules over seqcore's kernels: LSTM, GRU, MultiheadSelfAttention, and KVCache
+(the keys and values a decoding MultiheadSelfAttention keeps between calls).
 
 LSTM and GRU are drop-in replacements for torch.nn.LSTM / torch.nn.GRU: the same constructor,
 attributes, parameter names (weight_ih_l{k}{_reverse}, ...), initialization and outputs, so a
@@ -17,7 +18,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import seqcore
 
-__all__ = ["LSTM", "GRU", "MultiheadSelfAttention"]
+__all__ = ["LSTM", "GRU", "MultiheadSelfAttention", "KVCache"]
 
 
 class _RNNBase(nn.Module):
@@ -254,15 +255,25 @@ class MultiheadSelfAttention(nn.Module):
     - causal, window, softcap, backend: passed to seqcore.attention (see API.md); the
       scale is 1 / sqrt(head_dim).
 
-    forward(x, attn_bias=None, key_padding_mask=None) -> y, the same shape as x:
+    forward(x, attn_bias=None, key_padding_mask=None, cache=None) -> y, the same shape as x:
     - x: (B, S, embed_dim), or (S, B, embed_dim) when batch_first=False.
     - attn_bias: float additive scores broadcastable to (B, num_heads, S, S) (ALiBi, or a mask
       holding -inf where attention is not allowed). Boolean masks are refused, since torch
       uses opposite conventions for them in SDPA and nn.MultiheadAttention.
     - key_padding_mask: (B, S); True (bool) marks a padding key that no query may see, as in
       nn.MultiheadAttention; a float mask is added to the scores as is.
+    - cache: a KVCache (see new_cache) for decoding: x holds each sequence's next S tokens;
+      their keys and values are appended to the cache and the queries attend over everything
+      the cache holds (seqcore.attention_with_kvcache; causal and window are relative to each
+      sequence's end). No attn_bias or key_padding_mask then.
     A query that sees no key at all outputs out_proj's bias (its attention output is zero).
     Unlike nn.MultiheadAttention, no attention weights are returned.
+
+    A generation loop:
+        cache = attn.new_cache(batch_size=B, max_seqlen=1024)
+        y = attn(prompt, cache=cache)        # prefill: (B, S_prompt, embed_dim)
+        for _ in range(steps):
+            y = attn(next_x, cache=cache)    # (B, 1, embed_dim), one token per sequence
     """
 
     def __init__(self, embed_dim, num_heads, num_kv_heads=None, bias=True, causal=False,
@@ -293,7 +304,7 @@ class MultiheadSelfAttention(nn.Module):
                 f"num_kv_heads={self.num_kv_heads}, causal={self.causal}, window={self.window}, "
                 f"softcap={self.softcap}, batch_first={self.batch_first}, backend={self.backend!r}")
 
-    def forward(self, x, attn_bias=None, key_padding_mask=None):
+    def forward(self, x, attn_bias=None, key_padding_mask=None, cache=None):
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"x must be (B, S, {self.embed_dim}) ((S, B, {self.embed_dim}) "
                              f"when batch_first=False), got {tuple(x.shape)}")
@@ -301,11 +312,24 @@ class MultiheadSelfAttention(nn.Module):
             x = x.transpose(0, 1)
         B, S, _ = x.shape
         q, k, v = self._heads(self.qkv_proj(x), B, S)
-        bias = self._scores_bias(attn_bias, key_padding_mask, B, S, x)
-        out = seqcore.attention(q, k, v, causal=self.causal, window=self.window, bias=bias,
-                                softcap=self.softcap, backend=self.backend)
+        options = dict(causal=self.causal, window=self.window, softcap=self.softcap,
+                       backend=self.backend)
+        if cache is not None:
+            if attn_bias is not None or key_padding_mask is not None:
+                raise ValueError("attn_bias and key_padding_mask are not taken with a cache")
+            out = cache.attend(q, k, v, **options)
+        else:
+            bias = self._scores_bias(attn_bias, key_padding_mask, B, S, x)
+            out = seqcore.attention(q, k, v, bias=bias, **options)
         y = self.out_proj(out.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim))
         return y if self.batch_first else y.transpose(0, 1)
+
+    def new_cache(self, batch_size, max_seqlen, *, block_size=None, num_blocks=None):
+        """An empty KVCache for this module's kv heads, head dim, dtype and device."""
+        w = self.qkv_proj.weight
+        return KVCache(batch_size, self.num_kv_heads, self.head_dim, max_seqlen,
+                       block_size=block_size, num_blocks=num_blocks, dtype=w.dtype,
+                       device=w.device)
 
     def _heads(self, qkv, B, S):
         """q (B, Hq, S, head_dim), k and v (B, Hkv, S, head_dim) from the fused projection."""
@@ -333,3 +357,89 @@ class MultiheadSelfAttention(nn.Module):
             pad = pad[:, None, None, :]
             bias = pad if bias is None else bias + pad
         return bias
+
+
+class KVCache:
+    """The keys and values of a batch of sequences being decoded, kept between calls.
+
+    KVCache(batch_size, num_kv_heads, head_dim, max_seqlen, *, block_size=None,
+            num_blocks=None, head_dim_v=None, dtype=torch.float32, device=None)
+
+    - Dense (block_size None): k and v are (batch_size, num_kv_heads, max_seqlen, head_dim).
+    - Paged (block_size a multiple of 16): k and v are (num_blocks, num_kv_heads, block_size,
+      head_dim), a pool shared by the batch (default num_blocks: enough for every sequence to
+      reach max_seqlen); block_table (batch_size, max_seqlen / block_size) int32 maps each
+      sequence's positions to blocks, which are taken from the pool as the sequence grows and
+      given back by reset().
+    - seqlens: int32 (batch_size,), the tokens each sequence holds.
+
+    attend(q, k_new, v_new, **options) appends k_new/v_new (batch_size, num_kv_heads, S_new,
+    head_dim) at each sequence's end, attends q (batch_size, Hq, Sq, head_dim) over all it
+    holds (seqcore.attention_with_kvcache; options: causal, window, softcap, scale, backend),
+    advances seqlens by S_new and returns out (batch_size, Hq, Sq, head_dim_v). Inference only:
+    no gradients flow through the cache.
+    """
+
+    def __init__(self, batch_size, num_kv_heads, head_dim, max_seqlen, *, block_size=None,
+                 num_blocks=None, head_dim_v=None, dtype=torch.float32, device=None):
+        for name, value in (("batch_size", batch_size), ("num_kv_heads", num_kv_heads),
+                            ("head_dim", head_dim), ("max_seqlen", max_seqlen)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        head_dim_v = head_dim if head_dim_v is None else head_dim_v
+        self.block_size = block_size
+        if block_size is None:
+            shape = (batch_size, num_kv_heads, max_seqlen)
+            self.block_table = None
+        else:
+            if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or \
+                    block_size <= 0 or block_size % 16:
+                raise ValueError(f"block_size must be a positive multiple of 16, got {block_size!r}")
+            per_seq = -(-max_seqlen // block_size)
+            num_blocks = batch_size * per_seq if num_blocks is None else num_blocks
+            shape = (num_blocks, num_kv_heads, block_size)
+            self.block_table = torch.zeros((batch_size, per_seq), dtype=torch.int32, device=device)
+            self._free = list(range(num_blocks - 1, -1, -1))  # a stack: block 0 is taken first
+            self._held = [[] for _ in range(batch_size)]
+        self.max_seqlen = max_seqlen
+        self.k = torch.zeros(shape + (head_dim,), dtype=dtype, device=device)
+        self.v = torch.zeros(shape + (head_dim_v,), dtype=dtype, device=device)
+        self.seqlens = torch.zeros(batch_size, dtype=torch.int32, device=device)
+        self._lens = [0] * batch_size  # (on the host: no device sync to plan the blocks)
+
+    def reset(self, batch_index=None):
+        """Empties every sequence (or one), giving its blocks back to the pool."""
+        for b in range(len(self._lens)) if batch_index is None else [batch_index]:
+            self._lens[b] = 0
+            if self.block_size is not None:
+                self._free.extend(reversed(self._held[b]))
+                self._held[b] = []
+        self.seqlens.copy_(torch.tensor(self._lens, dtype=torch.int32))
+
+    def _reserve(self, S_new):
+        """Blocks for S_new more tokens of every sequence (paged), or ValueError when full."""
+        for b, n in enumerate(self._lens):
+            if n + S_new > self.max_seqlen:
+                raise ValueError(f"sequence {b} holds {n} tokens; {S_new} more pass max_seqlen="
+                                 f"{self.max_seqlen}")
+            if self.block_size is None:
+                continue
+            need = -(-(n + S_new) // self.block_size) - len(self._held[b])
+            if need > len(self._free):
+                raise ValueError(f"the cache's {self.k.shape[0]} blocks are all taken; pass a "
+                                 f"larger num_blocks or reset() finished sequences")
+            for _ in range(need):
+                block = self._free.pop()
+                self.block_table[b, len(self._held[b])] = block
+                self._held[b].append(block)
+
+    def attend(self, q, k_new, v_new, **options):
+        S_new = k_new.shape[2]
+        self._reserve(S_new)
+        with torch.no_grad():
+            out = seqcore.attention_with_kvcache(
+                q, self.k, self.v, k_new.detach(), v_new.detach(), cache_seqlens=self.seqlens,
+                block_table=self.block_table, **options)
+        self._lens = [n + S_new for n in self._lens]
+        self.seqlens += S_new
+        return out

@@ -253,3 +253,41 @@ def test_modules_compile_fullgraph(rng, cell):
     assert_close(got, want, "float32")
     for g, w in zip(got_grads, want_grads):
         assert_close(g, w, "float32", grad=True)
+
+
+# ------------------------------------------------------------------ decoding with a KVCache
+
+
+@pytest.mark.parametrize("block_size", [None, 16], ids=["dense", "paged"])
+def test_decoding_with_a_cache_equals_the_full_causal_pass(block_size):
+    """Prefill, then one token at a time: the same outputs as one causal pass over the whole
+    sequence (GQA; a paged cache takes blocks from its pool as the sequences grow)."""
+    torch.manual_seed(0)
+    attn = snn.MultiheadSelfAttention(32, 4, num_kv_heads=2, causal=True, window=(20, 0))
+    x = torch.randn(3, 41, 32)
+    with torch.no_grad():
+        full = attn(x)
+        cache = attn.new_cache(batch_size=3, max_seqlen=48, block_size=block_size)
+        steps = [attn(x[:, :17], cache=cache)] + [attn(x[:, t:t + 1], cache=cache)
+                                                  for t in range(17, 41)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert cache.seqlens.tolist() == [41, 41, 41]
+    if block_size:
+        used = cache.block_table[:, :3].flatten().tolist()
+        assert len(set(used)) == 9  # every sequence its own blocks
+        cache.reset(1)
+        assert cache.seqlens.tolist() == [41, 0, 41]
+
+
+def test_cache_limits_are_clear_errors():
+    cache = snn.KVCache(2, 1, 8, 32, block_size=16, num_blocks=3)
+    q, kv = torch.randn(2, 2, 1, 8), torch.randn(2, 1, 20, 8)
+    with pytest.raises(ValueError, match="blocks are all taken"):
+        cache.attend(q, kv, kv)  # 2 sequences x 2 blocks > 3
+    with pytest.raises(ValueError, match="max_seqlen"):
+        snn.KVCache(1, 1, 8, 32).attend(q[:1], kv[:1].repeat(1, 1, 2, 1), kv[:1].repeat(1, 1, 2, 1))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        snn.KVCache(1, 1, 8, 32, block_size=24)
+    attn = snn.MultiheadSelfAttention(16, 2)
+    with pytest.raises(ValueError, match="with a cache"):
+        attn(torch.randn(1, 1, 16), attn_bias=torch.zeros(1, 2, 1, 1), cache=attn.new_cache(1, 4))

@@ -15,6 +15,7 @@ static void run_level(const seqcore_kernel_table *kt, check_stats *st, int threa
     check_vec_math(kt, st);
     check_gemm(kt, st);
     check_attention(kt, st);
+    check_kvcache(kt, st);
     check_recurrent(kt, st);
     printf("%-8s %d thread(s): %s (%d failures)\n", kt->isa, threads,
            st->failures == before ? "ok" : "FAILED", st->failures - before);

@@ -191,3 +191,47 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     denom = np.where(total > 0, total, 1.0)
     out = out_a * (wa / denom)[..., None] + out_b * (wb / denom)[..., None]
     return out, lse
+
+
+# ---- KV cache (decoding, chunked prefill) ----
+
+def cache_rows(b, positions, block_table=None, block_size=None):
+    """Where token positions of sequence b lie in a KV cache: index (row block, slot) pairs
+    for cache[row_block, :, slot, :]. Dense (B, Hkv, S_max, d): row block b, slot = position;
+    paged (num_blocks, Hkv, block_size, d): row block block_table[b, p // block_size], slot
+    p % block_size. (The reference's one definition of where a key row lies.)"""
+    positions = np.asarray(positions, dtype=np.int64)
+    if block_table is None:
+        return np.full_like(positions, b), positions
+    table = _ints(block_table)
+    return table[b, positions // block_size], positions % block_size
+
+
+def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, block_table=None,
+                           causal=False, window=None, softcap=None, scale=None, return_lse=False):
+    """Attention of q (B, Hq, Sq, D) over each sequence's cached keys plus the new ones.
+
+    k_cache/v_cache: dense (B, Hkv, S_max, D|Dv), or paged (num_blocks, Hkv, block_size,
+    D|Dv) with block_table (B, max_blocks). k/v (B, Hkv, S_new, D|Dv), if given, are first
+    written into the caches, in place, at positions cache_seqlens[b] ..; sequence b then has
+    L_b = cache_seqlens[b] + S_new keys, and causal/window are bottom-right relative to L_b.
+    Returns out (B, Hq, Sq, Dv) float64 (and lse (B, Hq, Sq) float64 with return_lse)."""
+    lens = _ints(cache_seqlens)
+    B, Hq, Sq, D = np.shape(q)
+    S_new = 0 if k is None else np.shape(k)[2]
+    block_size = None if block_table is None else np.shape(k_cache)[2]
+    scale = _default_scale(D, scale)
+    out = np.zeros((B, Hq, Sq, np.shape(v_cache)[-1]))
+    lse = np.full((B, Hq, Sq), -np.inf)
+    for b in range(B):
+        L = int(lens[b]) + S_new
+        if S_new:
+            blk, slot = cache_rows(b, np.arange(lens[b], L), block_table, block_size)
+            k_cache[blk, :, slot, :] = np.swapaxes(np.asarray(k[b]), 0, 1)
+            v_cache[blk, :, slot, :] = np.swapaxes(np.asarray(v[b]), 0, 1)
+        blk, slot = cache_rows(b, np.arange(L), block_table, block_size)
+        keys = np.swapaxes(_f64(k_cache[blk, :, slot, :]), 0, 1)  # (Hkv, L, D)
+        values = np.swapaxes(_f64(v_cache[blk, :, slot, :]), 0, 1)
+        out[b], lse[b] = attention(q[b], keys, values, causal=causal, scale=scale, window=window,
+                                   softcap=softcap, return_lse=True)
+    return (out, lse) if return_lse else out
