@@ -40,6 +40,7 @@ enum {
     MIN_SPLIT_KEYS = 256,  /* keys per split at least: fewer would not pay the merge */
     MAX_SPLITS = 64,
     TASKS_PER_THREAD = 4,  /* splits until there are this many tasks per thread */
+    PREFETCH_CHUNKS = 2,   /* chunks ahead the next rows are prefetched */
 };
 
 /* Cheap checks of everything the kernels index with (the API validated already). */
@@ -153,26 +154,37 @@ static int RN(scratch_alloc)(RN(kvc_scratch) *w, int64_t D, int64_t Dv) {
 }
 
 /* s[r * CHUNK + j] = q_r . k_j for the nb (<= ROW_BLOCK) rows of qb (D apart) and the nk
- * key rows of kt (D apart): each key row's vectors are loaded once for all the rows. */
+ * key rows of kt (D apart). Two keys at a time: 2 x ROW_BLOCK independent accumulators, so
+ * the FMA latency is hidden, and each key vector is loaded once for all the rows. */
 static void RN(chunk_scores)(const real *restrict qb, int64_t nb, const real *restrict kt,
                              int64_t nk, int64_t D, real *restrict s) {
     const real *qr[ROW_BLOCK];
     for (int r = 0; r < ROW_BLOCK; r++) qr[r] = qb + (r < nb ? r : nb - 1) * D;
-    for (int64_t j = 0; j < nk; j++) {
-        const real *kr = kt + j * D;
-        VEC acc[ROW_BLOCK];
-        for (int r = 0; r < ROW_BLOCK; r++) acc[r] = V(zero)();
+    for (int64_t j = 0; j < nk; j += 2) {
+        const real *k0 = kt + j * D, *k1 = kt + (j + 1 < nk ? j + 1 : j) * D;
+        VEC acc0[ROW_BLOCK], acc1[ROW_BLOCK];
+        for (int r = 0; r < ROW_BLOCK; r++) acc0[r] = acc1[r] = V(zero)();
         int64_t c = 0;
         for (; c + VL <= D; c += VL) {
-            VEC kv = V(load)(kr + c);
-            for (int r = 0; r < ROW_BLOCK; r++) acc[r] = V(fma)(V(load)(qr[r] + c), kv, acc[r]);
+            VEC a = V(load)(k0 + c), b = V(load)(k1 + c);
+            for (int r = 0; r < ROW_BLOCK; r++) {
+                VEC x = V(load)(qr[r] + c);
+                acc0[r] = V(fma)(x, a, acc0[r]);
+                acc1[r] = V(fma)(x, b, acc1[r]);
+            }
         }
-        if (c < D) {
-            VEC kv = V(load_n)(kr + c, D - c);
-            for (int r = 0; r < ROW_BLOCK; r++)
-                acc[r] = V(fma)(V(load_n)(qr[r] + c, D - c), kv, acc[r]);
+        if (c < D) {  /* the last D % VL columns: masked loads, zeros past D */
+            VEC a = V(load_n)(k0 + c, D - c), b = V(load_n)(k1 + c, D - c);
+            for (int r = 0; r < ROW_BLOCK; r++) {
+                VEC x = V(load_n)(qr[r] + c, D - c);
+                acc0[r] = V(fma)(x, a, acc0[r]);
+                acc1[r] = V(fma)(x, b, acc1[r]);
+            }
         }
-        for (int r = 0; r < nb; r++) s[r * CHUNK + j] = V(reduce_add)(acc[r]);
+        for (int r = 0; r < nb; r++) {
+            s[r * CHUNK + j] = V(reduce_add)(acc0[r]);
+            if (j + 1 < nk) s[r * CHUNK + j + 1] = V(reduce_add)(acc1[r]);
+        }
     }
 }
 
@@ -193,17 +205,44 @@ static real RN(exp_chunk)(real *restrict s, real sub) {
 #endif
 }
 
-/* o <- alpha o + sum_j p_j v_j over the chunk's nk value rows (Dv apart). */
-static void RN(chunk_pv)(const real *restrict pr, const real *restrict vt, int64_t nk,
-                         int64_t Dv, real alpha, real *restrict o) {
-    VEC a = V(set1)(alpha);
+/* o_r <- alpha_r o_r + sum_j p_rj v_j for the nb rows of ob (Dv apart) over the chunk's nk
+ * value rows (Dv apart): each value vector is loaded once for all the rows, whose
+ * accumulators are independent chains. */
+static void RN(chunk_pv)(const real *restrict p, int64_t nb, const real *restrict vt,
+                         int64_t nk, int64_t Dv, const real *alpha, real *restrict ob) {
+    const real *pr[ROW_BLOCK];
+    real *orow[ROW_BLOCK];
+    VEC a[ROW_BLOCK];
+    for (int r = 0; r < ROW_BLOCK; r++) {
+        int rr = r < nb ? r : (int)nb - 1;  /* (rows past nb repeat the last; not stored) */
+        pr[r] = p + rr * CHUNK, orow[r] = ob + rr * Dv, a[r] = V(set1)(alpha[rr]);
+    }
     for (int64_t c = 0; c < Dv; c += VL) {
         int64_t n = Dv - c;  /* the last vector is masked past Dv */
-        VEC acc = V(mul)(V(load_n)(o + c, n), a);
-        for (int64_t j = 0; j < nk; j++)
-            acc = V(fma)(V(set1)(pr[j]), V(load_n)(vt + j * Dv + c, n), acc);
-        V(store_n)(o + c, acc, n);
+        VEC acc[ROW_BLOCK];
+        for (int r = 0; r < ROW_BLOCK; r++) acc[r] = V(mul)(V(load_n)(orow[r] + c, n), a[r]);
+        if (n >= VL) {
+            for (int64_t j = 0; j < nk; j++) {
+                VEC x = V(load)(vt + j * Dv + c);
+                for (int r = 0; r < ROW_BLOCK; r++) acc[r] = V(fma)(V(set1)(pr[r][j]), x, acc[r]);
+            }
+        } else {
+            for (int64_t j = 0; j < nk; j++) {
+                VEC x = V(load_n)(vt + j * Dv + c, n);
+                for (int r = 0; r < ROW_BLOCK; r++) acc[r] = V(fma)(V(set1)(pr[r][j]), x, acc[r]);
+            }
+        }
+        for (int r = 0; r < nb; r++) V(store_n)(orow[r] + c, acc[r], n);
     }
+}
+
+/* Asks for n rows (width apart, contiguous) to be brought into cache. Decoding streams the
+ * caches from memory once per call: without this, one core read them at a third of the
+ * bandwidth a plain sequential read gets (the hardware prefetchers lose the stream at every
+ * chunk, and a paged cache's blocks are scattered). */
+static void RN(prefetch_rows)(const real *rows, int64_t n, int64_t width) {
+    const char *at = (const char *)rows, *stop = (const char *)(rows + n * width);
+    for (; at < stop; at += 64) __builtin_prefetch(at);
 }
 
 /* The keys of one task: split `split` of `n_splits` of the sequence's L keys. */
@@ -240,10 +279,16 @@ static void RN(task)(const seqcore_kvcache_problem *p, const kv_layout *kv, cons
         int64_t nk = min64(CHUNK, end - j0);  /* (rows past `end` are never read) */
         const real *kt = k_cache + kv_row(kv, b, hk, j0, D);
         const real *vt = v_cache + kv_row(kv, b, hk, j0, Dv);
+        int64_t ahead = j0 + PREFETCH_CHUNKS * CHUNK;
+        if (ahead < end) {
+            RN(prefetch_rows)(k_cache + kv_row(kv, b, hk, ahead, D), min64(CHUNK, end - ahead), D);
+            RN(prefetch_rows)(v_cache + kv_row(kv, b, hk, ahead, Dv), min64(CHUNK, end - ahead), Dv);
+        }
         for (int64_t rb = 0; rb < nr; rb += ROW_BLOCK) {
             int64_t nb = min64(ROW_BLOCK, nr - rb);
+            real alpha[ROW_BLOCK];
             RN(chunk_scores)(w->q + rb * D, nb, kt, nk, D, w->s);
-            for (int64_t r = rb; r < rb + nb; r++) {
+            for (int64_t r = rb; r < rb + nb; r++) {  /* the online softmax of each row */
                 real *s = w->s + (r - rb) * CHUNK, m_new = w->m[r];
                 for (int64_t j = 0; j < CHUNK; j++) {
                     int64_t key = j0 + j;
@@ -254,12 +299,16 @@ static void RN(task)(const seqcore_kvcache_problem *p, const kv_layout *kv, cons
                     if (p->softcap > 0) s[j] = (real)(p->softcap * TANH(s[j] / p->softcap));
                     m_new = s[j] > m_new ? s[j] : m_new;
                 }
-                if (m_new == -INFINITY) continue;  /* no key of this chunk for the row */
-                real alpha = EXP(w->m[r] - m_new);
-                w->l[r] = w->l[r] * alpha + RN(exp_chunk)(s, m_new);
+                alpha[r - rb] = 1;
+                if (m_new == -INFINITY) {  /* no key of this chunk for the row: P = 0 */
+                    for (int64_t j = 0; j < CHUNK; j++) s[j] = 0;
+                    continue;
+                }
+                alpha[r - rb] = EXP(w->m[r] - m_new);
+                w->l[r] = w->l[r] * alpha[r - rb] + RN(exp_chunk)(s, m_new);
                 w->m[r] = m_new;
-                RN(chunk_pv)(s, vt, nk, Dv, alpha, w->o + r * Dv);
             }
+            RN(chunk_pv)(w->s, nb, vt, nk, Dv, alpha, w->o + rb * Dv);
         }
     }
     for (int64_t r = 0; r < nr; r++) {
