@@ -17,6 +17,7 @@ the tensors as they are; "c" and "numpy" take NumPy arrays, which CPU tensors gi
 copy (float16/bfloat16 are widened to float32 first, since NumPy and the C kernels compute in
 float32 at least); results come back as tensors in the input dtype, on the input device.
 """
+import functools
 from typing import Optional
 
 import numpy as np
@@ -99,6 +100,126 @@ def _params(scale, window_left, window_right, softcap, causal):
 
 
 # ----------------------------------------------------------------------------------------------
+# Cheap checks of the raw ops' arguments. The public API validates everything before it calls
+# an op (and its eager path calls the op bodies directly); these guard torch.ops.seqcore.* called
+# by hand or from an exported graph, so that mismatched shapes raise instead of reading out
+# of bounds: shapes, dtypes, devices, not values (index values are checked where they are read).
+
+
+def _fail(op, what):
+    raise ValueError(f"torch.ops.seqcore.{op}: {what}")
+
+
+def _shape(op, name, t, *dims):
+    """t has len(dims) dims, each equal to the given int (None: any)."""
+    if t is None or t.dim() != len(dims) or any(d is not None and n != d for n, d in zip(t.shape, dims)):
+        want = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        _fail(op, f"{name} must have shape {want}, got {None if t is None else tuple(t.shape)}")
+
+
+def _alike(op, ref_name, ref, named, dtypes=None):
+    """Every tensor of `named` on ref's device and (unless dtypes) in ref's dtype."""
+    for name, t in named:
+        if t is None:
+            continue
+        if t.device != ref.device:
+            _fail(op, f"{name} is on {t.device} but {ref_name} on {ref.device}")
+        if (t.dtype not in dtypes) if dtypes else (t.dtype != ref.dtype):
+            _fail(op, f"{name} has dtype {t.dtype}, {ref_name} {ref.dtype}")
+
+
+def _check_attention(op, q, k, v, bias):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _shape(op, name, t, *([None] * 4))
+    B, Hq, Sq, D = q.shape
+    _shape(op, "k", k, B, None, None, D)
+    Hkv, Sk = k.shape[1], k.shape[2]
+    _shape(op, "v", v, B, Hkv, Sk, None)
+    if Hkv == 0 or Hq % Hkv:
+        _fail(op, f"query heads {Hq} must be a multiple of kv heads {Hkv}")
+    _alike(op, "q", q, [("k", k), ("v", v)])
+    if bias is not None:
+        _shape(op, "bias", bias, B, Hq, Sq, Sk)
+        _alike(op, "q", q, [("bias", bias)], dtypes=(q.dtype, torch.float32, torch.float64))
+
+
+def _check_attention_fwd(q, k, v, bias, *args, **kwargs):
+    _check_attention("attention_fwd", q, k, v, bias)
+
+
+def _check_grads_in(op, dout, out, lse, rows, Dv):
+    _shape(op, "dout", dout, *rows, Dv)
+    _shape(op, "out", out, *rows, Dv)
+    _shape(op, "lse", lse, *rows)
+
+
+def _check_varlen(op, q, k, v, cu_q, cu_k):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _shape(op, name, t, None, None, None)
+    _shape(op, "k", k, None, None, q.shape[2])
+    _shape(op, "v", v, k.shape[0], k.shape[1], None)
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        _fail(op, f"query heads {q.shape[1]} must be a multiple of kv heads {k.shape[1]}")
+    _alike(op, "q", q, [("k", k), ("v", v)])
+    _shape(op, "cu_q", cu_q, None)
+    _shape(op, "cu_k", cu_k, cu_q.shape[0])
+    if cu_q.shape[0] < 1:
+        _fail(op, "cu_q and cu_k need n_seqs + 1 >= 1 entries")
+    _alike(op, "q", q, [("cu_q", cu_q), ("cu_k", cu_k)], dtypes=(torch.int32,))
+
+
+def _check_attention_varlen_fwd(q, k, v, cu_q, cu_k, *args, **kwargs):
+    _check_varlen("attention_varlen_fwd", q, k, v, cu_q, cu_k)
+
+
+def _check_rnn(op, G, x, w_ih, w_hh, b_ih, b_hh, states, lengths):
+    _shape(op, "x", x, None, None, None)
+    T, B, I = x.shape
+    _shape(op, "w_hh", w_hh, None, None)
+    H = w_hh.shape[1]
+    _shape(op, "w_hh", w_hh, G * H, H)
+    _shape(op, "w_ih", w_ih, G * H, I)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        _shape(op, name, b, G * H)
+    for name, st in states:
+        _shape(op, name, st, B, H)
+    _alike(op, "x", x, [("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)] + states)
+    if lengths is not None:
+        _shape(op, "lengths", lengths, B)
+        if lengths.dtype not in (torch.int32, torch.int64):
+            _fail(op, f"lengths must be int32 or int64, got {lengths.dtype}")
+    return T, B, H
+
+
+def _check_lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, *args, **kwargs):
+    _check_rnn("lstm_fwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)], lengths)
+
+
+def _check_gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, *args, **kwargs):
+    _check_rnn("gru_fwd", 3, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
+
+
+def _check_rnn_grads_in(op, T, B, H, dy, finals, y, ws, ws_gates):
+    _shape(op, "dy", dy, T, B, H)
+    for name, t in finals:
+        _shape(op, name, t, B, H)
+    _shape(op, "y", y, T, B, H)
+    if ws.numel():
+        _shape(op, "ws", ws, T, B, ws_gates * H)
+
+
+def _checked_op(name, body, check, mutates_args=()):
+    """body registered as seqcore::<name>, its arguments checked first (check takes the same
+    parameters). The API's eager path calls body itself: it has validated already."""
+    @functools.wraps(body)
+    def op(*args, **kwargs):
+        check(*args, **kwargs)
+        return body(*args, **kwargs)
+
+    return torch.library.custom_op(f"seqcore::{name}", mutates_args=mutates_args)(op)
+
+
+# ----------------------------------------------------------------------------------------------
 # Gradient through lse, computed with torch ops
 #
 # The backend backward kernels take dout only. A gradient flowing into lse (merge_attention in
@@ -155,7 +276,7 @@ def _attention_fwd_body(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
 
 
-attention_fwd = torch.library.custom_op("seqcore::attention_fwd", mutates_args=())(_attention_fwd_body)
+attention_fwd = _checked_op("attention_fwd", _attention_fwd_body, _check_attention_fwd)
 
 
 @attention_fwd.register_fake
@@ -170,6 +291,8 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[
                   softcap: float, causal: bool, backend: str,
                   need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias): dbias full (B, Hq, Sq, Sk) in bias's dtype when need_dbias, else (0,)."""
+    _check_attention("attention_bwd", q, k, v, bias)
+    _check_grads_in("attention_bwd", dout, out, lse, q.shape[:3], v.shape[3])
     p = _params(scale, window_left, window_right, softcap, causal)
     tensors = _contig(dout, q, k, v) + [bias] + _contig(out, lse)
     (dq, dk, dv, dbias), outs = _run_backend(backend, "attention", "attention_bwd", tensors,
@@ -242,7 +365,8 @@ def _attention_varlen_fwd_body(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
 
 
-attention_varlen_fwd = torch.library.custom_op("seqcore::attention_varlen_fwd", mutates_args=())(_attention_varlen_fwd_body)
+attention_varlen_fwd = _checked_op("attention_varlen_fwd", _attention_varlen_fwd_body,
+                                   _check_attention_varlen_fwd)
 
 
 @attention_varlen_fwd.register_fake
@@ -257,6 +381,8 @@ def attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Te
                          max_q: int, max_k: int, out: Tensor, lse: Tensor, scale: float,
                          window_left: int, window_right: int, softcap: float, causal: bool,
                          backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    _check_varlen("attention_varlen_bwd", q, k, v, cu_q, cu_k)
+    _check_grads_in("attention_varlen_bwd", dout, out, lse, q.shape[:2], v.shape[2])
     p = _params(scale, window_left, window_right, softcap, causal)
     tensors = _contig(dout, q, k, v, cu_q, cu_k)
     (dq, dk, dv), outs = _run_backend(backend, "attention", "attention_varlen_bwd", tensors,
@@ -346,6 +472,35 @@ def _write_back(given, used):
         given.copy_(used)
 
 
+def _check_attention_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table,
+                             *args, **kwargs):
+    """Shapes as seqcore.kvcache checks them, and the index values (the Triton kernel trusts
+    them: a block index out of range would read or write outside the cache)."""
+    from seqcore import kvcache
+
+    op = "attention_kvcache_fwd"
+    if (k_new is None) != (v_new is None):
+        _fail(op, "k_new and v_new are given together or not at all")
+    try:
+        B, *_, S_new = kvcache._check_shapes(q, k_cache, v_cache, k_new, v_new,
+                                             block_table is not None)
+    except ValueError as e:
+        _fail(op, str(e))
+    _alike(op, "q", q, [("k_cache", k_cache), ("v_cache", v_cache), ("k_new", k_new),
+                        ("v_new", v_new)])
+    _shape(op, "cache_seqlens", cache_seqlens, B)
+    if block_table is not None:
+        _shape(op, "block_table", block_table, B, None)
+    _alike(op, "q", q, [("cache_seqlens", cache_seqlens), ("block_table", block_table)],
+           dtypes=(torch.int32,))
+    table = None if block_table is None else block_table.cpu().numpy().astype(np.int64)
+    try:
+        kvcache._check_positions(cache_seqlens.cpu().numpy().astype(np.int64), table,
+                                 k_cache.shape[0], k_cache.shape[2], S_new)
+    except ValueError as e:
+        _fail(op, str(e))
+
+
 def _attention_kvcache_body(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: Optional[Tensor],
                             v_new: Optional[Tensor], cache_seqlens: Tensor,
                             block_table: Optional[Tensor], scale: float, window_left: int,
@@ -363,8 +518,8 @@ def _attention_kvcache_body(q: Tensor, k_cache: Tensor, v_cache: Tensor, k_new: 
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
 
 
-attention_kvcache_fwd = torch.library.custom_op(
-    "seqcore::attention_kvcache_fwd", mutates_args=("k_cache", "v_cache"))(_attention_kvcache_body)
+attention_kvcache_fwd = _checked_op("attention_kvcache_fwd", _attention_kvcache_body,
+                                    _check_attention_kvcache, mutates_args=("k_cache", "v_cache"))
 
 
 @attention_kvcache_fwd.register_fake
@@ -401,7 +556,7 @@ def _lstm_fwd_body(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Te
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), outs.tensor(c_n, x.dtype), ws
 
 
-lstm_fwd = torch.library.custom_op("seqcore::lstm_fwd", mutates_args=())(_lstm_fwd_body)
+lstm_fwd = _checked_op("lstm_fwd", _lstm_fwd_body, _check_lstm_fwd)
 
 
 @lstm_fwd.register_fake
@@ -419,6 +574,9 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_
              reverse: bool, y: Tensor, ws: Tensor,
              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)."""
+    T, B, H = _check_rnn("lstm_bwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)],
+                         lengths)
+    _check_rnn_grads_in("lstm_bwd", T, B, H, dy, [("dh_n", dh_n), ("dc_n", dc_n)], y, ws, 5)
     tensors = _contig(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse) + tuple(
         _to_backend(backend, t) for t in _contig(y, ws))
@@ -489,7 +647,7 @@ def _gru_fwd_body(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Ten
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), ws
 
 
-gru_fwd = torch.library.custom_op("seqcore::gru_fwd", mutates_args=())(_gru_fwd_body)
+gru_fwd = _checked_op("gru_fwd", _gru_fwd_body, _check_gru_fwd)
 
 
 @gru_fwd.register_fake
@@ -506,6 +664,8 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
             b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool, y: Tensor,
             ws: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
+    T, B, H = _check_rnn("gru_bwd", 3, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
+    _check_rnn_grads_in("gru_bwd", T, B, H, dy, [("dh_n", dh_n)], y, ws, 4)
     tensors = _contig(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0)
     extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse) + tuple(
         _to_backend(backend, t) for t in _contig(y, ws))

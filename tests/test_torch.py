@@ -430,3 +430,37 @@ def test_mixing_numpy_and_torch_is_a_type_error(rng):
     a = rnn_inputs(rng, "gru", "float64")
     with pytest.raises(TypeError, match="mix NumPy arrays and torch tensors"):
         seqcore.gru(a["x"].numpy(), a["w_ih"], a["w_hh"], backend="numpy")
+
+
+# ---- the raw ops check their arguments (issue 10: they appear in exported graphs) -----------
+
+def _raw_calls():
+    """(name, call) pairs of torch.ops.seqcore.* with one mismatched argument each."""
+    z = lambda *s, dtype=torch.float32: torch.zeros(s, dtype=dtype)  # noqa: E731
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    attn = (0.3, -1, -1, 0.0, False, "c")
+    lstm = (None, False, False, "c")
+    return [
+        ("attention_fwd k/v lengths", lambda: ops.attention_fwd(z(1, 2, 3, 8), z(1, 2, 4, 8), z(1, 2, 5, 8), None, *attn)),
+        ("attention_fwd head dim", lambda: ops.attention_fwd(z(1, 2, 3, 8), z(1, 2, 4, 7), z(1, 2, 4, 8), None, *attn)),
+        ("attention_fwd heads", lambda: ops.attention_fwd(z(1, 3, 3, 8), z(1, 2, 4, 8), z(1, 2, 4, 8), None, *attn)),
+        ("attention_fwd bias", lambda: ops.attention_fwd(z(1, 2, 3, 8), z(1, 2, 4, 8), z(1, 2, 4, 8), z(1, 2, 3, 3), *attn)),
+        ("attention_fwd dtype", lambda: ops.attention_fwd(z(1, 2, 3, 8), z(1, 2, 4, 8, dtype=torch.float64), z(1, 2, 4, 8), None, *attn)),
+        ("attention_bwd lse", lambda: ops.attention_bwd(z(1, 2, 3, 8), z(1, 2, 3, 8), z(1, 2, 4, 8), z(1, 2, 4, 8), None, z(1, 2, 3, 8), z(1, 2, 2), *attn, False)),
+        ("attention_varlen_fwd cu", lambda: ops.attention_varlen_fwd(z(5, 2, 8), z(6, 2, 8), z(6, 2, 8), i32(0, 5), i32(0, 3, 6), 5, 6, *attn)),
+        ("attention_varlen_fwd v", lambda: ops.attention_varlen_fwd(z(5, 2, 8), z(6, 2, 8), z(7, 2, 8), i32(0, 5), i32(0, 6), 5, 6, *attn)),
+        ("lstm_fwd w_hh", lambda: ops.lstm_fwd(z(2, 1, 3), z(8, 3), z(8, 3), z(8), z(8), z(1, 2), z(1, 2), *lstm)),
+        ("lstm_fwd c0", lambda: ops.lstm_fwd(z(2, 1, 3), z(8, 3), z(8, 2), z(8), z(8), z(1, 2), z(1, 3), *lstm)),
+        ("lstm_fwd lengths", lambda: ops.lstm_fwd(z(2, 1, 3), z(8, 3), z(8, 2), z(8), z(8), z(1, 2), z(1, 2), z(2), False, False, "c")),
+        ("gru_fwd w_ih", lambda: ops.gru_fwd(z(2, 1, 3), z(6, 4), z(6, 2), z(6), z(6), z(1, 2), *lstm)),
+        ("gru_bwd dy", lambda: ops.gru_bwd(z(2, 1, 3), z(1, 2), z(2, 1, 3), z(6, 3), z(6, 2), z(6), z(6), z(1, 2), None, False, z(2, 1, 2), z(0), "c")),
+        ("attention_kvcache_fwd length", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None, i32(20), None, *attn)),
+        ("attention_kvcache_fwd block", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(2, 2, 16, 8), z(2, 2, 16, 8), None, None, i32(5), i32(7)[None], *attn)),
+    ]
+
+
+@pytest.mark.parametrize("name, call", _raw_calls(), ids=[n for n, _ in _raw_calls()])
+def test_raw_ops_refuse_mismatched_arguments(name, call):
+    require_backend("c")
+    with pytest.raises(ValueError, match="torch.ops.seqcore"):
+        call()
