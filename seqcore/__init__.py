@@ -6,12 +6,14 @@ The public API is described in API.md; `python -m seqcore` checks every backend 
 from seqcore._backends import available_backends, backend_status
 from seqcore.attention import attention, attention_varlen, merge_attention
 from seqcore.kvcache import attention_with_kvcache
+from seqcore.sdpa import scaled_dot_product_attention
 from seqcore.recurrent import gru, gru_cell, lstm, lstm_cell
 
 __version__ = "0.1.0"
 
 __all__ = [
     "attention", "attention_varlen", "merge_attention", "attention_with_kvcache",
+    "scaled_dot_product_attention",
     "lstm_cell", "gru_cell", "lstm", "gru",
     "available_backends", "backend_status", "nn", "reference", "distributed",
 ]
