@@ -263,6 +263,85 @@ def _lse_grad(dlse, q, k, bias, lse, visible, scale, softcap):
 
 
 # ----------------------------------------------------------------------------------------------
+# Double backward. The first-order gradients come from the backward kernels; when a backward
+# itself is to be differentiated (torch.autograd.grad(..., create_graph=True): gradient
+# penalties, MAML, Hessian-vector products) it runs as the vector-Jacobian product of a
+# composite of differentiable torch ops instead, whose own backward torch derives. Slower and
+# O(S^2) in memory for attention, O(T) Python steps for the RNNs, as the math path of torch's
+# own SDPA and RNNs is; only taken when the graph of the gradients is wanted.
+
+
+def _composite_grads(outputs, grad_outputs, inputs):
+    """d(outputs)/d(inputs) . grad_outputs with create_graph; None for inputs that need none."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if g is not None]
+    if not wanted or not pairs:
+        return [None] * len(inputs)
+    grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs],
+                                     create_graph=True, allow_unused=True))
+    return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+
+
+def _attention_math(q, k, v, bias, visible, scale, softcap):
+    """(out, lse) of attention as differentiable torch ops; visible: (Sq, Sk) bool."""
+    group = q.shape[1] // k.shape[1]
+    ke, ve = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    raw = scale * (q @ ke.transpose(-1, -2))
+    s = softcap * torch.tanh(raw / softcap) if softcap else raw
+    if bias is not None:
+        s = s + bias.to(s.dtype)
+    s = s.masked_fill(~visible, float("-inf"))
+    m = s.amax(-1, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(s - m)
+    total = e.sum(-1, keepdim=True)
+    out = (e / torch.where(total > 0, total, torch.ones_like(total))) @ ve
+    return out, (m + torch.log(total)).squeeze(-1)
+
+
+def _lstm_math(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
+    return _rnn_math("lstm", x, w_ih, w_hh, b_ih, b_hh, (h0, c0), lengths, reverse)
+
+
+def _gru_math(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse):
+    return _rnn_math("gru", x, w_ih, w_hh, b_ih, b_hh, (h0,), lengths, reverse)
+
+
+def _cell_math(cell, xt, h, c, w_ih, w_hh, b_ih, b_hh):
+    gx, gh = xt @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh
+    if cell == "lstm":
+        i, f, g, o = (gx + gh).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    (xr, xz, xn), (hr, hz, hn) = gx.chunk(3, dim=1), gh.chunk(3, dim=1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h, None
+
+
+def _rnn_math(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse):
+    """(y, h_n[, c_n]) of one layer as differentiable torch ops, step by step, with lengths
+    (an element stops at its length; y is zero past it) and reverse (each element from its own
+    last step back to its first)."""
+    T, B, _ = x.shape
+    lens = torch.full((B,), T, dtype=torch.long, device=x.device) if lengths is None \
+        else lengths.to(device=x.device, dtype=torch.long)
+    h, c = states[0], states[1] if cell == "lstm" else None
+    y = x.new_zeros((T, B, h.shape[1]))
+    rows = torch.arange(B, device=x.device)
+    for step in range(int(lens.max()) if B else 0):
+        active = step < lens
+        t = (lens - 1 - step).clamp(min=0) if reverse else torch.full_like(lens, step)
+        h_new, c_new = _cell_math(cell, x[t, rows], h, c, w_ih, w_hh, b_ih, b_hh)
+        keep = active[:, None]
+        h = torch.where(keep, h_new, h)
+        if c is not None:
+            c = torch.where(keep, c_new, c)
+        y = y.index_put((t[active], rows[active]), h_new[active])
+    return (y, h, c) if cell == "lstm" else (y, h)
+
+
+# ----------------------------------------------------------------------------------------------
 # Attention (dense)
 
 
@@ -323,6 +402,10 @@ def _attention_setup(ctx, inputs, output):
 def _attention_backward(ctx, dout, dlse):
     q, k, v, bias, out, lse = ctx.saved_tensors
     scale, window_left, window_right, softcap, causal, backend = ctx.params
+    if torch.is_grad_enabled():  # create_graph: see _composite_grads
+        visible = _band(q.shape[2], k.shape[2], window_left, window_right, q.device)
+        outs = _attention_math(q, k, v, bias, visible, scale, softcap)
+        return tuple(_composite_grads(outs, (dout, dlse), (q, k, v, bias))) + (None,) * 6
     need_dbias = bias is not None and ctx.needs_input_grad[3]
     if dout is None:
         dout = torch.zeros_like(out)
@@ -428,6 +511,12 @@ def _attention_varlen_setup(ctx, inputs, output):
 def _attention_varlen_backward(ctx, dout, dlse):
     q, k, v, cu_q, cu_k, out, lse = ctx.saved_tensors
     scale, window_left, window_right, softcap, causal, backend = ctx.params
+    if torch.is_grad_enabled():  # create_graph: one (Tq, Tk) problem masked block-diagonally
+        visible = _varlen_visible(cu_q, cu_k, q.shape[0], k.shape[0], window_left, window_right)
+        as4 = lambda t: t.transpose(0, 1)[None]  # noqa: E731 (T, H, X) -> (1, H, T, X)
+        o4, l4 = _attention_math(as4(q), as4(k), as4(v), None, visible, scale, softcap)
+        outs = (o4[0].transpose(0, 1), l4[0].transpose(0, 1))
+        return tuple(_composite_grads(outs, (dout, dlse), (q, k, v))) + (None,) * 10
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
@@ -620,6 +709,10 @@ def _lstm_setup(ctx, inputs, output):
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
     x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, y, ws = ctx.saved_tensors
     reverse, need_ws, backend = ctx.flags
+    if torch.is_grad_enabled():  # create_graph: see _composite_grads
+        inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+        outs = _lstm_math(*inputs, lengths, reverse)
+        return tuple(_composite_grads(outs, (dy, dh_n, dc_n), inputs)) + (None,) * 4
     _check_ws(need_ws, "lstm_fwd")
     dy, dh_n, dc_n = _zeros_if_none((dy, dh_n, dc_n), (y, h0, c0))
     grads = lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
@@ -686,6 +779,10 @@ def _gru_setup(ctx, inputs, output):
 def _gru_backward(ctx, dy, dh_n, _dws):
     x, w_ih, w_hh, b_ih, b_hh, h0, lengths, y, ws = ctx.saved_tensors
     reverse, need_ws, backend = ctx.flags
+    if torch.is_grad_enabled():  # create_graph: see _composite_grads
+        inputs = (x, w_ih, w_hh, b_ih, b_hh, h0)
+        outs = _gru_math(*inputs, lengths, reverse)
+        return tuple(_composite_grads(outs, (dy, dh_n), inputs)) + (None,) * 4
     _check_ws(need_ws, "gru_fwd")
     dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
     grads = gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend)

@@ -464,3 +464,57 @@ def test_raw_ops_refuse_mismatched_arguments(name, call):
     require_backend("c")
     with pytest.raises(ValueError, match="torch.ops.seqcore"):
         call()
+
+
+# ---- double backward (issue 10): gradgradcheck in float64; the first-order gradients of a
+# create_graph backward (a composite of torch ops) equal the kernels' ---------------------------
+
+def _rnn_args(rng, cell, T=3, B=2, I=2, H=3):
+    G = 4 if cell == "lstm" else 3
+    shapes = [(T, B, I), (G * H, I), (G * H, H), (G * H,), (G * H,), (B, H)] + \
+        ([(B, H)] if cell == "lstm" else [])
+    return [tensor(rng, s, requires_grad=True) for s in shapes]
+
+
+def _rnn_fn(cell, **kw):
+    fn = getattr(seqcore, cell)
+    if cell == "lstm":
+        return lambda *a: (lambda r: (r[0],) + tuple(r[1]))(fn(*a, **kw))
+    return lambda *a: fn(*a, **kw)
+
+
+def _double_backward_cases(rng):
+    q, k = tensor(rng, (1, 4, 5, 3), requires_grad=True), tensor(rng, (1, 2, 6, 3), requires_grad=True)
+    v, b = tensor(rng, (1, 2, 6, 4), requires_grad=True), tensor(rng, (1, 4, 5, 6), requires_grad=True)
+    cu_q, cu_k = torch.tensor([0, 2, 5], dtype=torch.int32), torch.tensor([0, 3, 6], dtype=torch.int32)
+    qv, kv, vv = (tensor(rng, s, requires_grad=True) for s in ((5, 4, 3), (6, 2, 3), (6, 2, 4)))
+    return [
+        ("attention causal", lambda q, k, v: seqcore.attention(q, k, v, causal=True), (q, k, v)),
+        ("attention window softcap bias",
+         lambda q, k, v, b: seqcore.attention(q, k, v, window=(2, 1), softcap=2.0, bias=b), (q, k, v, b)),
+        ("attention_varlen causal",
+         lambda q, k, v: seqcore.attention_varlen(q, k, v, cu_q, cu_k, causal=True), (qv, kv, vv)),
+        ("lstm", _rnn_fn("lstm"), tuple(_rnn_args(rng, "lstm"))),
+        ("lstm reverse lengths", _rnn_fn("lstm", reverse=True, lengths=torch.tensor([3, 1])),
+         tuple(_rnn_args(rng, "lstm"))),
+        ("gru reverse lengths", _rnn_fn("gru", reverse=True, lengths=torch.tensor([1, 3])),
+         tuple(_rnn_args(rng, "gru"))),
+        ("lstm_cell", lambda x, h, c, wi, wh: seqcore.lstm_cell(x, h, c, wi, wh),
+         tuple(tensor(rng, s, requires_grad=True) for s in ((2, 3), (2, 4), (2, 4), (16, 3), (16, 4)))),
+        ("gru_cell", lambda x, h, wi, wh: seqcore.gru_cell(x, h, wi, wh),
+         tuple(tensor(rng, s, requires_grad=True) for s in ((2, 3), (2, 4), (12, 3), (12, 4)))),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_double_backward(rng, index):
+    require_backend("c")
+    name, fn, args = _double_backward_cases(rng)[index]
+    assert torch.autograd.gradgradcheck(fn, args), name
+    outs = fn(*args)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    seeds = [torch.randn_like(o) for o in outs]
+    kernel = torch.autograd.grad(outs, args, seeds, retain_graph=True)
+    composite = torch.autograd.grad(outs, args, seeds, create_graph=True)
+    for a, b_ in zip(kernel, composite):
+        assert_close(b_.detach().numpy(), a.numpy(), "float64", grad=True, name=name)
