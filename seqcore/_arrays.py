@@ -169,6 +169,22 @@ def host_views(backend, *xs):
     return views
 
 
+def autocast_inputs(*xs):
+    """xs cast to the autocast dtype when torch.autocast is on for their device (torch tensors
+    of a floating dtype; others as they are), as torch's autocast runs SDPA and its RNNs in
+    lower precision: seqcore computes them in float32 and returns that dtype."""
+    torch = sys.modules.get("torch")
+    first = next((x for x in xs if x is not None), None)
+    if torch is None or not is_tensor(first):
+        return xs
+    device = first.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return xs
+    low = torch.get_autocast_dtype(device)
+    return tuple(x.to(low) if is_tensor(x) and x.is_floating_point() and x.dtype != low
+                 else x for x in xs)
+
+
 def direct_tensor_alloc(xs):
     """An allocator of results like xs[0] (shape -> CPU tensor) when a C kernel may read the
     tensors xs (None entries skipped) straight from their memory, else None.

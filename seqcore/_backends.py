@@ -109,13 +109,21 @@ def pick(kind, device_type, backend):
     return backend
 
 
+def compute_dtype(backend, dtype):
+    """The dtype a backend computes a call of `dtype` in: the C kernels compute float16 and
+    bfloat16 in float32 (results are returned in the call's dtype); others as given."""
+    if backend == "c" and dtype in ("float16", "bfloat16"):
+        return "float32"
+    return dtype
+
+
 def check_dtype(name, x, backend):
     """Reject dtypes the chosen backend cannot compute in."""
     dt = _arrays.dtype_name(x)
     cpu_ok = ("float16", "float32", "float64")
     gpu_ok = ("float16", "bfloat16", "float32")
     if backend in ("c", "numpy"):
-        allowed = cpu_ok + (("bfloat16",) if backend == "numpy" else ())
+        allowed = cpu_ok + ("bfloat16",)  # (only tensors have it: CPU autocast)
     elif _arrays.device_type(x) == "cuda":
         allowed = gpu_ok
     else:  # the Triton interpreter: numpy has no bfloat16; float64 is not a kernel dtype

@@ -73,13 +73,6 @@ def _check_heads(Hq, Hkv, shapes):
                          f"(q, k, v shapes {shapes})")
 
 
-def _compute_dtype(backend, dtype):
-    """float16 on the CPU backends is computed in float32 (API.md)."""
-    if backend == "c" and dtype == "float16":
-        return "float32"
-    return dtype
-
-
 def _flat_bias(bias, batch, Hq, Sq, Sk, B):
     """bias broadcast to (B, Hq, Sq, Sk) as a view (no copy unless batch dims broadcast partially)."""
     full = tuple(batch) + (Hq, Sq, Sk)
@@ -106,6 +99,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, soft
               return_lse=False, backend=None):
     """Scaled dot-product attention; see API.md. Returns out, or (out, lse) with return_lse."""
     if type(q) is not np.ndarray:
+        q, k, v, bias = _arrays.autocast_inputs(q, k, v, bias)
         host = _arrays.host_views(backend, q, k, v, bias)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (see host_views)
             return _arrays.host_results(attention(
@@ -144,7 +138,7 @@ def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, soft
     _backends.check_dtype("q", q, backend)
 
     B = math.prod(batch)  # Python ints: torch.compile traces this, np.prod it cannot
-    cdt = _compute_dtype(backend, dtype)
+    cdt = _backends.compute_dtype(backend, dtype)
     q4 = _compute_array(q, cdt, (B, Hq, Sq, D))
     k4 = _compute_array(k, cdt, (B, Hkv, Sk, D))
     v4 = _compute_array(v, cdt, (B, Hkv, Sk, Dv))
@@ -228,7 +222,7 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, 
     p = _check_options(D, causal, scale, window, softcap, return_lse)
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
     _backends.check_dtype("q", q, backend)
-    cdt = _compute_dtype(backend, dtype)
+    cdt = _backends.compute_dtype(backend, dtype)
     q3, k3, v3 = (_arrays.contiguous(_arrays.astype(x, cdt)) for x in (q, k, v))
 
     if kind == _arrays.TORCH:

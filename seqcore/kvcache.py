@@ -10,7 +10,7 @@ import numpy as np
 
 from seqcore import _arrays, _backends
 from seqcore import _validate as V
-from seqcore.attention import _check_head_dims, _check_heads, _check_options, _compute_dtype
+from seqcore.attention import _check_head_dims, _check_heads, _check_options
 
 BLOCK_ROWS_MULTIPLE = 16  # paged blocks hold a multiple of this many tokens
 
@@ -131,7 +131,7 @@ def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens
     p = _check_options(D, causal, scale, window, softcap, return_lse)
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
     _backends.check_dtype("q", q, backend)
-    cdt = _compute_dtype(backend, dtype)
+    cdt = _backends.compute_dtype(backend, dtype)
     if kind == _arrays.TORCH:
         from seqcore import _torch
 

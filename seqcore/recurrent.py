@@ -11,12 +11,6 @@ from seqcore import _validate as V
 GATES = {"lstm": 4, "gru": 3}
 
 
-def _compute_dtype(backend, dtype):
-    if backend == "c" and dtype == "float16":
-        return "float32"
-    return dtype
-
-
 def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
     """Hidden size H from the weights, checking the PyTorch layout (G*H, I), (G*H, H), (G*H,)."""
     G = GATES[cell]
@@ -70,6 +64,11 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
     # (ordered so that a NumPy call costs a few us: a cell is one step of a stream)
     given = [a for _, a in named if a is not None]
     numpy_only = all(type(a) is np.ndarray for a in given)
+    if not numpy_only:  # under torch.autocast, every float input in its lower precision
+        cast = _arrays.autocast_inputs(*(a for _, a in named))
+        named = [(n, a) for (n, _), a in zip(named, cast)]
+        (x, w_ih, w_hh, b_ih, b_hh), states = cast[:5], named[5:]
+        given = [a for _, a in named if a is not None]
     kind = _arrays.NUMPY if numpy_only else _arrays.common_kind(named)
     if seq:
         V.require_ndim("x", x, (3,), "(B, T, input_size)" if batch_first else "(T, B, input_size)")
@@ -91,7 +90,7 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
     lengths = _check_lengths(lengths, B, T, x)
     backend = _backends.pick(kind, _arrays.device_type(x), backend)
     _backends.check_dtype("x", x, backend)
-    cdt = _compute_dtype(backend, dtype)
+    cdt = _backends.compute_dtype(backend, dtype)
     G = GATES[cell]
 
     def prep(a, shape_):

@@ -518,3 +518,47 @@ def test_double_backward(rng, index):
     composite = torch.autograd.grad(outs, args, seeds, create_graph=True)
     for a, b_ in zip(kernel, composite):
         assert_close(b_.detach().numpy(), a.numpy(), "float64", grad=True, name=name)
+
+
+# ---- bfloat16 CPU tensors and CPU autocast (issue 10) -----------------------------------------
+
+def test_bfloat16_cpu_tensors_compute_in_float32(rng):
+    require_backend("c")
+    q, k, v = (tensor(rng, s, "float32") for s in ((1, 4, 9, 8), (1, 2, 11, 8), (1, 2, 11, 6)))
+    bf = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out = seqcore.attention(*bf, causal=True)
+    assert out.dtype == torch.bfloat16
+    want = reference.attention(*(f64(t.float()) for t in bf), causal=True)
+    assert_close(out.float().detach().numpy(), want, "bfloat16", name="out")
+    out.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in bf)
+    x, w_ih, w_hh = (tensor(rng, s, "float32").bfloat16() for s in ((5, 2, 3), (16, 3), (16, 4)))
+    y, _ = seqcore.lstm(x, w_ih, w_hh)
+    want_y = reference.lstm(*(f64(t.float()) for t in (x, w_ih, w_hh)))[0]
+    assert y.dtype == torch.bfloat16
+    assert_close(y.float().numpy(), want_y, "bfloat16", name="y")
+
+
+def test_cpu_autocast_trains_attention_and_lstm(rng):
+    """Under torch.autocast("cpu", torch.bfloat16), float32 modules feed bfloat16 activations to
+    seqcore: its ops take them (and cast the float32 weights, as torch's autocast does for its
+    RNNs), compute in float32 and return bfloat16; the losses match a float32 run closely."""
+    require_backend("c")
+    torch.manual_seed(0)
+    attn = seqcore.nn.MultiheadSelfAttention(16, 2, causal=True)
+    lstm = seqcore.nn.LSTM(16, 16)
+    proj = torch.nn.Linear(16, 16)
+    x = torch.randn(3, 7, 16)
+
+    def loss_of(autocast):
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            h = attn(proj(x))
+            y, _ = lstm(h.transpose(0, 1))
+        assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
+        return y.float().pow(2).mean()
+
+    low, full = loss_of(True), loss_of(False)
+    assert abs(float(low) - float(full)) <= 0.02 * abs(float(full))
+    low.backward()
+    grads = [p.grad for p in list(attn.parameters()) + list(lstm.parameters())]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
