@@ -1,5 +1,6 @@
-"""torch.nn modules over seqcore's kernels: LSTM, GRU, MultiheadSelfAttention, and KVCache
-(the keys and values a decoding MultiheadSelfAttention keeps between calls).
+"""torch.nn modules over seqcore's kernels: LSTM, GRU, MultiheadAttention (torch's
+nn.MultiheadAttention, drop-in), MultiheadSelfAttention (a fused-qkv self-attention with GQA and
+decoding), and KVCache (the keys and values a decoding MultiheadSelfAttention keeps).
 
 LSTM and GRU are drop-in replacements for torch.nn.LSTM / torch.nn.GRU: the same constructor,
 attributes, parameter names (weight_ih_l{k}{_reverse}, ...), initialization and outputs, so a
@@ -18,7 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import seqcore
 
-__all__ = ["LSTM", "GRU", "MultiheadSelfAttention", "KVCache"]
+__all__ = ["LSTM", "GRU", "MultiheadAttention", "MultiheadSelfAttention", "KVCache"]
 
 
 class _RNNBase(nn.Module):
@@ -237,6 +238,175 @@ class GRU(_RNNBase):
     mode = "GRU"
     _gates = 3
     _has_cell = False
+
+
+class MultiheadAttention(nn.Module):
+    """torch.nn.MultiheadAttention on seqcore's kernels: the same constructor, parameters
+    (in_proj_weight, or q/k/v_proj_weight when kdim/vdim differ; in_proj_bias, bias_k, bias_v,
+    out_proj), state_dict, forward signature and return values, batch_first=False by default.
+
+    MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                       add_zero_attn=False, kdim=None, vdim=None, batch_first=False,
+                       device=None, dtype=None, *, window=None, softcap=None, backend=None)
+
+    forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+            average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights)
+    - masks as torch takes them: a boolean attn_mask / key_padding_mask marks with True what
+      may NOT be attended (unlike SDPA); float masks are added to the scores; attn_mask is
+      (L, S) or (N * num_heads, L, S); is_causal is the hint that attn_mask is the causal mask
+      (it must be given, as torch requires) and then runs as seqcore's causal band.
+    - need_weights: the attention weights (averaged over heads unless average_attn_weights)
+      are computed by a separate softmax in torch ops, as torch's math path does; the output
+      itself always comes from seqcore's kernel. Pass need_weights=False to skip that cost.
+    - dropout: attention dropout is not in seqcore's kernels yet; dropout > 0 raises in
+      training mode (eval mode ignores it, as torch does).
+    - seqcore's extras, keyword-only: window (a (left, right) band, bottom-right aligned, see
+      seqcore.attention) and softcap; backend.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
+                 dtype=None, *, window=None, softcap=None, backend=None):
+        super().__init__()
+        if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be a positive multiple of "
+                             f"num_heads={num_heads}")
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        self.head_dim = embed_dim // num_heads
+        self.batch_first, self.add_zero_attn = batch_first, add_zero_attn
+        self.window, self.softcap, self.backend = window, softcap, backend
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = nn.Parameter(torch.empty((3 * embed_dim, embed_dim), **factory))
+            self.register_parameter("q_proj_weight", None)
+            self.register_parameter("k_proj_weight", None)
+            self.register_parameter("v_proj_weight", None)
+        else:
+            self.q_proj_weight = nn.Parameter(torch.empty((embed_dim, embed_dim), **factory))
+            self.k_proj_weight = nn.Parameter(torch.empty((embed_dim, self.kdim), **factory))
+            self.v_proj_weight = nn.Parameter(torch.empty((embed_dim, self.vdim), **factory))
+            self.register_parameter("in_proj_weight", None)
+        if bias:
+            self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim, **factory))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = nn.modules.linear.NonDynamicallyQuantizableLinear(
+            embed_dim, embed_dim, bias=bias, **factory)
+        if add_bias_kv:
+            self.bias_k = nn.Parameter(torch.empty((1, 1, embed_dim), **factory))
+            self.bias_v = nn.Parameter(torch.empty((1, 1, embed_dim), **factory))
+        else:
+            self.bias_k = self.bias_v = None
+        self._reset_parameters()
+
+    def _reset_parameters(self):  # (torch's initialization)
+        if self._qkv_same_embed_dim:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        else:
+            for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+                nn.init.xavier_uniform_(w)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+            nn.init.constant_(self.out_proj.bias, 0.0)
+        if self.bias_k is not None:
+            nn.init.xavier_normal_(self.bias_k)
+            nn.init.xavier_normal_(self.bias_v)
+
+    def _projections(self, query, key, value):
+        E = self.embed_dim
+        b = [None] * 3 if self.in_proj_bias is None else self.in_proj_bias.split(E)
+        if self._qkv_same_embed_dim:
+            w = self.in_proj_weight.split(E)
+        else:
+            w = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        return [F.linear(x, wi, bi) for x, wi, bi in zip((query, key, value), w, b)]
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if self.training and self.dropout > 0:
+            raise ValueError("attention dropout is not in seqcore's kernels yet: dropout > 0 "
+                             "runs only in eval mode")
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch)")
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (x.unsqueeze(1) for x in (query, key, value))
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        L, N, _ = query.shape  # (time-major from here on, as torch's functional form)
+        q, k, v = self._projections(query, key, value)
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(1, N, -1)])
+            v = torch.cat([v, self.bias_v.expand(1, N, -1)])
+        H, d = self.num_heads, self.head_dim
+        heads = lambda t: t.reshape(t.shape[0], N, H, d).permute(1, 2, 0, 3)  # noqa: E731
+        q, k, v = heads(q), heads(k), heads(v)  # (N, H, L|S, d)
+        if self.add_zero_attn:
+            k, v = (torch.cat([t, t.new_zeros(N, H, 1, d)], dim=2) for t in (k, v))
+        S = k.shape[2]
+        bias = self._mask(attn_mask, key_padding_mask, N, L, S, q)
+        causal = is_causal and key_padding_mask is None and not need_weights and L == S and \
+            self.bias_k is None and not self.add_zero_attn
+        if causal:
+            bias = None  # the hint: attn_mask is the causal mask (L == S in self-attention)
+        out = seqcore.attention(q, k, v, causal=causal, window=self.window, bias=bias,
+                                softcap=self.softcap, backend=self.backend)
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, H * d))
+        weights = self._weights(q, k, bias, average_attn_weights) if need_weights else None
+        if unbatched:
+            return out.squeeze(1), None if weights is None else weights.squeeze(0)
+        return (out.transpose(0, 1) if self.batch_first else out), weights
+
+    def _mask(self, attn_mask, key_padding_mask, N, L, S, like):
+        """One additive float mask, broadcastable to (N, H, L, S), or None."""
+        def additive(m):
+            if m.dtype == torch.bool:
+                return torch.zeros(m.shape, dtype=like.dtype, device=like.device).masked_fill(
+                    m, float("-inf"))
+            return m.to(like.dtype)
+
+        pad = 1 if self.bias_k is not None else 0
+        pad += 1 if self.add_zero_attn else 0
+        bias = None
+        if attn_mask is not None:
+            m = additive(attn_mask)
+            if m.dim() == 3:  # (N * H, L, S)
+                m = m.reshape(N, self.num_heads, *m.shape[1:])
+            bias = F.pad(m, (0, pad)) if pad else m
+        if key_padding_mask is not None:
+            kpm = additive(key_padding_mask)
+            kpm = (F.pad(kpm, (0, pad)) if pad else kpm)[:, None, None, :]
+            bias = kpm if bias is None else bias + kpm
+        if bias is not None and bias.shape[-1] != S:
+            raise ValueError(f"attn_mask / key_padding_mask cover {bias.shape[-1]} keys, the "
+                             f"attention has {S}")
+        return bias
+
+    def _weights(self, q, k, bias, average):
+        """The attention weights, by a plain softmax in torch ops (torch's math path)."""
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if self.softcap:
+            s = self.softcap * torch.tanh(s / self.softcap)
+        if bias is not None:
+            s = s + bias
+        if self.window is not None:
+            L, S = s.shape[-2:]
+            i, j = torch.arange(L)[:, None], torch.arange(S)[None, :]
+            left, right = self.window
+            off = S - L
+            seen = torch.ones(L, S, dtype=torch.bool)
+            if left >= 0:
+                seen &= j >= i + off - left
+            if right >= 0:
+                seen &= j <= i + off + right
+            s = s.masked_fill(~seen.to(s.device), float("-inf"))
+        w = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        return w.mean(dim=1) if average else w
 
 
 class MultiheadSelfAttention(nn.Module):

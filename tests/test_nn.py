@@ -291,3 +291,67 @@ def test_cache_limits_are_clear_errors():
     attn = snn.MultiheadSelfAttention(16, 2)
     with pytest.raises(ValueError, match="with a cache"):
         attn(torch.randn(1, 1, 16), attn_bias=torch.zeros(1, 2, 1, 1), cache=attn.new_cache(1, 4))
+
+
+# ------------------------------------------------------------------ MultiheadAttention (drop-in)
+
+_MHA_CASES = [  # (constructor kwargs, forward kwargs, query/key/value shapes)
+    ({}, {}, ((5, 2, 8), (7, 2, 8), (7, 2, 8))),
+    (dict(batch_first=True), {}, ((2, 5, 8), (2, 7, 8), (2, 7, 8))),
+    (dict(kdim=5, vdim=6), {}, ((5, 2, 8), (7, 2, 5), (7, 2, 6))),
+    (dict(add_bias_kv=True, add_zero_attn=True), dict(key_padding_mask="bool"), None),
+    ({}, dict(attn_mask="bool2d", average_attn_weights=False), None),
+    ({}, dict(attn_mask="float3d", need_weights=False), None),
+    ({}, dict(key_padding_mask="float"), None),
+    (dict(bias=False), dict(attn_mask="causal", is_causal=True, need_weights=False),
+     ((5, 2, 8), (5, 2, 8), (5, 2, 8))),
+    ({}, dict(attn_mask="causal", is_causal=True), ((5, 2, 8), (5, 2, 8), (5, 2, 8))),
+    ({}, {}, ((5, 8), (7, 8), (7, 8))),  # unbatched
+]
+
+
+def _mha_masks(fkw, gen):
+    made = {"bool": lambda: torch.rand(2, 7, generator=gen) > 0.7,
+            "float": lambda: torch.randn(2, 7, generator=gen, dtype=torch.float64),
+            "bool2d": lambda: torch.rand(5, 7, generator=gen) > 0.6,
+            "float3d": lambda: torch.randn(4, 5, 7, generator=gen, dtype=torch.float64),
+            "causal": lambda: torch.nn.Transformer.generate_square_subsequent_mask(5, dtype=torch.float64)}
+    return {k: made[v]() if isinstance(v, str) else v for k, v in fkw.items()}
+
+
+@pytest.mark.parametrize("index", range(len(_MHA_CASES)))
+def test_multihead_attention_is_torchs(index):
+    """torch's state dict loads; outputs, attention weights and gradients match torch's."""
+    require_backend("c")
+    kw, fkw, shapes = _MHA_CASES[index]
+    shapes = shapes or ((5, 2, 8), (7, 2, 8), (7, 2, 8))
+    gen = torch.Generator().manual_seed(index)
+    ref = torch.nn.MultiheadAttention(8, 2, dtype=torch.float64, **kw)
+    ours = snn.MultiheadAttention(8, 2, dtype=torch.float64, **kw)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    ours.load_state_dict(ref.state_dict())
+    args = [torch.randn(s, generator=gen, dtype=torch.float64, requires_grad=True) for s in shapes]
+    fkw = _mha_masks(fkw, gen)
+    want, got = ref(*args, **fkw), ours(*args, **fkw)
+    assert_close(got[0].detach().numpy(), want[0].detach().numpy(), "float64", name="out")
+    assert (got[1] is None) == (want[1] is None)
+    if want[1] is not None:
+        assert_close(got[1].detach().numpy(), want[1].detach().numpy(), "float64", name="weights")
+    params = lambda m: [p for _, p in sorted(m.named_parameters())]  # noqa: E731
+    g_want = torch.autograd.grad(want[0].sum(), args + params(ref))
+    g_got = torch.autograd.grad(got[0].sum(), args + params(ours))
+    for a, b in zip(g_got, g_want):
+        assert_close(a.numpy(), b.numpy(), "float64", grad=True, name="grad")
+
+
+def test_multihead_attention_refusals():
+    mha = snn.MultiheadAttention(8, 2, dropout=0.1)
+    x = torch.randn(3, 1, 8)
+    with pytest.raises(ValueError, match="dropout"):
+        mha(x, x, x)
+    mha.eval()
+    mha(x, x, x)  # eval mode: no dropout, as torch
+    with pytest.raises(RuntimeError, match="is_causal"):
+        mha(x, x, x, is_causal=True)
+    with pytest.raises(ValueError, match="multiple"):
+        snn.MultiheadAttention(9, 2)
