@@ -26,6 +26,18 @@ def _attention_cases(rng, dtype):
         window=(8, 2), softcap=5.0, bias=r(1, 4, 33, 40))
 
 
+def _kvcache_case(rng, dtype):
+    """A paged cache (a permuted block table), ragged lengths, two new keys, GQA, causal."""
+    def r(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    table = rng.permutation(8)[:6].reshape(3, 2).astype(np.int32)
+    lens = np.array([0, 17, 30], np.int32)
+    arrays = dict(q=r(3, 4, 2, 24), k_cache=r(8, 2, 16, 24), v_cache=r(8, 2, 16, 20),
+                  k=r(3, 2, 2, 24), v=r(3, 2, 2, 20))
+    return arrays, dict(cache_seqlens=lens, block_table=table, causal=True)
+
+
 def _recurrent_cases(rng, dtype):
     T, B, I, H = 6, 3, 5, 7
 
@@ -70,13 +82,16 @@ def _flatten_item(x):
         yield x
 
 
-def _convert(backend, arrays):
+def _convert(backend, arrays, indices=False):
+    """arrays as the backend takes them: torch tensors for "triton" (float arrays, and index
+    arrays too when `indices`)."""
     if backend != "triton":
         return arrays
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {k: torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+    kinds = "fiu" if indices else "f"
+    return {k: torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) and v.dtype.kind in kinds else v
             for k, v in arrays.items()}
 
 
@@ -86,6 +101,11 @@ def _check(backend, dtype, rng, label):
         want = reference.attention(**arrays, **opts)
         got = seqcore.attention(**_convert(backend, arrays), **_convert(backend, opts), backend=backend)
         failures += _report(label, dtype, name, lambda: _max_err(got, want))
+    arrays, index = _kvcache_case(rng, dtype)
+    want = reference.attention_with_kvcache(**{n: a.copy() for n, a in arrays.items()}, **index)
+    got = seqcore.attention_with_kvcache(**_convert(backend, arrays), **_convert(backend, index, True),
+                                         backend=backend)
+    failures += _report(label, dtype, "attention_with_kvcache (paged)", lambda: _max_err(got, want))
     for name, op, args, opts in _recurrent_cases(rng, dtype):
         want = getattr(reference, op)(*args, **opts)
         targs = tuple(_convert(backend, {"a": a})["a"] for a in args)
