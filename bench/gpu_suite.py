@@ -7,7 +7,8 @@ against torch, in ONE call on a CUDA machine.
     python bench/gpu_suite.py --dry-run       # no GPU: tiny shapes on the Triton interpreter
 
 1. checks: seqcore.attention fwd+bwd (causal, window, bias with dbias, softcap, GQA, odd dims,
-   the split-KV decode path), attention_varlen, lstm/gru sequences fwd+bwd (persistent and
+   the split-KV decode path), attention_varlen, attention_with_kvcache (dense, paged at block
+   sizes 16 and 64, appended keys, the updated caches), lstm/gru sequences fwd+bwd (persistent and
    per-step forward paths, lengths, reverse), lstm_cell/gru_cell fwd+bwd; in fp16, bf16, fp32,
    against the float64 reference on the same (rounded) inputs. Reported: the worst error as a
    fraction of the tolerance (|a - e| / (atol*max(1, max|e|) + rtol*|e|); <= 1 passes), with
@@ -16,7 +17,9 @@ against torch, in ONE call on a CUDA machine.
    S in {1k, 4k, 16k}, causal and not; seqcore "triton" vs torch SDPA flash / cuDNN / efficient.
    FLOPs as in ANCHORS.md: 4*B*H*S*S*D, halved when causal; backward 2.5x forward.
 3. decode: B32 H32 D128 bf16, one query, Sk in {4k, 16k}: GB/s of K+V read, vs torch SDPA and
-   vs a torch device-to-device copy of the same bytes.
+   vs a torch device-to-device copy of the same bytes; seqcore.attention (split-KV) and
+   attention_with_kvcache over a dense cache and paged ones (blocks of 16 and 64; issue 11's
+   bars: >= 85% of the copy bandwidth, paged within 5% of dense).
 4. rnn: LSTM/GRU sequence fwd and bwd, T=256, I=H in {256, 512, 1024}, B in {1, 8, 64, 256},
    fp32 and bf16: us/step of seqcore "triton" (auto path, and the per-step path forward) vs
    torch.nn.LSTM/GRU (cuDNN), and the ratio.
@@ -323,6 +326,48 @@ def check_cell(env, seqcore, cell, dtype):
     return check_record(f"{cell}_cell B{B} I{I} H{H}", dtype, outputs)
 
 
+def paged_copy(torch, x, block, gen):
+    """(B, H, S, d) keys as a paged cache (B * S / block, H, block, d) at a random block
+    table (B, S / block) int32: the same keys, scattered."""
+    B, H, S, d = x.shape
+    per = S // block
+    table = torch.randperm(B * per, generator=gen).reshape(B, per).to(torch.int32).to(x.device)
+    blocks = x.reshape(B, H, per, block, d).permute(0, 2, 1, 3, 4).reshape(-1, H, block, d)
+    paged = torch.empty_like(blocks)
+    paged[table.reshape(-1).long()] = blocks
+    return paged, table
+
+
+def check_kvcache(env, seqcore, dtype, block):
+    """attention_with_kvcache (Triton) against the reference: ragged lengths, two new keys
+    appended, GQA, causal; dense (block None) or paged; the updated caches too."""
+    torch = env.torch
+    rng = np.random.default_rng(seed("kvcache", dtype, block or 0))
+    B, Hq, Hkv, S, D, Sq = (2, 4, 2, 32, 16, 2) if env.dry_run else (3, 8, 2, 1024, 128, 2)
+    q = env.tensor(rng, (B, Hq, Sq, D), dtype)
+    k_cache, v_cache = (env.tensor(rng, (B, Hkv, S, D), dtype) for _ in range(2))
+    k_new, v_new = (env.tensor(rng, (B, Hkv, 2, D), dtype) for _ in range(2))
+    lens = np.array([0, S // 3, S - 2][:B], np.int32)
+    table = None
+    if block:
+        gen = torch.Generator().manual_seed(0)
+        (k_cache, table), (v_cache, _) = paged_copy(torch, k_cache, block, gen), (None, None)
+        v_cache = paged_copy(torch, env.tensor(rng, (B, Hkv, S, D), dtype), block,
+                             torch.Generator().manual_seed(0))[0]
+    want_k, want_v = f64(k_cache), f64(v_cache)
+    table_np = None if table is None else table.cpu().numpy()
+    want = seqcore.reference.attention_with_kvcache(
+        f64(q), want_k, want_v, f64(k_new), f64(v_new), cache_seqlens=lens, block_table=table_np,
+        causal=True)
+    got = seqcore.attention_with_kvcache(
+        q, k_cache, v_cache, k_new, v_new, cache_seqlens=torch.from_numpy(lens).to(env.device),
+        block_table=table, causal=True, backend="triton")
+    outputs = [("out", got, want, False), ("k_cache", k_cache, want_k, False),
+               ("v_cache", v_cache, want_v, False)]
+    return check_record(f"attention_with_kvcache {'paged' + str(block) if block else 'dense'}",
+                        dtype, outputs)
+
+
 def run_checks(env, seqcore):
     jobs = []
     for dtype in env.dtypes:
@@ -330,6 +375,9 @@ def run_checks(env, seqcore):
             jobs.append((f"attention {case[0]}", dtype,
                          lambda c=case, d=dtype: check_attention(env, seqcore, *c, d)))
         jobs.append(("attention_varlen", dtype, lambda d=dtype: check_varlen(env, seqcore, d)))
+        for block in (None, 16, 64):
+            jobs.append((f"attention_with_kvcache {block}", dtype,
+                         lambda d=dtype, b=block: check_kvcache(env, seqcore, d, b)))
         for case in rnn_cases(env):
             jobs.append((f"{case[0]} sequence", dtype,
                          lambda c=case, d=dtype: check_rnn(env, seqcore, *c, d)))
@@ -427,6 +475,17 @@ def run_decode(env, seqcore):
         nbytes = kv_bytes(B, H, Sk, D, D, k.element_size())
         shape = f"B{B} H{H} Sq1 Sk{Sk} D{D}"
         impls = attention_impls(seqcore, False, False)
+        lens = torch.full((B,), Sk, dtype=torch.int32, device=env.device)
+        impls["seqcore kvcache dense"] = lambda q, k, v: seqcore.attention_with_kvcache(
+            q, k, v, cache_seqlens=lens, backend="triton")
+        gen = torch.Generator().manual_seed(0)
+        for block in (16, 64):
+            if Sk % block:
+                continue
+            (kp, table), vp = paged_copy(torch, k, block, gen), paged_copy(torch, v, block, gen)[0]
+            impls[f"seqcore kvcache paged{block}"] = (
+                lambda q, k, v, kp=kp, vp=vp, table=table: seqcore.attention_with_kvcache(
+                    q, kp, vp, cache_seqlens=lens, block_table=table, backend="triton"))
         src = torch.empty(nbytes, dtype=torch.uint8, device=env.device)
         dst = torch.empty_like(src)
         impls["torch copy (same bytes)"] = lambda *_: dst.copy_(src)
