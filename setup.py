@@ -2,7 +2,9 @@
 
 `kernels/` is installed as `seqcore.kernels` so nothing named `kernels` lands in site-packages.
 The C kernels are compiled by csrc/build.py (one object per source and ISA level, cached in
-build/obj/); build_ext below links them into the extension.
+build/obj/); build_ext below links them into the extension. The package metadata is in
+pyproject.toml: the distribution is `seqcore-kernels` (the import name is `seqcore`), its
+version is `seqcore.__version__`, and `seqcore/py.typed` ships with it.
 """
 import importlib.util
 import os

@@ -1,7 +1,17 @@
 """seqcore: fast fused attention and LSTM/GRU kernels.
 
-Triton kernels on NVIDIA GPUs, C kernels (through cffi) on any CPU, float64 NumPy references.
-The public API is described in API.md; `python -m seqcore` checks every backend here.
+Triton kernels on NVIDIA GPUs, C kernels (through cffi) on any CPU, float64 NumPy references,
+behind one API that takes NumPy arrays and torch tensors alike:
+
+- attention: `attention`, `attention_varlen`, `attention_with_kvcache`, `merge_attention`,
+  and `scaled_dot_product_attention` (torch's SDPA signature);
+- recurrent: `lstm`, `gru`, `lstm_cell`, `gru_cell` (PyTorch's weight layout);
+- `available_backends`, `backend_status`: what runs here;
+- `seqcore.nn` (torch modules), `seqcore.distributed` (ring attention over
+  torch.distributed), `seqcore.reference` (the float64 NumPy definitions).
+
+Each function's docstring is its reference (``help(seqcore.attention)``); docs/API.md in the
+source repository collects them. ``python -m seqcore`` checks every backend here.
 """
 from seqcore._backends import available_backends, backend_status
 from seqcore.attention import attention, attention_varlen, merge_attention

@@ -5,6 +5,8 @@ Backends:
   "triton" Triton kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
   "numpy"  the float64 reference (seqcore.reference): slow, exact, anywhere.
 """
+from __future__ import annotations
+
 import functools
 import importlib.util
 import os
@@ -55,14 +57,44 @@ def _what_runs(backend):
     return "the float64 NumPy reference"
 
 
-def backend_status():
-    """{backend: what runs}: "available: ..." (for the C backend, the ISA level its kernels run
-    at) when the backend works here, else why it does not."""
+def backend_status() -> dict[str, str]:
+    """What each backend runs here, or why it cannot.
+
+    Returns
+    -------
+    dict of str to str
+        ``{"c": ..., "triton": ..., "numpy": ...}``. A backend that works here maps to
+        ``"available: ..."`` and what runs (for ``"c"``, the ISA level its kernels run at:
+        ``baseline``, ``avx2``, ``avx512`` or ``neon``; for ``"triton"``, CUDA or the
+        interpreter); one that does not maps to the reason (the C extension failed to load,
+        ``SEQCORE_CPU_ISA`` forces a level this CPU cannot run, torch or triton missing, no
+        CUDA GPU visible).
+
+    Examples
+    --------
+    >>> import seqcore
+    >>> seqcore.backend_status()["numpy"]
+    'available: the float64 NumPy reference'
+    """
     return {name: f"available: {_what_runs(name)}" if not why else why
             for name, why in _problems().items()}
 
 
-def available_backends():
+def available_backends() -> tuple[str, ...]:
+    """The backends that work here, in the order ``("c", "triton", "numpy")``.
+
+    Returns
+    -------
+    tuple of str
+        A subset of ``("c", "triton", "numpy")``; ``"numpy"`` (the float64 reference) is
+        always in it. `backend_status` says why a missing one is unavailable.
+
+    Examples
+    --------
+    >>> import seqcore
+    >>> seqcore.available_backends()    # on a CPU-only machine
+    ('c', 'numpy')
+    """
     problems = _problems()
     return tuple(name for name in BACKENDS if not problems[name])
 

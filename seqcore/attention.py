@@ -1,5 +1,8 @@
 """seqcore.attention, attention_varlen, merge_attention: validation and dispatch."""
+from __future__ import annotations
+
 import math
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -8,6 +11,10 @@ from seqcore import _validate as V
 from seqcore._problem import make_attn_params
 
 MAX_HEAD_DIM = 256
+
+Array = Any
+"""A NumPy array or a torch tensor (CPU or CUDA). The array arguments of one call are all of
+one kind and on one device, and the results are of that kind, on that device."""
 
 
 def _check_window(window):
@@ -95,9 +102,97 @@ def _flat_bias(bias, batch, Hq, Sq, Sk, B):
     return _arrays.broadcast_to(bias, (B, Hq, Sq, Sk))
 
 
-def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
-              return_lse=False, backend=None):
-    """Scaled dot-product attention; see API.md. Returns out, or (out, lse) with return_lse."""
+def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
+              scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
+              bias: Optional[Array] = None, softcap: Optional[float] = None,
+              return_lse: bool = False,
+              backend: Optional[str] = None) -> Union[Array, Tuple[Array, Array]]:
+    """Fused scaled dot-product attention, with GQA, causal and sliding-window masks.
+
+    For each query row: scores ``s = scale * q @ k.T``; with `softcap`,
+    ``s = softcap * tanh(s / softcap)``; then ``s = s + bias``; keys outside the causal /
+    window band get ``-inf``; ``out = softmax(s) @ v`` and ``lse = log(sum(exp(s)))``.
+
+    Parameters
+    ----------
+    q : array, shape (*batch, Hq, Sq, D)
+        Queries. ``*batch`` is any number of leading dims (none included), shared by q, k
+        and v; 3 to 63 dims in all.
+    k : array, shape (*batch, Hkv, Sk, D)
+        Keys. ``Hq`` must be a multiple of ``Hkv`` (grouped-query / multi-query attention):
+        query head ``h`` reads kv head ``h // (Hq // Hkv)``.
+    v : array, shape (*batch, Hkv, Sk, Dv)
+        Values. ``D`` and ``Dv`` are any sizes from 1 to 256 (not only powers of two).
+    causal : bool, default False
+        Causal mask aligned to the bottom right (as in FlashAttention): query ``i`` sees keys
+        ``j <= i + (Sk - Sq)``; the same as top-left when ``Sq == Sk``. With ``Sq > Sk`` the
+        first ``Sq - Sk`` queries see no key.
+    scale : float, optional
+        Multiplies ``q @ k.T``; default ``1 / sqrt(D)``.
+    window : (int, int), optional
+        Sliding window ``(left, right)``: query ``i`` sees keys ``j`` with
+        ``i + Sk - Sq - left <= j <= i + Sk - Sq + right``; ``-1`` means unbounded on that
+        side. Combines with `causal` (which caps ``right`` at 0).
+    bias : array, optional
+        Additive scores, float, broadcastable to ``(*batch, Hq, Sq, Sk)`` (ALiBi slopes,
+        padding masks holding ``-inf``), of the same kind and device as q.
+    softcap : float, optional
+        Positive; caps the scaled scores at ``+-softcap`` (``softcap * tanh(s / softcap)``)
+        before the bias and the masks.
+    return_lse : bool, default False
+        Also return the log-sum-exp of each query row's scores.
+    backend : {None, "c", "triton", "numpy"}, optional
+        None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy arrays and CPU tensors
+        (the ``"numpy"`` reference, with a RuntimeWarning, if the C extension is missing).
+        ``"numpy"`` runs the float64 reference (slow, exact). ``"triton"`` needs torch
+        tensors; on CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1``).
+
+    Returns
+    -------
+    out : array, shape (*batch, Hq, Sq, Dv)
+        Same kind, device and dtype as q.
+    lse : array, shape (*batch, Hq, Sq), float32
+        Only with ``return_lse``: the natural-log log-sum-exp of the scores, as
+        `merge_attention` takes it.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds, mismatched or unsupported dtypes, options of the wrong type, or
+        ``backend="triton"`` with NumPy arrays.
+    ValueError
+        Shapes that do not fit (the message names the argument and the shapes seen), a head
+        dim outside [1, 256], a bad window or softcap, an unknown backend, or inputs on
+        different devices. Everything is checked before any kernel runs.
+    RuntimeError
+        The requested backend is unavailable here (see `backend_status`).
+
+    Notes
+    -----
+    A query row that sees no key (or only keys scored ``-inf``) returns zeros, and its lse is
+    ``-inf``.
+
+    dtypes: float32 and float64 on the CPU (``"c"`` and ``"numpy"``), and float16 (and, for
+    tensors, bfloat16) there too, computed in float32 by the C kernels and returned in the
+    input dtype; float16, bfloat16 and float32 on CUDA (``"triton"``); float16 and float32
+    under the Triton interpreter. Accumulation is at least float32. Float32 matmuls in the
+    Triton kernels are exact IEEE float32 unless ``SEQCORE_TF32=1``.
+
+    torch tensors that require grad get gradients for q, k, v and bias (and through lse)
+    from the same backend's kernels; the op is registered with ``torch.library``, so
+    ``torch.compile(fullgraph=True)`` traces it. Under ``torch.autocast`` the inputs are cast
+    to the autocast dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> q = np.random.randn(2, 8, 128, 64).astype(np.float32)      # (B, Hq, Sq, D)
+    >>> k = v = np.random.randn(2, 2, 128, 64).astype(np.float32)  # (B, Hkv, Sk, D): GQA
+    >>> out, lse = seqcore.attention(q, k, v, causal=True, return_lse=True)
+    >>> out.shape, lse.shape, lse.dtype
+    ((2, 8, 128, 64), (2, 8, 128), dtype('float32'))
+    >>> out = seqcore.attention(q, k, v, window=(32, 0))  # the last 33 keys of each query
+    """
     if type(q) is not np.ndarray:
         q, k, v, bias = _arrays.autocast_inputs(q, k, v, bias)
         host = _arrays.host_views(backend, q, k, v, bias)
@@ -191,10 +286,69 @@ def _check_cu_seqlens(name, cu, total, given_max):
     return as32, longest, n_seqs
 
 
-def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, max_seqlen_k=None,
-                     causal=False, scale=None, window=None, softcap=None, return_lse=False,
-                     backend=None):
-    """Attention over packed sequences; see API.md. lse has shape (total_q, Hq)."""
+def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqlens_k: Array, *,
+                     max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None,
+                     causal: bool = False, scale: Optional[float] = None,
+                     window: Optional[Tuple[int, int]] = None, softcap: Optional[float] = None,
+                     return_lse: bool = False,
+                     backend: Optional[str] = None) -> Union[Array, Tuple[Array, Array]]:
+    """Attention over variable-length sequences packed along one dim (no padding).
+
+    Sequence ``s`` holds query rows ``cu_seqlens_q[s]:cu_seqlens_q[s+1]`` and key rows
+    ``cu_seqlens_k[s]:cu_seqlens_k[s+1]``, and attends only within itself: each sequence is
+    one `attention` call with its own ``Sq`` and ``Sk``.
+
+    Parameters
+    ----------
+    q : array, shape (total_q, Hq, D)
+        Packed queries.
+    k : array, shape (total_k, Hkv, D)
+        Packed keys; ``Hq`` a multiple of ``Hkv`` (GQA: query head ``h`` reads kv head
+        ``h // (Hq // Hkv)``).
+    v : array, shape (total_k, Hkv, Dv)
+        Packed values; ``D``, ``Dv`` from 1 to 256.
+    cu_seqlens_q, cu_seqlens_k : integer array, shape (n_seqs + 1,)
+        Cumulative sequence lengths (int32; other integer dtypes are converted), of q's kind
+        and device: start at 0, non-decreasing, end at ``total_q`` / ``total_k``. Zero-length
+        sequences are allowed.
+    max_seqlen_q, max_seqlen_k : int, optional
+        The longest query / key sequence (an upper bound is fine). By default they are read
+        from ``cu_seqlens_*`` on the host. Pass them for torch tensors under
+        ``torch.compile``, whose tracer cannot read the ``cu_seqlens`` values: the values are
+        then checked when the op runs.
+    causal, scale, window, softcap, return_lse, backend
+        As in `attention`, applied within each sequence: causal and window are aligned to the
+        bottom right of each sequence's own ``(Sq, Sk)``.
+
+    Returns
+    -------
+    out : array, shape (total_q, Hq, Dv)
+        Same kind, device and dtype as q.
+    lse : array, shape (total_q, Hq), float32
+        Only with ``return_lse``: natural-log log-sum-exp of each row's scores.
+
+    Raises
+    ------
+    TypeError
+        As in `attention`; also ``cu_seqlens_*`` that are not integer arrays of q's kind.
+    ValueError
+        As in `attention`; also ``cu_seqlens_*`` of the wrong shape or values, describing
+        different numbers of sequences, or a ``max_seqlen_*`` below the longest sequence.
+
+    Notes
+    -----
+    A query row that sees no key returns zeros with lse ``-inf``. dtypes, backends and
+    gradients (for q, k and v) are as in `attention`.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> cu = np.array([0, 3, 3, 10], dtype=np.int32)   # lengths 3, 0 and 7
+    >>> q = k = v = np.random.randn(10, 4, 64).astype(np.float32)
+    >>> out, lse = seqcore.attention_varlen(q, k, v, cu, cu, causal=True, return_lse=True)
+    >>> out.shape, lse.shape
+    ((10, 4, 64), (10, 4))
+    """
     kind = _arrays.common_kind([("q", q), ("k", k), ("v", v), ("cu_seqlens_q", cu_seqlens_q),
                                 ("cu_seqlens_k", cu_seqlens_k)])
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -238,11 +392,51 @@ def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, max_seqlen_q=None, 
     return out, _arrays.astype(lse, "float32")
 
 
-def merge_attention(out_a, lse_a, out_b, lse_b):
-    """Combine attention over two disjoint key sets: softmax-weighted by exp(lse).
+def merge_attention(out_a: Array, lse_a: Array, out_b: Array,
+                    lse_b: Array) -> Tuple[Array, Array]:
+    """Combine the attention of the same queries over two disjoint key sets.
 
-    out_*: (..., Dv); lse_*: (...) = out.shape[:-1]. A side with lse -inf contributes nothing;
-    rows where both are -inf stay zero with lse -inf. Works for both array kinds (and autograd).
+    Given the results of attention over key sets A and B (`attention` with
+    ``return_lse=True``), returns the attention over their union: ``lse = log(exp(lse_a) +
+    exp(lse_b))`` and ``out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse)``. This is
+    how split-KV decoding and ring / context-parallel attention combine partial results.
+
+    Parameters
+    ----------
+    out_a, out_b : array, shape (..., Dv)
+        The two partial outputs; one shape and one float dtype.
+    lse_a, lse_b : array, shape out_a.shape[:-1]
+        Their natural-log log-sum-exps (any float dtype; float32 as `attention` returns
+        them).
+
+    Returns
+    -------
+    out : array, shape (..., Dv)
+        In out_a's dtype.
+    lse : array, shape (...), float32
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds, non-float inputs, or out_a and out_b of different dtypes.
+    ValueError
+        Shapes that do not match, or inputs on different devices.
+
+    Notes
+    -----
+    A side whose lse is ``-inf`` (it saw no key) contributes nothing; rows where both are
+    ``-inf`` stay zero with lse ``-inf``. Computed in float32 (float64 for float64 outputs)
+    with NumPy or torch ops, so torch tensors get gradients through it; there is no backend
+    argument.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> q = np.random.randn(1, 4, 16, 64).astype(np.float32)
+    >>> k = v = np.random.randn(1, 4, 256, 64).astype(np.float32)
+    >>> a = seqcore.attention(q, k[..., :128, :], v[..., :128, :], return_lse=True)
+    >>> b = seqcore.attention(q, k[..., 128:, :], v[..., 128:, :], return_lse=True)
+    >>> out, lse = seqcore.merge_attention(*a, *b)   # = seqcore.attention(q, k, v) on all 256
     """
     kind = _arrays.common_kind([("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)])
     if _arrays.shape(out_a) != _arrays.shape(out_b):

@@ -6,11 +6,15 @@ reaches them. The caches are updated in place; a backend that computes in anothe
 needs a contiguous copy gets one, and the copy is written back whole (rows other than the
 new ones round-trip exactly).
 """
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
 import numpy as np
 
 from seqcore import _arrays, _backends
 from seqcore import _validate as V
-from seqcore.attention import _check_head_dims, _check_heads, _check_options
+from seqcore.attention import Array, _check_head_dims, _check_heads, _check_options
 
 BLOCK_ROWS_MULTIPLE = 16  # paged blocks hold a multiple of this many tokens
 
@@ -81,36 +85,84 @@ def _check_positions(lens, table, NB, rows, S_new):
                              "their new positions to one block)")
 
 
-def attention_with_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, block_table=None,
-                           causal=False, window=None, softcap=None, scale=None, return_lse=False,
-                           backend=None):
+def attention_with_kvcache(q: Array, k_cache: Array, v_cache: Array, k: Optional[Array] = None,
+                           v: Optional[Array] = None, *, cache_seqlens: Array,
+                           block_table: Optional[Array] = None, causal: bool = False,
+                           window: Optional[Tuple[int, int]] = None,
+                           softcap: Optional[float] = None, scale: Optional[float] = None,
+                           return_lse: bool = False,
+                           backend: Optional[str] = None) -> Union[Array, Tuple[Array, Array]]:
     """Attention of q against each sequence's cached keys, after appending new ones in place.
+
+    The decoding / chunked-prefill step of a generation loop: sequence ``b`` of the batch
+    holds ``cache_seqlens[b]`` keys; the new ``k``/``v`` rows are written after them, and
+    ``q[b]`` attends over all ``L_b = cache_seqlens[b] + S_new`` of them.
 
     Parameters
     ----------
-    q : (B, Hq, Sq, D) array (NumPy or torch)
-        Queries; Sq >= 1 for decoding (1) or chunked prefill.
-    k_cache, v_cache : arrays, updated in place
+    q : array, shape (B, Hq, Sq, D)
+        Queries: ``Sq = 1`` for decoding, more for chunked prefill. ``Hq`` a multiple of
+        ``Hkv`` (GQA: query head ``h`` reads kv head ``h // (Hq // Hkv)``).
+    k_cache, v_cache : array, updated in place
         Dense ``(B, Hkv, S_max, D)`` / ``(B, Hkv, S_max, Dv)``, or paged ``(num_blocks, Hkv,
-        block_size, D|Dv)`` with ``block_table``; block_size a multiple of 16.
-    k, v : (B, Hkv, S_new, D|Dv) arrays, optional
-        New keys and values, written into the caches at positions ``cache_seqlens[b] ..
-        cache_seqlens[b] + S_new - 1`` before attending. Only those rows of the caches change.
-    cache_seqlens : int32 (B,) array
-        Keys already in each sequence's cache. Sequence b attends over ``L_b = cache_seqlens[b]
-        + S_new`` keys.
-    block_table : int32 (B, max_blocks) array, optional
-        Paged caches: token position t of sequence b lives in block ``block_table[b, t //
-        block_size]``, slot ``t % block_size``. Entries past a sequence's last used block are
-        not read.
+        block_size, D)`` / ``(num_blocks, Hkv, block_size, Dv)`` with `block_table`;
+        ``block_size`` a positive multiple of 16. ``D``, ``Dv`` from 1 to 256.
+    k, v : array, shape (B, Hkv, S_new, D) and (B, Hkv, S_new, Dv), optional
+        New keys and values, given together or not at all: written into the caches at
+        positions ``cache_seqlens[b] .. cache_seqlens[b] + S_new - 1`` before attending.
+        Only those rows of the caches change.
+    cache_seqlens : integer array, shape (B,)
+        Keys already in each sequence's cache: int32 (other integer dtypes are accepted), of
+        q's kind and device, read on the host. ``cache_seqlens[b] + S_new`` must fit the
+        cache (``S_max``, or ``max_blocks * block_size``). It is not advanced: the caller
+        adds ``S_new``.
+    block_table : integer array, shape (B, max_blocks), optional
+        Paged caches (int32, of q's kind and device): token position ``t`` of sequence ``b``
+        lives in block ``block_table[b, t // block_size]``, slot ``t % block_size``. The
+        blocks a sequence uses must be in ``[0, num_blocks)``, and no two sequences may write
+        one slot; entries past a sequence's last used block are not read.
     causal, window, softcap, scale, return_lse, backend
-        As in `attention`; causal and window are aligned to the bottom right of each
-        sequence's own L_b (query i sees keys up to ``L_b - Sq + i``).
+        As in `attention`. causal and window are aligned to the bottom right of each
+        sequence's own ``L_b``: query ``i`` sits at position ``L_b - Sq + i``, and with
+        `causal` sees keys up to it.
 
     Returns
     -------
-    out : (B, Hq, Sq, Dv) array in q's dtype; with ``return_lse``, also lse (B, Hq, Sq) float32.
-    No gradients: this is an inference op.
+    out : array, shape (B, Hq, Sq, Dv)
+        In q's kind, device and dtype.
+    lse : array, shape (B, Hq, Sq), float32
+        Only with ``return_lse``: natural-log log-sum-exp of each row's scores.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes (q, the caches, k and v share one), index arrays that
+        are not integers, or only one of k and v.
+    ValueError
+        Shapes that do not fit, lengths past the cache's capacity, block indices out of
+        range, two sequences writing one cache slot, or inputs on different devices. All of
+        it is checked before anything is written.
+
+    Notes
+    -----
+    An inference op: no gradients flow through it. A query row that sees no key returns
+    zeros with lse ``-inf``. dtypes and backends as in `attention`; a backend that computes
+    in another dtype than the caches' (float16 on the C backend) works on a copy that is
+    written back whole, the rows other than the new ones round-tripping exactly.
+    `seqcore.nn.KVCache` keeps the caches, lengths and block table of a generation loop.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> B, Hq, Hkv, D, S_max = 2, 8, 2, 64, 256
+    >>> k_cache = np.zeros((B, Hkv, S_max, D), np.float32)
+    >>> v_cache = np.zeros((B, Hkv, S_max, D), np.float32)
+    >>> lens = np.array([10, 3], dtype=np.int32)                 # keys already cached
+    >>> q = np.random.randn(B, Hq, 1, D).astype(np.float32)     # one new token each
+    >>> k = v = np.random.randn(B, Hkv, 1, D).astype(np.float32)
+    >>> out = seqcore.attention_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=lens,
+    ...                                      causal=True)
+    >>> lens += 1
     """
     named = [("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v),
              ("cache_seqlens", cache_seqlens), ("block_table", block_table)]

@@ -68,14 +68,16 @@ class _RNNBase(nn.Module):
             self._flat_weights_names.append(name)
 
     def reset_parameters(self):
-        """torch's init: every weight and bias uniform in +-1/sqrt(hidden_size)."""
+        """Re-initialize every weight and bias uniform in ``+-1/sqrt(hidden_size)`` (torch's
+        init)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
 
     @property
     def all_weights(self):
-        """[[w_ih, w_hh, b_ih, b_hh], ...] per layer and direction, like torch's."""
+        """``[[w_ih, w_hh, b_ih, b_hh], ...]`` per layer and direction, as torch's (without
+        the biases when ``bias=False``)."""
         per = 4 if self.bias else 2
         flat = [getattr(self, name) for name in self._flat_weights_names]
         return [flat[i:i + per] for i in range(0, len(flat), per)]
@@ -98,12 +100,38 @@ class _RNNBase(nn.Module):
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self, input, hx=None):
-        """(output, h_n) for GRU, (output, (h_n, c_n)) for LSTM, exactly as torch.nn.GRU/LSTM.
+        """Run every layer over a sequence, exactly as ``torch.nn.LSTM`` / ``torch.nn.GRU``.
 
-        input: (T, B, input_size) ((B, T, input_size) with batch_first), an unbatched
-        (T, input_size), or a PackedSequence (then output is one too, sharing its batch_sizes).
-        hx: h_0 (num_layers * num_directions, B, hidden_size) for GRU, (h_0, c_0) for LSTM,
-        (num_layers * num_directions, hidden_size) for unbatched input; zeros when None.
+        ``D`` below is 2 if bidirectional else 1, ``H`` the hidden size.
+
+        Parameters
+        ----------
+        input : torch.Tensor or PackedSequence
+            ``(T, B, input_size)`` (``(B, T, input_size)`` with ``batch_first``), an
+            unbatched ``(T, input_size)``, or a ``PackedSequence`` (its lengths go to the
+            kernels, so padding is never read; the output is then one too, sharing its
+            ``batch_sizes``).
+        hx : torch.Tensor or (torch.Tensor, torch.Tensor), optional
+            GRU: ``h_0``; LSTM: ``(h_0, c_0)``. Each ``(num_layers * D, B, H)``, or
+            ``(num_layers * D, H)`` for unbatched input; zeros when None.
+
+        Returns
+        -------
+        output : torch.Tensor or PackedSequence
+            ``(T, B, D * H)`` (``(B, T, D * H)`` with ``batch_first``, ``(T, D * H)``
+            unbatched): the last layer's hidden state at every step, the directions
+            concatenated.
+        h_n : torch.Tensor, shape (num_layers * D, B, H)
+            GRU: the final hidden state of every layer and direction. LSTM returns
+            ``(h_n, c_n)`` in its place, both of that shape.
+
+        Raises
+        ------
+        ValueError
+            input that is not 2-d, 3-d or packed, or of the wrong feature size; states of the
+            wrong shape.
+        TypeError
+            hx of the wrong structure (LSTM: a pair of tensors; GRU: a tensor).
         """
         x, lengths, unbatched = self._time_major(input)
         states = self._initial_states(hx, x.shape[1], unbatched, x)
@@ -204,13 +232,70 @@ def _repack(padded, lengths, like):
 
 
 class LSTM(_RNNBase):
-    """torch.nn.LSTM on seqcore.lstm: same arguments, parameters, init and outputs.
+    """torch.nn.LSTM on `seqcore.lstm`: same arguments, parameters, init and outputs.
 
-    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-         bidirectional=False, proj_size=0, device=None, dtype=None, backend=None)
-    proj_size other than 0 raises ValueError (not supported). backend: as for seqcore.lstm
-    (None picks "triton" for CUDA tensors, "c" for CPU ones).
-    forward(input, hx=None) -> (output, (h_n, c_n)).
+    A drop-in replacement for ``torch.nn.LSTM``: the same constructor, attributes,
+    parameter names (``weight_ih_l{k}{_reverse}``, ...), initialization and outputs, so a
+    ``state_dict`` moves between the two in both directions.
+
+    Parameters
+    ----------
+    input_size : int
+        Features of the input, ``I``.
+    hidden_size : int
+        Features of the hidden state, ``H``.
+    num_layers : int, default 1
+        Stacked layers; layer ``k > 0`` takes the previous layer's output, ``D * H``
+        features (``D = 2`` if bidirectional, else 1).
+    bias : bool, default True
+        Whether each layer has ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    batch_first : bool, default False
+        Input and output are ``(B, T, .)`` instead of ``(T, B, .)`` (the states are not).
+    dropout : float, default 0.0
+        Dropout on the outputs of every layer but the last, in training mode only (a warning
+        with ``num_layers=1``, where it does nothing).
+    bidirectional : bool, default False
+        Add a reverse direction to every layer (the ``*_reverse`` parameters); the outputs
+        of the two directions are concatenated.
+    proj_size : int, default 0
+        Only 0: any other value raises ValueError (not supported).
+    device, dtype : optional
+        Of the parameters, as for any torch module.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As for `seqcore.lstm` (None picks ``"triton"`` for CUDA tensors, ``"c"`` for CPU
+        ones).
+
+    Attributes
+    ----------
+    weight_ih_l{k}, weight_hh_l{k} : torch.nn.Parameter
+        Layer ``k``'s weights, ``(4*H, I)`` (``(4*H, D*H)`` for ``k > 0``) and
+        ``(4*H, H)``, gates ``i, f, g, o``; ``weight_ih_l{k}_reverse``, ... for the reverse
+        direction.
+    bias_ih_l{k}, bias_hh_l{k} : torch.nn.Parameter
+        ``(4*H,)`` each, with ``bias=True``.
+
+    Raises
+    ------
+    ValueError
+        Sizes that are not positive ints, ``proj_size != 0``, or dropout outside [0, 1].
+
+    Notes
+    -----
+    Every weight and bias is initialized uniform in ``+-1/sqrt(hidden_size)``, as torch does.
+    Each layer and direction is one `seqcore.lstm` call (the reverse direction with
+    ``reverse=True``, and the lengths of a ``PackedSequence`` so that padding is never read);
+    gradients flow through seqcore's kernels.
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> ref = torch.nn.LSTM(32, 64, num_layers=2, bidirectional=True)
+    >>> lstm = seqcore.nn.LSTM(32, 64, num_layers=2, bidirectional=True)
+    >>> lstm.load_state_dict(ref.state_dict())
+    <All keys matched successfully>
+    >>> out, (h_n, c_n) = lstm(torch.randn(50, 4, 32))
+    >>> out.shape, h_n.shape
+    (torch.Size([50, 4, 128]), torch.Size([4, 4, 64]))
     """
 
     mode = "LSTM"
@@ -228,11 +313,65 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """torch.nn.GRU on seqcore.gru: same arguments, parameters, init and outputs.
+    """torch.nn.GRU on `seqcore.gru`: same arguments, parameters, init and outputs.
 
-    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, device=None, dtype=None, backend=None)
-    forward(input, hx=None) -> (output, h_n).
+    A drop-in replacement for ``torch.nn.GRU``: the same constructor, attributes, parameter
+    names (``weight_ih_l{k}{_reverse}``, ...), initialization and outputs, so a
+    ``state_dict`` moves between the two in both directions.
+
+    Parameters
+    ----------
+    input_size : int
+        Features of the input, ``I``.
+    hidden_size : int
+        Features of the hidden state, ``H``.
+    num_layers : int, default 1
+        Stacked layers; layer ``k > 0`` takes the previous layer's output, ``D * H``
+        features (``D = 2`` if bidirectional, else 1).
+    bias : bool, default True
+        Whether each layer has ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    batch_first : bool, default False
+        Input and output are ``(B, T, .)`` instead of ``(T, B, .)`` (the states are not).
+    dropout : float, default 0.0
+        Dropout on the outputs of every layer but the last, in training mode only (a warning
+        with ``num_layers=1``, where it does nothing).
+    bidirectional : bool, default False
+        Add a reverse direction to every layer (the ``*_reverse`` parameters); the outputs
+        of the two directions are concatenated.
+    device, dtype : optional
+        Of the parameters, as for any torch module.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As for `seqcore.gru` (None picks ``"triton"`` for CUDA tensors, ``"c"`` for CPU
+        ones).
+
+    Attributes
+    ----------
+    weight_ih_l{k}, weight_hh_l{k} : torch.nn.Parameter
+        Layer ``k``'s weights, ``(3*H, I)`` (``(3*H, D*H)`` for ``k > 0``) and
+        ``(3*H, H)``, gates ``r, z, n``; ``weight_ih_l{k}_reverse``, ... for the reverse
+        direction.
+    bias_ih_l{k}, bias_hh_l{k} : torch.nn.Parameter
+        ``(3*H,)`` each, with ``bias=True``.
+
+    Raises
+    ------
+    ValueError
+        Sizes that are not positive ints, or dropout outside [0, 1].
+
+    Notes
+    -----
+    Every weight and bias is initialized uniform in ``+-1/sqrt(hidden_size)``, as torch does.
+    Each layer and direction is one `seqcore.gru` call (the reverse direction with
+    ``reverse=True``, and the lengths of a ``PackedSequence`` so that padding is never read);
+    gradients flow through seqcore's kernels.
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> gru = seqcore.nn.GRU(32, 64, batch_first=True)
+    >>> out, h_n = gru(torch.randn(4, 50, 32))
+    >>> out.shape, h_n.shape
+    (torch.Size([4, 50, 64]), torch.Size([1, 4, 64]))
     """
 
     mode = "GRU"
@@ -241,27 +380,56 @@ class GRU(_RNNBase):
 
 
 class MultiheadAttention(nn.Module):
-    """torch.nn.MultiheadAttention on seqcore's kernels: the same constructor, parameters
-    (in_proj_weight, or q/k/v_proj_weight when kdim/vdim differ; in_proj_bias, bias_k, bias_v,
-    out_proj), state_dict, forward signature and return values, batch_first=False by default.
+    """torch.nn.MultiheadAttention on seqcore's kernels.
 
-    MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
-                       add_zero_attn=False, kdim=None, vdim=None, batch_first=False,
-                       device=None, dtype=None, *, window=None, softcap=None, backend=None)
+    A drop-in replacement: the same constructor, parameters (``in_proj_weight``, or
+    ``q_proj_weight`` / ``k_proj_weight`` / ``v_proj_weight`` when kdim or vdim differ from
+    embed_dim; ``in_proj_bias``, ``bias_k``, ``bias_v``, ``out_proj``), initialization,
+    ``state_dict``, forward signature and return values; ``batch_first=False`` by default.
 
-    forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-            average_attn_weights=True, is_causal=False) -> (attn_output, attn_weights)
-    - masks as torch takes them: a boolean attn_mask / key_padding_mask marks with True what
-      may NOT be attended (unlike SDPA); float masks are added to the scores; attn_mask is
-      (L, S) or (N * num_heads, L, S); is_causal is the hint that attn_mask is the causal mask
-      (it must be given, as torch requires) and then runs as seqcore's causal band.
-    - need_weights: the attention weights (averaged over heads unless average_attn_weights)
-      are computed by a separate softmax in torch ops, as torch's math path does; the output
-      itself always comes from seqcore's kernel. Pass need_weights=False to skip that cost.
-    - dropout: attention dropout is not in seqcore's kernels yet; dropout > 0 raises in
-      training mode (eval mode ignores it, as torch does).
-    - seqcore's extras, keyword-only: window (a (left, right) band, bottom-right aligned, see
-      seqcore.attention) and softcap; backend.
+    Parameters
+    ----------
+    embed_dim : int
+        Model width ``E``; a positive multiple of num_heads (head dim ``E // num_heads``).
+    num_heads : int
+        Attention heads.
+    dropout : float, default 0.0
+        Attention dropout is not in seqcore's kernels yet: with ``dropout > 0`` forward
+        raises ValueError in training mode (eval mode ignores it, as torch does).
+    bias : bool, default True
+        Biases on the input and output projections.
+    add_bias_kv : bool, default False
+        Learned ``bias_k`` / ``bias_v`` rows appended to the keys and values.
+    add_zero_attn : bool, default False
+        A zero key and value appended.
+    kdim, vdim : int, optional
+        Feature sizes of key and value (default embed_dim).
+    batch_first : bool, default False
+        Inputs and output are ``(N, L, E)`` instead of ``(L, N, E)``.
+    device, dtype : optional
+        Of the parameters.
+    window : (int, int), optional
+        seqcore's extra, keyword-only: a ``(left, right)`` sliding-window band, bottom-right
+        aligned, ``-1`` unbounded, as in `seqcore.attention`.
+    softcap : float, optional
+        seqcore's extra, keyword-only: score capping, as in `seqcore.attention`.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `seqcore.attention`.
+
+    Raises
+    ------
+    ValueError
+        embed_dim not a positive multiple of num_heads.
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> ref = torch.nn.MultiheadAttention(256, 8)
+    >>> mha = seqcore.nn.MultiheadAttention(256, 8)
+    >>> mha.load_state_dict(ref.state_dict())
+    <All keys matched successfully>
+    >>> x = torch.randn(100, 4, 256)                         # (L, N, E)
+    >>> out, _ = mha(x, x, x, need_weights=False)
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
@@ -326,6 +494,48 @@ class MultiheadAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
+        """Attention of query over key / value, as ``torch.nn.MultiheadAttention.forward``.
+
+        Parameters
+        ----------
+        query : torch.Tensor, shape (L, N, E)
+            ``(N, L, E)`` with ``batch_first``, ``(L, E)`` unbatched.
+        key : torch.Tensor, shape (S, N, kdim)
+            Keys, in query's layout.
+        value : torch.Tensor, shape (S, N, vdim)
+            Values, in query's layout.
+        key_padding_mask : torch.Tensor, shape (N, S), optional
+            Boolean: True marks a key that may NOT be attended (unlike SDPA's masks);
+            float: added to the scores.
+        need_weights : bool, default True
+            Also return the attention weights. They are computed by a separate softmax in
+            torch ops, as torch's math path does (the output itself always comes from
+            seqcore's kernel); pass False to skip that cost.
+        attn_mask : torch.Tensor, shape (L, S) or (N * num_heads, L, S), optional
+            Boolean (True: may NOT be attended) or float (added to the scores).
+        average_attn_weights : bool, default True
+            Average the returned weights over the heads.
+        is_causal : bool, default False
+            The hint that attn_mask is the causal mask: attn_mask must still be given (as
+            torch requires); when the call allows it (no key_padding_mask, no weights
+            needed, ``L == S``, no bias_kv or zero_attn) it runs as seqcore's causal band
+            instead of reading the mask.
+
+        Returns
+        -------
+        attn_output : torch.Tensor, shape (L, N, E)
+            ``(N, L, E)`` with ``batch_first``, ``(L, E)`` unbatched.
+        attn_weights : torch.Tensor or None
+            ``(N, L, S)`` averaged over heads, or ``(N, num_heads, L, S)``; None unless
+            need_weights.
+
+        Raises
+        ------
+        ValueError
+            ``dropout > 0`` in training mode; masks that do not cover the keys.
+        RuntimeError
+            is_causal without attn_mask.
+        """
         if self.training and self.dropout > 0:
             raise ValueError("attention dropout is not in seqcore's kernels yet: dropout > 0 "
                              "runs only in eval mode")
@@ -410,40 +620,56 @@ class MultiheadAttention(nn.Module):
 
 
 class MultiheadSelfAttention(nn.Module):
-    """Self-attention over seqcore.attention: a fused qkv projection, attention, an output projection.
+    """Self-attention over `seqcore.attention`: a fused qkv projection, attention, an
+    output projection; grouped-query heads, and decoding with a `KVCache`.
 
-    MultiheadSelfAttention(embed_dim, num_heads, num_kv_heads=None, bias=True, causal=False,
-                           window=None, softcap=None, batch_first=True, device=None,
-                           dtype=None, backend=None)
+    Parameters
+    ----------
+    embed_dim : int
+        Model width; a multiple of num_heads, and ``head_dim = embed_dim // num_heads``.
+    num_heads : int
+        Query heads.
+    num_kv_heads : int, optional
+        Key / value heads (default num_heads), for grouped-query attention: it must divide
+        num_heads, and query head ``h`` reads kv head ``h // (num_heads // num_kv_heads)``.
+    bias : bool, default True
+        Biases on both projections.
+    causal : bool, default False
+        Passed to `seqcore.attention` (bottom-right aligned).
+    window : (int, int), optional
+        Passed to `seqcore.attention`.
+    softcap : float, optional
+        Passed to `seqcore.attention`. The scale is ``1 / sqrt(head_dim)``.
+    batch_first : bool, default True
+        x is ``(B, S, embed_dim)``; ``(S, B, embed_dim)`` when False.
+    device, dtype : optional
+        Of the parameters.
+    backend : {None, "c", "triton", "numpy"}, optional
+        Passed to `seqcore.attention`.
 
-    - head_dim = embed_dim // num_heads (embed_dim must be a multiple of num_heads).
-    - num_kv_heads (default num_heads) gives grouped-query attention: it must divide
-      num_heads, and query head h reads kv head h // (num_heads // num_kv_heads).
-    - Parameters: qkv_proj, an nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * head_dim)
-      whose output rows are [q heads | k heads | v heads], each head head_dim wide; out_proj,
-      an nn.Linear(num_heads * head_dim, embed_dim). Both have biases when bias=True.
-    - causal, window, softcap, backend: passed to seqcore.attention (see API.md); the
-      scale is 1 / sqrt(head_dim).
+    Attributes
+    ----------
+    qkv_proj : torch.nn.Linear
+        ``nn.Linear(embed_dim, (num_heads + 2 * num_kv_heads) * head_dim)``, whose output
+        rows are ``[q heads | k heads | v heads]``, each head head_dim wide.
+    out_proj : torch.nn.Linear
+        ``nn.Linear(num_heads * head_dim, embed_dim)``.
 
-    forward(x, attn_bias=None, key_padding_mask=None, cache=None) -> y, the same shape as x:
-    - x: (B, S, embed_dim), or (S, B, embed_dim) when batch_first=False.
-    - attn_bias: float additive scores broadcastable to (B, num_heads, S, S) (ALiBi, or a mask
-      holding -inf where attention is not allowed). Boolean masks are refused, since torch
-      uses opposite conventions for them in SDPA and nn.MultiheadAttention.
-    - key_padding_mask: (B, S); True (bool) marks a padding key that no query may see, as in
-      nn.MultiheadAttention; a float mask is added to the scores as is.
-    - cache: a KVCache (see new_cache) for decoding: x holds each sequence's next S tokens;
-      their keys and values are appended to the cache and the queries attend over everything
-      the cache holds (seqcore.attention_with_kvcache; causal and window are relative to each
-      sequence's end). No attn_bias or key_padding_mask then.
-    A query that sees no key at all outputs out_proj's bias (its attention output is zero).
-    Unlike nn.MultiheadAttention, no attention weights are returned.
+    Raises
+    ------
+    ValueError
+        Sizes that are not positive ints, embed_dim not a multiple of num_heads, or
+        num_heads not a multiple of num_kv_heads.
 
+    Examples
+    --------
     A generation loop:
-        cache = attn.new_cache(batch_size=B, max_seqlen=1024)
-        y = attn(prompt, cache=cache)        # prefill: (B, S_prompt, embed_dim)
-        for _ in range(steps):
-            y = attn(next_x, cache=cache)    # (B, 1, embed_dim), one token per sequence
+
+    >>> attn = seqcore.nn.MultiheadSelfAttention(512, 8, num_kv_heads=2, causal=True)
+    >>> cache = attn.new_cache(batch_size=B, max_seqlen=1024)
+    >>> y = attn(prompt, cache=cache)        # prefill: (B, S_prompt, embed_dim)
+    >>> for _ in range(steps):
+    ...     y = attn(next_x, cache=cache)    # (B, 1, embed_dim), one token per sequence
     """
 
     def __init__(self, embed_dim, num_heads, num_kv_heads=None, bias=True, causal=False,
@@ -475,6 +701,41 @@ class MultiheadSelfAttention(nn.Module):
                 f"softcap={self.softcap}, batch_first={self.batch_first}, backend={self.backend!r}")
 
     def forward(self, x, attn_bias=None, key_padding_mask=None, cache=None):
+        """Self-attention of x; y has x's shape.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (B, S, embed_dim)
+            ``(S, B, embed_dim)`` when ``batch_first=False``.
+        attn_bias : torch.Tensor, optional
+            Float additive scores broadcastable to ``(B, num_heads, S, S)`` (ALiBi, or a
+            mask holding ``-inf`` where attention is not allowed). Boolean masks are refused,
+            since torch uses opposite conventions for them in SDPA and
+            nn.MultiheadAttention.
+        key_padding_mask : torch.Tensor, shape (B, S), optional
+            Boolean: True marks a padding key that no query may see, as in
+            nn.MultiheadAttention; float: added to the scores as is.
+        cache : KVCache, optional
+            For decoding (see `new_cache`): x holds each sequence's next S tokens; their keys
+            and values are appended to the cache and the queries attend over everything the
+            cache holds (`seqcore.attention_with_kvcache`; causal and window are relative to
+            each sequence's end). No attn_bias or key_padding_mask then.
+
+        Returns
+        -------
+        y : torch.Tensor
+            The same shape as x. A query that sees no key at all outputs out_proj's bias (its
+            attention output is zero). Unlike nn.MultiheadAttention, no attention weights
+            are returned.
+
+        Raises
+        ------
+        ValueError
+            x of the wrong shape, a key_padding_mask that is not (B, S), or masks together
+            with a cache.
+        TypeError
+            A boolean attn_bias.
+        """
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"x must be (B, S, {self.embed_dim}) ((S, B, {self.embed_dim}) "
                              f"when batch_first=False), got {tuple(x.shape)}")
@@ -495,7 +756,19 @@ class MultiheadSelfAttention(nn.Module):
         return y if self.batch_first else y.transpose(0, 1)
 
     def new_cache(self, batch_size, max_seqlen, *, block_size=None, num_blocks=None):
-        """An empty KVCache for this module's kv heads, head dim, dtype and device."""
+        """An empty `KVCache` for this module's kv heads, head dim, dtype and device.
+
+        Parameters
+        ----------
+        batch_size, max_seqlen : int
+            Sequences decoded together, and the most tokens each may hold.
+        block_size, num_blocks : int, optional
+            A paged cache, as in `KVCache`; dense when block_size is None.
+
+        Returns
+        -------
+        KVCache
+        """
         w = self.qkv_proj.weight
         return KVCache(batch_size, self.num_kv_heads, self.head_dim, max_seqlen,
                        block_size=block_size, num_blocks=num_blocks, dtype=w.dtype,
@@ -532,22 +805,47 @@ class MultiheadSelfAttention(nn.Module):
 class KVCache:
     """The keys and values of a batch of sequences being decoded, kept between calls.
 
-    KVCache(batch_size, num_kv_heads, head_dim, max_seqlen, *, block_size=None,
-            num_blocks=None, head_dim_v=None, dtype=torch.float32, device=None)
+    Dense or paged; `attend` appends new keys and values and attends over everything held
+    (`seqcore.attention_with_kvcache`). Inference only: no gradients flow through the cache.
 
-    - Dense (block_size None): k and v are (batch_size, num_kv_heads, max_seqlen, head_dim).
-    - Paged (block_size a multiple of 16): k and v are (num_blocks, num_kv_heads, block_size,
-      head_dim), a pool shared by the batch (default num_blocks: enough for every sequence to
-      reach max_seqlen); block_table (batch_size, max_seqlen / block_size) int32 maps each
-      sequence's positions to blocks, which are taken from the pool as the sequence grows and
-      given back by reset().
-    - seqlens: int32 (batch_size,), the tokens each sequence holds.
+    Parameters
+    ----------
+    batch_size : int
+        Sequences decoded together.
+    num_kv_heads : int
+        Key / value heads.
+    head_dim : int
+        Key head dim (and value head dim unless head_dim_v).
+    max_seqlen : int
+        The most tokens one sequence may hold.
+    block_size : int, optional
+        None: a dense cache. Else a paged one, with blocks of block_size tokens (a positive
+        multiple of 16).
+    num_blocks : int, optional
+        Paged: blocks in the pool shared by the batch (default: enough for every sequence
+        to reach max_seqlen).
+    head_dim_v : int, optional
+        Value head dim (default head_dim).
+    dtype : torch.dtype, default torch.float32
+    device : torch.device or str, optional
 
-    attend(q, k_new, v_new, **options) appends k_new/v_new (batch_size, num_kv_heads, S_new,
-    head_dim) at each sequence's end, attends q (batch_size, Hq, Sq, head_dim) over all it
-    holds (seqcore.attention_with_kvcache; options: causal, window, softcap, scale, backend),
-    advances seqlens by S_new and returns out (batch_size, Hq, Sq, head_dim_v). Inference only:
-    no gradients flow through the cache.
+    Attributes
+    ----------
+    k, v : torch.Tensor
+        Dense: ``(batch_size, num_kv_heads, max_seqlen, head_dim)`` (``head_dim_v`` for v).
+        Paged: ``(num_blocks, num_kv_heads, block_size, head_dim)``, a pool of blocks.
+    block_table : torch.Tensor or None
+        Paged: int32 ``(batch_size, ceil(max_seqlen / block_size))``, mapping each
+        sequence's positions to blocks, which are taken from the pool as the sequence grows
+        and given back by `reset`. None for a dense cache.
+    seqlens : torch.Tensor
+        int32 ``(batch_size,)``: the tokens each sequence holds.
+
+    Raises
+    ------
+    ValueError
+        Sizes that are not positive ints, or a block_size that is not a positive multiple of
+        16.
     """
 
     def __init__(self, batch_size, num_kv_heads, head_dim, max_seqlen, *, block_size=None,
@@ -578,7 +876,13 @@ class KVCache:
         self._lens = [0] * batch_size  # (on the host: no device sync to plan the blocks)
 
     def reset(self, batch_index=None):
-        """Empties every sequence (or one), giving its blocks back to the pool."""
+        """Empty every sequence (or one), giving its blocks back to the pool.
+
+        Parameters
+        ----------
+        batch_index : int, optional
+            The sequence to empty; all of them when None.
+        """
         for b in range(len(self._lens)) if batch_index is None else [batch_index]:
             self._lens[b] = 0
             if self.block_size is not None:
@@ -604,6 +908,31 @@ class KVCache:
                 self._held[b].append(block)
 
     def attend(self, q, k_new, v_new, **options):
+        """Append k_new / v_new at each sequence's end and attend q over all it holds.
+
+        Parameters
+        ----------
+        q : torch.Tensor, shape (batch_size, Hq, Sq, head_dim)
+            Queries (Hq a multiple of num_kv_heads).
+        k_new : torch.Tensor, shape (batch_size, num_kv_heads, S_new, head_dim)
+            New keys, written at each sequence's end (detached).
+        v_new : torch.Tensor, shape (batch_size, num_kv_heads, S_new, head_dim_v)
+            New values.
+        **options
+            ``causal``, ``window``, ``softcap``, ``scale``, ``backend``: as in
+            `seqcore.attention_with_kvcache` (relative to each sequence's end).
+
+        Returns
+        -------
+        out : torch.Tensor, shape (batch_size, Hq, Sq, head_dim_v)
+            seqlens has advanced by S_new. No gradients.
+
+        Raises
+        ------
+        ValueError
+            A sequence would pass max_seqlen, or the pool has no free block left (pass a
+            larger num_blocks or `reset` finished sequences).
+        """
         S_new = k_new.shape[2]
         self._reserve(S_new)
         with torch.no_grad():

@@ -3,10 +3,15 @@
 Cells are sequences of length 1, so every backend implements just lstm_fwd/gru_fwd (and
 their backwards); see seqcore/_problem.py for the interface.
 """
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
 import numpy as np
 
 from seqcore import _arrays, _backends, _c_recurrent
 from seqcore import _validate as V
+from seqcore.attention import Array
 
 GATES = {"lstm": 4, "gru": 3}
 
@@ -134,9 +139,86 @@ def _seq_out(y, dtype, batch_first):
     return y
 
 
-def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None, reverse=False,
-         batch_first=False, backend=None):
-    """One LSTM layer over a sequence; returns (y, (h_n, c_n)). See API.md."""
+def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+         b_hh: Optional[Array] = None, h0: Optional[Array] = None,
+         c0: Optional[Array] = None, *,
+         lengths: Union[Array, Sequence[int], None] = None, reverse: bool = False,
+         batch_first: bool = False,
+         backend: Optional[str] = None) -> Tuple[Array, Tuple[Array, Array]]:
+    """One LSTM layer (one direction) over a whole sequence, in one fused call.
+
+    Parameters
+    ----------
+    x : array, shape (T, B, I)
+        Input sequence; ``(B, T, I)`` with `batch_first`.
+    w_ih : array, shape (4*H, I)
+        Input-to-hidden weights, gates ``i, f, g, o`` stacked in that order.
+    w_hh : array, shape (4*H, H)
+        Hidden-to-hidden weights; H is read from this shape.
+    b_ih, b_hh : array, shape (4*H,), optional
+        Biases; zeros when None.
+    h0, c0 : array, shape (B, H), optional
+        Initial hidden and cell states; zeros when None.
+    lengths : sequence of int or integer array, shape (B,), optional
+        Valid steps of each batch element, ``0 <= lengths[b] <= T``: element ``b`` runs only
+        its first ``lengths[b]`` steps (with `reverse`, steps ``lengths[b] - 1`` down to 0);
+        ``y`` is zero past them and the final states are those after its last valid step
+        (the initial ones for length 0), as ``torch.nn.LSTM`` gives on a packed sequence.
+        A list, a NumPy array, or a tensor (int32 / int64) of x's kind.
+    reverse : bool, default False
+        Run from the last step to the first (the backward direction of a bidirectional
+        layer); ``y[t]`` is still the output at step ``t``.
+    batch_first : bool, default False
+        x and y are ``(B, T, .)`` instead of ``(T, B, .)``.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `attention`: None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy
+        arrays and CPU tensors; ``"numpy"`` runs the float64 reference.
+
+    Returns
+    -------
+    y : array, shape (T, B, H)
+        The hidden state at every step (``(B, T, H)`` with `batch_first`), in x's dtype.
+    (h_n, c_n) : pair of arrays, shape (B, H)
+        The final hidden and cell states.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, non-bool flags, or lengths that
+        are not integers.
+    ValueError
+        Shapes that do not fit the layout (the message names the argument and the shapes
+        seen), lengths outside [0, T], or inputs on different devices. Checked before any
+        kernel runs.
+    RuntimeError
+        The requested backend is unavailable here.
+
+    Notes
+    -----
+    PyTorch's gate order and weight layout, so the weights of one layer of ``torch.nn.LSTM``
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``) load as
+    they are. Gates ``i, f, g, o``: ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of
+    their rows of ``x @ w_ih.T + b_ih + h @ w_hh.T + b_hh``; ``c' = f * c + i * g``,
+    ``h' = o * tanh(c')``.
+
+    dtypes: float32 and float64 on the CPU, and float16 (and, for tensors, bfloat16) there
+    too, computed in float32 by the C kernels and returned in the input dtype; float16,
+    bfloat16 and float32 on CUDA (``"triton"``). All arrays of a call share one dtype, kind
+    and device. torch tensors that require grad get gradients for every input (x, the
+    weights and biases, the initial states) from the same backend's kernels; the op is
+    registered with ``torch.library``, so ``torch.compile(fullgraph=True)`` traces it.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> T, B, I, H = 50, 4, 32, 64
+    >>> x = np.random.randn(T, B, I).astype(np.float32)
+    >>> w_ih = np.random.randn(4 * H, I).astype(np.float32) * 0.1
+    >>> w_hh = np.random.randn(4 * H, H).astype(np.float32) * 0.1
+    >>> y, (h_n, c_n) = seqcore.lstm(x, w_ih, w_hh, lengths=[50, 20, 1, 0])
+    >>> y.shape, h_n.shape
+    ((50, 4, 64), (4, 64))
+    """
     if type(x) is not np.ndarray:
         host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
@@ -151,9 +233,83 @@ def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
     return _seq_out(y, dtype, batch_first), (_arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype))
 
 
-def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, lengths=None, reverse=False,
-        batch_first=False, backend=None):
-    """One GRU layer over a sequence; returns (y, h_n). See API.md."""
+def gru(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+        b_hh: Optional[Array] = None, h0: Optional[Array] = None, *,
+        lengths: Union[Array, Sequence[int], None] = None, reverse: bool = False,
+        batch_first: bool = False, backend: Optional[str] = None) -> Tuple[Array, Array]:
+    """One GRU layer (one direction) over a whole sequence, in one fused call.
+
+    Parameters
+    ----------
+    x : array, shape (T, B, I)
+        Input sequence; ``(B, T, I)`` with `batch_first`.
+    w_ih : array, shape (3*H, I)
+        Input-to-hidden weights, gates ``r, z, n`` stacked in that order.
+    w_hh : array, shape (3*H, H)
+        Hidden-to-hidden weights; H is read from this shape.
+    b_ih, b_hh : array, shape (3*H,), optional
+        Biases; zeros when None.
+    h0 : array, shape (B, H), optional
+        Initial hidden state; zeros when None.
+    lengths : sequence of int or integer array, shape (B,), optional
+        Valid steps of each batch element, ``0 <= lengths[b] <= T``: element ``b`` runs only
+        its first ``lengths[b]`` steps (with `reverse`, steps ``lengths[b] - 1`` down to 0);
+        ``y`` is zero past them and the final states are those after its last valid step
+        (the initial ones for length 0), as ``torch.nn.GRU`` gives on a packed sequence.
+        A list, a NumPy array, or a tensor (int32 / int64) of x's kind.
+    reverse : bool, default False
+        Run from the last step to the first (the backward direction of a bidirectional
+        layer); ``y[t]`` is still the output at step ``t``.
+    batch_first : bool, default False
+        x and y are ``(B, T, .)`` instead of ``(T, B, .)``.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `attention`: None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy
+        arrays and CPU tensors; ``"numpy"`` runs the float64 reference.
+
+    Returns
+    -------
+    y : array, shape (T, B, H)
+        The hidden state at every step (``(B, T, H)`` with `batch_first`), in x's dtype.
+    h_n : array, shape (B, H)
+        The final hidden state.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, non-bool flags, or lengths that
+        are not integers.
+    ValueError
+        Shapes that do not fit the layout (the message names the argument and the shapes
+        seen), lengths outside [0, T], or inputs on different devices. Checked before any
+        kernel runs.
+    RuntimeError
+        The requested backend is unavailable here.
+
+    Notes
+    -----
+    PyTorch's gate order and weight layout, so the weights of one layer of ``torch.nn.GRU``
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``) load as
+    they are. Gates ``r, z, n``: ``r, z = sigmoid(.)`` of their rows of
+    ``x @ w_ih.T + b_ih + h @ w_hh.T + b_hh``; ``n = tanh(W_in x + b_in + r * (W_hn h +
+    b_hn))``; ``h' = (1 - z) * n + z * h``.
+
+    dtypes: float32 and float64 on the CPU, and float16 (and, for tensors, bfloat16) there
+    too, computed in float32 by the C kernels and returned in the input dtype; float16,
+    bfloat16 and float32 on CUDA (``"triton"``). All arrays of a call share one dtype, kind
+    and device. torch tensors that require grad get gradients for every input (x, the
+    weights and biases, the initial states) from the same backend's kernels; the op is
+    registered with ``torch.library``, so ``torch.compile(fullgraph=True)`` traces it.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> x = np.random.randn(4, 50, 32).astype(np.float32)       # (B, T, I)
+    >>> w_ih = np.random.randn(3 * 64, 32).astype(np.float32) * 0.1
+    >>> w_hh = np.random.randn(3 * 64, 64).astype(np.float32) * 0.1
+    >>> y, h_n = seqcore.gru(x, w_ih, w_hh, batch_first=True, reverse=True)
+    >>> y.shape, h_n.shape
+    ((4, 50, 64), (4, 64))
+    """
     if type(x) is not np.ndarray:
         host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, lengths)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
@@ -207,8 +363,63 @@ def _direct_cell(backend, G, x, w_ih, w_hh, biases, states):
     return new
 
 
-def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
-    """One LSTM step: (h_new, c_new). See API.md."""
+def lstm_cell(x: Array, h: Array, c: Array, w_ih: Array, w_hh: Array,
+              b_ih: Optional[Array] = None, b_hh: Optional[Array] = None, *,
+              backend: Optional[str] = None) -> Tuple[Array, Array]:
+    """One LSTM step.
+
+    Parameters
+    ----------
+    x : array, shape (B, I)
+        Input at this step.
+    h, c : array, shape (B, H)
+        Hidden and cell state (required: pass zeros for a fresh state).
+    w_ih : array, shape (4*H, I)
+        Input-to-hidden weights, gates ``i, f, g, o``.
+    w_hh : array, shape (4*H, H)
+        Hidden-to-hidden weights.
+    b_ih, b_hh : array, shape (4*H,), optional
+        Biases; zeros when None.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `attention`: None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy
+        arrays and CPU tensors; ``"numpy"`` runs the float64 reference.
+
+    Returns
+    -------
+    h_new, c_new : array, shape (B, H)
+        The next hidden and cell state, in x's dtype.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, non-bool flags, or h or c missing.
+    ValueError
+        Shapes that do not fit the layout (the message names the argument and the shapes
+        seen), or inputs on different devices. Checked before any kernel runs.
+    RuntimeError
+        The requested backend is unavailable here.
+
+    Notes
+    -----
+    One step of `lstm`, in PyTorch's layout (the weights of ``torch.nn.LSTMCell``, or of one
+    layer of ``torch.nn.LSTM``, load as they are). Gates ``i, f, g, o``:
+    ``i, f, o = sigmoid(.)`` and ``g = tanh(.)`` of their rows of
+    ``x @ w_ih.T + b_ih + h @ w_hh.T + b_hh``; ``c' = f * c + i * g``, ``h' = o * tanh(c')``.
+
+    dtypes, backends and gradients as in `lstm`. A call with NumPy arrays (or CPU tensors
+    that need no grad) of one float32 or float64 dtype, C-contiguous, goes straight to the C
+    kernel, so a stream of one-frame calls stays cheap.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> B, I, H = 1, 32, 64
+    >>> w_ih = np.random.randn(4 * H, I).astype(np.float32) * 0.1
+    >>> w_hh = np.random.randn(4 * H, H).astype(np.float32) * 0.1
+    >>> h = c = np.zeros((B, H), np.float32)
+    >>> for frame in np.random.randn(10, B, I).astype(np.float32):
+    ...     h, c = seqcore.lstm_cell(frame, h, c, w_ih, w_hh)
+    """
     new = _direct_cell(backend, 4, x, w_ih, w_hh, (b_ih, b_hh), (h, c))
     if new is not None:
         _, h_n, c_n, _ = _c_recurrent.lstm_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, c, None,
@@ -227,8 +438,60 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     return _arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype)
 
 
-def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
-    """One GRU step: h_new. See API.md."""
+def gru_cell(x: Array, h: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+             b_hh: Optional[Array] = None, *, backend: Optional[str] = None) -> Array:
+    """One GRU step.
+
+    Parameters
+    ----------
+    x : array, shape (B, I)
+        Input at this step.
+    h : array, shape (B, H)
+        Hidden state (required: pass zeros for a fresh state).
+    w_ih : array, shape (3*H, I)
+        Input-to-hidden weights, gates ``r, z, n``.
+    w_hh : array, shape (3*H, H)
+        Hidden-to-hidden weights.
+    b_ih, b_hh : array, shape (3*H,), optional
+        Biases; zeros when None.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `attention`: None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy
+        arrays and CPU tensors; ``"numpy"`` runs the float64 reference.
+
+    Returns
+    -------
+    h_new : array, shape (B, H)
+        The next hidden state, in x's dtype.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, non-bool flags, or h missing.
+    ValueError
+        Shapes that do not fit the layout (the message names the argument and the shapes
+        seen), or inputs on different devices. Checked before any kernel runs.
+    RuntimeError
+        The requested backend is unavailable here.
+
+    Notes
+    -----
+    One step of `gru`, in PyTorch's layout (the weights of ``torch.nn.GRUCell``, or of one
+    layer of ``torch.nn.GRU``, load as they are). Gates ``r, z, n``: ``r, z = sigmoid(.)``
+    of their rows of ``x @ w_ih.T + b_ih + h @ w_hh.T + b_hh``;
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; ``h' = (1 - z) * n + z * h``.
+
+    dtypes, backends and gradients as in `gru`. A call with NumPy arrays (or CPU tensors
+    that need no grad) of one float32 or float64 dtype, C-contiguous, goes straight to the C
+    kernel, so a stream of one-frame calls stays cheap.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> x, h = np.random.randn(8, 32), np.zeros((8, 64))           # float64
+    >>> w_ih, w_hh = np.random.randn(3 * 64, 32), np.random.randn(3 * 64, 64)
+    >>> seqcore.gru_cell(x, h, w_ih, w_hh).shape
+    (8, 64)
+    """
     new = _direct_cell(backend, 3, x, w_ih, w_hh, (b_ih, b_hh), (h,))
     if new is not None:
         return _c_recurrent.gru_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False, False,

@@ -10,14 +10,17 @@ What differs from seqcore.attention, and is translated here:
     (..., L, S); it becomes seqcore's additive bias (a boolean one as 0 / -inf).
 A query whose keys are all masked gets zeros, as torch 2.13 gives.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Optional
 
 import numpy as np
 
 from seqcore import _arrays
 from seqcore import _validate as V
-from seqcore.attention import attention
+from seqcore.attention import Array, attention
 
 
 def _broadcast_shape(*shapes):
@@ -50,31 +53,67 @@ def _top_left_causal(L, S, like, dtype):
     return np.where(allowed, 0.0, -np.inf).astype(dtype)
 
 
-def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, enable_gqa=False):
-    """torch.nn.functional.scaled_dot_product_attention on seqcore's kernels.
+def scaled_dot_product_attention(query: Array, key: Array, value: Array,
+                                 attn_mask: Optional[Array] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> Array:
+    """``torch.nn.functional.scaled_dot_product_attention`` on seqcore's kernels.
+
+    torch's signature and semantics, for torch tensors and NumPy arrays alike, so code written
+    for torch's SDPA runs as it is; it calls `attention` with the layout, mask and causal
+    convention translated.
 
     Parameters
     ----------
-    query : (..., Hq, L, E) array (NumPy or torch)
-    key : (..., Hkv, S, E) array; value : (..., Hkv, S, Ev) array
-        Leading dims broadcast against query's. Hkv must equal Hq (or broadcast: 1) unless
-        ``enable_gqa``, when it must divide Hq (query head h reads kv head h // (Hq / Hkv)).
+    query : array, shape (..., Hq, L, E)
+        Queries; at least 2 dims ``(L, E)``.
+    key : array, shape (..., Hkv, S, E)
+        Keys. The leading dims broadcast against query's (torch's rule: without
+        `enable_gqa` the heads are one more batch dim, so ``Hkv`` is ``Hq`` or 1).
+    value : array, shape (..., Hkv, S, Ev)
+        Values, with key's leading dims.
     attn_mask : array, optional
-        Broadcastable to (..., L, S): boolean (True = may attend) or float (added to the
-        scores). Not together with ``is_causal``.
-    dropout_p : float
-        Must be 0.0: attention dropout is not in seqcore's kernels yet (a ValueError otherwise,
-        never a silent no-dropout).
-    is_causal : bool
-        Top-left causal mask: query i sees keys j <= i.
+        Broadcastable to ``(..., L, S)``: boolean (True: the key takes part, as in torch's
+        SDPA) or float (added to the scores). Not together with `is_causal`.
+    dropout_p : float, default 0.0
+        Must be 0.0: attention dropout is not in seqcore's kernels yet (a ValueError
+        otherwise, never a silent no-dropout).
+    is_causal : bool, default False
+        Causal mask aligned to the top left, as torch's: query ``i`` sees keys ``j <= i``,
+        whatever L and S (unlike `attention`'s bottom-right `causal`).
     scale : float, optional
-        Default 1 / sqrt(E).
-    enable_gqa : bool
+        Default ``1 / sqrt(E)``.
+    enable_gqa : bool, default False
+        Let key and value have fewer heads than query (dim -3): ``Hkv`` must divide ``Hq``,
+        and query head ``h`` reads kv head ``h // (Hq // Hkv)``.
 
     Returns
     -------
-    (..., Hq, L, Ev) array of query's kind and dtype. Gradients flow for torch tensors.
+    array, shape (..., Hq, L, Ev)
+        The leading dims broadcast; query's kind, device and dtype.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, non-bool flags.
+    ValueError
+        Shapes that do not broadcast or fit, ``dropout_p`` outside [0, 1] or above 0, or
+        both `attn_mask` and `is_causal`.
+
+    Notes
+    -----
+    A query whose keys are all masked gets zeros (as torch 2.13 gives). It runs on the default
+    backend of the inputs (``"triton"`` for CUDA tensors, ``"c"`` otherwise); dtypes as in
+    `attention`. torch tensors get gradients for query, key and value (and a float mask).
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> q = np.random.randn(2, 8, 100, 64).astype(np.float32)
+    >>> k = v = np.random.randn(2, 2, 120, 64).astype(np.float32)
+    >>> out = seqcore.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    >>> out.shape
+    (2, 8, 100, 64)
     """
     kind = _arrays.common_kind([("query", query), ("key", key), ("value", value),
                                 ("attn_mask", attn_mask)])

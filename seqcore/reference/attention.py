@@ -1,10 +1,11 @@
 """float64 NumPy reference for attention, forward and backward: the definition every backend
 is held to. Plain math, the whole (Sq, Sk) score matrix materialized.
 
-Semantics (API.md): s = scale * q.k; s = softcap * tanh(s / softcap) if softcap; s += bias;
-keys outside the causal/window band get -inf (off = Sk - Sq aligns them to the bottom right);
-P = softmax(s) over the visible keys; out = P v; lse = log(sum(exp(s))). A row that sees no
-key gives out 0, lse -inf and zero gradients. GQA: query head h reads kv head h // (Hq // Hkv).
+Semantics (those `seqcore.attention` documents): s = scale * q.k; s = softcap * tanh(s /
+softcap) if softcap; s += bias; keys outside the causal/window band get -inf (off = Sk - Sq
+aligns them to the bottom right); P = softmax(s) over the visible keys; out = P v;
+lse = log(sum(exp(s))). A row that sees no key gives out 0, lse -inf and zero gradients.
+GQA: query head h reads kv head h // (Hq // Hkv).
 """
 import math
 
@@ -103,7 +104,8 @@ def _forward(q, k, v, causal, scale, window, bias, softcap):
 def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
               return_lse=False):
     """q (*batch, Hq, Sq, D), k (*batch, Hkv, Sk, D), v (*batch, Hkv, Sk, Dv) -> out
-    (*batch, Hq, Sq, Dv) float64, and lse (*batch, Hq, Sq) float64 with return_lse."""
+    (*batch, Hq, Sq, Dv) float64, and lse (*batch, Hq, Sq) float64 with return_lse.
+    The options mean what they do in `seqcore.attention`."""
     out, lse, _, _, _ = _forward(q, k, v, causal, scale, window, bias, softcap)
     return (out, lse) if return_lse else out
 

@@ -78,7 +78,8 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
 
 def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None, reverse=False,
          batch_first=False):
-    """x (T, B, I) ((B, T, I) if batch_first) -> (y (T, B, H) (or (B, T, H)), (h_n, c_n))."""
+    """x (T, B, I) ((B, T, I) if batch_first) -> (y (T, B, H) (or (B, T, H)), (h_n, c_n)),
+    float64; the arguments as in `seqcore.lstm`."""
     x, w_ih, w_hh, b_ih, b_hh = _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first)
     y, h_n, c_n, _ = lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
     return _time_major(y, batch_first), (h_n, c_n)
@@ -159,7 +160,8 @@ def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
 
 def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, lengths=None, reverse=False,
         batch_first=False):
-    """x (T, B, I) ((B, T, I) if batch_first) -> (y (T, B, H) (or (B, T, H)), h_n)."""
+    """x (T, B, I) ((B, T, I) if batch_first) -> (y (T, B, H) (or (B, T, H)), h_n), float64;
+    the arguments as in `seqcore.gru`."""
     x, w_ih, w_hh, b_ih, b_hh = _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first)
     y, h_n, _ = gru_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse)
     return _time_major(y, batch_first), h_n
