@@ -343,17 +343,15 @@ def check_kvcache(env, seqcore, dtype, block):
     appended, GQA, causal; dense (block None) or paged; the updated caches too."""
     torch = env.torch
     rng = np.random.default_rng(seed("kvcache", dtype, block or 0))
-    B, Hq, Hkv, S, D, Sq = (2, 4, 2, 32, 16, 2) if env.dry_run else (3, 8, 2, 1024, 128, 2)
+    B, Hq, Hkv, S, D, Sq = (2, 4, 2, 64, 16, 2) if env.dry_run else (3, 8, 2, 1024, 128, 2)
     q = env.tensor(rng, (B, Hq, Sq, D), dtype)
     k_cache, v_cache = (env.tensor(rng, (B, Hkv, S, D), dtype) for _ in range(2))
     k_new, v_new = (env.tensor(rng, (B, Hkv, 2, D), dtype) for _ in range(2))
     lens = np.array([0, S // 3, S - 2][:B], np.int32)
     table = None
-    if block:
-        gen = torch.Generator().manual_seed(0)
-        (k_cache, table), (v_cache, _) = paged_copy(torch, k_cache, block, gen), (None, None)
-        v_cache = paged_copy(torch, env.tensor(rng, (B, Hkv, S, D), dtype), block,
-                             torch.Generator().manual_seed(0))[0]
+    if block:  # (one seed: the same block table for both caches)
+        k_cache, table = paged_copy(torch, k_cache, block, torch.Generator().manual_seed(0))
+        v_cache, _ = paged_copy(torch, v_cache, block, torch.Generator().manual_seed(0))
     want_k, want_v = f64(k_cache), f64(v_cache)
     table_np = None if table is None else table.cpu().numpy()
     want = seqcore.reference.attention_with_kvcache(
@@ -478,11 +476,11 @@ def run_decode(env, seqcore):
         lens = torch.full((B,), Sk, dtype=torch.int32, device=env.device)
         impls["seqcore kvcache dense"] = lambda q, k, v: seqcore.attention_with_kvcache(
             q, k, v, cache_seqlens=lens, backend="triton")
-        gen = torch.Generator().manual_seed(0)
         for block in (16, 64):
             if Sk % block:
                 continue
-            (kp, table), vp = paged_copy(torch, k, block, gen), paged_copy(torch, v, block, gen)[0]
+            kp, table = paged_copy(torch, k, block, torch.Generator().manual_seed(block))
+            vp, _ = paged_copy(torch, v, block, torch.Generator().manual_seed(block))
             impls[f"seqcore kvcache paged{block}"] = (
                 lambda q, k, v, kp=kp, vp=vp, table=table: seqcore.attention_with_kvcache(
                     q, kp, vp, cache_seqlens=lens, block_table=table, backend="triton"))
