@@ -8,6 +8,8 @@ kernel runs:
     whole of k/v; the decode kernel splits the keys over many programs instead, and reads
     each kv head once for its whole query-head group. Bias is supported there too.
   - otherwise the FlashAttention-2 kernel (kernels/attention.py), also for all varlen calls.
+attention_kvcache_fwd (dense or paged KV caches, per-sequence lengths, in-place append) always
+runs the split-KV kernels of kernels/attention_kvcache.py.
 float32 inputs compute their dots in exact IEEE float32 unless SEQCORE_TF32=1 (see
 kernels/attention.py).
 """
@@ -52,3 +54,11 @@ def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
     from seqcore.kernels.attention_bwd import attention_varlen_bwd as bwd
 
     return bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p)
+
+
+def attention_kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, p):
+    """(out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32), after writing k_new/v_new
+    into the caches in place; the kernels live in kernels/attention_kvcache.py."""
+    from seqcore.kernels.attention_kvcache import attention_kvcache_fwd as kvcache_fwd
+
+    return kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, block_table, p)
