@@ -24,7 +24,7 @@ def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
     if w_hh.ndim != 2:
         V.require_ndim("w_hh", w_hh, (2,), f"({G}*H, H)")
     GH, H = _arrays.shape(w_hh)
-    if H < 1 or GH != G * H:
+    if GH != G * H:  # (H = 0 is allowed, as torch allows it: empty states and outputs)
         raise ValueError(f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_arrays.shape(w_hh)}")
     if _arrays.shape(w_ih) != (G * H, I):
         raise ValueError(f"w_ih must have shape ({G}*H, input_size) = {(G * H, I)}, got "
@@ -116,6 +116,11 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
 
 
 def _run(cell, kind, backend, a, lengths, reverse):
+    if a["w_hh"].shape[1] == 0:  # hidden_size 0: nothing to compute on any backend
+        T, B = a["x"].shape[:2]
+        empty = [_arrays.zeros_like_kind(a["x"], shape, _arrays.dtype_name(a["x"]))
+                 for shape in ((T, B, 0), (B, 0), (B, 0))]
+        return tuple(empty) if cell == "lstm" else tuple(empty[:2])
     if kind == _arrays.TORCH:
         from seqcore import _torch
 

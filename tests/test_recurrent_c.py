@@ -358,3 +358,25 @@ def test_cell_direct_path_for_tensors(rng, monkeypatch, cell, dtype):
     got = fn(*tensors, *params)  # gradients wanted: through autograd
     assert general_calls and (got[0] if cell == "lstm" else got).requires_grad
     check(got)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+def test_hidden_size_zero_as_torch(backend):
+    """hidden_size 0 is legal, as torch's cells take it: empty states and outputs, NumPy and
+    tensors alike (found rejected in issue 10)."""
+    torch = pytest.importorskip("torch")
+    for cell, G in (("lstm", 4), ("gru", 3)):
+        x = np.ones((2, 3), np.float32)
+        states = [np.zeros((2, 0), np.float32)] * (2 if cell == "lstm" else 1)
+        w = [np.zeros((0, 3), np.float32), np.zeros((0, 0), np.float32)]
+        got = getattr(seqcore, f"{cell}_cell")(x, *states, *w, backend=backend)
+        module = (torch.nn.LSTMCell if cell == "lstm" else torch.nn.GRUCell)(3, 0)
+        want = module(torch.from_numpy(x))
+        got, want = (got, want) if cell == "lstm" else ((got,), (want,))
+        assert [g.shape for g in got] == [tuple(t.shape) for t in want]
+        y, final = getattr(seqcore, cell)(np.ones((4, 2, 3), np.float32), *w, backend=backend,
+                                          batch_first=True)
+        assert y.shape == (4, 2, 0)
+        y_t, _ = getattr(seqcore, cell)(torch.ones(5, 2, 3), torch.zeros(0, 3), torch.zeros(0, 0),
+                                        backend=backend)
+        assert tuple(y_t.shape) == (5, 2, 0) and isinstance(y_t, torch.Tensor)
