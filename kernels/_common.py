@@ -103,6 +103,17 @@ def key_range(first_q, last_q, seqlen_q, seqlen_k, window_left, window_right,
 
 
 @triton.jit
+def split_key_range(lo, full_lo, full_hi, hi, split_lo, split_len):
+    """A key_range cut to the keys [split_lo, split_lo + split_len) of one split (split-KV
+    kernels); the order lo <= full_lo <= full_hi <= hi is kept (empty when they miss)."""
+    lo = tl.maximum(lo, split_lo)
+    hi = tl.maximum(tl.minimum(hi, split_lo + split_len), lo)
+    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
 def scores(q, k, qk_scale, softcap_log2,
            SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
     """Base-2 scores of a (M, D) query tile against a (D, N) transposed key tile, float32.

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import (autotune_enabled, dot_precision, fits_shared_memory, head_block,
-                      interpreted, key_range, safe_max)
+                      interpreted, key_range, safe_max, split_key_range)
 from .attention import attn_fwd_finish, attn_fwd_keys, score_params
 
 MAX_SPLITS = 128
@@ -82,11 +82,8 @@ def _decode_split_kernel(Q, K, V, Bias, Opart, Lpart,
     # the band's key range for all the queries, cut to this split's keys
     lo, full_lo, full_hi, hi = key_range(0, seqlen_q - 1, seqlen_q, seqlen_k, window_left,
                                          window_right, BAND_LEFT, BAND_RIGHT, BLOCK_N)
-    split_lo = split * split_len
-    lo = tl.maximum(lo, split_lo)
-    hi = tl.maximum(tl.minimum(hi, split_lo + split_len), lo)
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    lo, full_lo, full_hi, hi = split_key_range(lo, full_lo, full_hi, hi, split * split_len,
+                                               split_len)
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)

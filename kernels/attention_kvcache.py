@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import dot_precision, fits_shared_memory, head_block, interpreted, key_range
+from ._common import (dot_precision, fits_shared_memory, head_block, interpreted, key_range,
+                      split_key_range)
 from .attention import attn_fwd_block, attn_fwd_finish, score_params
 from .attention_decode import MAX_SPLITS, _decode_combine_kernel
 
@@ -174,11 +175,8 @@ def _kvcache_split_kernel(Q, K, V, Table, Seqlens, Opart, Lpart,
     last_q = (tl.minimum(m_tile * BLOCK_M + BLOCK_M, n_rows) - 1) // group
     lo, full_lo, full_hi, hi = key_range(first_q, last_q, seqlen_q, seqlen_k, window_left,
                                          window_right, BAND_LEFT, BAND_RIGHT, BLOCK_N)
-    split_lo = split * split_len
-    lo = tl.maximum(lo, split_lo)
-    hi = tl.maximum(tl.minimum(hi, split_lo + split_len), lo)
-    full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-    full_hi = tl.maximum(tl.minimum(full_hi, hi), full_lo)
+    lo, full_lo, full_hi, hi = split_key_range(lo, full_lo, full_hi, hi, split * split_len,
+                                               split_len)
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
