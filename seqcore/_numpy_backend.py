@@ -12,6 +12,7 @@ from seqcore.reference.attention import (attention, attention_bwd_full, attentio
                                          attention_with_kvcache)
 from seqcore.reference.recurrent import gru_bwd as ref_gru_bwd, gru_run
 from seqcore.reference.recurrent import lstm_bwd as ref_lstm_bwd, lstm_run
+from seqcore.reference.recurrent import rnn_bwd as ref_rnn_bwd, rnn_run
 
 
 def _acc_dtype(dtype):
@@ -100,4 +101,21 @@ def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):
 
 def gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws):
     g = ref_gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths=lengths, reverse=reverse)
+    return _cast(x.dtype, g["x"], g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"], g["h0"])
+
+
+def rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws):
+    y, h_n, cache = rnn_run(*_cast(np.float64, x, w_ih, w_hh, b_ih, b_hh, h0), lengths,
+                            reverse, nonlinearity)
+    ws = None
+    if need_ws:   # the activated h_t, as the interface suggests
+        T, B, _ = x.shape
+        ws = _time_indexed(cache, T, B, w_hh.shape[1], lambda e: e[3])
+        ws = ws.astype(_acc_dtype(x.dtype))
+    return _cast(x.dtype, y, h_n) + (ws,)
+
+
+def rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, y, ws):
+    g = ref_rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity=nonlinearity,
+                    lengths=lengths, reverse=reverse)
     return _cast(x.dtype, g["x"], g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"], g["h0"])

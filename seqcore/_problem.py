@@ -41,6 +41,13 @@ recurrent family (cells are sequences of length 1)
       ws (T, B, 4H) (suggested: r, z, n and W_hn h + b_hn).
   gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws)
       -> (dx, dw_ih, dw_hh, db_ih, db_hh, dh0)
+  rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws)
+      -> (y, h_n, ws)
+      The Elman cell (torch.nn.RNN): nonlinearity "tanh" or "relu"; w_ih (H, I), w_hh (H, H),
+      b_ih/b_hh (H,); ws (T, B, H): the activated h_t (both derivatives are functions of
+      it: 1 - h^2, and h > 0 as torch's relu backward takes it).
+  rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, y, ws)
+      -> (dx, dw_ih, dw_hh, db_ih, db_hh, dh0)
 Gradients come back in the input dtype (dy/dout etc. arrive in it too).
 Arrays are NumPy arrays for "c" and "numpy", torch tensors for "triton".
 """

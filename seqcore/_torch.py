@@ -8,6 +8,7 @@ file. Each runs one op in the "seqcore" namespace:
   seqcore::attention_varlen_fwd / attention_varlen_bwd   (packed sequences)
   seqcore::attention_kvcache_fwd                         (KV cache, written in place; no grad)
   seqcore::lstm_fwd / lstm_bwd, seqcore::gru_fwd / gru_bwd
+  seqcore::rnn_fwd / rnn_bwd                             (Elman: tanh or relu)
 
 Every forward op has a fake (meta) implementation, so torch.compile and FakeTensor tracing
 see exact shapes and dtypes, and an autograd formula that calls the matching backward op:
@@ -309,6 +310,10 @@ def _gru_math(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse):
 
 def _cell_math(cell, xt, h, c, w_ih, w_hh, b_ih, b_hh):
     gx, gh = xt @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh
+    if cell == "rnn_tanh":
+        return torch.tanh(gx + gh), None
+    if cell == "rnn_relu":
+        return torch.relu(gx + gh), None
     if cell == "lstm":
         i, f, g, o = (gx + gh).chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -793,6 +798,94 @@ gru_fwd.register_autograd(_gru_backward, setup_context=_gru_setup)
 
 
 # ----------------------------------------------------------------------------------------------
+# Elman RNN (tanh / relu): the GRU's layout of ops with one state, plus the nonlinearity
+
+
+def _check_nonlinearity(op, nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        _fail(op, f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def _check_rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, *args, **kwargs):
+    _check_rnn("rnn_fwd", 1, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
+    _check_nonlinearity("rnn_fwd", nonlinearity)
+
+
+def _rnn_fwd_body(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
+                  lengths: Optional[Tensor], reverse: bool, nonlinearity: str, need_ws: bool,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(y (T, B, H), h_n, ws): ws (T, B, H) for rnn_bwd when need_ws, else (0,)."""
+    tensors = _contig(x, w_ih, w_hh, b_ih, b_hh, h0)
+    (y, h_n, ws), outs = _run_backend(
+        backend, "recurrent", "rnn_fwd", tensors,
+        (_lengths_arg(backend, lengths, x.shape[0]), reverse, nonlinearity, need_ws), x.device)
+    acc = _acc_dtype(x.dtype)
+    ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
+    return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), ws
+
+
+rnn_fwd = _checked_op("rnn_fwd", _rnn_fwd_body, _check_rnn_fwd)
+
+
+@rnn_fwd.register_fake
+def _rnn_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws,
+                  backend):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    acc = _acc_dtype(x.dtype)
+    ws = x.new_empty((T, B, H), dtype=acc) if need_ws else _empty(x, acc)
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
+
+
+@torch.library.custom_op("seqcore::rnn_bwd", mutates_args=())
+def rnn_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+            b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool,
+            nonlinearity: str, y: Tensor, ws: Tensor,
+            backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
+    T, B, H = _check_rnn("rnn_bwd", 1, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
+    _check_nonlinearity("rnn_bwd", nonlinearity)
+    _check_rnn_grads_in("rnn_bwd", T, B, H, dy, [("dh_n", dh_n)], y, ws, 1)
+    tensors = _contig(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0)
+    extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse, nonlinearity) + tuple(
+        _to_backend(backend, t) for t in _contig(y, ws))
+    grads, outs = _run_backend(backend, "recurrent", "rnn_bwd", tensors, extra, x.device)
+    like = (x, w_ih, w_hh, b_ih, b_hh, h0)
+    return tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+
+
+@rnn_bwd.register_fake
+def _rnn_bwd_fake(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, y,
+                  ws, backend):
+    return tuple(torch.empty_like(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0))
+
+
+def _elman_setup(ctx, inputs, output):
+    # (x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws, backend): the
+    # shared layout once the nonlinearity is set aside
+    ctx.nonlinearity = inputs[8]
+    _rnn_setup(ctx, inputs[:8] + inputs[9:], output, 6)
+
+
+def _elman_backward(ctx, dy, dh_n, _dws):
+    x, w_ih, w_hh, b_ih, b_hh, h0, lengths, y, ws = ctx.saved_tensors
+    reverse, need_ws, backend = ctx.flags
+    if torch.is_grad_enabled():  # create_graph: see _composite_grads
+        inputs = (x, w_ih, w_hh, b_ih, b_hh, h0)
+        outs = _rnn_math("rnn_" + ctx.nonlinearity, x, w_ih, w_hh, b_ih, b_hh, (h0,),
+                         lengths, reverse)
+        return tuple(_composite_grads(outs, (dy, dh_n), inputs)) + (None,) * 5
+    _check_ws(need_ws, "rnn_fwd")
+    dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
+    grads = rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, ctx.nonlinearity,
+                    y, ws, backend)
+    return tuple(grads) + (None,) * 5
+
+
+rnn_fwd.register_autograd(_elman_backward, setup_context=_elman_setup)
+
+
+# ----------------------------------------------------------------------------------------------
 # Entry points called by seqcore/attention.py and seqcore/recurrent.py
 
 
@@ -843,6 +936,15 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend):
     op = _lstm_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0, c0) else lstm_fwd
     y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend)
     return y, h_n, c_n
+
+
+def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, lengths, reverse, backend):
+    """(y, h_n) for one Elman RNN layer; x is (T, B, I)."""
+    need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
+    op = _rnn_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0) else rnn_fwd
+    y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws,
+                   backend)
+    return y, h_n
 
 
 def gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend):

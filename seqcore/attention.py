@@ -6,6 +6,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from seqcore import _dlpack
 from seqcore import _arrays, _backends
 from seqcore import _validate as V
 from seqcore._problem import make_attn_params
@@ -102,6 +103,7 @@ def _flat_bias(bias, batch, Hq, Sq, Sk, B):
     return _arrays.broadcast_to(bias, (B, Hq, Sq, Sk))
 
 
+@_dlpack.accepts_dlpack
 def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
               bias: Optional[Array] = None, softcap: Optional[float] = None,
@@ -286,6 +288,7 @@ def _check_cu_seqlens(name, cu, total, given_max):
     return as32, longest, n_seqs
 
 
+@_dlpack.accepts_dlpack
 def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqlens_k: Array, *,
                      max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None,
                      causal: bool = False, scale: Optional[float] = None,
@@ -392,6 +395,7 @@ def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqle
     return out, _arrays.astype(lse, "float32")
 
 
+@_dlpack.accepts_dlpack
 def merge_attention(out_a: Array, lse_a: Array, out_b: Array,
                     lse_b: Array) -> Tuple[Array, Array]:
     """Combine the attention of the same queries over two disjoint key sets.

@@ -12,6 +12,7 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from seqcore import _dlpack
 from seqcore import _arrays, _backends
 from seqcore import _validate as V
 from seqcore.attention import Array, _check_head_dims, _check_heads, _check_options
@@ -85,6 +86,7 @@ def _check_positions(lens, table, NB, rows, S_new):
                              "their new positions to one block)")
 
 
+@_dlpack.accepts_dlpack
 def attention_with_kvcache(q: Array, k_cache: Array, v_cache: Array, k: Optional[Array] = None,
                            v: Optional[Array] = None, *, cache_seqlens: Array,
                            block_table: Optional[Array] = None, causal: bool = False,
@@ -169,6 +171,12 @@ def attention_with_kvcache(q: Array, k_cache: Array, v_cache: Array, k: Optional
     kind = _arrays.common_kind(named)
     if (k is None) != (v is None):
         raise TypeError("k and v are given together (new keys and their values) or not at all")
+    if k is not None and kind == _arrays.NUMPY:
+        for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+            if not cache.flags.writeable:  # (JAX arrays arrive read-only, and stay immutable)
+                raise ValueError(f"{name} is read-only, but the new keys and values are "
+                                 "written into the caches in place: pass writable caches "
+                                 "(NumPy, torch, CuPy), or k=None and v=None")
     paged = block_table is not None
     B, Hq, Sq, D, Hkv, Dv, S_new = _check_shapes(q, k_cache, v_cache, k, v, paged)
     V.require_same_device(named)

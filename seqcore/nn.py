@@ -1,12 +1,14 @@
-"""torch.nn modules over seqcore's kernels: LSTM, GRU, MultiheadAttention (torch's
-nn.MultiheadAttention, drop-in), MultiheadSelfAttention (a fused-qkv self-attention with GQA and
-decoding), and KVCache (the keys and values a decoding MultiheadSelfAttention keeps).
+"""torch.nn modules over seqcore's kernels: LSTM, GRU, RNN and their cells (LSTMCell,
+GRUCell, RNNCell), MultiheadAttention (torch's nn.MultiheadAttention, drop-in),
+MultiheadSelfAttention (a fused-qkv self-attention with GQA and decoding), and KVCache (the
+keys and values a decoding MultiheadSelfAttention keeps).
 
-LSTM and GRU are drop-in replacements for torch.nn.LSTM / torch.nn.GRU: the same constructor,
+LSTM, GRU and RNN are drop-in replacements for torch.nn.LSTM / GRU / RNN: the same constructor,
 attributes, parameter names (weight_ih_l{k}{_reverse}, ...), initialization and outputs, so a
 state_dict moves between them in both directions. Each layer and direction is one call of
-seqcore.lstm / seqcore.gru (the backward direction with reverse=True, and the lengths of a
-PackedSequence so padding is never read).
+seqcore.lstm / seqcore.gru / seqcore.rnn (the backward direction with reverse=True, and the
+lengths of a PackedSequence so padding is never read). The cells are one seqcore.lstm_cell /
+gru_cell / rnn_cell call each.
 """
 import math
 import numbers
@@ -19,11 +21,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import seqcore
 
-__all__ = ["LSTM", "GRU", "MultiheadAttention", "MultiheadSelfAttention", "KVCache"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "MultiheadAttention",
+           "MultiheadSelfAttention", "KVCache"]
 
 
 class _RNNBase(nn.Module):
-    """Shared by LSTM and GRU; subclasses set `mode`, `_gates` and `_has_cell`."""
+    """Shared by LSTM, GRU and RNN; subclasses set `mode`, `_gates` and `_has_cell`."""
 
     mode = ""
     _gates = 0
@@ -75,11 +78,22 @@ class _RNNBase(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
 
     @property
+    def _flat_weights(self):
+        """The parameters in ``_flat_weights_names`` order, as torch's RNN modules keep them
+        (code that reads ``module._flat_weights`` works unchanged)."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def flatten_parameters(self):
+        """Nothing to do: seqcore's kernels read each layer's weights where they are (torch
+        packs them into one buffer for cuDNN here). Kept so code that calls it runs."""
+        return None
+
+    @property
     def all_weights(self):
         """``[[w_ih, w_hh, b_ih, b_hh], ...]`` per layer and direction, as torch's (without
         the biases when ``bias=False``)."""
         per = 4 if self.bias else 2
-        flat = [getattr(self, name) for name in self._flat_weights_names]
+        flat = self._flat_weights
         return [flat[i:i + per] for i in range(0, len(flat), per)]
 
     def _layer_params(self, layer, direction):
@@ -209,7 +223,10 @@ class _RNNBase(nn.Module):
         if self._has_cell:
             y, (h_n, c_n) = seqcore.lstm(x, *params, *init, **options)
             return y, [h_n, c_n]
-        y, h_n = seqcore.gru(x, *params, *init, **options)
+        if self._gates == 1:
+            y, h_n = seqcore.rnn(x, *params, *init, nonlinearity=self.nonlinearity, **options)
+        else:
+            y, h_n = seqcore.gru(x, *params, *init, **options)
         return y, [h_n]
 
 
@@ -377,6 +394,315 @@ class GRU(_RNNBase):
     mode = "GRU"
     _gates = 3
     _has_cell = False
+
+
+class RNN(_RNNBase):
+    """torch.nn.RNN (Elman, tanh or relu) on `seqcore.rnn`: same arguments, parameters, init
+    and outputs.
+
+    A drop-in replacement for ``torch.nn.RNN``: the same constructor (``nonlinearity`` is the
+    fourth positional argument, as torch's), attributes, parameter names
+    (``weight_ih_l{k}{_reverse}``, ...), initialization and outputs, so a ``state_dict``
+    moves between the two in both directions.
+
+    Parameters
+    ----------
+    input_size : int
+        Features of the input, ``I``.
+    hidden_size : int
+        Features of the hidden state, ``H``.
+    num_layers : int, default 1
+        Stacked layers; layer ``k > 0`` takes the previous layer's output, ``D * H``
+        features (``D = 2`` if bidirectional, else 1).
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        ``h' = act(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh)``.
+    bias : bool, default True
+        Whether each layer has ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    batch_first : bool, default False
+        Input and output are ``(B, T, .)`` instead of ``(T, B, .)`` (the states are not).
+    dropout : float, default 0.0
+        Dropout on the outputs of every layer but the last, in training mode only.
+    bidirectional : bool, default False
+        Add a reverse direction to every layer (the ``*_reverse`` parameters).
+    device, dtype : optional
+        Of the parameters, as for any torch module.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As for `seqcore.rnn`.
+
+    Attributes
+    ----------
+    weight_ih_l{k}, weight_hh_l{k} : torch.nn.Parameter
+        Layer ``k``'s weights, ``(H, I)`` (``(H, D*H)`` for ``k > 0``) and ``(H, H)``.
+    bias_ih_l{k}, bias_hh_l{k} : torch.nn.Parameter
+        ``(H,)`` each, with ``bias=True``.
+
+    Raises
+    ------
+    ValueError
+        Sizes that are not positive ints, dropout outside [0, 1], or a nonlinearity other
+        than "tanh" and "relu" (torch only fails at the first forward).
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> rnn = seqcore.nn.RNN(16, 32, 2, "relu")
+    >>> out, h_n = rnn(torch.randn(20, 3, 16))
+    >>> out.shape, h_n.shape
+    (torch.Size([20, 3, 32]), torch.Size([2, 3, 32]))
+    """
+
+    _gates = 1
+    _has_cell = False
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 backend=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
+                             "'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, device=device, dtype=dtype, backend=backend)
+
+    @property
+    def mode(self):
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells: one step per call, torch's RNNCellBase layout (weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+class _CellBase(nn.Module):
+    """Shared by LSTMCell, GRUCell and RNNCell; subclasses set `_gates` and `_step`."""
+
+    _gates = 0
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None,
+                 backend=None):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 0, got "
+                                 f"{value!r}")
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        rows = self._gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((rows, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((rows, hidden_size), **factory))
+        if self.bias:
+            self.bias_ih = nn.Parameter(torch.empty(rows, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(rows, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Every weight and bias uniform in ``+-1/sqrt(hidden_size)`` (torch's init)."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        if self.backend is not None:
+            s += f", backend={self.backend!r}"
+        return s
+
+    def _batched(self, input):
+        """(input as (B, I), unbatched) after torch's checks of a cell's input."""
+        name = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{name}: input must be a tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D "
+                             "instead")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input has inconsistent input_size: got "
+                             f"{input.shape[-1]} expected {self.input_size}")
+        return (input.unsqueeze(0), True) if input.dim() == 1 else (input, False)
+
+    def _state(self, s, name, B, unbatched, like):
+        """A state as (B, H): zeros when None, else checked against the input's batch."""
+        if s is None:
+            return torch.zeros(B, self.hidden_size, dtype=like.dtype, device=like.device)
+        if not isinstance(s, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: {name} must be a tensor, got "
+                            f"{type(s).__name__}")
+        want = (self.hidden_size,) if unbatched else (B, self.hidden_size)
+        if tuple(s.shape) != want:
+            raise ValueError(f"{type(self).__name__}: {name} must have shape {want}, got "
+                             f"{tuple(s.shape)} (input batch {B})")
+        return s.unsqueeze(0) if unbatched else s
+
+    def _params(self):
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+
+class RNNCell(_CellBase):
+    """torch.nn.RNNCell on `seqcore.rnn_cell`: ``h' = act(x @ w_ih.T + b_ih + h @ w_hh.T +
+    b_hh)``, tanh or relu.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H`` (``H = 0`` gives empty states, as torch's).
+    bias : bool, default True
+        Whether the cell has ``bias_ih`` and ``bias_hh``.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    device, dtype : optional
+        Of the parameters.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As for `seqcore.rnn_cell`.
+
+    Attributes
+    ----------
+    weight_ih : (H, I); weight_hh : (H, H); bias_ih, bias_hh : (H,)
+        torch's names, so a ``state_dict`` moves between the two.
+
+    Raises
+    ------
+    ValueError
+        A nonlinearity other than "tanh" or "relu", negative sizes; at forward, input that is
+        not 1-d or 2-d or of the wrong size, or a state of the wrong shape.
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> cell = seqcore.nn.RNNCell(16, 32)
+    >>> h = cell(torch.randn(3, 16))            # zeros as the initial state
+    >>> h = cell(torch.randn(3, 16), h)
+    >>> h.shape
+    torch.Size([3, 32])
+    """
+
+    _gates = 1
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, backend=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
+                             "'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
+                         backend=backend)
+
+    def forward(self, input, hx=None):
+        """h' from input ``(B, I)`` (or unbatched ``(I,)``) and hx ``(B, H)`` (zeros when
+        None); the same shape as hx."""
+        x, unbatched = self._batched(input)
+        h = self._state(hx, "hx", x.shape[0], unbatched, x)
+        h_new = seqcore.rnn_cell(x, h, *self._params(), nonlinearity=self.nonlinearity,
+                                 backend=self.backend)
+        return h_new.squeeze(0) if unbatched else h_new
+
+
+class GRUCell(_CellBase):
+    """torch.nn.GRUCell on `seqcore.gru_cell`.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H`` (``H = 0`` gives empty states, as torch's).
+    bias : bool, default True
+        Whether the cell has ``bias_ih`` and ``bias_hh``.
+    device, dtype : optional
+        Of the parameters.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As for `seqcore.gru_cell`.
+
+    Attributes
+    ----------
+    weight_ih : (3*H, I); weight_hh : (3*H, H); bias_ih, bias_hh : (3*H,)
+        torch's names and gate order ``r, z, n``.
+
+    Raises
+    ------
+    ValueError
+        Negative sizes; at forward, input that is not 1-d or 2-d or of the wrong size, or a
+        state of the wrong shape.
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> cell = seqcore.nn.GRUCell(16, 32)
+    >>> cell(torch.randn(3, 16)).shape
+    torch.Size([3, 32])
+    """
+
+    _gates = 3
+
+    def forward(self, input, hx=None):
+        """h' from input ``(B, I)`` (or unbatched ``(I,)``) and hx ``(B, H)`` (zeros when
+        None); the same shape as hx."""
+        x, unbatched = self._batched(input)
+        h = self._state(hx, "hx", x.shape[0], unbatched, x)
+        h_new = seqcore.gru_cell(x, h, *self._params(), backend=self.backend)
+        return h_new.squeeze(0) if unbatched else h_new
+
+
+class LSTMCell(_CellBase):
+    """torch.nn.LSTMCell on `seqcore.lstm_cell`.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+        ``I`` and ``H`` (``H = 0`` gives empty states, as torch's).
+    bias : bool, default True
+        Whether the cell has ``bias_ih`` and ``bias_hh``.
+    device, dtype : optional
+        Of the parameters.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As for `seqcore.lstm_cell`.
+
+    Attributes
+    ----------
+    weight_ih : (4*H, I); weight_hh : (4*H, H); bias_ih, bias_hh : (4*H,)
+        torch's names and gate order ``i, f, g, o``.
+
+    Raises
+    ------
+    TypeError
+        hx that is not a pair of tensors.
+    ValueError
+        Negative sizes; at forward, input that is not 1-d or 2-d or of the wrong size, or
+        states of the wrong shape.
+
+    Examples
+    --------
+    >>> import torch, seqcore.nn
+    >>> cell = seqcore.nn.LSTMCell(16, 32)
+    >>> h, c = cell(torch.randn(3, 16))
+    >>> h, c = cell(torch.randn(3, 16), (h, c))
+    >>> h.shape, c.shape
+    (torch.Size([3, 32]), torch.Size([3, 32]))
+    """
+
+    _gates = 4
+
+    def forward(self, input, hx=None):
+        """(h', c') from input ``(B, I)`` (or unbatched ``(I,)``) and hx = (h, c), each
+        ``(B, H)`` (zeros when None)."""
+        x, unbatched = self._batched(input)
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError("LSTMCell: hx must be a (h, c) pair of tensors, got "
+                            f"{type(hx).__name__}")
+        h0, c0 = (None, None) if hx is None else hx
+        B = x.shape[0]
+        h = self._state(h0, "h", B, unbatched, x)
+        c = self._state(c0, "c", B, unbatched, x)
+        h_new, c_new = seqcore.lstm_cell(x, h, c, *self._params(), backend=self.backend)
+        return (h_new.squeeze(0), c_new.squeeze(0)) if unbatched else (h_new, c_new)
 
 
 class MultiheadAttention(nn.Module):

@@ -1,7 +1,9 @@
-"""seqcore.lstm_cell, gru_cell, lstm, gru: validation and dispatch.
+"""seqcore.lstm, gru, rnn and their cells (lstm_cell, gru_cell, rnn_cell): validation and
+dispatch.
 
-Cells are sequences of length 1, so every backend implements just lstm_fwd/gru_fwd (and
-their backwards); see seqcore/_problem.py for the interface.
+Cells are sequences of length 1, so every backend implements just lstm_fwd/gru_fwd/rnn_fwd
+(and their backwards); see seqcore/_problem.py for the interface. The Elman RNN is the cell
+"rnn_tanh" or "rnn_relu" here, one family ("rnn", a nonlinearity argument) in the backends.
 """
 from __future__ import annotations
 
@@ -9,25 +11,36 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from seqcore import _dlpack
 from seqcore import _arrays, _backends, _c_recurrent
 from seqcore import _validate as V
 from seqcore.attention import Array
 
-GATES = {"lstm": 4, "gru": 3}
+# Gate rows of w_ih / w_hh per hidden unit, and the name the messages use, of each cell.
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+_TITLE = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)"}
+
+
+def _elman_cell(nonlinearity):
+    """The cell name of an Elman RNN with this nonlinearity ("tanh" or "relu", as torch)."""
+    if nonlinearity not in ("tanh", "relu") or not isinstance(nonlinearity, str):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return "rnn_" + nonlinearity
 
 
 def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
     """Hidden size H from the weights, checking the PyTorch layout (G*H, I), (G*H, H), (G*H,)."""
     G = GATES[cell]
+    rows = f"{G}*H" if G > 1 else "H"
     if w_ih.ndim != 2:
-        V.require_ndim("w_ih", w_ih, (2,), f"({G}*H, input_size)")
+        V.require_ndim("w_ih", w_ih, (2,), f"({rows}, input_size)")
     if w_hh.ndim != 2:
-        V.require_ndim("w_hh", w_hh, (2,), f"({G}*H, H)")
+        V.require_ndim("w_hh", w_hh, (2,), f"({rows}, H)")
     GH, H = _arrays.shape(w_hh)
     if GH != G * H:  # (H = 0 is allowed, as torch allows it: empty states and outputs)
-        raise ValueError(f"w_hh must have shape ({G}*H, H) for {cell.upper()}, got {_arrays.shape(w_hh)}")
+        raise ValueError(f"w_hh must have shape ({rows}, H) for {_TITLE[cell]}, got {_arrays.shape(w_hh)}")
     if _arrays.shape(w_ih) != (G * H, I):
-        raise ValueError(f"w_ih must have shape ({G}*H, input_size) = {(G * H, I)}, got "
+        raise ValueError(f"w_ih must have shape ({rows}, input_size) = {(G * H, I)}, got "
                          f"{_arrays.shape(w_ih)} (x has input_size {I}, w_hh gives H = {H})")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None and _arrays.shape(b) != (G * H,):
@@ -116,23 +129,30 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
 
 
 def _run(cell, kind, backend, a, lengths, reverse):
+    """(y, h_n[, c_n]) of one layer on the chosen backend; a: the arrays of _prepare."""
     if a["w_hh"].shape[1] == 0:  # hidden_size 0: nothing to compute on any backend
         T, B = a["x"].shape[:2]
         empty = [_arrays.zeros_like_kind(a["x"], shape, _arrays.dtype_name(a["x"]))
                  for shape in ((T, B, 0), (B, 0), (B, 0))]
         return tuple(empty) if cell == "lstm" else tuple(empty[:2])
+    elman = cell.startswith("rnn_")
     if kind == _arrays.TORCH:
         from seqcore import _torch
 
+        if elman:
+            return _torch.rnn(**a, nonlinearity=cell[4:], lengths=lengths, reverse=reverse,
+                              backend=backend)
         fn = _torch.lstm if cell == "lstm" else _torch.gru
         return fn(**a, lengths=lengths, reverse=reverse, backend=backend)
     mod = _backends.module(backend, "recurrent")
+    weights = (a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
     if cell == "lstm":
-        y, h_n, c_n, _ = mod.lstm_fwd(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
-                                      a["h0"], a["c0"], lengths, reverse, False)
+        y, h_n, c_n, _ = mod.lstm_fwd(*weights, a["h0"], a["c0"], lengths, reverse, False)
         return y, h_n, c_n
-    y, h_n, _ = mod.gru_fwd(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
-                            lengths, reverse, False)
+    if elman:
+        y, h_n, _ = mod.rnn_fwd(*weights, a["h0"], lengths, reverse, cell[4:], False)
+    else:
+        y, h_n, _ = mod.gru_fwd(*weights, a["h0"], lengths, reverse, False)
     return y, h_n
 
 
@@ -144,6 +164,7 @@ def _seq_out(y, dtype, batch_first):
     return y
 
 
+@_dlpack.accepts_dlpack
 def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
          b_hh: Optional[Array] = None, h0: Optional[Array] = None,
          c0: Optional[Array] = None, *,
@@ -238,6 +259,7 @@ def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
     return _seq_out(y, dtype, batch_first), (_arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype))
 
 
+@_dlpack.accepts_dlpack
 def gru(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
         b_hh: Optional[Array] = None, h0: Optional[Array] = None, *,
         lengths: Union[Array, Sequence[int], None] = None, reverse: bool = False,
@@ -328,6 +350,92 @@ def gru(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
     return _seq_out(y, dtype, batch_first), _arrays.astype(h_n, dtype)
 
 
+@_dlpack.accepts_dlpack
+def rnn(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+        b_hh: Optional[Array] = None, h0: Optional[Array] = None, *,
+        nonlinearity: str = "tanh", lengths: Union[Array, Sequence[int], None] = None,
+        reverse: bool = False, batch_first: bool = False,
+        backend: Optional[str] = None) -> Tuple[Array, Array]:
+    """One Elman RNN layer (one direction, tanh or relu) over a whole sequence, in one fused call.
+
+    Parameters
+    ----------
+    x : array, shape (T, B, I)
+        Input sequence; ``(B, T, I)`` with `batch_first`.
+    w_ih : array, shape (H, I)
+        Input-to-hidden weights.
+    w_hh : array, shape (H, H)
+        Hidden-to-hidden weights; H is read from this shape.
+    b_ih, b_hh : array, shape (H,), optional
+        Biases; zeros when None.
+    h0 : array, shape (B, H), optional
+        Initial hidden state; zeros when None.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        The activation, as ``torch.nn.RNN``'s argument of that name.
+    lengths : sequence of int or integer array, shape (B,), optional
+        Valid steps of each batch element, ``0 <= lengths[b] <= T``, as in `lstm`: ``y`` is
+        zero past them and ``h_n`` is the state after the last valid step.
+    reverse : bool, default False
+        Run from the last step to the first (the backward direction of a bidirectional
+        layer); ``y[t]`` is still the output at step ``t``.
+    batch_first : bool, default False
+        x and y are ``(B, T, .)`` instead of ``(T, B, .)``.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `attention`: None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy
+        arrays and CPU tensors; ``"numpy"`` runs the float64 reference.
+
+    Returns
+    -------
+    y : array, shape (T, B, H)
+        The hidden state at every step (``(B, T, H)`` with `batch_first`), in x's dtype.
+    h_n : array, shape (B, H)
+        The final hidden state.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, non-bool flags, or lengths that
+        are not integers.
+    ValueError
+        A nonlinearity other than "tanh" or "relu"; shapes that do not fit the layout (the
+        message names the argument and the shapes seen), lengths outside [0, T], or inputs
+        on different devices. Checked before any kernel runs.
+    RuntimeError
+        The requested backend is unavailable here.
+
+    Notes
+    -----
+    ``h' = act(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh)``, PyTorch's layout, so the weights of
+    one layer of ``torch.nn.RNN`` (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``,
+    ``bias_hh_l{k}``) load as they are. The relu gradient is taken as 0 where the output is
+    0, as torch's. dtypes, backends and gradients as in `lstm`; the kernels are the same
+    recurrent kernels as LSTM's and GRU's, generic over the cell.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> x = np.random.randn(20, 3, 16).astype(np.float32)
+    >>> w_ih = np.random.randn(32, 16).astype(np.float32) * 0.1
+    >>> w_hh = np.random.randn(32, 32).astype(np.float32) * 0.1
+    >>> y, h_n = seqcore.rnn(x, w_ih, w_hh, nonlinearity="relu")
+    >>> y.shape, h_n.shape
+    ((20, 3, 32), (3, 32))
+    """
+    cell = _elman_cell(nonlinearity)
+    if type(x) is not np.ndarray:
+        host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, lengths)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
+            return _arrays.host_results(rnn(*host[:6], nonlinearity=nonlinearity,
+                                            lengths=host[6], reverse=reverse,
+                                            batch_first=batch_first, backend=backend))
+    V.require_bool("reverse", reverse)
+    V.require_bool("batch_first", batch_first)
+    kind, backend, dtype, a, lengths = _prepare(
+        cell, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths, batch_first, backend, True)
+    y, h_n = _run(cell, kind, backend, a, lengths, reverse)
+    return _seq_out(y, dtype, batch_first), _arrays.astype(h_n, dtype)
+
+
 _C_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -368,6 +476,7 @@ def _direct_cell(backend, G, x, w_ih, w_hh, biases, states):
     return new
 
 
+@_dlpack.accepts_dlpack
 def lstm_cell(x: Array, h: Array, c: Array, w_ih: Array, w_hh: Array,
               b_ih: Optional[Array] = None, b_hh: Optional[Array] = None, *,
               backend: Optional[str] = None) -> Tuple[Array, Array]:
@@ -443,6 +552,7 @@ def lstm_cell(x: Array, h: Array, c: Array, w_ih: Array, w_hh: Array,
     return _arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype)
 
 
+@_dlpack.accepts_dlpack
 def gru_cell(x: Array, h: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
              b_hh: Optional[Array] = None, *, backend: Optional[str] = None) -> Array:
     """One GRU step.
@@ -511,4 +621,77 @@ def gru_cell(x: Array, h: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array]
         "gru", x, w_ih, w_hh, b_ih, b_hh, [("h", h)], None, False, backend, False)
     a["h0"] = a.pop("h")
     _, h_n = _run("gru", kind, backend, a, None, False)
+    return _arrays.astype(h_n, dtype)
+
+
+@_dlpack.accepts_dlpack
+def rnn_cell(x: Array, h: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
+             b_hh: Optional[Array] = None, *, nonlinearity: str = "tanh",
+             backend: Optional[str] = None) -> Array:
+    """One Elman RNN step, tanh or relu.
+
+    Parameters
+    ----------
+    x : array, shape (B, I)
+        Input at this step.
+    h : array, shape (B, H)
+        Hidden state (required: pass zeros for a fresh state).
+    w_ih : array, shape (H, I)
+        Input-to-hidden weights.
+    w_hh : array, shape (H, H)
+        Hidden-to-hidden weights.
+    b_ih, b_hh : array, shape (H,), optional
+        Biases; zeros when None.
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+        The activation, as ``torch.nn.RNNCell``'s argument of that name.
+    backend : {None, "c", "triton", "numpy"}, optional
+        As in `attention`: None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy
+        arrays and CPU tensors; ``"numpy"`` runs the float64 reference.
+
+    Returns
+    -------
+    h_new : array, shape (B, H)
+        ``act(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh)``, in x's dtype.
+
+    Raises
+    ------
+    TypeError
+        Mixed array kinds or dtypes, unsupported dtypes, or h missing.
+    ValueError
+        A nonlinearity other than "tanh" or "relu", shapes that do not fit the layout, or
+        inputs on different devices. Checked before any kernel runs.
+    RuntimeError
+        The requested backend is unavailable here.
+
+    Notes
+    -----
+    One step of `rnn` (the weights of ``torch.nn.RNNCell``, or of one layer of
+    ``torch.nn.RNN``, load as they are). dtypes, backends and gradients as in `lstm`. A call
+    with NumPy arrays (or CPU tensors that need no grad) of one float32 or float64 dtype,
+    C-contiguous, goes straight to the C kernel, as `lstm_cell`'s does.
+
+    Examples
+    --------
+    >>> import numpy as np, seqcore
+    >>> x, h = np.random.randn(8, 32), np.zeros((8, 64))           # float64
+    >>> w_ih, w_hh = np.random.randn(64, 32), np.random.randn(64, 64)
+    >>> seqcore.rnn_cell(x, h, w_ih, w_hh, nonlinearity="relu").shape
+    (8, 64)
+    """
+    cell = _elman_cell(nonlinearity)
+    new = _direct_cell(backend, 1, x, w_ih, w_hh, (b_ih, b_hh), (h,))
+    if new is not None:
+        return _c_recurrent.rnn_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False,
+                                    nonlinearity, False, new)[1]
+    if type(x) is not np.ndarray:
+        host = _arrays.host_views(backend, x, h, w_ih, w_hh, b_ih, b_hh)
+        if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
+            return _arrays.host_results(rnn_cell(*host, nonlinearity=nonlinearity,
+                                                 backend=backend))
+    if h is None:
+        raise TypeError("rnn_cell needs h (pass zeros for a fresh state)")
+    kind, backend, dtype, a, _ = _prepare(
+        cell, x, w_ih, w_hh, b_ih, b_hh, [("h", h)], None, False, backend, False)
+    a["h0"] = a.pop("h")
+    _, h_n = _run(cell, kind, backend, a, None, False)
     return _arrays.astype(h_n, dtype)

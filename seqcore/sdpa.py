@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from seqcore import _dlpack
 from seqcore import _arrays
 from seqcore import _validate as V
 from seqcore.attention import Array, attention
@@ -53,6 +54,7 @@ def _top_left_causal(L, S, like, dtype):
     return np.where(allowed, 0.0, -np.inf).astype(dtype)
 
 
+@_dlpack.accepts_dlpack
 def scaled_dot_product_attention(query: Array, key: Array, value: Array,
                                  attn_mask: Optional[Array] = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: Optional[float] = None,

@@ -204,3 +204,52 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     mode = "CUDA" if HAS_CUDA else ("interpreter (TRITON_INTERPRET=1)" if HAS_TRITON else "absent")
     return f"seqcore tests: triton {mode}"
+
+
+# ---- the recurrent cells, for tests parametrized over them -----------------------------------
+# (one table: a test over CELLS runs every cell through the same code)
+
+CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def cell_states(cell):
+    """The states a cell carries: ("h0", "c0") for the LSTM, ("h0",) for the others."""
+    return ("h0", "c0") if cell == "lstm" else ("h0",)
+
+
+def cell_extra(cell):
+    """Keyword arguments that select the cell within its public function."""
+    return {"nonlinearity": cell[4:]} if cell.startswith("rnn_") else {}
+
+
+def seq_fn(cell):
+    """The public sequence function of a cell, its nonlinearity bound."""
+    import functools
+
+    import seqcore
+
+    fn = {"lstm": seqcore.lstm, "gru": seqcore.gru}.get(cell, seqcore.rnn)
+    return functools.partial(fn, **cell_extra(cell))
+
+
+def cell_fn(cell):
+    """The public one-step function of a cell, its nonlinearity bound."""
+    import functools
+
+    import seqcore
+
+    fn = {"lstm": seqcore.lstm_cell, "gru": seqcore.gru_cell}.get(cell, seqcore.rnn_cell)
+    return functools.partial(fn, **cell_extra(cell))
+
+
+def ref_seq_fn(cell):
+    """(forward, backward) of a cell's float64 reference, nonlinearity bound."""
+    import functools
+
+    from seqcore import reference as R
+
+    fwd, bwd = {"lstm": (R.lstm, R.lstm_bwd), "gru": (R.gru, R.gru_bwd)}.get(
+        cell, (R.rnn, R.rnn_bwd))
+    extra = cell_extra(cell)
+    return functools.partial(fwd, **extra), functools.partial(bwd, **extra)

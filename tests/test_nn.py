@@ -1,5 +1,7 @@
-"""seqcore.nn: LSTM/GRU against torch.nn.LSTM/GRU with the same weights, and
+"""seqcore.nn: LSTM/GRU/RNN and their cells against torch.nn's with the same weights, and
 MultiheadSelfAttention against F.linear + scaled_dot_product_attention."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,10 @@ from conftest import assert_close, require_backend  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PAIRS = {"lstm": (snn.LSTM, torch.nn.LSTM), "gru": (snn.GRU, torch.nn.GRU)}
+for _nl in ("tanh", "relu"):
+    PAIRS["rnn_" + _nl] = (functools.partial(snn.RNN, nonlinearity=_nl),
+                           functools.partial(torch.nn.RNN, nonlinearity=_nl))
+CELLS = list(PAIRS)
 
 
 
@@ -65,7 +71,7 @@ CONFIGS = [(2, True, False, True), (2, False, True, True), (1, True, True, False
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_rnn_matches_torch(rng, backend, dtype, cell, config, with_hx):
@@ -87,7 +93,7 @@ def test_rnn_matches_torch(rng, backend, dtype, cell, config, with_hx):
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_packed_sequence_unsorted_lengths(rng, backend, dtype, cell, with_hx):
     require_backend(backend)
@@ -106,7 +112,7 @@ def test_packed_sequence_unsorted_lengths(rng, backend, dtype, cell, with_hx):
     assert torch.equal(out.unsorted_indices, packed.unsorted_indices)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_unbatched_input(rng, cell):
     require_backend("c")
     ref, mine = twin(cell, "float64", input_size=3, hidden_size=2, num_layers=2, bidirectional=True)
@@ -121,7 +127,7 @@ def test_unbatched_input(rng, cell):
         assert_close(flat_state(state_m), flat_state(state_r), "float64")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_state_dict_both_ways_and_init(rng, cell):
     ours, theirs = PAIRS[cell]
     kwargs = dict(input_size=6, hidden_size=5, num_layers=3, bidirectional=True, bias=True)
@@ -136,8 +142,16 @@ def test_state_dict_both_ways_and_init(rng, cell):
     for p in mine.parameters():
         assert p.abs().max() <= bound and p.std() > bound / 4  # uniform(-1/sqrt(H), 1/sqrt(H))
     for attr in ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                 "bidirectional"):
+                 "bidirectional", "mode", "proj_size", "_flat_weights_names"):
         assert getattr(mine, attr) == getattr(ref, attr), attr
+    if cell.startswith("rnn_"):
+        assert mine.nonlinearity == ref.nonlinearity
+    # torch's RNN internals that user code reads
+    assert [p.shape for p in mine._flat_weights] == [p.shape for p in ref._flat_weights]
+    assert all(a is getattr(mine, n) for a, n in zip(mine._flat_weights, mine._flat_weights_names))
+    assert mine.flatten_parameters() is None
+    assert [[p.shape for p in w] for w in mine.all_weights] == \
+        [[p.shape for p in w] for w in ref.all_weights]
 
 
 def test_constructor_errors():
@@ -152,9 +166,99 @@ def test_constructor_errors():
         gru(torch.zeros(2, 1, 3), torch.zeros(1, 1, 4))
     with pytest.raises(ValueError, match="input_size"):
         gru(torch.zeros(2, 1, 5))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        snn.RNN(3, 4, 1, "sigmoid")
+    with pytest.raises(ValueError, match="nonlinearity"):
+        snn.RNNCell(3, 4, nonlinearity="gelu")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+# ---- cells: LSTMCell, GRUCell, RNNCell against torch's ----------------------------------------
+
+CELL_PAIRS = {"lstm": (snn.LSTMCell, torch.nn.LSTMCell), "gru": (snn.GRUCell, torch.nn.GRUCell)}
+for _nl in ("tanh", "relu"):
+    CELL_PAIRS["rnn_" + _nl] = (functools.partial(snn.RNNCell, nonlinearity=_nl),
+                                functools.partial(torch.nn.RNNCell, nonlinearity=_nl))
+
+
+def cell_twin(cell, dtype, backend, **kwargs):
+    ours, theirs = CELL_PAIRS[cell]
+    ref = theirs(dtype=DTYPES[dtype], **kwargs)
+    mine = ours(dtype=DTYPES[dtype], backend=backend, **kwargs)
+    assert list(mine.state_dict()) == list(ref.state_dict())
+    mine.load_state_dict(ref.state_dict())
+    return ref, mine
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [3, None], ids=["batched", "unbatched"])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_cells_match_torch(rng, backend, dtype, cell, bias, batch, with_hx):
+    """Outputs and the gradients of input, states and parameters, over a few steps fed back
+    into the cell (as a streaming loop does)."""
+    require_backend(backend)
+    ref, mine = cell_twin(cell, dtype, backend, input_size=5, hidden_size=6, bias=bias)
+    lead = () if batch is None else (batch,)
+    xs = [tensor(rng, lead + (5,), dtype, requires_grad=True) for _ in range(3)]
+    hx = None
+    if with_hx:
+        states = tuple(tensor(rng, lead + (6,), dtype, requires_grad=True)
+                       for _ in range(2 if cell == "lstm" else 1))
+        hx = states if cell == "lstm" else states[0]
+    outs = {}
+    for name, module in (("ref", ref), ("mine", mine)):
+        state = hx
+        for x in xs:
+            state = module(x, state)
+        outs[name] = as_tuple(state)
+    for got, want in zip(outs["mine"], outs["ref"]):
+        assert got.shape == want.shape
+        assert_close(got, want, dtype, name="state")
+    seeds = [torch.from_numpy(rng.standard_normal(tuple(o.shape))).to(DTYPES[dtype])
+             for o in outs["ref"]]
+    leaves = xs + (list(as_tuple(hx)) if hx is not None else [])
+    for name, module in (("ref", ref), ("mine", mine)):
+        params = list(module.parameters())
+        outs[name + "_grads"] = torch.autograd.grad(outs[name], leaves + params, seeds)
+    for got, want in zip(outs["mine_grads"], outs["ref_grads"]):
+        assert_close(got, want, dtype, grad=True, scale=4, name="grad")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_errors_and_attributes(cell):
+    ours, theirs = CELL_PAIRS[cell]
+    mine, ref = ours(3, 4), theirs(3, 4)
+    assert repr(mine) == repr(ref)
+    assert (mine.input_size, mine.hidden_size, mine.bias) == (ref.input_size, ref.hidden_size, ref.bias)
+    with pytest.raises(ValueError, match="1D or 2D"):
+        mine(torch.zeros(2, 2, 3))
+    with pytest.raises(ValueError, match="input_size"):
+        mine(torch.zeros(2, 5))
+    bad = torch.zeros(3, 4)
+    with pytest.raises((ValueError, TypeError)):
+        mine(torch.zeros(2, 3), (bad, bad) if cell == "lstm" else bad)
+    if cell == "lstm":
+        with pytest.raises(TypeError, match="pair"):
+            mine(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cells_take_hidden_size_zero(cell):
+    """torch's cells accept hidden_size=0 (empty states); so do these."""
+    require_backend("c")
+    ours, theirs = CELL_PAIRS[cell]
+    got = as_tuple(ours(3, 0)(torch.randn(2, 3)))
+    want = as_tuple(theirs(3, 0)(torch.randn(2, 3)))
+    assert [g.shape for g in got] == [w.shape for w in want] == [(2, 0)] * len(want)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_dropout_between_layers(rng, cell):
     require_backend("c")
     ref, mine = twin(cell, "float64", input_size=3, hidden_size=4, num_layers=2, dropout=0.5)
@@ -234,7 +338,7 @@ def test_mhsa_errors():
         module(torch.zeros(1, 3, 8), key_padding_mask=torch.zeros(1, 4, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "mhsa"])
+@pytest.mark.parametrize("cell", CELLS + ["mhsa"])
 def test_modules_compile_fullgraph(rng, cell):
     """torch.compile(fullgraph=True) traces the modules ("aot_eager": see test_torch.py)."""
     require_backend("c")

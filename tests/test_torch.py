@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 import seqcore  # noqa: E402
 from seqcore import reference  # noqa: E402
 import seqcore._torch  # noqa: E402,F401  (registers torch.ops.seqcore.*)
-from conftest import assert_close, require_backend  # noqa: E402
+from conftest import (CELLS, GATES, assert_close, cell_states, require_backend,  # noqa: E402
+                      seq_fn)
 
 ops = torch.ops.seqcore
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
@@ -100,42 +101,51 @@ def test_opcheck_attention_varlen(rng, backend, dtype):
 
 
 def rnn_inputs(rng, cell, dtype, T=4, B=3, I=5, H=4, requires_grad=False, device="cpu"):
-    G = 4 if cell == "lstm" else 3
-    shapes = dict(x=(T, B, I), w_ih=(G * H, I), w_hh=(G * H, H), b_ih=(G * H,), b_hh=(G * H,),
-                  h0=(B, H))
-    if cell == "lstm":
-        shapes["c0"] = (B, H)
+    G = GATES[cell]
+    shapes = dict(x=(T, B, I), w_ih=(G * H, I), w_hh=(G * H, H), b_ih=(G * H,), b_hh=(G * H,))
+    shapes.update({name: (B, H) for name in cell_states(cell)})
     return {name: tensor(rng, s, dtype, requires_grad, device) for name, s in shapes.items()}
 
 
+def cell_ops(cell):
+    """(fwd op, bwd op, the arguments after `reverse` that select the cell: the Elman ops
+    take the nonlinearity there)."""
+    family = "rnn" if cell.startswith("rnn_") else cell
+    nl = (cell[4:],) if family == "rnn" else ()
+    return getattr(ops, family + "_fwd"), getattr(ops, family + "_bwd"), nl
+
+
+WS_WIDTH = {"lstm": 5, "gru": 4, "rnn_tanh": 1, "rnn_relu": 1}  # ws columns per hidden unit
+
+
 @pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 0, 2], True)])
 def test_opcheck_rnn(rng, backend, dtype, cell, lengths, reverse):
     require_backend(backend)
     a = rnn_inputs(rng, cell, dtype, requires_grad=True)
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
-    fwd, bwd = (ops.lstm_fwd, ops.lstm_bwd) if cell == "lstm" else (ops.gru_fwd, ops.gru_bwd)
-    fwd_args = tuple(a.values()) + (lens, reverse, True, backend)
+    fwd, bwd, nl = cell_ops(cell)
+    fwd_args = tuple(a.values()) + (lens, reverse) + nl + (True, backend)
     torch.library.opcheck(fwd, fwd_args)
     outs = fwd(*fwd_args)
     y, ws = outs[0], outs[-1]
     douts = tuple(torch.randn_like(t) for t in outs[:-1])
     detached = tuple(t.detach() for t in a.values())
-    torch.library.opcheck(bwd, douts + detached + (lens, reverse, y.detach(), ws.detach(), backend))
+    torch.library.opcheck(bwd, douts + detached + (lens, reverse) + nl +
+                          (y.detach(), ws.detach(), backend))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_workspace_only_when_grad_is_needed(rng, cell):
     require_backend("numpy")
     a = rnn_inputs(rng, cell, "float32", T=3, B=2, I=3, H=2)
-    fwd = ops.lstm_fwd if cell == "lstm" else ops.gru_fwd
-    ws_width = 5 if cell == "lstm" else 4
-    assert fwd(*a.values(), None, False, False, "numpy")[-1].shape == (0,)
-    assert fwd(*a.values(), None, False, True, "numpy")[-1].shape == (3, 2, ws_width * 2)
+    fwd, _, nl = cell_ops(cell)
+    assert fwd(*a.values(), None, False, *nl, False, "numpy")[-1].shape == (0,)
+    assert fwd(*a.values(), None, False, *nl, True, "numpy")[-1].shape == (3, 2, WS_WIDTH[cell] * 2)
     # the public wrapper decides from requires_grad and grad mode
     a["w_hh"].requires_grad_()
-    run = seqcore.lstm if cell == "lstm" else seqcore.gru
+    run = seq_fn(cell)
     with torch.no_grad():
         y = run(*a.values(), backend="numpy")[0]
     assert y.grad_fn is None
@@ -150,10 +160,11 @@ def test_opcheck_triton_tiny(rng, triton_device):
     q, k, v = (t.detach().to(triton_device).requires_grad_() for t in (q, k, v))
     torch.library.opcheck(ops.attention_fwd,
                           (q, k, v, None) + op_params(causal=True, D=16) + ("triton",))
-    for cell, fwd in (("lstm", ops.lstm_fwd), ("gru", ops.gru_fwd)):
+    for cell in CELLS:
+        fwd, _, nl = cell_ops(cell)
         a = rnn_inputs(rng, cell, "float32", T=2, B=2, I=3, H=4, requires_grad=True,
                        device=triton_device)
-        torch.library.opcheck(fwd, tuple(a.values()) + (None, False, True, "triton"))
+        torch.library.opcheck(fwd, tuple(a.values()) + (None, False) + nl + (True, "triton"))
 
 
 # ---- gradients: gradcheck, and against the reference backward ----------------------------------
@@ -171,11 +182,11 @@ def test_gradcheck_attention(rng, backend, options):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_rnn(rng, backend, cell):
     require_backend(backend)
     a = rnn_inputs(rng, cell, "float64", T=3, B=3, I=2, H=2, requires_grad=True)
-    run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
+    run_seq = seq_fn(cell)
 
     def run(*tensors):
         y, state = run_seq(*tensors, lengths=[3, 1, 0], reverse=True, batch_first=True,
@@ -310,11 +321,11 @@ def test_compile_attention_fullgraph(rng, backend):
 
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_compile_rnn_fullgraph(rng, backend, cell):
     require_backend(backend)
     a = rnn_inputs(rng, cell, "float32", requires_grad=True)
-    run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
+    run_seq = seq_fn(cell)
 
     def run(*tensors):
         y, state = run_seq(*tensors, backend=backend)
@@ -332,13 +343,13 @@ def test_compile_rnn_fullgraph(rng, backend, cell):
 
 
 @pytest.mark.parametrize("backend", ["c", "numpy"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_compile_rnn_fullgraph_with_lengths(rng, backend, cell):
     """lengths as a tensor: its values are unknown while tracing, so the op checks them when
     it runs (a bad length is still a ValueError, not a wrong answer)."""
     require_backend(backend)
     a = rnn_inputs(rng, cell, "float32", T=5, B=3, requires_grad=True)
-    run_seq = seqcore.lstm if cell == "lstm" else seqcore.gru
+    run_seq = seq_fn(cell)
 
     def run(lengths, *tensors):
         y, _ = run_seq(*tensors, lengths=lengths, backend=backend)
@@ -453,6 +464,9 @@ def _raw_calls():
         ("lstm_fwd c0", lambda: ops.lstm_fwd(z(2, 1, 3), z(8, 3), z(8, 2), z(8), z(8), z(1, 2), z(1, 3), *lstm)),
         ("lstm_fwd lengths", lambda: ops.lstm_fwd(z(2, 1, 3), z(8, 3), z(8, 2), z(8), z(8), z(1, 2), z(1, 2), z(2), False, False, "c")),
         ("gru_fwd w_ih", lambda: ops.gru_fwd(z(2, 1, 3), z(6, 4), z(6, 2), z(6), z(6), z(1, 2), *lstm)),
+        ("rnn_fwd w_hh", lambda: ops.rnn_fwd(z(2, 1, 3), z(2, 3), z(3, 2), z(2), z(2), z(1, 2), None, False, "tanh", False, "c")),
+        ("rnn_fwd nonlinearity", lambda: ops.rnn_fwd(z(2, 1, 3), z(2, 3), z(2, 2), z(2), z(2), z(1, 2), None, False, "gelu", False, "c")),
+        ("rnn_bwd ws", lambda: ops.rnn_bwd(z(2, 1, 2), z(1, 2), z(2, 1, 3), z(2, 3), z(2, 2), z(2), z(2), z(1, 2), None, False, "relu", z(2, 1, 2), z(2, 1, 3), "c")),
         ("gru_bwd dy", lambda: ops.gru_bwd(z(2, 1, 3), z(1, 2), z(2, 1, 3), z(6, 3), z(6, 2), z(6), z(6), z(1, 2), None, False, z(2, 1, 2), z(0), "c")),
         ("attention_kvcache_fwd length", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None, i32(20), None, *attn)),
         ("attention_kvcache_fwd block", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(2, 2, 16, 8), z(2, 2, 16, 8), None, None, i32(5), i32(7)[None], *attn)),
@@ -470,14 +484,14 @@ def test_raw_ops_refuse_mismatched_arguments(name, call):
 # create_graph backward (a composite of torch ops) equal the kernels' ---------------------------
 
 def _rnn_args(rng, cell, T=3, B=2, I=2, H=3):
-    G = 4 if cell == "lstm" else 3
-    shapes = [(T, B, I), (G * H, I), (G * H, H), (G * H,), (G * H,), (B, H)] + \
-        ([(B, H)] if cell == "lstm" else [])
+    G = GATES[cell]
+    shapes = [(T, B, I), (G * H, I), (G * H, H), (G * H,), (G * H,)] + \
+        [(B, H)] * len(cell_states(cell))
     return [tensor(rng, s, requires_grad=True) for s in shapes]
 
 
 def _rnn_fn(cell, **kw):
-    fn = getattr(seqcore, cell)
+    fn = seq_fn(cell)
     if cell == "lstm":
         return lambda *a: (lambda r: (r[0],) + tuple(r[1]))(fn(*a, **kw))
     return lambda *a: fn(*a, **kw)
@@ -503,10 +517,15 @@ def _double_backward_cases(rng):
          tuple(tensor(rng, s, requires_grad=True) for s in ((2, 3), (2, 4), (2, 4), (16, 3), (16, 4)))),
         ("gru_cell", lambda x, h, wi, wh: seqcore.gru_cell(x, h, wi, wh),
          tuple(tensor(rng, s, requires_grad=True) for s in ((2, 3), (2, 4), (12, 3), (12, 4)))),
+        ("rnn tanh reverse lengths", _rnn_fn("rnn_tanh", reverse=True, lengths=torch.tensor([3, 2])),
+         tuple(_rnn_args(rng, "rnn_tanh"))),
+        ("rnn relu", _rnn_fn("rnn_relu"), tuple(_rnn_args(rng, "rnn_relu"))),
+        ("rnn_cell relu", lambda x, h, wi, wh: seqcore.rnn_cell(x, h, wi, wh, nonlinearity="relu"),
+         tuple(tensor(rng, s, requires_grad=True) for s in ((2, 3), (2, 4), (4, 3), (4, 4)))),
     ]
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(11))
 def test_double_backward(rng, index):
     require_backend("c")
     name, fn, args = _double_backward_cases(rng)[index]

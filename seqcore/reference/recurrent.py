@@ -201,3 +201,77 @@ def gru_cell_bwd(dh_new, x, h, w_ih, w_hh, b_ih=None, b_hh=None):
     Returns dict(x, h, w_ih, w_hh, b_ih, b_hh), float64."""
     g = gru_bwd(None, dh_new, _f64(x)[None], w_ih, w_hh, b_ih, b_hh, h)
     return dict(x=g["x"][0], h=g["h0"], w_ih=g["w_ih"], w_hh=g["w_hh"], b_ih=g["b_ih"], b_hh=g["b_hh"])
+
+
+# ---------------------------------------------------------------- Elman RNN (tanh / relu)
+
+def _activation(nonlinearity):
+    """(f, f' as a function of f's output): both derivatives are functions of the output,
+    so the backward needs only y (torch's relu backward also masks by output > 0)."""
+    if nonlinearity == "tanh":
+        return np.tanh, lambda h: 1.0 - h * h
+    if nonlinearity == "relu":
+        return (lambda a: np.maximum(a, 0.0)), (lambda h: (h > 0).astype(np.float64))
+    raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+
+
+def rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    act, _ = _activation(nonlinearity)
+    h = _zeros_or(h0, (B, H))
+    y = np.zeros((T, B, H))
+    cache = []
+    for t, active in _steps(T, lengths, B, reverse):
+        h_new = act(x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+        cache.append((t, active, h, h_new))
+        y[t] = np.where(active, h_new, 0.0)
+        h = np.where(active, h_new, h)
+    return y, h, cache
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One Elman step, h' = act(x @ w_ih.T + b_ih + h @ w_hh.T + b_hh): x (B, I), h (B, H)
+    -> h_new, float64."""
+    y, h_n = rnn(_f64(x)[None], w_ih, w_hh, b_ih, b_hh, h, nonlinearity=nonlinearity)
+    return h_n
+
+
+def rnn(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh", lengths=None,
+        reverse=False, batch_first=False):
+    """Elman RNN (torch.nn.RNN's layer, tanh or relu): x (T, B, I) ((B, T, I) if
+    batch_first), w_ih (H, I), w_hh (H, H), biases (H,) -> (y (T, B, H), h_n), float64."""
+    x, w_ih, w_hh, b_ih, b_hh = _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first)
+    y, h_n, _ = rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity)
+    return _time_major(y, batch_first), h_n
+
+
+def rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+            lengths=None, reverse=False, batch_first=False):
+    """Gradients of sum(dy*y) + sum(dh_n*h_n) (None: zeros), by BPTT.
+    Returns dict(x, w_ih, w_hh, b_ih, b_hh, h0), float64."""
+    x, w_ih, w_hh, b_ih, b_hh = _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    _, dact = _activation(nonlinearity)
+    _, _, cache = rnn_run(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity)
+    dy = np.zeros((T, B, H)) if dy is None else _time_major(_f64(dy), batch_first)
+    dh = _zeros_or(dh_n, (B, H))
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(H)
+    for t, active, h_prev, h_new in reversed(cache):
+        da = np.where(active, (dh + dy[t]) * dact(h_new), 0.0)   # the pre-activation's
+        dx[t] = da @ w_ih
+        dw_ih += da.T @ x[t]
+        dw_hh += da.T @ h_prev
+        db += da.sum(axis=0)
+        dh = np.where(active, da @ w_hh, dh)
+    return dict(x=_time_major(dx, batch_first), w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy(),
+                h0=dh)
+
+
+def rnn_cell_bwd(dh_new, x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """Gradients of sum(dh_new*h_new) for one Elman step.
+    Returns dict(x, h, w_ih, w_hh, b_ih, b_hh), float64."""
+    g = rnn_bwd(None, dh_new, _f64(x)[None], w_ih, w_hh, b_ih, b_hh, h, nonlinearity=nonlinearity)
+    return dict(x=g["x"][0], h=g["h0"], w_ih=g["w_ih"], w_hh=g["w_hh"], b_ih=g["b_ih"], b_hh=g["b_hh"])
