@@ -31,24 +31,31 @@ def _attn_options(p):
 
 # ---------------------------------------------------------------- attention
 
+def _dropout_options(p):
+    return dict(dropout_p=p.dropout_p, dropout_seed=p.dropout_seed)
+
+
 def attention_fwd(q, k, v, bias, p):
-    out, lse = attention(q, k, v, bias=bias, return_lse=True, **_attn_options(p))
+    out, lse = attention(q, k, v, bias=bias, return_lse=True, **_attn_options(p),
+                         **_dropout_options(p))
     return out.astype(q.dtype), lse.astype(_acc_dtype(q.dtype))
 
 
 def attention_bwd(dout, q, k, v, bias, out, lse, p, need_dbias):
-    dq, dk, dv, dbias = attention_bwd_full(dout, q, k, v, bias=bias, **_attn_options(p))
+    dq, dk, dv, dbias = attention_bwd_full(dout, q, k, v, bias=bias, **_attn_options(p),
+                                           **_dropout_options(p))
     dbias = dbias.astype(q.dtype) if need_dbias else None
     return _cast(q.dtype, dq, dk, dv) + (dbias,)
 
 
 def attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p):
-    out, lse = attention_varlen(q, k, v, cu_q, cu_k, return_lse=True, **_attn_options(p))
+    out, lse = attention_varlen(q, k, v, cu_q, cu_k, return_lse=True, **_attn_options(p),
+                                **_dropout_options(p))
     return out.astype(q.dtype), lse.astype(_acc_dtype(q.dtype))
 
 
 def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
-    grads = varlen_bwd(dout, q, k, v, cu_q, cu_k, **_attn_options(p))
+    grads = varlen_bwd(dout, q, k, v, cu_q, cu_k, **_attn_options(p), **_dropout_options(p))
     return _cast(q.dtype, *grads)
 
 

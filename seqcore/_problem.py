@@ -61,6 +61,10 @@ class AttnParams:
     window_right: int  # keys j <= i + (Sk - Sq) + window_right; -1: unbounded; causal gives 0
     softcap: float     # 0.0: off; else scores -> softcap * tanh(scores / softcap) before masks
     causal: bool       # as the user asked (already folded into window_right)
+    # attention dropout (seqcore/reference/dropout.py defines the mask): probability 0.0
+    # (off) to < 1, and the Philox seed (0 <= seed < 2**64) both passes regenerate it from
+    dropout_p: float = 0.0
+    dropout_seed: int = 0
 
     @property
     def has_window(self):
@@ -77,10 +81,11 @@ def _window_side(w):
     return -1 if w >= WINDOW_UNBOUNDED_FROM else w
 
 
-def make_attn_params(scale, causal, window, softcap):
+def make_attn_params(scale, causal, window, softcap, dropout_p=0.0, dropout_seed=0):
     left, right = (-1, -1) if window is None else (int(window[0]), int(window[1]))
     left, right = _window_side(left), _window_side(right)
     if causal:
         right = 0 if right < 0 else min(right, 0)
     return AttnParams(scale=float(scale), window_left=left, window_right=right,
-                      softcap=float(softcap or 0.0), causal=bool(causal))
+                      softcap=float(softcap or 0.0), causal=bool(causal),
+                      dropout_p=float(dropout_p), dropout_seed=int(dropout_seed))

@@ -95,9 +95,10 @@ def _contig(*ts):
     return [None if t is None else t.contiguous() for t in ts]
 
 
-def _params(scale, window_left, window_right, softcap, causal):
+def _params(scale, window_left, window_right, softcap, causal, dropout_p=0.0, dropout_seed=0):
     return AttnParams(scale=scale, window_left=window_left, window_right=window_right,
-                      softcap=softcap, causal=causal)
+                      softcap=softcap, causal=causal, dropout_p=dropout_p,
+                      dropout_seed=dropout_seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,8 +145,10 @@ def _check_attention(op, q, k, v, bias):
         _alike(op, "q", q, [("bias", bias)], dtypes=(q.dtype, torch.float32, torch.float64))
 
 
-def _check_attention_fwd(q, k, v, bias, *args, **kwargs):
+def _check_attention_fwd(q, k, v, bias, scale, window_left, window_right, softcap, causal,
+                         dropout_p, dropout_seed, backend):
     _check_attention("attention_fwd", q, k, v, bias)
+    _check_dropout("attention_fwd", dropout_p, dropout_seed)
 
 
 def _check_grads_in(op, dout, out, lse, rows, Dv):
@@ -169,8 +172,17 @@ def _check_varlen(op, q, k, v, cu_q, cu_k):
     _alike(op, "q", q, [("cu_q", cu_q), ("cu_k", cu_k)], dtypes=(torch.int32,))
 
 
-def _check_attention_varlen_fwd(q, k, v, cu_q, cu_k, *args, **kwargs):
+def _check_attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left,
+                                window_right, softcap, causal, dropout_p, dropout_seed, backend):
     _check_varlen("attention_varlen_fwd", q, k, v, cu_q, cu_k)
+    _check_dropout("attention_varlen_fwd", dropout_p, dropout_seed)
+
+
+def _check_dropout(op, dropout_p, dropout_seed):
+    if not 0.0 <= dropout_p < 1.0:
+        _fail(op, f"dropout_p must lie in [0, 1), got {dropout_p}")
+    if dropout_seed < 0:
+        _fail(op, f"dropout_seed must be >= 0, got {dropout_seed}")
 
 
 def _check_rnn(op, G, x, w_ih, w_hh, b_ih, b_hh, states, lengths):
@@ -283,8 +295,17 @@ def _composite_grads(outputs, grad_outputs, inputs):
     return [next(grads) if t is not None and t.requires_grad else None for t in inputs]
 
 
-def _attention_math(q, k, v, bias, visible, scale, softcap):
-    """(out, lse) of attention as differentiable torch ops; visible: (Sq, Sk) bool."""
+def _dropout_factor(shape, p, seed, like, first_batch=0):
+    """The dropout factors (B, Hq, Sq, Sk) of seqcore/reference/dropout.py as a tensor like
+    `like` (for the composite paths only: the kernels regenerate the mask themselves)."""
+    from seqcore.reference.dropout import dropout_scale
+
+    return torch.from_numpy(dropout_scale(*shape, p, seed, first_batch)).to(like)
+
+
+def _attention_math(q, k, v, bias, visible, scale, softcap, factor=None):
+    """(out, lse) of attention as differentiable torch ops; visible: (Sq, Sk) bool; factor:
+    the dropout factors of the probabilities, or None."""
     group = q.shape[1] // k.shape[1]
     ke, ve = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     raw = scale * (q @ ke.transpose(-1, -2))
@@ -296,7 +317,8 @@ def _attention_math(q, k, v, bias, visible, scale, softcap):
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = torch.exp(s - m)
     total = e.sum(-1, keepdim=True)
-    out = (e / torch.where(total > 0, total, torch.ones_like(total))) @ ve
+    probs = e / torch.where(total > 0, total, torch.ones_like(total))
+    out = (probs if factor is None else probs * factor) @ ve
     return out, (m + torch.log(total)).squeeze(-1)
 
 
@@ -352,9 +374,9 @@ def _rnn_math(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse):
 
 def _attention_fwd_body(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float,
                   window_left: int, window_right: int, softcap: float, causal: bool,
-                  backend: str) -> tuple[Tensor, Tensor]:
+                  dropout_p: float, dropout_seed: int, backend: str) -> tuple[Tensor, Tensor]:
     """out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (float64 for float64 q)."""
-    p = _params(scale, window_left, window_right, softcap, causal)
+    p = _params(scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed)
     (out, lse), outs = _run_backend(backend, "attention", "attention_fwd",
                                     _contig(q, k, v) + [bias], (p,), q.device)
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
@@ -364,7 +386,8 @@ attention_fwd = _checked_op("attention_fwd", _attention_fwd_body, _check_attenti
 
 
 @attention_fwd.register_fake
-def _attention_fwd_fake(q, k, v, bias, scale, window_left, window_right, softcap, causal, backend):
+def _attention_fwd_fake(q, k, v, bias, scale, window_left, window_right, softcap, causal,
+                        dropout_p, dropout_seed, backend):
     B, Hq, Sq, _ = q.shape
     return q.new_empty((B, Hq, Sq, v.shape[-1])), q.new_empty((B, Hq, Sq), dtype=_acc_dtype(q.dtype))
 
@@ -372,12 +395,13 @@ def _attention_fwd_fake(q, k, v, bias, scale, window_left, window_right, softcap
 @torch.library.custom_op("seqcore::attention_bwd", mutates_args=())
 def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                   out: Tensor, lse: Tensor, scale: float, window_left: int, window_right: int,
-                  softcap: float, causal: bool, backend: str,
-                  need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  softcap: float, causal: bool, dropout_p: float, dropout_seed: int,
+                  backend: str, need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias): dbias full (B, Hq, Sq, Sk) in bias's dtype when need_dbias, else (0,)."""
     _check_attention("attention_bwd", q, k, v, bias)
     _check_grads_in("attention_bwd", dout, out, lse, q.shape[:3], v.shape[3])
-    p = _params(scale, window_left, window_right, softcap, causal)
+    _check_dropout("attention_bwd", dropout_p, dropout_seed)
+    p = _params(scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed)
     tensors = _contig(dout, q, k, v) + [bias] + _contig(out, lse)
     (dq, dk, dv, dbias), outs = _run_backend(backend, "attention", "attention_bwd", tensors,
                                              (p, need_dbias), q.device)
@@ -387,7 +411,7 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[
 
 @attention_bwd.register_fake
 def _attention_bwd_fake(dout, q, k, v, bias, out, lse, scale, window_left, window_right, softcap,
-                        causal, backend, need_dbias):
+                        causal, dropout_p, dropout_seed, backend, need_dbias):
     if need_dbias:
         B, Hq, Sq, _ = q.shape
         dbias = bias.new_empty((B, Hq, Sq, k.shape[2]))
@@ -400,29 +424,33 @@ def _attention_setup(ctx, inputs, output):
     q, k, v, bias, *params = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, bias, out, lse)
-    ctx.params = params  # scale, window_left, window_right, softcap, causal, backend
+    # scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed, backend
+    ctx.params = params
     ctx.set_materialize_grads(False)  # dlse stays None unless lse is used
 
 
 def _attention_backward(ctx, dout, dlse):
     q, k, v, bias, out, lse = ctx.saved_tensors
-    scale, window_left, window_right, softcap, causal, backend = ctx.params
+    scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed, backend = ctx.params
     if torch.is_grad_enabled():  # create_graph: see _composite_grads
         visible = _band(q.shape[2], k.shape[2], window_left, window_right, q.device)
-        outs = _attention_math(q, k, v, bias, visible, scale, softcap)
-        return tuple(_composite_grads(outs, (dout, dlse), (q, k, v, bias))) + (None,) * 6
+        factor = None if not dropout_p else _dropout_factor(
+            (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), dropout_p, dropout_seed, q)
+        outs = _attention_math(q, k, v, bias, visible, scale, softcap, factor)
+        return tuple(_composite_grads(outs, (dout, dlse), (q, k, v, bias))) + (None,) * 8
     need_dbias = bias is not None and ctx.needs_input_grad[3]
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, out, lse, scale, window_left,
-                                      window_right, softcap, causal, backend, need_dbias)
+                                      window_right, softcap, causal, dropout_p, dropout_seed,
+                                      backend, need_dbias)
     if dlse is not None:
         visible = _band(q.shape[2], k.shape[2], window_left, window_right, q.device)
         eq, ek, eb = _lse_grad(dlse, q, k, bias, lse, visible, scale, softcap)
         dq, dk = dq + eq.to(dq.dtype), dk + ek.to(dk.dtype)
         if need_dbias:
             dbias = dbias + eb.to(dbias.dtype)
-    return dq, dk, dv, (dbias if need_dbias else None), None, None, None, None, None, None
+    return (dq, dk, dv, (dbias if need_dbias else None)) + (None,) * 8
 
 
 attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
@@ -443,11 +471,12 @@ def _check_cu_values(cu, total, max_len, side):
 
 def _attention_varlen_fwd_body(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int,
                          max_k: int, scale: float, window_left: int, window_right: int,
-                         softcap: float, causal: bool, backend: str) -> tuple[Tensor, Tensor]:
+                         softcap: float, causal: bool, dropout_p: float, dropout_seed: int,
+                         backend: str) -> tuple[Tensor, Tensor]:
     """out (Tq, Hq, Dv), lse (Tq, Hq)."""
     _check_cu_values(cu_q, q.shape[0], max_q, "q")
     _check_cu_values(cu_k, k.shape[0], max_k, "k")
-    p = _params(scale, window_left, window_right, softcap, causal)
+    p = _params(scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed)
     (out, lse), outs = _run_backend(backend, "attention", "attention_varlen_fwd",
                                     _contig(q, k, v, cu_q, cu_k), (max_q, max_k, p), q.device)
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
@@ -459,7 +488,7 @@ attention_varlen_fwd = _checked_op("attention_varlen_fwd", _attention_varlen_fwd
 
 @attention_varlen_fwd.register_fake
 def _attention_varlen_fwd_fake(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, window_right,
-                               softcap, causal, backend):
+                               softcap, causal, dropout_p, dropout_seed, backend):
     Tq, Hq, _ = q.shape
     return q.new_empty((Tq, Hq, v.shape[-1])), q.new_empty((Tq, Hq), dtype=_acc_dtype(q.dtype))
 
@@ -468,10 +497,12 @@ def _attention_varlen_fwd_fake(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_
 def attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor,
                          max_q: int, max_k: int, out: Tensor, lse: Tensor, scale: float,
                          window_left: int, window_right: int, softcap: float, causal: bool,
+                         dropout_p: float, dropout_seed: int,
                          backend: str) -> tuple[Tensor, Tensor, Tensor]:
     _check_varlen("attention_varlen_bwd", q, k, v, cu_q, cu_k)
     _check_grads_in("attention_varlen_bwd", dout, out, lse, q.shape[:2], v.shape[2])
-    p = _params(scale, window_left, window_right, softcap, causal)
+    _check_dropout("attention_varlen_bwd", dropout_p, dropout_seed)
+    p = _params(scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed)
     tensors = _contig(dout, q, k, v, cu_q, cu_k)
     (dq, dk, dv), outs = _run_backend(backend, "attention", "attention_varlen_bwd", tensors,
                                       (max_q, max_k) + tuple(_to_backend(backend, t)
@@ -482,7 +513,8 @@ def attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Te
 
 @attention_varlen_bwd.register_fake
 def _attention_varlen_bwd_fake(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, scale,
-                               window_left, window_right, softcap, causal, backend):
+                               window_left, window_right, softcap, causal, dropout_p,
+                               dropout_seed, backend):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -513,19 +545,32 @@ def _attention_varlen_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+def _varlen_dropout_factor(cu_q, cu_k, Hq, p, seed, like):
+    """(1, Hq, Tq, Tk) dropout factors of packed sequences (block diagonal), for the composite."""
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    factor = like.new_zeros((1, Hq, cq[-1], ck[-1]))
+    for n in range(len(cq) - 1):
+        block = _dropout_factor((1, Hq, cq[n + 1] - cq[n], ck[n + 1] - ck[n]), p, seed, like, n)
+        factor[:, :, cq[n]:cq[n + 1], ck[n]:ck[n + 1]] = block
+    return factor
+
+
 def _attention_varlen_backward(ctx, dout, dlse):
     q, k, v, cu_q, cu_k, out, lse = ctx.saved_tensors
-    scale, window_left, window_right, softcap, causal, backend = ctx.params
+    scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed, backend = ctx.params
     if torch.is_grad_enabled():  # create_graph: one (Tq, Tk) problem masked block-diagonally
         visible = _varlen_visible(cu_q, cu_k, q.shape[0], k.shape[0], window_left, window_right)
         as4 = lambda t: t.transpose(0, 1)[None]  # noqa: E731 (T, H, X) -> (1, H, T, X)
-        o4, l4 = _attention_math(as4(q), as4(k), as4(v), None, visible, scale, softcap)
+        factor = None if not dropout_p else _varlen_dropout_factor(
+            cu_q, cu_k, q.shape[1], dropout_p, dropout_seed, q)
+        o4, l4 = _attention_math(as4(q), as4(k), as4(v), None, visible, scale, softcap, factor)
         outs = (o4[0].transpose(0, 1), l4[0].transpose(0, 1))
-        return tuple(_composite_grads(outs, (dout, dlse), (q, k, v))) + (None,) * 10
+        return tuple(_composite_grads(outs, (dout, dlse), (q, k, v))) + (None,) * 12
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
-                                      window_left, window_right, softcap, causal, backend)
+                                      window_left, window_right, softcap, causal, dropout_p,
+                                      dropout_seed, backend)
     if dlse is not None:
         # one "batch" whose (Tq, Tk) score matrix is masked to the block diagonal
         visible = _varlen_visible(cu_q, cu_k, q.shape[0], k.shape[0], window_left, window_right)
@@ -534,7 +579,7 @@ def _attention_varlen_backward(ctx, dout, dlse):
                               lse.transpose(0, 1)[None], visible, scale, softcap)
         dq = dq + eq[0].transpose(0, 1).to(dq.dtype)
         dk = dk + ek[0].transpose(0, 1).to(dk.dtype)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+    return (dq, dk, dv) + (None,) * 12
 
 
 attention_varlen_fwd.register_autograd(_attention_varlen_backward,
@@ -909,14 +954,14 @@ def attention(q4, k4, v4, bias4, p, backend):
     """(out (B, Hq, Sq, Dv), lse (B, Hq, Sq)) for the normalized problem p (an AttnParams)."""
     op = _attention_fwd_body if _eager_inference(q4, k4, v4, bias4) else attention_fwd
     return op(q4, k4, v4, bias4, p.scale, p.window_left, p.window_right, p.softcap, p.causal,
-              backend)
+              p.dropout_p, p.dropout_seed, backend)
 
 
 def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, p, backend):
     """(out (Tq, Hq, Dv), lse (Tq, Hq)) over packed sequences."""
     op = _attention_varlen_fwd_body if _eager_inference(q, k, v) else attention_varlen_fwd
     return op(q, k, v, cu_q, cu_k, max_q, max_k, p.scale, p.window_left, p.window_right,
-              p.softcap, p.causal, backend)
+              p.softcap, p.causal, p.dropout_p, p.dropout_seed, backend)
 
 
 def attention_kvcache(q, k_cache, v_cache, k_new, v_new, lens, table, p, backend):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -26,9 +27,10 @@ def _check_window(window):
     return tuple(V.require_int(f"window[{i}]", w, minimum=-1) for i, w in enumerate(window))
 
 
-def _check_options(D, causal, scale, window, softcap, return_lse):
+def _check_options(D, causal, scale, window, softcap, return_lse, dropout_p=0.0,
+                   dropout_seed=None, kind=None):
     if scale is None and window is None and softcap is None and type(causal) is bool \
-            and type(return_lse) is bool:
+            and type(return_lse) is bool and dropout_p == 0.0 and dropout_seed is None:
         return _default_params(D, causal)  # the common call: checked once per (D, causal)
     V.require_bool("causal", causal)
     V.require_bool("return_lse", return_lse)
@@ -36,7 +38,32 @@ def _check_options(D, causal, scale, window, softcap, return_lse):
     window = _check_window(window)
     if softcap is not None:
         softcap = V.require_real("softcap", softcap, positive=True)
-    return make_attn_params(scale, causal, window, softcap)
+    dropout_p, dropout_seed = check_dropout(dropout_p, dropout_seed, kind)
+    return make_attn_params(scale, causal, window, softcap, dropout_p, dropout_seed)
+
+
+# Seeds are drawn below 2**63: the torch ops carry them as int64.
+SEED_LIMIT = 2**63
+
+
+def check_dropout(dropout_p, dropout_seed, kind):
+    """(p, seed): p a probability in [0, 1); seed an int in [0, 2**63), drawn when None (from
+    torch's default generator for tensors, so torch.manual_seed makes a run repeatable, else
+    from NumPy's global one, np.random.seed)."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) \
+            or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a probability in [0, 1), got {dropout_p!r}")
+    if not dropout_p:
+        return 0.0, 0
+    if dropout_seed is None:
+        if kind == _arrays.TORCH:
+            torch = _arrays._torch()
+            return float(dropout_p), int(torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64))
+        return float(dropout_p), int(np.random.randint(0, SEED_LIMIT - 1, dtype=np.int64))
+    seed = V.require_int("dropout_seed", dropout_seed, minimum=0)
+    if seed >= SEED_LIMIT:
+        raise ValueError(f"dropout_seed must be below 2**63, got {seed}")
+    return float(dropout_p), seed
 
 
 _DEFAULT_PARAMS = {}
@@ -107,7 +134,8 @@ def _flat_bias(bias, batch, Hq, Sq, Sk, B):
 def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
               bias: Optional[Array] = None, softcap: Optional[float] = None,
-              return_lse: bool = False,
+              return_lse: bool = False, dropout_p: float = 0.0,
+              dropout_seed: Optional[int] = None,
               backend: Optional[str] = None) -> Union[Array, Tuple[Array, Array]]:
     """Fused scaled dot-product attention, with GQA, causal and sliding-window masks.
 
@@ -143,6 +171,16 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
         before the bias and the masks.
     return_lse : bool, default False
         Also return the log-sum-exp of each query row's scores.
+    dropout_p : float, default 0.0
+        Attention dropout: each probability is zeroed with probability `dropout_p` (in
+        [0, 1)) and the kept ones scaled by ``1 / (1 - dropout_p)`` before ``@ v``; lse is
+        that of the probabilities before dropout. The mask comes from a counter-based
+        generator (Philox-4x32-10) keyed by `dropout_seed`, the same on every backend, and
+        the backward regenerates it: nothing is stored.
+    dropout_seed : int, optional
+        In [0, 2**63). None draws one per call: from torch's default generator for tensors
+        (``torch.manual_seed`` makes runs repeatable), from NumPy's global generator
+        (``np.random.seed``) for arrays. Pass one under ``torch.compile``.
     backend : {None, "c", "triton", "numpy"}, optional
         None picks ``"triton"`` for CUDA tensors and ``"c"`` for NumPy arrays and CPU tensors
         (the ``"numpy"`` reference, with a RuntimeWarning, if the C extension is missing).
@@ -199,9 +237,12 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
         q, k, v, bias = _arrays.autocast_inputs(q, k, v, bias)
         host = _arrays.host_views(backend, q, k, v, bias)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (see host_views)
+            if dropout_p and dropout_seed is None:  # (a tensor's seed: torch's generator)
+                _, dropout_seed = check_dropout(dropout_p, None, _arrays.TORCH)
             return _arrays.host_results(attention(
                 *host[:3], bias=host[3], causal=causal, scale=scale, window=window,
-                softcap=softcap, return_lse=return_lse, backend=backend))
+                softcap=softcap, return_lse=return_lse, dropout_p=dropout_p,
+                dropout_seed=dropout_seed, backend=backend))
     # (the checks are ordered so that a NumPy call with default options costs a few us)
     numpy_only = bias is None and type(q) is np.ndarray and type(k) is np.ndarray \
         and type(v) is np.ndarray
@@ -230,7 +271,8 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
     if Hkv == 0 or Hq % Hkv != 0:
         _check_heads(Hq, Hkv, _shapes(q, k, v))
     _check_head_dims(D, Dv)
-    p = _check_options(D, causal, scale, window, softcap, return_lse)
+    p = _check_options(D, causal, scale, window, softcap, return_lse, dropout_p, dropout_seed,
+                       kind)
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
     _backends.check_dtype("q", q, backend)
 
@@ -293,7 +335,8 @@ def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqle
                      max_seqlen_q: Optional[int] = None, max_seqlen_k: Optional[int] = None,
                      causal: bool = False, scale: Optional[float] = None,
                      window: Optional[Tuple[int, int]] = None, softcap: Optional[float] = None,
-                     return_lse: bool = False,
+                     return_lse: bool = False, dropout_p: float = 0.0,
+                     dropout_seed: Optional[int] = None,
                      backend: Optional[str] = None) -> Union[Array, Tuple[Array, Array]]:
     """Attention over variable-length sequences packed along one dim (no padding).
 
@@ -319,9 +362,10 @@ def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqle
         from ``cu_seqlens_*`` on the host. Pass them for torch tensors under
         ``torch.compile``, whose tracer cannot read the ``cu_seqlens`` values: the values are
         then checked when the op runs.
-    causal, scale, window, softcap, return_lse, backend
+    causal, scale, window, softcap, return_lse, dropout_p, dropout_seed, backend
         As in `attention`, applied within each sequence: causal and window are aligned to the
-        bottom right of each sequence's own ``(Sq, Sk)``.
+        bottom right of each sequence's own ``(Sq, Sk)``; the dropout mask counts positions
+        within each sequence and numbers the sequences as the batch.
 
     Returns
     -------
@@ -376,7 +420,8 @@ def attention_varlen(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqle
     if n_q != n_k:
         raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe the same number of "
                          f"sequences, got {n_q} and {n_k}")
-    p = _check_options(D, causal, scale, window, softcap, return_lse)
+    p = _check_options(D, causal, scale, window, softcap, return_lse, dropout_p, dropout_seed,
+                       kind)
     backend = _backends.pick(kind, _arrays.device_type(q), backend)
     _backends.check_dtype("q", q, backend)
     cdt = _backends.compute_dtype(backend, dtype)

@@ -338,7 +338,7 @@ def _ring_forward(q, k, v, cfg):
         for p in cfg.pieces(step, S):
             out_b, lse_b = fwd(
                 _rows(q, p.q0, p.q1), _rows(k_blk, p.k0, p.k1), _rows(v_blk, p.k0, p.k1), None,
-                cfg.scale, p.left, p.right, cfg.softcap, False, cfg.backend)
+                cfg.scale, p.left, p.right, cfg.softcap, False, 0.0, 0, cfg.backend)
             _merge_into(_rows(out, p.q0, p.q1), _rows(lse, p.q0, p.q1), out_b, lse_b)
         if nxt is not None:
             kv = nxt.wait()
@@ -363,7 +363,7 @@ def _ring_backward(dout, q, k, v, out, lse, cfg):
             dq_b, dk_b, dv_b, _ = _ops.attention_bwd(
                 _rows(dout, p.q0, p.q1), _rows(q, p.q0, p.q1), _rows(k_blk, p.k0, p.k1),
                 _rows(v_blk, p.k0, p.k1), None, _rows(out, p.q0, p.q1), _rows(lse, p.q0, p.q1),
-                cfg.scale, p.left, p.right, cfg.softcap, False, cfg.backend, False)
+                cfg.scale, p.left, p.right, cfg.softcap, False, 0.0, 0, cfg.backend, False)
             _rows(dq, p.q0, p.q1).add_(dq_b)
             _rows(dk_blk, p.k0, p.k1).add_(dk_b)
             _rows(dv_blk, p.k0, p.k1).add_(dv_b)

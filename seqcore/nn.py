@@ -720,8 +720,10 @@ class MultiheadAttention(nn.Module):
     num_heads : int
         Attention heads.
     dropout : float, default 0.0
-        Attention dropout is not in seqcore's kernels yet: with ``dropout > 0`` forward
-        raises ValueError in training mode (eval mode ignores it, as torch does).
+        Attention dropout on the weights in training mode, in the kernels (`attention`'s
+        ``dropout_p``, a fresh seed per call from torch's generator); eval mode ignores it,
+        as torch does. The weights returned with ``need_weights`` are the dropped ones, as
+        torch's.
     bias : bool, default True
         Biases on the input and output projections.
     add_bias_kv : bool, default False
@@ -858,13 +860,13 @@ class MultiheadAttention(nn.Module):
         Raises
         ------
         ValueError
-            ``dropout > 0`` in training mode; masks that do not cover the keys.
+            Masks that do not cover the keys; dropout of 1.0 in training mode.
         RuntimeError
             is_causal without attn_mask.
         """
-        if self.training and self.dropout > 0:
-            raise ValueError("attention dropout is not in seqcore's kernels yet: dropout > 0 "
-                             "runs only in eval mode")
+        dropout = self.dropout if self.training else 0.0
+        # one seed for the kernels and for the weights returned (they show the same mask)
+        seed = int(torch.randint(0, 2**62, ())) if dropout else None
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch)")
         unbatched = query.dim() == 2
@@ -891,9 +893,12 @@ class MultiheadAttention(nn.Module):
         if causal:
             bias = None  # the hint: attn_mask is the causal mask (L == S in self-attention)
         out = seqcore.attention(q, k, v, causal=causal, window=self.window, bias=bias,
-                                softcap=self.softcap, backend=self.backend)
+                                softcap=self.softcap, dropout_p=dropout, dropout_seed=seed,
+                                backend=self.backend)
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, H * d))
-        weights = self._weights(q, k, bias, average_attn_weights) if need_weights else None
+        weights = None
+        if need_weights:
+            weights = self._weights(q, k, bias, average_attn_weights, dropout, seed)
         if unbatched:
             return out.squeeze(1), None if weights is None else weights.squeeze(0)
         return (out.transpose(0, 1) if self.batch_first else out), weights
@@ -923,8 +928,9 @@ class MultiheadAttention(nn.Module):
                              f"attention has {S}")
         return bias
 
-    def _weights(self, q, k, bias, average):
-        """The attention weights, by a plain softmax in torch ops (torch's math path)."""
+    def _weights(self, q, k, bias, average, dropout=0.0, seed=None):
+        """The attention weights, by a plain softmax in torch ops (torch's math path), with
+        the kernels' dropout mask (seqcore/reference/dropout.py) when dropout is on."""
         s = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if self.softcap:
             s = self.softcap * torch.tanh(s / self.softcap)
@@ -942,6 +948,10 @@ class MultiheadAttention(nn.Module):
                 seen &= j <= i + off + right
             s = s.masked_fill(~seen.to(s.device), float("-inf"))
         w = torch.softmax(s, dim=-1).nan_to_num(0.0)
+        if dropout:
+            from seqcore.reference.dropout import dropout_scale
+
+            w = w * torch.from_numpy(dropout_scale(*w.shape, dropout, seed)).to(w)
         return w.mean(dim=1) if average else w
 
 

@@ -78,8 +78,10 @@ def scaled_dot_product_attention(query: Array, key: Array, value: Array,
         Broadcastable to ``(..., L, S)``: boolean (True: the key takes part, as in torch's
         SDPA) or float (added to the scores). Not together with `is_causal`.
     dropout_p : float, default 0.0
-        Must be 0.0: attention dropout is not in seqcore's kernels yet (a ValueError
-        otherwise, never a silent no-dropout).
+        Attention dropout in [0, 1), in the kernels, as `attention`'s (a fresh seed per
+        call from torch's default generator for tensors, NumPy's global one for arrays).
+        As in torch, applied whenever it is above 0: pass 0.0 in eval mode. 1.0 (torch:
+        all zeros) raises ValueError.
     is_causal : bool, default False
         Causal mask aligned to the top left, as torch's: query ``i`` sees keys ``j <= i``,
         whatever L and S (unlike `attention`'s bottom-right `causal`).
@@ -99,8 +101,8 @@ def scaled_dot_product_attention(query: Array, key: Array, value: Array,
     TypeError
         Mixed array kinds or dtypes, unsupported dtypes, non-bool flags.
     ValueError
-        Shapes that do not broadcast or fit, ``dropout_p`` outside [0, 1] or above 0, or
-        both `attn_mask` and `is_causal`.
+        Shapes that do not broadcast or fit, ``dropout_p`` outside [0, 1), or both
+        `attn_mask` and `is_causal`.
 
     Notes
     -----
@@ -124,11 +126,8 @@ def scaled_dot_product_attention(query: Array, key: Array, value: Array,
     V.require_bool("is_causal", is_causal)
     V.require_bool("enable_gqa", enable_gqa)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) \
-            or not 0 <= dropout_p <= 1:
-        raise ValueError(f"dropout_p must be a probability in [0, 1], got {dropout_p!r}")
-    if dropout_p > 0:
-        raise ValueError("dropout_p > 0: attention dropout is not in seqcore's kernels yet; "
-                         "pass dropout_p=0.0 (e.g. in eval mode)")
+            or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a probability in [0, 1), got {dropout_p!r}")
     if attn_mask is not None and is_causal:
         raise ValueError("pass attn_mask or is_causal, not both (as torch documents)")
     qs, ks, vs = _arrays.shape(query), _arrays.shape(key), _arrays.shape(value)
@@ -172,5 +171,5 @@ def scaled_dot_product_attention(query: Array, key: Array, value: Array,
             window = (-1, L - S)  # top-left j <= i is bottom-right j <= i + (S - L) + (L - S)
         else:
             bias = _top_left_causal(L, S, query, dtype if dtype != "float16" else "float32")
-    out = attention(q, k, v, scale=scale, window=window, bias=bias)
+    out = attention(q, k, v, scale=scale, window=window, bias=bias, dropout_p=dropout_p)
     return _arrays.reshape(out, batch + heads + (L, Ev))

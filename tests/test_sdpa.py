@@ -83,7 +83,7 @@ def test_float_mask_gets_its_gradient():
           enable_gqa=True), ValueError, ["divides"]),
     (dict(attn_mask=torch.ones(3, 5, dtype=torch.bool), is_causal=True), ValueError, ["not both"]),
     (dict(dropout_p=1.5), ValueError, ["dropout_p"]),
-    (dict(dropout_p=0.1), ValueError, ["not in seqcore's kernels yet"]),
+    (dict(dropout_p=1.0), ValueError, ["dropout_p"]),
     (dict(attn_mask=torch.ones(4, 5)), ValueError, ["broadcast"]),
     (dict(attn_mask=torch.ones(3, 5, dtype=torch.int32)), TypeError, ["attn_mask"]),
     (dict(key=torch.zeros(1, 2, 5, 7)), ValueError, ["disagree"]),

@@ -47,10 +47,12 @@ def attn_inputs(rng, shape, dtype, bias_shape=None, requires_grad=False):
     return q, k, v, bias
 
 
-def op_params(causal=False, window=None, softcap=None, scale=None, D=8):
+def op_params(causal=False, window=None, softcap=None, scale=None, D=8, dropout_p=0.0,
+              dropout_seed=0):
     p = seqcore._problem.make_attn_params(scale if scale is not None else D ** -0.5, causal,
-                                          window, softcap)
-    return (p.scale, p.window_left, p.window_right, p.softcap, p.causal)
+                                          window, softcap, dropout_p, dropout_seed)
+    return (p.scale, p.window_left, p.window_right, p.softcap, p.causal, p.dropout_p,
+            p.dropout_seed)
 
 
 # ---- opcheck on every op ------------------------------------------------------------------------
@@ -449,7 +451,8 @@ def _raw_calls():
     """(name, call) pairs of torch.ops.seqcore.* with one mismatched argument each."""
     z = lambda *s, dtype=torch.float32: torch.zeros(s, dtype=dtype)  # noqa: E731
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
-    attn = (0.3, -1, -1, 0.0, False, "c")
+    attn = (0.3, -1, -1, 0.0, False, 0.0, 0, "c")  # (+ dropout_p, dropout_seed)
+    cache = (0.3, -1, -1, 0.0, False, "c")
     lstm = (None, False, False, "c")
     return [
         ("attention_fwd k/v lengths", lambda: ops.attention_fwd(z(1, 2, 3, 8), z(1, 2, 4, 8), z(1, 2, 5, 8), None, *attn)),
@@ -468,8 +471,8 @@ def _raw_calls():
         ("rnn_fwd nonlinearity", lambda: ops.rnn_fwd(z(2, 1, 3), z(2, 3), z(2, 2), z(2), z(2), z(1, 2), None, False, "gelu", False, "c")),
         ("rnn_bwd ws", lambda: ops.rnn_bwd(z(2, 1, 2), z(1, 2), z(2, 1, 3), z(2, 3), z(2, 2), z(2), z(2), z(1, 2), None, False, "relu", z(2, 1, 2), z(2, 1, 3), "c")),
         ("gru_bwd dy", lambda: ops.gru_bwd(z(2, 1, 3), z(1, 2), z(2, 1, 3), z(6, 3), z(6, 2), z(6), z(6), z(1, 2), None, False, z(2, 1, 2), z(0), "c")),
-        ("attention_kvcache_fwd length", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None, i32(20), None, *attn)),
-        ("attention_kvcache_fwd block", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(2, 2, 16, 8), z(2, 2, 16, 8), None, None, i32(5), i32(7)[None], *attn)),
+        ("attention_kvcache_fwd length", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(1, 2, 16, 8), z(1, 2, 16, 8), None, None, i32(20), None, *cache)),
+        ("attention_kvcache_fwd block", lambda: ops.attention_kvcache_fwd(z(1, 2, 1, 8), z(2, 2, 16, 8), z(2, 2, 16, 8), None, None, i32(5), i32(7)[None], *cache)),
     ]
 
 

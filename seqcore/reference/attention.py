@@ -5,13 +5,15 @@ Semantics (those `seqcore.attention` documents): s = scale * q.k; s = softcap * 
 softcap) if softcap; s += bias; keys outside the causal/window band get -inf (off = Sk - Sq
 aligns them to the bottom right); P = softmax(s) over the visible keys; out = P v;
 lse = log(sum(exp(s))). A row that sees no key gives out 0, lse -inf and zero gradients.
-GQA: query head h reads kv head h // (Hq // Hkv).
+GQA: query head h reads kv head h // (Hq // Hkv). Dropout (dropout_p > 0): out = (P * M) v,
+M the mask of seqcore/reference/dropout.py scaled by 1 / (1 - p); lse is that of P.
 """
 import math
 
 import numpy as np
 
 from seqcore.reference._util import _f64, _ints
+from seqcore.reference.dropout import dropout_scale
 
 
 def band(Sq, Sk, causal=False, window=None):
@@ -92,34 +94,48 @@ def _default_scale(D, scale):
     return 1.0 / math.sqrt(D) if scale is None else float(scale)
 
 
-def _forward(q, k, v, causal, scale, window, bias, softcap):
+def _dropout_factor(q_shape, Sk, dropout_p, dropout_seed, batch_index):
+    """(*batch, Hq, Sq, Sk) factors of the probabilities (ones without dropout); the batch
+    elements are numbered 0.. in row-major order, or from `batch_index` (a packed sequence's)."""
+    *batch, Hq, Sq, _ = q_shape
+    B = int(np.prod(batch, dtype=np.int64))
+    factor = dropout_scale(B, Hq, Sq, Sk, dropout_p, dropout_seed, batch_index or 0)
+    return factor.reshape(*batch, Hq, Sq, Sk)
+
+
+def _forward(q, k, v, causal, scale, window, bias, softcap, dropout_p=0.0, dropout_seed=0,
+             batch_index=None):
     q, k, v, bias = _f64(q), _f64(k), _f64(v), _f64(bias)
     scale = _default_scale(q.shape[-1], scale)
     raw, s = _scores(q, k, causal, scale, window, bias, softcap)
     P, lse = _softmax(s)
-    out = P @ _expand_kv(v, q.shape[-3])
-    return out, lse, P, raw, scale
+    factor = _dropout_factor(q.shape, k.shape[-2], dropout_p, dropout_seed, batch_index)
+    out = (P * factor) @ _expand_kv(v, q.shape[-3])
+    return out, lse, P, raw, scale, factor
 
 
 def attention(q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
-              return_lse=False):
+              return_lse=False, dropout_p=0.0, dropout_seed=0):
     """q (*batch, Hq, Sq, D), k (*batch, Hkv, Sk, D), v (*batch, Hkv, Sk, Dv) -> out
     (*batch, Hq, Sq, Dv) float64, and lse (*batch, Hq, Sq) float64 with return_lse.
-    The options mean what they do in `seqcore.attention`."""
-    out, lse, _, _, _ = _forward(q, k, v, causal, scale, window, bias, softcap)
+    The options mean what they do in `seqcore.attention`; dropout as the module docstring
+    says (batch elements numbered in row-major order of *batch)."""
+    out, lse, *_ = _forward(q, k, v, causal, scale, window, bias, softcap, dropout_p,
+                            dropout_seed)
     return (out, lse) if return_lse else out
 
 
 def attention_bwd_full(dout, q, k, v, *, causal=False, scale=None, window=None, bias=None,
-                       softcap=None):
+                       softcap=None, dropout_p=0.0, dropout_seed=0, batch_index=None):
     """(dq, dk, dv, dscores): dscores is d(loss)/d(bias) broadcast to (*batch, Hq, Sq, Sk)."""
-    out, _, P, raw, scale = _forward(q, k, v, causal, scale, window, bias, softcap)
+    out, _, P, raw, scale, factor = _forward(q, k, v, causal, scale, window, bias, softcap,
+                                             dropout_p, dropout_seed, batch_index)
     q, k, v, dout = _f64(q), _f64(k), _f64(v), _f64(dout)
     Hq, Hkv = q.shape[-3], k.shape[-3]
     v_exp = _expand_kv(v, Hq)
-    dv = np.swapaxes(P, -1, -2) @ dout
-    dP = dout @ np.swapaxes(v_exp, -1, -2)
-    delta = (dout * out).sum(axis=-1, keepdims=True)  # = rowsum(P * dP)
+    dv = np.swapaxes(P * factor, -1, -2) @ dout
+    dP = (dout @ np.swapaxes(v_exp, -1, -2)) * factor
+    delta = (dout * out).sum(axis=-1, keepdims=True)  # = rowsum(P * dP), dropout or not
     dS = P * (dP - delta)          # gradient of the capped+biased scores (0 where masked)
     dbias_full = dS
     if softcap:
@@ -130,11 +146,13 @@ def attention_bwd_full(dout, q, k, v, *, causal=False, scale=None, window=None, 
     return dq, _reduce_group(dk, Hkv), _reduce_group(dv, Hkv), dbias_full
 
 
-def attention_bwd(dout, q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None):
+def attention_bwd(dout, q, k, v, *, causal=False, scale=None, window=None, bias=None, softcap=None,
+                  dropout_p=0.0, dropout_seed=0):
     """Gradients (dq, dk, dv, dbias) of sum(dout * attention(...)); dbias has bias's own shape
     (summed over its broadcast dims), None without bias. All float64."""
     dq, dk, dv, dS = attention_bwd_full(dout, q, k, v, causal=causal, scale=scale, window=window,
-                                        bias=bias, softcap=softcap)
+                                        bias=bias, softcap=softcap, dropout_p=dropout_p,
+                                        dropout_seed=dropout_seed)
     dbias = None if bias is None else sum_to_shape(dS, np.shape(bias))
     return dq, dk, dv, dbias
 
@@ -152,31 +170,34 @@ def _heads_first(x):
 
 
 def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale=None, window=None,
-                     softcap=None, return_lse=False):
+                     softcap=None, return_lse=False, dropout_p=0.0, dropout_seed=0):
     """Packed sequences: q (Tq, Hq, D), k (Tk, Hkv, D), v (Tk, Hkv, Dv); sequence s holds rows
-    cu_seqlens[s]:cu_seqlens[s+1] and attends only within itself. out (Tq, Hq, Dv), lse (Tq, Hq)."""
+    cu_seqlens[s]:cu_seqlens[s+1] and attends only within itself. out (Tq, Hq, Dv), lse (Tq, Hq).
+    Dropout counts positions within each sequence, and the sequence index as the batch index."""
     q, k, v = _f64(q), _f64(k), _f64(v)
     scale = _default_scale(q.shape[-1], scale)
     out = np.zeros(q.shape[:2] + v.shape[2:])
     lse = np.full(q.shape[:2], -np.inf)
-    for sq, sk in _segments(cu_seqlens_q, cu_seqlens_k):
-        o, l = attention(_heads_first(q[sq]), _heads_first(k[sk]), _heads_first(v[sk]),
-                         causal=causal, scale=scale, window=window, softcap=softcap, return_lse=True)
-        out[sq], lse[sq] = _heads_first(o), l.T
+    for n, (sq, sk) in enumerate(_segments(cu_seqlens_q, cu_seqlens_k)):
+        o, l, *_ = _forward(_heads_first(q[sq])[None], _heads_first(k[sk])[None],
+                            _heads_first(v[sk])[None], causal, scale, window, None, softcap,
+                            dropout_p, dropout_seed, batch_index=n)
+        out[sq], lse[sq] = _heads_first(o[0]), l[0].T
     return (out, lse) if return_lse else out
 
 
 def attention_varlen_bwd(dout, q, k, v, cu_seqlens_q, cu_seqlens_k, *, causal=False, scale=None,
-                         window=None, softcap=None):
+                         window=None, softcap=None, dropout_p=0.0, dropout_seed=0):
     """(dq, dk, dv) of sum(dout * attention_varlen(...)), float64, in the packed layouts."""
     q, k, v, dout = _f64(q), _f64(k), _f64(v), _f64(dout)
     scale = _default_scale(q.shape[-1], scale)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
-    for sq, sk in _segments(cu_seqlens_q, cu_seqlens_k):
-        g = attention_bwd(_heads_first(dout[sq]), _heads_first(q[sq]), _heads_first(k[sk]),
-                          _heads_first(v[sk]), causal=causal, scale=scale, window=window,
-                          softcap=softcap)
-        dq[sq], dk[sk], dv[sk] = (_heads_first(x) for x in g[:3])
+    for n, (sq, sk) in enumerate(_segments(cu_seqlens_q, cu_seqlens_k)):
+        g = attention_bwd_full(_heads_first(dout[sq])[None], _heads_first(q[sq])[None],
+                               _heads_first(k[sk])[None], _heads_first(v[sk])[None],
+                               causal=causal, scale=scale, window=window, softcap=softcap,
+                               dropout_p=dropout_p, dropout_seed=dropout_seed, batch_index=n)
+        dq[sq], dk[sk], dv[sk] = (_heads_first(x[0]) for x in g[:3])
     return dq, dk, dv
 
 

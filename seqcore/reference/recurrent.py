@@ -44,24 +44,27 @@ def _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first):
 
 # ---------------------------------------------------------------- LSTM
 
-def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
-    """One step; returns (h_new, c_new, (i, f, g, o)) with the activated gates."""
+def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, w_hr=None):
+    """One step; returns (h_new, c_new, (i, f, g, o)) with the activated gates. With w_hr
+    (P, H) (torch's proj_size) the new h is the projection of o * tanh(c_new)."""
     a = x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh
     ai, af, ag, ao = np.split(a, 4, axis=-1)
     i, f, g, o = _sigmoid(ai), _sigmoid(af), np.tanh(ag), _sigmoid(ao)
     c_new = f * c + i * g
-    return o * np.tanh(c_new), c_new, (i, f, g, o)
+    h_new = o * np.tanh(c_new)
+    return (h_new if w_hr is None else h_new @ w_hr.T), c_new, (i, f, g, o)
 
 
-def lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
-    """Time-major forward; returns y, h_n, c_n and per-step caches for the backward."""
+def lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, w_hr=None):
+    """Time-major forward; returns y, h_n, c_n and per-step caches for the backward.
+    H (cell) = w_hh.shape[0] / 4; h, y have P = w_hh.shape[1] features (P = H without w_hr)."""
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    h, c = _zeros_or(h0, (B, H)), _zeros_or(c0, (B, H))
-    y = np.zeros((T, B, H))
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    h, c = _zeros_or(h0, (B, P)), _zeros_or(c0, (B, H))
+    y = np.zeros((T, B, P))
     cache = []
     for t, active in _steps(T, lengths, B, reverse):
-        h_new, c_new, gates = _lstm_step(x[t], h, c, w_ih, w_hh, b_ih, b_hh)
+        h_new, c_new, gates = _lstm_step(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
         cache.append((t, active, h, c, gates, c_new))
         y[t] = np.where(active, h_new, 0.0)
         h, c = np.where(active, h_new, h), np.where(active, c_new, c)
@@ -76,30 +79,36 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
     return h_new, c_new
 
 
-def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None, reverse=False,
-         batch_first=False):
-    """x (T, B, I) ((B, T, I) if batch_first) -> (y (T, B, H) (or (B, T, H)), (h_n, c_n)),
-    float64; the arguments as in `seqcore.lstm`."""
+def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_hr=None, lengths=None,
+         reverse=False, batch_first=False):
+    """x (T, B, I) ((B, T, I) if batch_first) -> (y (T, B, P) (or (B, T, P)), (h_n, c_n)),
+    float64; the arguments as in `seqcore.lstm` (P = H without w_hr)."""
     x, w_ih, w_hh, b_ih, b_hh = _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first)
-    y, h_n, c_n, _ = lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
+    w_hr = None if w_hr is None else _f64(w_hr)
+    y, h_n, c_n, _ = lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, w_hr)
     return _time_major(y, batch_first), (h_n, c_n)
 
 
 def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
-             lengths=None, reverse=False, batch_first=False):
+             w_hr=None, lengths=None, reverse=False, batch_first=False):
     """Gradients of sum(dy*y) + sum(dh_n*h_n) + sum(dc_n*c_n) (None: zeros), by BPTT.
-    Returns dict(x, w_ih, w_hh, b_ih, b_hh, h0, c0), float64."""
+    Returns dict(x, w_ih, w_hh, b_ih, b_hh, h0, c0), plus w_hr when given, float64."""
     x, w_ih, w_hh, b_ih, b_hh = _setup(x, w_ih, w_hh, b_ih, b_hh, batch_first)
+    w_hr = None if w_hr is None else _f64(w_hr)
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    _, _, _, cache = lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse)
-    dy = np.zeros((T, B, H)) if dy is None else _time_major(_f64(dy), batch_first)
-    dh, dc = _zeros_or(dh_n, (B, H)), _zeros_or(dc_n, (B, H))
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    _, _, _, cache = lstm_run(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, w_hr)
+    dy = np.zeros((T, B, P)) if dy is None else _time_major(_f64(dy), batch_first)
+    dh, dc = _zeros_or(dh_n, (B, P)), _zeros_or(dc_n, (B, H))
     dx = np.zeros_like(x)
     dw_ih, dw_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(4 * H)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     for t, active, h_prev, c_prev, (i, f, g, o), c_new in reversed(cache):
         dh_t = dh + dy[t]
         tc = np.tanh(c_new)
+        if w_hr is not None:   # h = (o * tanh(c)) @ w_hr.T: back through the projection
+            dw_hr += np.where(active, dh_t, 0.0).T @ (o * tc)
+            dh_t = dh_t @ w_hr
         dc_t = dc + dh_t * o * (1.0 - tc * tc)
         da = np.concatenate([dc_t * g * i * (1.0 - i),          # input gate pre-activation
                              dc_t * c_prev * f * (1.0 - f),     # forget gate
@@ -113,8 +122,11 @@ def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=No
         db += da.sum(axis=0)
         dh = np.where(active, da @ w_hh, dh)
         dc = np.where(active, dc_t * f, dc)
-    return dict(x=_time_major(dx, batch_first), w_ih=dw_ih, w_hh=dw_hh, b_ih=db, b_hh=db.copy(),
-                h0=dh, c0=dc)
+    grads = dict(x=_time_major(dx, batch_first), w_ih=dw_ih, w_hh=dw_hh, b_ih=db,
+                 b_hh=db.copy(), h0=dh, c0=dc)
+    if w_hr is not None:
+        grads["w_hr"] = dw_hr
+    return grads
 
 
 def lstm_cell_bwd(dh_new, dc_new, x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
