@@ -6,7 +6,7 @@ H100/H200 (sm_90a) at every config its autotuner or launcher can pick, with ptxa
                                                  # cores (float32 "ieee" attention configs take
                                                  # 30-120 s each), minutes on 16
     python bench/sm90_report.py --quick          # the subset tests/test_sm90_report.py runs
-                                                 # (26 compiles, ~1 min on 2 cores, ~15 s cached)
+                                                 # (30 compiles, ~1 min on 2 cores, ~15 s cached)
     python bench/sm90_report.py --list           # what would be compiled, no compiling
     python bench/sm90_report.py --budget 900     # start no compile after 900 s (report the rest)
     python bench/sm90_report.py --cached-only    # compile nothing: report what is cached
@@ -319,12 +319,13 @@ def _enumerate_rnn(rec, quick, fp32_only):
     import torch
 
     from seqcore.kernels import rnn_bwd, rnn_cell, rnn_persistent
+    from seqcore.kernels.rnn_cells import CELLS
 
     T = 20
     # float16 runs the bfloat16 code but for the conversions of the loads: left out
     dtypes = ["bf16"] if quick else (["fp32"] if fp32_only else ["bf16", "fp32"])
     # (B, H): the persistent kernel's three pickable tiles on 132 SMs -- (BLOCK_B, H_PAD) =
-    # (16, 512), (16, 256), (32, 256); H = 1024 and B = 64 fall back to the per-step kernels
+    # (16, 512), (16, 256), (32, 256); H = 1024 and B = 64 fall back to the per-step kernel
     shapes = [(8, 512)] if quick else [(8, 512), (8, 256), (32, 256), (8, 1024), (64, 256)]
     flag_sets = [(True, True, True)] if quick else [(False, False, False), (True, True, True)]
     for dt in dtypes:
@@ -336,37 +337,28 @@ def _enumerate_rnn(rec, quick, fp32_only):
                 lengths = torch.full((B,), T, dtype=torch.int64) if lengths_on else None
                 h0 = torch.zeros(B, H, dtype=dtype)
                 tag = f"{dt} B{B} H{H}" + (" lengths,reverse,ws" if lengths_on else "")
-                for cell, G in (("lstm", 4), ("gru", 3)):
-                    w_ih = torch.empty(G * H, H, dtype=dtype)
-                    w_hh = torch.empty(G * H, H, dtype=dtype)
-                    b = torch.empty(G * H, dtype=dtype)
+                # every cell of kernels/rnn_cells.py: one kernel per family, CELL=<name>
+                # (quick: Elman relu compiles as tanh but for its one pointwise op: left out)
+                for cell, spec in CELLS.items():
+                    if quick and cell == "rnn_relu":
+                        continue
+                    w_ih = torch.empty(spec.gates * H, H, dtype=dtype)
+                    w_hh = torch.empty(spec.gates * H, H, dtype=dtype)
+                    b = torch.empty(spec.gates * H, dtype=dtype)
+                    states = (h0,) * spec.states
+                    args = (x, w_ih, w_hh, b, b, states, lengths, reverse, need_ws)
                     rec.problem = f"{cell} fwd {tag}"
-                    if cell == "lstm":
-                        rnn_persistent.lstm_forward_persistent(
-                            x, w_ih, w_hh, b, b, h0, h0, lengths, reverse, need_ws,
-                            n_programs_max=H200_SMS)
-                    else:
-                        rnn_persistent.gru_forward_persistent(
-                            x, w_ih, w_hh, b, b, h0, lengths, reverse, need_ws,
-                            n_programs_max=H200_SMS)
+                    rnn_persistent.forward_persistent(cell, *args, n_programs_max=H200_SMS)
                     rec.problem = f"{cell} fwd per-step {tag}"
-                    if cell == "lstm":
-                        rnn_cell.lstm_forward_steps(x, w_ih, w_hh, b, b, h0, h0, lengths,
-                                                    reverse, need_ws)
-                    else:
-                        rnn_cell.gru_forward_steps(x, w_ih, w_hh, b, b, h0, lengths, reverse,
-                                                   need_ws)
+                    rnn_cell.forward_steps(cell, *args)
                     if not need_ws:
                         continue
                     rec.problem = f"{cell} bwd {tag}"
                     dy = torch.empty(T, B, H, dtype=dtype)
                     dh = torch.zeros(B, H, dtype=dtype)
-                    ws = torch.empty(T, B, (5 if cell == "lstm" else 4) * H, dtype=torch.float32)
-                    if cell == "lstm":
-                        rnn_bwd.lstm_backward(dy, dh, dh, x, w_ih, w_hh, h0, h0, lengths,
-                                              reverse, ws)
-                    else:
-                        rnn_bwd.gru_backward(dy, dh, x, w_ih, w_hh, h0, lengths, reverse, dy, ws)
+                    ws = torch.empty(T, B, spec.ws_slots * H, dtype=torch.float32)
+                    rnn_bwd.backward(cell, dy, (dh,) * spec.states, x, w_ih, w_hh, states,
+                                     lengths, reverse, dy, ws)
 
 
 def _specialize(backend, fn, args, kwargs):
@@ -842,15 +834,16 @@ SHAPES = ("attention: B2 H8 S1024, D 64/128; causal = MHA causal, full = GQA 4 +
           "tokens), GQA 4, causal; forward and backward. decode: 4096 keys, B32 Hq32 Hkv8 Sq1 "
           "and B8 Hq32 Hkv2 Sq4, causal, H200 split counts. kvcache: 3000 cached + Sq new keys, "
           "dense and paged (blocks of 16 and 64) caches, B32 Hq32 Hkv8 Sq1 and B4 Hq32 Hkv8 "
-          "Sq128, causal. rnn: LSTM and GRU, T20, I=H, (B, H) in (8, 512) (8, 256) (32, 256) "
-          "(8, 1024) (64, 256), inference and lengths+reverse+workspace, forward (persistent "
-          "on 132 SMs, or its per-step fallback, and the per-step path) and backward. dtypes "
+          "Sq128, causal. rnn: LSTM, GRU, Elman tanh and relu, T20, I=H, (B, H) in (8, 512) "
+          "(8, 256) (32, 256) (8, 1024) (64, 256), inference and lengths+reverse+workspace, "
+          "forward (persistent on 132 SMs, or its per-step fallback, and the per-step path) and "
+          "backward. dtypes "
           "fp16, bf16, fp32 (rnn: bf16, fp32; float16 differs from bfloat16 there only in the "
           "conversions after the loads).")
 SHAPES_QUICK = ("quick subset, SEQCORE_AUTOTUNE=0 configs only, bf16: attention D128 causal "
                 "(dense and varlen, fwd and bwd); decode B32 Hq32 Hkv8 Sq1 D128; kvcache paged16 "
-                "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU B8 H512 lengths+reverse+workspace fwd "
-                "(persistent, per-step) and bwd.")
+                "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU/Elman tanh B8 H512 lengths+reverse+workspace "
+                "fwd (persistent, per-step) and bwd.")
 
 
 def build_report(done, left, notes, quick, workers, wall, ptxas_version, cached_only=False):

@@ -1,31 +1,36 @@
-"""LSTM/GRU backward through time.
+"""Recurrent backward through time, for every cell of kernels/rnn_cells.py (CELL a
+tl.constexpr).
 
-Per step (processing steps s = T-1 down to 0), one fused launch: each program owns a block of
-batch rows and hidden units j and
-  1. finishes dh for its units: dh[b, j] = carry[b, j] + sum_k dG_{s+1}[b, k] * w_hh[k, j]
-     (dG_{s+1}: the hidden-side gate gradients the previous launch wrote, read at each row's own
-     time index; zero where step s+1 was inactive for the row);
-  2. applies the pointwise gate derivatives for all gates of its units (reading the forward's
-     workspace) and writes this step's gate gradients dG_s for the next launch and the weight
-     gradients; carry/dc, which hold what flows to the previous step other than through w_hh,
-     are updated in place (a program reads and writes only its own elements).
+Per step (processing steps s = T-1 down to 0), one fused launch of rnn_bwd_step_kernel: each
+program owns a block of batch rows and hidden units j and
+  1. finishes dh for its units: dh[b, j] = carry[b, j] + sum_k dGh_{s+1}[b, k] * w_hh[k, j]
+     (dGh_{s+1}: the hidden-side gate gradients the previous launch wrote, read at each row's
+     own time index; zero where step s+1 was inactive for the row);
+  2. applies the cell's pointwise backward for all gates of its units (reading the forward's
+     workspace) and writes this step's gate gradients dGx_s/dGh_s for the next launch and the
+     weight gradients; carry (dh) and dc (the other states' gradients, the LSTM's dc), which
+     hold what flows to the previous step other than through w_hh, are updated in place (a
+     program reads and writes only its own elements).
 An inactive row (past its length) passes carry and dc through unchanged and writes no gradient.
-A last launch (FINAL) turns carry + dG_0 @ w_hh into dh0.
+A last launch (FINAL) turns carry + dGh_0 @ w_hh into dh0.
 
 Then the weight gradients are large matmuls over all T*B rows at once (kernels/rnn_cell.py's
 matmul/colsum): dW_ih = dGx^T x, dW_hh = dGh^T h_prev, db_ih = sum dGx, db_hh = sum dGh,
-dx = dGx @ w_ih. For the LSTM the input-side and hidden-side gate gradients are the same; for
-the GRU they differ in the n gate (dGx holds d(xn), dGh holds d(W_hn h + b_hn) = r * d(xn)).
-
-The workspace is what the forward kernels wrote: LSTM (i, f, g, o, c_t), GRU (r, z, n, hn).
+dx = dGx @ w_ih. The input-side and hidden-side gate gradients are one buffer unless the cell
+splits them (Cell.split_dgh: the GRU's n gate, dGx holds d(xn), dGh d(W_hn h + b_hn) =
+r * d(xn)). The h_prev of every step goes to its own (T, B, H) buffer for dW_hh; it comes from
+the cell's saved_state (the workspace, or y).
 """
 import torch
 import triton
 import triton.language as tl
 
 from seqcore.kernels import rnn_cell
-from seqcore.kernels.rnn_cell import (NUM_WARPS, colsum, dot_precision, matmul, pow2_block,
-                                      step_rows, tanh)
+from seqcore.kernels.rnn_cell import (NUM_WARPS, colsum, dot_precision, load_other_states,
+                                      matmul, or_dummy, other_states, pow2_block, select,
+                                      step_rows, store_other_states)
+from seqcore.kernels.rnn_cells import (CELLS, cell_backward, load_slot, num_gates, num_states,
+                                       num_ws_slots, saved_state, splits_dgh)
 
 
 @triton.jit
@@ -57,78 +62,38 @@ def prev_rows(step, active, len_ptr, offs_b, B, T, HAS_LENGTHS: tl.constexpr,
 
 
 @triton.jit
-def load_slot(ptr, row, slot, offs_h, mask, H, NSLOT: tl.constexpr):
-    return tl.load(ptr + row[:, None] * (NSLOT * H) + (slot * H + offs_h)[None, :], mask=mask,
-                   other=0.0).to(tl.float32)
-
-
-@triton.jit
 def store_slot(ptr, row, slot, offs_h, mask, value, H, NSLOT: tl.constexpr):
     tl.store(ptr + row[:, None] * (NSLOT * H) + (slot * H + offs_h)[None, :], value, mask=mask)
 
 
 @triton.jit
-def lstm_bwd_step_kernel(dg_ptr, w_hh_ptr, ws_ptr, dy_ptr, h0_ptr, c0_ptr, carry_ptr, dc_ptr,
-                         hprev_ptr, dh0_ptr, len_ptr, step, T, B, H,
-                         HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, FINAL: tl.constexpr,
-                         PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_K: tl.constexpr):
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
-    state = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
-    dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
-    dh += later_grad(dg_ptr, w_hh_ptr, step, len_ptr, offs_b, offs_h, B, T, H, 4, HAS_LENGTHS,
-                     REVERSE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    if FINAL:
-        tl.store(dh0_ptr + state, dh, mask=mask)
-    else:
-        active, t = step_rows(step, len_ptr, offs_b, B, T, HAS_LENGTHS, REVERSE)
-        row = t.to(tl.int64) * B + offs_b
-        has_prev, prow = prev_rows(step, active, len_ptr, offs_b, B, T, HAS_LENGTHS, REVERSE)
-        keep = active[:, None]
-        live = mask & keep
-        dh_tot = dh + tl.load(dy_ptr + row[:, None] * H + offs_h[None, :], mask=live,
-                              other=0.0).to(tl.float32)
-        i = load_slot(ws_ptr, row, 0, offs_h, live, H, 5)
-        f = load_slot(ws_ptr, row, 1, offs_h, live, H, 5)
-        g = load_slot(ws_ptr, row, 2, offs_h, live, H, 5)
-        o = load_slot(ws_ptr, row, 3, offs_h, live, H, 5)
-        c = load_slot(ws_ptr, row, 4, offs_h, live, H, 5)
-        prev = has_prev[:, None]
-        c_prev = tl.where(prev, load_slot(ws_ptr, prow, 4, offs_h, mask & prev, H, 5),
-                          tl.load(c0_ptr + state, mask=mask, other=0.0).to(tl.float32))
-        # the forward's float32 h_prev, recomputed exactly as the forward kernel did
-        o_prev = load_slot(ws_ptr, prow, 3, offs_h, mask & prev, H, 5)
-        h_prev = tl.where(prev, o_prev * tanh(c_prev),
-                          tl.load(h0_ptr + state, mask=mask, other=0.0).to(tl.float32))
-        tanh_c = tanh(c)
-        dc_old = tl.load(dc_ptr + state, mask=mask, other=0.0)
-        dc_tot = dc_old + dh_tot * o * (1.0 - tanh_c * tanh_c)
-        store_slot(dg_ptr, row, 0, offs_h, live, dc_tot * g * i * (1.0 - i), H, 4)
-        store_slot(dg_ptr, row, 1, offs_h, live, dc_tot * c_prev * f * (1.0 - f), H, 4)
-        store_slot(dg_ptr, row, 2, offs_h, live, dc_tot * i * (1.0 - g * g), H, 4)
-        store_slot(dg_ptr, row, 3, offs_h, live, dh_tot * tanh_c * o * (1.0 - o), H, 4)
-        store_slot(hprev_ptr, row, 0, offs_h, live, h_prev, H, 1)
-        tl.store(dc_ptr + state, tl.where(keep, dc_tot * f, dc_old), mask=mask)
-        tl.store(carry_ptr + state, tl.where(keep, 0.0, dh), mask=mask)
+def store_gates(ptr, row, offs_h, mask, dg, H):
+    """ptr[t, b, k*H + offs_h] = dg[k] for every gate k of a (T, B, G*H) array."""
+    G: tl.constexpr = len(dg)
+    for k in tl.static_range(G):
+        tl.store(ptr + row[:, None] * (G * H) + (k * H + offs_h)[None, :], dg[k], mask=mask)
 
 
 @triton.jit
-def gru_bwd_step_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr, h0_ptr, carry_ptr,
-                        hprev_ptr, dh0_ptr, len_ptr, step, T, B, H,
-                        HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, FINAL: tl.constexpr,
-                        PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
+def rnn_bwd_step_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr, h0_ptr, c0_ptr,
+                        carry_ptr, dc_ptr, hprev_ptr, dh0_ptr, len_ptr, step, T, B, H,
+                        CELL: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+                        FINAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                        BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Processing step `step` of any cell's backward (see the module docstring); carry holds
+    dh, dc (S-1, B, H) the other states' gradients, c0 (S-1, B, H) their initial values."""
+    G: tl.constexpr = num_gates(CELL)
+    S: tl.constexpr = num_states(CELL)
+    NSLOT: tl.constexpr = num_ws_slots(CELL)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
-    state = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
-    dh = tl.load(carry_ptr + state, mask=mask, other=0.0)
-    dh += later_grad(dgh_ptr, w_hh_ptr, step, len_ptr, offs_b, offs_h, B, T, H, 3, HAS_LENGTHS,
+    idx = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
+    dh = tl.load(carry_ptr + idx, mask=mask, other=0.0)
+    dh += later_grad(dgh_ptr, w_hh_ptr, step, len_ptr, offs_b, offs_h, B, T, H, G, HAS_LENGTHS,
                      REVERSE, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     if FINAL:
-        tl.store(dh0_ptr + state, dh, mask=mask)
+        tl.store(dh0_ptr + idx, dh, mask=mask)
     else:
         active, t = step_rows(step, len_ptr, offs_b, B, T, HAS_LENGTHS, REVERSE)
         row = t.to(tl.int64) * B + offs_b
@@ -138,35 +103,35 @@ def gru_bwd_step_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr, h0_pt
         prev = has_prev[:, None]
         dh_tot = dh + tl.load(dy_ptr + row[:, None] * H + offs_h[None, :], mask=live,
                               other=0.0).to(tl.float32)
-        r = load_slot(ws_ptr, row, 0, offs_h, live, H, 4)
-        z = load_slot(ws_ptr, row, 1, offs_h, live, H, 4)
-        n = load_slot(ws_ptr, row, 2, offs_h, live, H, 4)
-        hn = load_slot(ws_ptr, row, 3, offs_h, live, H, 4)
-        # h_prev is y of the previous step (in the input dtype), or h0
-        h_prev = tl.where(prev, load_slot(y_ptr, prow, 0, offs_h, mask & prev, H, 1),
-                          tl.load(h0_ptr + state, mask=mask, other=0.0).to(tl.float32))
-        d_xn = dh_tot * (1.0 - z) * (1.0 - n * n)
-        d_r = d_xn * hn * r * (1.0 - r)
-        d_z = dh_tot * (h_prev - n) * z * (1.0 - z)
-        store_slot(dgx_ptr, row, 0, offs_h, live, d_r, H, 3)
-        store_slot(dgx_ptr, row, 1, offs_h, live, d_z, H, 3)
-        store_slot(dgx_ptr, row, 2, offs_h, live, d_xn, H, 3)
-        store_slot(dgh_ptr, row, 0, offs_h, live, d_r, H, 3)
-        store_slot(dgh_ptr, row, 1, offs_h, live, d_z, H, 3)
-        store_slot(dgh_ptr, row, 2, offs_h, live, d_xn * r, H, 3)
-        store_slot(hprev_ptr, row, 0, offs_h, live, h_prev, H, 1)
-        # h_prev also reaches h directly through z * h_prev
-        tl.store(carry_ptr + state, tl.where(keep, dh_tot * z, dh), mask=mask)
+        dstate = (dh_tot,) + load_other_states(dc_ptr, idx, mask, B, H, S)
+        ws = ()
+        for slot in tl.static_range(NSLOT):
+            ws = ws + (load_slot(ws_ptr, row, slot, offs_h, live, H, NSLOT),)
+        # the state this step started from: the previous step's, or the initial one
+        h0 = tl.load(h0_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        initial = (h0,) + load_other_states(c0_ptr, idx, mask, B, H, S)
+        state_prev = select(prev, saved_state(CELL, ws_ptr, y_ptr, prow, offs_h, mask & prev, H),
+                            initial)
+        dgx, dgh, dprev = cell_backward(CELL, dstate, ws, state_prev)
+        store_gates(dgx_ptr, row, offs_h, live, dgx, H)
+        if splits_dgh(CELL):
+            store_gates(dgh_ptr, row, offs_h, live, dgh, H)
+        store_slot(hprev_ptr, row, 0, offs_h, live, state_prev[0], H, 1)
+        # a row past its length passes its carried gradients through unchanged
+        tl.store(carry_ptr + idx, tl.where(keep, dprev[0], dh), mask=mask)
+        store_other_states(dc_ptr, idx, mask, select(keep, dprev[1:], dstate[1:]), B, H)
 
 
-def _run_steps(kernel, T, B, H, lengths, reverse, args):
+def _run_steps(cell, T, B, H, lengths, reverse, args):
     """Launch the backward step kernel for s = T-1 .. 0, then the FINAL launch (s = -1)."""
     BLOCK_B, BLOCK_H, BLOCK_K = 16, pow2_block(H), 32
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(H, BLOCK_H))
     for step in list(range(T - 1, -1, -1)) + [-1]:
-        kernel[grid](*args, lengths, step, T, B, H, HAS_LENGTHS=lengths is not None,
-                     REVERSE=bool(reverse), FINAL=step < 0, PRECISION=dot_precision(torch.float32),
-                     BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        rnn_bwd_step_kernel[grid](*args, lengths, step, T, B, H, CELL=cell,
+                                  HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse),
+                                  FINAL=step < 0, PRECISION=dot_precision(torch.float32),
+                                  BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
+                                  num_warps=NUM_WARPS)
 
 
 def _param_grads(dgx, dgh, x, hprev, w_ih, w_hh):
@@ -187,37 +152,26 @@ def _param_grads(dgx, dgh, x, hprev, w_ih, w_hh):
     return dx.view(T, B, I), dw_ih, dw_hh, db_ih, db_hh
 
 
-def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, lengths, reverse, ws):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) in x's dtype."""
+def backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0(, dc0)) in x's dtype for `cell` (a name in
+    kernels/rnn_cells.CELLS). dstates: the gradients of the final states (dh_n,) or
+    (dh_n, dc_n); states: the initial (h0,) or (h0, c0); y, ws: what the forward returned."""
+    spec = CELLS[cell]
     T, B, _ = x.shape
     H = w_hh.shape[1]
     dev = x.device
-    dg = torch.zeros((T, B, 4 * H), dtype=torch.float32, device=dev)
+    # zeros: rows past their length write no gate gradient, and the matmuls read every row
+    dgx = torch.zeros((T, B, spec.gates * H), dtype=torch.float32, device=dev)
+    dgh = torch.zeros_like(dgx) if spec.split_dgh else dgx
     hprev = torch.zeros((T, B, H), dtype=torch.float32, device=dev)
-    carry = dh_n.float().clone()
-    dc = dc_n.float().clone()
+    carry = dstates[0].float().clone()
+    dc = other_states(dstates, B, H, dev)
     dh0 = carry
     if T > 0 and B > 0:
         dh0 = rnn_cell.new_buffer((B, H), torch.float32, dev)
-        _run_steps(lstm_bwd_step_kernel, T, B, H, lengths, reverse,
-                   (dg, w_hh, ws, dy, h0, c0, carry, dc, hprev, dh0))
-    grads = _param_grads(dg, dg, x, hprev, w_ih, w_hh)
-    return grads + (dh0.to(x.dtype), dc.to(x.dtype))
-
-
-def gru_backward(dy, dh_n, x, w_ih, w_hh, h0, lengths, reverse, y, ws):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) in x's dtype."""
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    dev = x.device
-    dgx = torch.zeros((T, B, 3 * H), dtype=torch.float32, device=dev)
-    dgh = torch.zeros((T, B, 3 * H), dtype=torch.float32, device=dev)
-    hprev = torch.zeros((T, B, H), dtype=torch.float32, device=dev)
-    carry = dh_n.float().clone()
-    dh0 = carry
-    if T > 0 and B > 0:
-        dh0 = rnn_cell.new_buffer((B, H), torch.float32, dev)
-        _run_steps(gru_bwd_step_kernel, T, B, H, lengths, reverse,
-                   (dgx, dgh, w_hh, ws, dy, y, h0, carry, hprev, dh0))
+        c0 = other_states(states, B, H, dev)
+        _run_steps(cell, T, B, H, lengths, reverse,
+                   (dgx, dgh, w_hh, ws, dy, y, states[0], or_dummy(c0, carry), carry,
+                    or_dummy(dc, carry), hprev, dh0))
     grads = _param_grads(dgx, dgh, x, hprev, w_ih, w_hh)
-    return grads + (dh0.to(x.dtype),)
+    return grads + (dh0.to(x.dtype),) + tuple(d.to(x.dtype) for d in dc)

@@ -1,15 +1,17 @@
-"""LSTM/GRU forward, one fused kernel launch per time step, plus the two GEMM-shaped helpers
-the recurrent kernels share (a tiled matmul and a column sum).
+"""Recurrent forward, one fused kernel launch per time step, for every cell of
+kernels/rnn_cells.py (LSTM, GRU, Elman tanh/relu), plus the helpers the recurrent kernels share
+(a tiled matmul, a column sum, the gate/state/y/workspace tiles).
 
 The sequence forward is:
   1. xproj = x @ w_ih^T + b_ih for all T steps at once (one large matmul, float32 out);
-  2. per step, one launch of lstm_step_kernel / gru_step_kernel: each program owns a block of
-     batch rows and a block of hidden units for ALL gates, so it computes h @ w_hh^T for those
-     gate columns and applies the gate math in registers: no gate tensor goes through memory.
+  2. per step, one launch of rnn_step_kernel (CELL a tl.constexpr): each program owns a block of
+     batch rows and a block of hidden units for ALL G gates, so it computes h @ w_hh^T for those
+     gate columns and applies the cell's pointwise math in registers: no gate tensor goes
+     through memory.
 
-State (h, c) is kept in float32. h is ping-ponged between two buffers because every program
-reads all of h_prev while others write h_new; c is updated in place (a program reads and writes
-only its own elements).
+State is kept in float32. h is ping-ponged between two buffers because every program reads all
+of h_prev while others write h_new; the other states (the LSTM's c), one (S-1, B, H) buffer, are
+updated in place (a program reads and writes only its own elements).
 
 lengths / reverse: at processing step s, batch row b is active iff s < len_b and then works on
 time t = s (forward) or t = len_b - 1 - s (reverse). An inactive row keeps its state and writes
@@ -20,6 +22,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from seqcore.kernels.rnn_cells import CELLS, cell_forward, num_gates, num_states
 
 
 def dot_precision(dtype):
@@ -46,18 +50,7 @@ def pow2_block(n, lo=16, hi=64):
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared element-wise helpers
-
-
-@triton.jit
-def sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def tanh(x):
-    # exp2 overflowing to inf gives exactly +-1, so no clamping is needed
-    return 1.0 - 2.0 / (tl.exp2(x * 2.8853900817779268) + 1.0)
+# Steps, lengths and reverse (shared with rnn_persistent.py and rnn_bwd.py)
 
 
 @triton.jit
@@ -159,8 +152,74 @@ def input_projection(x, w_ih, b_ih):
     return xproj
 
 
+
 # ----------------------------------------------------------------------------------------------
-# Per-step kernels
+# Gate and state tiles (shared with rnn_persistent.py and rnn_bwd.py)
+
+
+@triton.jit
+def bias_slice(b_ptr, gate, offs_h, H):
+    """b[gate*H + offs_h] as a float32 (1, BLOCK_H) row."""
+    return tl.load(b_ptr + gate * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def input_gates(xproj_ptr, row, offs_h, mask, H, G: tl.constexpr):
+    """gx: for each gate k, xproj[t, b, k*H + offs_h] (x @ w_ih^T + b_ih). row[b] = t*B + b."""
+    gx = ()
+    for k in tl.static_range(G):
+        gx = gx + (tl.load(xproj_ptr + row[:, None] * (G * H) + (k * H + offs_h)[None, :],
+                           mask=mask, other=0.0),)
+    return gx
+
+
+@triton.jit
+def select(keep, new, old):
+    """Per element, the tuple `new` where keep, else `old` (rows past their length keep their
+    state)."""
+    out = ()
+    for k in tl.static_range(len(new)):
+        out = out + (tl.where(keep, new[k], old[k]),)
+    return out
+
+
+@triton.jit
+def load_other_states(c_ptr, idx, mask, B, H, S: tl.constexpr):
+    """The states after h (LSTM: c), from their float32 (S-1, B, H) array; () when S = 1."""
+    out = ()
+    for s in tl.static_range(1, S):
+        out = out + (tl.load(c_ptr + (s - 1) * B * H + idx, mask=mask, other=0.0),)
+    return out
+
+
+@triton.jit
+def store_other_states(c_ptr, idx, mask, values, B, H):
+    for s in tl.static_range(len(values)):
+        tl.store(c_ptr + s * B * H + idx, values[s], mask=mask)
+
+
+@triton.jit
+def store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H):
+    """y[t] = h for active rows; a row past its length zeroes y at t = step instead (every
+    position past a length is zeroed exactly once). Returns the rows written, for ws."""
+    out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
+    tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
+             tl.where(active[:, None], h, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+    return out_row
+
+
+@triton.jit
+def store_ws(ws_ptr, out_row, offs_h, mask, active, ws, H):
+    """ws[t, b, slot*H + j] = ws[slot] for every slot of the cell's workspace where the row is
+    active, else 0 (out_row from store_y)."""
+    NSLOT: tl.constexpr = len(ws)
+    for slot in tl.static_range(NSLOT):
+        ptrs = ws_ptr + out_row[:, None] * (NSLOT * H) + (slot * H + offs_h)[None, :]
+        tl.store(ptrs, tl.where(active[:, None], ws[slot], 0.0), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-step kernel
 
 
 @triton.jit
@@ -179,189 +238,97 @@ def hidden_matmul(h_ptr, w_ptr, gate, offs_b, offs_h, B, H, acc, PRECISION: tl.c
 
 
 @triton.jit
-def gate_in(xproj_ptr, b_hh_ptr, gate, row, offs_h, mask, H, G: tl.constexpr):
-    """xproj[t, b, gate*H + j] + b_hh[gate*H + j]: the part of a gate that is not h @ w_hh^T.
-    row[b] = t*B + b (int64)."""
-    cols = gate * H + offs_h
-    xp = tl.load(xproj_ptr + row[:, None] * (G * H) + cols[None, :], mask=mask, other=0.0)
-    bias = tl.load(b_hh_ptr + cols, mask=offs_h < H, other=0.0).to(tl.float32)
-    return xp + bias[None, :]
+def hidden_gates(h_ptr, w_ptr, b_ptr, offs_b, offs_h, B, H, G: tl.constexpr,
+                 PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """gh: for each gate k, h @ w_hh[k*H + offs_h, :]^T + b_hh[k*H + offs_h]."""
+    gh = ()
+    for k in tl.static_range(G):
+        # the bias starts the accumulator: compiled for sm_90 this keeps every cell's step
+        # kernel free of spills (adding it after the matmul spilled 4 B for the GRU)
+        acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32) + bias_slice(b_ptr, k, offs_h, H)
+        gh = gh + (hidden_matmul(h_ptr, w_ptr, k, offs_b, offs_h, B, H, acc, PRECISION,
+                                 BLOCK_K),)
+    return gh
 
 
 @triton.jit
-def lstm_cell_math(pre_i, pre_f, pre_g, pre_o, c_old):
-    i = sigmoid(pre_i)
-    f = sigmoid(pre_f)
-    g = tanh(pre_g)
-    o = sigmoid(pre_o)
-    c = f * c_old + i * g
-    h = o * tanh(c)
-    return i, f, g, o, c, h
-
-
-@triton.jit
-def store_ws(ws_ptr, slot, row, offs_h, mask, value, active, H, NSLOT: tl.constexpr):
-    """ws[t, b, slot*H + j] = value where active, else 0."""
-    ptrs = ws_ptr + row[:, None] * (NSLOT * H) + (slot * H + offs_h)[None, :]
-    tl.store(ptrs, tl.where(active[:, None], value, 0.0), mask=mask)
-
-
-@triton.jit
-def store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H):
-    """y[t] = h for active rows; a row past its length zeroes y at t = step instead (every
-    position past a length is zeroed exactly once). Returns the rows written, for ws."""
-    out_row = tl.where(active, row, step * B + offs_b.to(tl.int64))
-    tl.store(y_ptr + out_row[:, None] * H + offs_h[None, :],
-             tl.where(active[:, None], h, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
-    return out_row
-
-
-@triton.jit
-def store_lstm_ws(ws_ptr, out_row, offs_h, mask, active, i, f, g, o, c, H):
-    """The gates and cell state lstm's backward reads: ws[t, b] = (i, f, g, o, c)."""
-    store_ws(ws_ptr, 0, out_row, offs_h, mask, i, active, H, 5)
-    store_ws(ws_ptr, 1, out_row, offs_h, mask, f, active, H, 5)
-    store_ws(ws_ptr, 2, out_row, offs_h, mask, g, active, H, 5)
-    store_ws(ws_ptr, 3, out_row, offs_h, mask, o, active, H, 5)
-    store_ws(ws_ptr, 4, out_row, offs_h, mask, c, active, H, 5)
-
-
-@triton.jit
-def store_gru_ws(ws_ptr, out_row, offs_h, mask, active, r, z, n, hn, H):
-    """What gru's backward reads: ws[t, b] = (r, z, n, W_hn h + b_hn)."""
-    store_ws(ws_ptr, 0, out_row, offs_h, mask, r, active, H, 4)
-    store_ws(ws_ptr, 1, out_row, offs_h, mask, z, active, H, 4)
-    store_ws(ws_ptr, 2, out_row, offs_h, mask, n, active, H, 4)
-    store_ws(ws_ptr, 3, out_row, offs_h, mask, hn, active, H, 4)
-
-
-@triton.jit
-def lstm_step_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, h_in_ptr, h_out_ptr, c_ptr, y_ptr, ws_ptr,
-                     len_ptr, step, T, B, H,
-                     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, NEED_WS: tl.constexpr,
-                     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                     BLOCK_K: tl.constexpr):
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    active, t = step_rows(step, len_ptr, offs_b, B, T, HAS_LENGTHS, REVERSE)
-    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
-    row = t.to(tl.int64) * B + offs_b
-    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    pre_i = hidden_matmul(h_in_ptr, w_hh_ptr, 0, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    pre_f = hidden_matmul(h_in_ptr, w_hh_ptr, 1, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    pre_g = hidden_matmul(h_in_ptr, w_hh_ptr, 2, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    pre_o = hidden_matmul(h_in_ptr, w_hh_ptr, 3, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    pre_i += gate_in(xproj_ptr, b_hh_ptr, 0, row, offs_h, mask, H, 4)
-    pre_f += gate_in(xproj_ptr, b_hh_ptr, 1, row, offs_h, mask, H, 4)
-    pre_g += gate_in(xproj_ptr, b_hh_ptr, 2, row, offs_h, mask, H, 4)
-    pre_o += gate_in(xproj_ptr, b_hh_ptr, 3, row, offs_h, mask, H, 4)
-    state = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
-    h_old = tl.load(h_in_ptr + state, mask=mask, other=0.0)
-    c_old = tl.load(c_ptr + state, mask=mask, other=0.0)
-    i, f, g, o, c, h = lstm_cell_math(pre_i, pre_f, pre_g, pre_o, c_old)
-    keep = active[:, None]
-    tl.store(h_out_ptr + state, tl.where(keep, h, h_old), mask=mask)
-    tl.store(c_ptr + state, tl.where(keep, c, c_old), mask=mask)
-    out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H)
-    if NEED_WS:
-        store_lstm_ws(ws_ptr, out_row, offs_h, mask, active, i, f, g, o, c, H)
-
-
-@triton.jit
-def gru_cell_math(pre_r, pre_z, xn, hn, h_old):
-    """hn = W_hn h + b_hn; xn = W_in x + b_in."""
-    r = sigmoid(pre_r)
-    z = sigmoid(pre_z)
-    n = tanh(xn + r * hn)
-    h = (1.0 - z) * n + z * h_old
-    return r, z, n, h
-
-
-@triton.jit
-def gru_step_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, h_in_ptr, h_out_ptr, y_ptr, ws_ptr,
-                    len_ptr, step, T, B, H,
+def rnn_step_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, h_in_ptr, h_out_ptr, c_ptr, y_ptr, ws_ptr,
+                    len_ptr, step, T, B, H, CELL: tl.constexpr,
                     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, NEED_WS: tl.constexpr,
                     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                     BLOCK_K: tl.constexpr):
+    """One time step of any cell (kernels/rnn_cells.py) for a (BLOCK_B, BLOCK_H) tile: h is
+    read from h_in and written to h_out, the other states (c) are updated in place in c_ptr
+    (S-1, B, H)."""
+    G: tl.constexpr = num_gates(CELL)
+    S: tl.constexpr = num_states(CELL)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     active, t = step_rows(step, len_ptr, offs_b, B, T, HAS_LENGTHS, REVERSE)
     mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
     row = t.to(tl.int64) * B + offs_b
-    zero = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-    pre_r = hidden_matmul(h_in_ptr, w_hh_ptr, 0, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    pre_z = hidden_matmul(h_in_ptr, w_hh_ptr, 1, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    hn = hidden_matmul(h_in_ptr, w_hh_ptr, 2, offs_b, offs_h, B, H, zero, PRECISION, BLOCK_K)
-    pre_r += gate_in(xproj_ptr, b_hh_ptr, 0, row, offs_h, mask, H, 3)
-    pre_z += gate_in(xproj_ptr, b_hh_ptr, 1, row, offs_h, mask, H, 3)
-    b_hn = tl.load(b_hh_ptr + 2 * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
-    hn += b_hn[None, :]
-    xn = tl.load(xproj_ptr + row[:, None] * (3 * H) + (2 * H + offs_h)[None, :], mask=mask,
-                 other=0.0)
-    state = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
-    h_old = tl.load(h_in_ptr + state, mask=mask, other=0.0)
-    r, z, n, h = gru_cell_math(pre_r, pre_z, xn, hn, h_old)
-    keep = active[:, None]
-    tl.store(h_out_ptr + state, tl.where(keep, h, h_old), mask=mask)
-    out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h, B, H)
+    # all gates of these hidden units in one program: no gate tensor goes through memory
+    gh = hidden_gates(h_in_ptr, w_hh_ptr, b_hh_ptr, offs_b, offs_h, B, H, G, PRECISION,
+                      BLOCK_B, BLOCK_H, BLOCK_K)
+    gx = input_gates(xproj_ptr, row, offs_h, mask, H, G)
+    idx = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
+    h_old = tl.load(h_in_ptr + idx, mask=mask, other=0.0)
+    old = (h_old,) + load_other_states(c_ptr, idx, mask, B, H, S)
+    new, ws = cell_forward(CELL, gx, gh, old)
+    kept = select(active[:, None], new, old)
+    tl.store(h_out_ptr + idx, kept[0], mask=mask)
+    store_other_states(c_ptr, idx, mask, kept[1:], B, H)
+    out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, new[0], B, H)
     if NEED_WS:
-        store_gru_ws(ws_ptr, out_row, offs_h, mask, active, r, z, n, hn, H)
+        store_ws(ws_ptr, out_row, offs_h, mask, active, ws, H)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers
 
 
-def _alloc_outputs(x, H, nslot, need_ws):
-    T, B, _ = x.shape
-    y = new_buffer((T, B, H), x.dtype, x.device)
-    ws = new_buffer((T, B, nslot * H), torch.float32, x.device) if need_ws else None
-    return y, ws
+def other_states(states, B, H, device):
+    """The states after h (LSTM: c) as one float32 (S-1, B, H) copy the kernels may update."""
+    if len(states) == 1:
+        return torch.zeros((0, B, H), dtype=torch.float32, device=device)
+    return torch.stack([s.float() for s in states[1:]])
 
 
-def _run_steps(kernel, T, B, H, lengths, reverse, need_ws, args_for):
-    """Launch `kernel` once per step; args_for(step) gives the step's pointer arguments."""
+def or_dummy(t, dummy):
+    """t, or `dummy` for a pointer argument the kernel does not read (an empty t)."""
+    return t if t is not None and t.numel() > 0 else dummy
+
+
+def _run_steps(cell, T, B, H, lengths, reverse, need_ws, args_for):
+    """Launch rnn_step_kernel once per step; args_for(step) gives the step's pointer arguments."""
     BLOCK_B, BLOCK_H, BLOCK_K = 16, pow2_block(H), pow2_block(H, hi=32)
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(H, BLOCK_H))
     for step in range(T):
-        kernel[grid](*args_for(step), lengths, step, T, B, H,
-                     HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse), NEED_WS=need_ws,
-                     PRECISION=dot_precision(torch.float32), BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H,
-                     BLOCK_K=BLOCK_K, num_warps=NUM_WARPS)
+        rnn_step_kernel[grid](*args_for(step), lengths, step, T, B, H, CELL=cell,
+                              HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse),
+                              NEED_WS=need_ws, PRECISION=dot_precision(torch.float32),
+                              BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BLOCK_K=BLOCK_K,
+                              num_warps=NUM_WARPS)
 
 
-def lstm_forward_steps(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
-    """(y, h_n, c_n, ws) with one fused launch per step; h_n/c_n float32."""
+def forward_steps(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws):
+    """(y, final states, ws) of `cell` (a name in kernels/rnn_cells.CELLS) with one fused
+    launch per step. states: the initial (h0,) or (h0, c0); the final ones come back float32."""
+    spec = CELLS[cell]
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    y, ws = _alloc_outputs(x, H, 5, need_ws)
-    h_bufs = [h0.float().clone(), new_buffer((B, H), torch.float32, x.device)]
-    c = c0.float().clone()
+    y = new_buffer((T, B, H), x.dtype, x.device)
+    ws = new_buffer((T, B, spec.ws_slots * H), torch.float32, x.device) if need_ws else None
+    h_bufs = [states[0].float().clone(), new_buffer((B, H), torch.float32, x.device)]
+    others = other_states(states, B, H, x.device)
     if T == 0 or B == 0:
-        return y, h_bufs[0], c, ws
+        return y, (h_bufs[0],) + tuple(others), ws
     xproj = input_projection(x, w_ih, b_ih)
 
     def args_for(step):
-        return (xproj, w_hh, b_hh, h_bufs[step % 2], h_bufs[(step + 1) % 2], c, y,
-                ws if need_ws else y)
+        return (xproj, w_hh, b_hh, h_bufs[step % 2], h_bufs[(step + 1) % 2],
+                or_dummy(others, y), y, or_dummy(ws, y))
 
-    _run_steps(lstm_step_kernel, T, B, H, lengths, reverse, need_ws, args_for)
-    return y, h_bufs[T % 2], c, ws
-
-
-def gru_forward_steps(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):
-    """(y, h_n, ws) with one fused launch per step; h_n float32."""
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    y, ws = _alloc_outputs(x, H, 4, need_ws)
-    h_bufs = [h0.float().clone(), new_buffer((B, H), torch.float32, x.device)]
-    if T == 0 or B == 0:
-        return y, h_bufs[0], ws
-    xproj = input_projection(x, w_ih, b_ih)
-
-    def args_for(step):
-        return (xproj, w_hh, b_hh, h_bufs[step % 2], h_bufs[(step + 1) % 2], y,
-                ws if need_ws else y)
-
-    _run_steps(gru_step_kernel, T, B, H, lengths, reverse, need_ws, args_for)
-    return y, h_bufs[T % 2], ws
+    _run_steps(cell, T, B, H, lengths, reverse, need_ws, args_for)
+    return y, (h_bufs[T % 2],) + tuple(others), ws

@@ -1,20 +1,22 @@
-"""Persistent LSTM/GRU sequence forward: one launch for all T steps.
+"""Persistent recurrent sequence forward, one launch for all T steps, for every cell of
+kernels/rnn_cells.py (CELL a tl.constexpr).
 
 A grid of co-resident programs; program p owns hidden units [p*BLOCK_H, (p+1)*BLOCK_H) for all
-gates and loads its slice of w_hh on chip once, before the time loop (the compiled sm_90
+G gates and loads its slice of w_hh on chip once, before the time loop (the compiled sm_90
 kernel keeps these tl.dot operands in shared memory). Each step it reads the whole h_prev
 (all batch rows) from a global ping-pong buffer hbuf[2, B, H], computes its
-gates with the same fused math as the per-step kernels (kernels/rnn_cell.py), writes its slice
+gates with the same cell math as the per-step kernel (kernels/rnn_cell.py), writes its slice
 of h_new to the other half of hbuf, and waits at a grid-wide barrier: an atomic_add (release) on
-a counter, then a spin on an acquire read until the counter reaches nprog * (step + 1). c never
-leaves the program's registers. Two halves suffice: a program can only overwrite hbuf[s % 2]
-(at step s + 1) after every program passed the barrier of step s, i.e. finished reading it.
+a counter, then a spin on an acquire read until the counter reaches nprog * (step + 1). The
+other states (the LSTM's c) never leave the program's registers. Two halves suffice: a program
+can only overwrite hbuf[s % 2] (at step s + 1) after every program passed the barrier of step
+s, i.e. finished reading it.
 
 The grid never exceeds the SM count (programs that are not co-resident would deadlock at the
 barrier), so the slice width is BLOCK_H = next_pow2(ceil(H / n_sm)) (at least 16 for tl.dot).
 When the w_hh slice or the batch tile is too large to stay on chip (fits_on_chip: on an H100,
-132 SMs, BLOCK_H = 16, so LSTM/GRU up to H = 512 at B <= 16 and H = 256 at B <= 32), the
-launcher falls back to the per-step kernels.
+132 SMs, BLOCK_H = 16, so every cell up to H = 512 at B <= 16 and H = 256 at B <= 32), the
+launcher falls back to the per-step kernel.
 
 Under TRITON_INTERPRET=1 programs run one after another, so only the ONE-program configuration
 (that program owns all hidden units) can run there: the barrier with nprog = 1 passes at once.
@@ -28,9 +30,11 @@ import triton
 import triton.language as tl
 
 from seqcore.kernels import rnn_cell
-from seqcore.kernels.rnn_cell import (dot_precision, gru_cell_math, gru_forward_steps,
-                                      input_projection, lstm_cell_math, lstm_forward_steps,
-                                      step_rows, store_gru_ws, store_lstm_ws, store_y)
+from seqcore.kernels.rnn_cell import (bias_slice, dot_precision, forward_steps, input_gates,
+                                      input_projection, load_other_states, or_dummy,
+                                      other_states, select, step_rows, store_other_states,
+                                      store_ws, store_y)
+from seqcore.kernels.rnn_cells import CELLS, cell_forward, num_gates, num_states
 
 # Limits of what one program holds on chip. Checked by compiling the kernels for sm_90 with
 # Triton 3.6 + ptxas (8 warps, float32 and float16 weights): no register spills for
@@ -97,85 +101,30 @@ def weight_slice(w_ptr, gate, offs_h, offs_k, H):
 
 
 @triton.jit
-def bias_slice(b_ptr, gate, offs_h, H):
-    return tl.load(b_ptr + gate * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)[None, :]
-
-
-@triton.jit
-def xproj_gate(xproj_ptr, gate, row, offs_h, mask, H, G: tl.constexpr):
-    return tl.load(xproj_ptr + row[:, None] * (G * H) + (gate * H + offs_h)[None, :],
-                   mask=mask, other=0.0)
-
-
-@triton.jit
-def lstm_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, c0_ptr, c_n_ptr, y_ptr,
-                           ws_ptr, len_ptr, counter_ptr, T, B, H,
-                           HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
-                           NEED_WS: tl.constexpr, USE_SEM: tl.constexpr, PRECISION: tl.constexpr,
-                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, H_PAD: tl.constexpr):
-    nprog = tl.num_programs(0)
-    offs_b = tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_k = tl.arange(0, H_PAD)
-    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
-    h_mask = (offs_b[:, None] < B) & (offs_k[None, :] < H)
-    # this program's slice of w_hh stays on chip for all T steps
-    w_i = weight_slice(w_hh_ptr, 0, offs_h, offs_k, H)
-    w_f = weight_slice(w_hh_ptr, 1, offs_h, offs_k, H)
-    w_g = weight_slice(w_hh_ptr, 2, offs_h, offs_k, H)
-    w_o = weight_slice(w_hh_ptr, 3, offs_h, offs_k, H)
-    b_i = bias_slice(b_hh_ptr, 0, offs_h, H)
-    b_f = bias_slice(b_hh_ptr, 1, offs_h, H)
-    b_g = bias_slice(b_hh_ptr, 2, offs_h, H)
-    b_o = bias_slice(b_hh_ptr, 3, offs_h, H)
-    own = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
-    c = tl.load(c0_ptr + own, mask=mask, other=0.0).to(tl.float32)
-    for step in range(0, T):
-        h_src = hbuf_ptr + (step % 2) * B * H
-        h_dst = hbuf_ptr + ((step + 1) % 2) * B * H
-        active, t = step_rows(step, len_ptr, offs_b, B, T, HAS_LENGTHS, REVERSE)
-        row = t.to(tl.int64) * B + offs_b
-        h = tl.load(h_src + offs_b[:, None] * H + offs_k[None, :], mask=h_mask, other=0.0,
-                    volatile=True)
-        pre_i = tl.dot(h, w_i, input_precision=PRECISION) + b_i
-        pre_f = tl.dot(h, w_f, input_precision=PRECISION) + b_f
-        pre_g = tl.dot(h, w_g, input_precision=PRECISION) + b_g
-        pre_o = tl.dot(h, w_o, input_precision=PRECISION) + b_o
-        pre_i += xproj_gate(xproj_ptr, 0, row, offs_h, mask, H, 4)
-        pre_f += xproj_gate(xproj_ptr, 1, row, offs_h, mask, H, 4)
-        pre_g += xproj_gate(xproj_ptr, 2, row, offs_h, mask, H, 4)
-        pre_o += xproj_gate(xproj_ptr, 3, row, offs_h, mask, H, 4)
-        h_old = tl.load(h_src + own, mask=mask, other=0.0, volatile=True)
-        i, f, g, o, c_new, h_new = lstm_cell_math(pre_i, pre_f, pre_g, pre_o, c)
-        keep = active[:, None]
-        c = tl.where(keep, c_new, c)
-        tl.store(h_dst + own, tl.where(keep, h_new, h_old), mask=mask)
-        out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h_new, B, H)
-        if NEED_WS:
-            store_lstm_ws(ws_ptr, out_row, offs_h, mask, active, i, f, g, o, c_new, H)
-        grid_barrier(counter_ptr, nprog * (step + 1), USE_SEM)
-    tl.store(c_n_ptr + own, c, mask=mask)
-
-
-@triton.jit
-def gru_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, y_ptr, ws_ptr, len_ptr,
-                          counter_ptr, T, B, H,
+def rnn_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, c0_ptr, c_n_ptr, y_ptr,
+                          ws_ptr, len_ptr, counter_ptr, T, B, H, CELL: tl.constexpr,
                           HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
                           NEED_WS: tl.constexpr, USE_SEM: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, H_PAD: tl.constexpr):
+    """All T steps of any cell; h_0 in hbuf[0], the other states in c0 (S-1, B, H), their
+    final values to c_n (h_n is hbuf[T % 2])."""
+    G: tl.constexpr = num_gates(CELL)
+    S: tl.constexpr = num_states(CELL)
     nprog = tl.num_programs(0)
     offs_b = tl.arange(0, BLOCK_B)
     offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_k = tl.arange(0, H_PAD)
     mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
     h_mask = (offs_b[:, None] < B) & (offs_k[None, :] < H)
-    w_r = weight_slice(w_hh_ptr, 0, offs_h, offs_k, H)
-    w_z = weight_slice(w_hh_ptr, 1, offs_h, offs_k, H)
-    w_n = weight_slice(w_hh_ptr, 2, offs_h, offs_k, H)
-    b_r = bias_slice(b_hh_ptr, 0, offs_h, H)
-    b_z = bias_slice(b_hh_ptr, 1, offs_h, H)
-    b_n = bias_slice(b_hh_ptr, 2, offs_h, H)
+    # this program's slice of w_hh (and b_hh) stays on chip for all T steps
+    w = ()
+    b = ()
+    for k in tl.static_range(G):
+        w = w + (weight_slice(w_hh_ptr, k, offs_h, offs_k, H),)
+        b = b + (bias_slice(b_hh_ptr, k, offs_h, H),)
     own = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
+    # the states after h (LSTM: c) never leave the program's registers; h goes through hbuf
+    others = load_other_states(c0_ptr, own, mask, B, H, S)
     for step in range(0, T):
         h_src = hbuf_ptr + (step % 2) * B * H
         h_dst = hbuf_ptr + ((step + 1) % 2) * B * H
@@ -183,20 +132,23 @@ def gru_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, y_ptr, ws_ptr
         row = t.to(tl.int64) * B + offs_b
         h = tl.load(h_src + offs_b[:, None] * H + offs_k[None, :], mask=h_mask, other=0.0,
                     volatile=True)
-        pre_r = tl.dot(h, w_r, input_precision=PRECISION) + b_r
-        pre_z = tl.dot(h, w_z, input_precision=PRECISION) + b_z
-        hn = tl.dot(h, w_n, input_precision=PRECISION) + b_n
-        pre_r += xproj_gate(xproj_ptr, 0, row, offs_h, mask, H, 3)
-        pre_z += xproj_gate(xproj_ptr, 1, row, offs_h, mask, H, 3)
-        xn = xproj_gate(xproj_ptr, 2, row, offs_h, mask, H, 3)
+        gh = ()
+        for k in tl.static_range(G):
+            gh = gh + (tl.dot(h, w[k], input_precision=PRECISION) + b[k],)
+        gx = input_gates(xproj_ptr, row, offs_h, mask, H, G)
+        # this program's slice of h_prev: re-read rather than carried in registers, which
+        # spills less on sm_90 at BLOCK_B = 32
         h_old = tl.load(h_src + own, mask=mask, other=0.0, volatile=True)
-        r, z, n, h_new = gru_cell_math(pre_r, pre_z, xn, hn, h_old)
-        keep = active[:, None]
-        tl.store(h_dst + own, tl.where(keep, h_new, h_old), mask=mask)
-        out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, h_new, B, H)
+        old = (h_old,) + others
+        new, ws = cell_forward(CELL, gx, gh, old)
+        kept = select(active[:, None], new, old)
+        tl.store(h_dst + own, kept[0], mask=mask)
+        others = kept[1:]
+        out_row = store_y(y_ptr, row, step, offs_b, offs_h, mask, active, new[0], B, H)
         if NEED_WS:
-            store_gru_ws(ws_ptr, out_row, offs_h, mask, active, r, z, n, hn, H)
+            store_ws(ws_ptr, out_row, offs_h, mask, active, ws, H)
         grid_barrier(counter_ptr, nprog * (step + 1), USE_SEM)
+    store_other_states(c_n_ptr, own, mask, others, B, H)
 
 
 def _use_sem(device):
@@ -204,51 +156,31 @@ def _use_sem(device):
     return True
 
 
-def _launch(kernel, x, H, G, lengths, reverse, need_ws, n_programs_max, pointers):
+def forward_persistent(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws,
+                       n_programs_max=None):
+    """(y, final states, ws) of `cell` (a name in kernels/rnn_cells.CELLS) from one persistent
+    launch; falls back to the per-step kernel when w_hh does not fit on chip. states: the
+    initial (h0,) or (h0, c0); the final ones come back float32."""
+    spec = CELLS[cell]
     T, B, _ = x.shape
-    BLOCK_B, BLOCK_H, H_PAD, nprog = persistent_blocks(B, H, G, n_programs_max)
+    H = w_hh.shape[1]
+    n_programs_max = n_programs_max or max_programs(x.device)
+    if T == 0 or B == 0 or not fits_on_chip(B, H, spec.gates, n_programs_max):
+        return forward_steps(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws)
+    y = rnn_cell.new_buffer((T, B, H), x.dtype, x.device)
+    ws = (rnn_cell.new_buffer((T, B, spec.ws_slots * H), torch.float32, x.device)
+          if need_ws else None)
+    hbuf = rnn_cell.new_buffer((2, B, H), torch.float32, x.device)
+    hbuf[0].copy_(states[0])
+    c0 = other_states(states, B, H, x.device)
+    c_n = rnn_cell.new_buffer(tuple(c0.shape), torch.float32, x.device)
+    xproj = input_projection(x, w_ih, b_ih)
+    BLOCK_B, BLOCK_H, H_PAD, nprog = persistent_blocks(B, H, spec.gates, n_programs_max)
     counter = torch.zeros((1,), dtype=torch.int32, device=x.device)
-    kernel[(nprog,)](*pointers, lengths, counter, T, B, H,
-                     HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse), NEED_WS=need_ws,
-                     USE_SEM=_use_sem(x.device), PRECISION=dot_precision(torch.float32),
-                     BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, H_PAD=H_PAD, num_warps=8)
-
-
-def lstm_forward_persistent(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws,
-                            n_programs_max=None):
-    """(y, h_n, c_n, ws) from one persistent launch; falls back to the per-step kernels when
-    w_hh does not fit on chip. h_n/c_n float32."""
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    n_programs_max = n_programs_max or max_programs(x.device)
-    if T == 0 or B == 0 or not fits_on_chip(B, H, 4, n_programs_max):
-        return lstm_forward_steps(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws)
-    y = rnn_cell.new_buffer((T, B, H), x.dtype, x.device)
-    ws = rnn_cell.new_buffer((T, B, 5 * H), torch.float32, x.device) if need_ws else None
-    hbuf = rnn_cell.new_buffer((2, B, H), torch.float32, x.device)
-    hbuf[0].copy_(h0)
-    c0 = c0.float().contiguous()
-    c_n = rnn_cell.new_buffer((B, H), torch.float32, x.device)
-    xproj = input_projection(x, w_ih, b_ih)
-    _launch(lstm_persistent_kernel, x, H, 4, lengths, reverse, need_ws, n_programs_max,
-            (xproj, w_hh, b_hh, hbuf, c0, c_n, y, ws if need_ws else y))
-    return y, hbuf[T % 2], c_n, ws
-
-
-def gru_forward_persistent(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws,
-                           n_programs_max=None):
-    """(y, h_n, ws) from one persistent launch; falls back to the per-step kernels when w_hh
-    does not fit on chip. h_n float32."""
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    n_programs_max = n_programs_max or max_programs(x.device)
-    if T == 0 or B == 0 or not fits_on_chip(B, H, 3, n_programs_max):
-        return gru_forward_steps(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws)
-    y = rnn_cell.new_buffer((T, B, H), x.dtype, x.device)
-    ws = rnn_cell.new_buffer((T, B, 4 * H), torch.float32, x.device) if need_ws else None
-    hbuf = rnn_cell.new_buffer((2, B, H), torch.float32, x.device)
-    hbuf[0].copy_(h0)
-    xproj = input_projection(x, w_ih, b_ih)
-    _launch(gru_persistent_kernel, x, H, 3, lengths, reverse, need_ws, n_programs_max,
-            (xproj, w_hh, b_hh, hbuf, y, ws if need_ws else y))
-    return y, hbuf[T % 2], ws
+    rnn_persistent_kernel[(nprog,)](
+        xproj, w_hh, b_hh, hbuf, or_dummy(c0, y), or_dummy(c_n, y), y, or_dummy(ws, y),
+        lengths, counter, T, B, H, CELL=cell,
+        HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse), NEED_WS=need_ws,
+        USE_SEM=_use_sem(x.device), PRECISION=dot_precision(torch.float32),
+        BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, H_PAD=H_PAD, num_warps=8)
+    return y, (hbuf[T % 2],) + tuple(c_n), ws

@@ -1,7 +1,9 @@
-"""Triton LSTM/GRU kernels (backend="triton") against the float64 reference.
+"""Triton LSTM/GRU/Elman kernels (backend="triton") against the float64 reference.
 
-Forward through the public API (seqcore.lstm / gru / lstm_cell / gru_cell), backward through
-the backend module (seqcore._triton_recurrent.lstm_bwd / gru_bwd) and once through autograd.
+LSTM/GRU forward through the public API (seqcore.lstm / gru / lstm_cell / gru_cell), backward
+through the backend module (seqcore._triton_recurrent.lstm_bwd / gru_bwd) and once through
+autograd; the Elman cell (tanh and relu) forward and backward through the backend module
+(seqcore._triton_recurrent.rnn_fwd / rnn_bwd).
 Every forward test runs both forward paths: the persistent kernel (in its one-program
 configuration under the interpreter) and the per-step kernels. Every kernel output buffer is
 handed out NaN-filled (see `poisoned_buffers`), so an element a kernel forgets to write fails.
@@ -20,7 +22,9 @@ from seqcore import reference  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+WS_SLOTS = {"lstm": 5, "gru": 4, "rnn_tanh": 1, "rnn_relu": 1}
+ELMAN = ["rnn_tanh", "rnn_relu"]  # the backend's nonlinearity is the name after "rnn_"
 PATHS = ["persistent", "step"]
 DTYPES = ["float32", "float16", "bfloat16"]
 # (T, B, I, H): odd sizes, length-1 and empty sequences, an empty batch
@@ -38,6 +42,7 @@ VARIANTS = {
                                 batch_first=True),
 }
 BWD_VARIANTS = ["full", "lengths", "reverse_lengths"]
+ELMAN_VARIANTS = ["bare", "full", "lengths", "reverse_lengths"]  # the backend is time-major
 # more batch rows and hidden units than one tile (16 x 64): a grid of several programs per step,
 # exchanging h through memory; the persistent path falls back to the per-step kernels here
 # under the interpreter (one program cannot hold this w_hh)
@@ -240,7 +245,8 @@ def test_multi_tile_grid(cell, path, rng, triton_device):
 
 
 def check_backward(cell, variant, shape, dtype, rng, triton_device):
-    """backend.lstm_bwd / gru_bwd after the backend's forward, against the reference."""
+    """backend.lstm_bwd / gru_bwd / rnn_bwd after the backend's forward, against the
+    reference."""
     T, B, I, H = shape
     v = VARIANTS[variant]
     tdtype = torch_dtype(dtype, triton_device)
@@ -259,11 +265,17 @@ def check_backward(cell, variant, shape, dtype, rng, triton_device):
         got = backend.lstm_bwd(dy, dh_n, dc_n, *args, lens, v["reverse"], y, ws)
         want = reference.lstm_bwd(to_f64(dy), to_f64(dh_n), to_f64(dc_n), *ref_args,
                                   **ref_opts)
-    else:
+    elif cell == "gru":
         y, h_n, ws = backend.gru_fwd(*args, lens, v["reverse"], True)
         got = backend.gru_bwd(dy, dh_n, *args, lens, v["reverse"], y, ws)
         want = reference.gru_bwd(to_f64(dy), to_f64(dh_n), *ref_args, **ref_opts)
-    assert ws.shape == (T, B, (5 if cell == "lstm" else 4) * H) and ws.dtype == torch.float32
+    else:
+        act = nonlinearity(cell)
+        y, h_n, ws = backend.rnn_fwd(*args, lens, v["reverse"], act, True)
+        got = backend.rnn_bwd(dy, dh_n, *args, lens, v["reverse"], act, y, ws)
+        want = reference.rnn_bwd(to_f64(dy), to_f64(dh_n), *ref_args, nonlinearity=act,
+                                 **ref_opts)
+    assert ws.shape == (T, B, WS_SLOTS[cell] * H) and ws.dtype == torch.float32
     for g, a in zip(got, args):
         assert g.dtype == tdtype and g.shape == a.shape
     check_grads(cell, got, want, dtype)
@@ -302,6 +314,87 @@ def test_autograd_through_public_api(cell, path, rng, triton_device):
                      scale=max(1.0, float(np.abs(w).max())))
 
 
+# ----------------------------------------------------------------------------------------------
+# Elman RNN (tanh / relu): the same kernels with CELL = "rnn_tanh" / "rnn_relu"
+
+
+def nonlinearity(cell):
+    return cell[len("rnn_"):]
+
+
+def check_elman_forward(cell, variant, shape, dtype, rng, triton_device):
+    """backend.rnn_fwd against reference.rnn; the workspace is h_t in float32 (zero past each
+    length, as y)."""
+    T, B, I, H = shape
+    v = VARIANTS[variant]
+    tdtype = torch_dtype(dtype, triton_device)
+    tensors, _, lengths = make_problem(rng, cell, T, B, I, H, tdtype, triton_device, v)
+    args = full_args(cell, tensors, B, H, tdtype, triton_device)
+    lens = None if lengths is None else torch.tensor(lengths, device=triton_device)
+    need_ws = variant != "bare"  # "bare" takes the inference path: no workspace
+    y, h_n, ws = backend.rnn_fwd(*args, lens, v["reverse"], nonlinearity(cell), need_ws)
+    want_y, want_h = reference.rnn(*[to_f64(a) for a in args], nonlinearity=nonlinearity(cell),
+                                   lengths=lengths, reverse=v["reverse"])
+    for name, g, w in (("y", y, want_y), ("h_n", h_n, want_h)):
+        assert g.dtype == tdtype and g.device.type == triton_device
+        assert_close(g, w, dtype, name=name)
+    if need_ws:
+        assert ws.shape == (T, B, H) and ws.dtype == torch.float32
+        assert_close(ws, want_y, dtype, name="ws")
+    else:
+        assert ws is None
+    if lengths is not None and T > 0:
+        for b, n in enumerate(lengths):  # exactly zero past each length, not merely close
+            assert torch.all(y[n:, b] == 0)
+
+
+@pytest.mark.parametrize("cell", ELMAN)
+@pytest.mark.parametrize("variant", ELMAN_VARIANTS)
+@pytest.mark.parametrize("shape", SEQ_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d" % s)
+def test_elman_forward(cell, variant, shape, path, rng, triton_device):
+    T, B, I, H = shape
+    expect_persistent(path, cell, B, H, triton_device)
+    check_elman_forward(cell, variant, shape, "float32", rng, triton_device)
+
+
+@pytest.mark.parametrize("cell", ELMAN)
+@pytest.mark.parametrize("variant", BWD_VARIANTS)
+@pytest.mark.parametrize("shape", BWD_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d" % s)
+def test_elman_backward(cell, variant, shape, path, rng, triton_device):
+    check_backward(cell, variant, shape, "float32", rng, triton_device)
+
+
+@pytest.mark.parametrize("cell", ELMAN)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_elman_half_precision(cell, dtype, path, rng, triton_device):
+    """Half-precision inputs: float32 state and workspace, outputs and gradients in the input
+    dtype."""
+    check_elman_forward(cell, "reverse_lengths", (4, 3, 3, 17), dtype, rng, triton_device)
+    check_backward(cell, "lengths", (4, 3, 3, 17), dtype, rng, triton_device)
+
+
+@pytest.mark.parametrize("cell", ELMAN)
+def test_elman_multi_tile_grid(cell, path, rng, triton_device):
+    """Several programs per step in both grid dimensions of the per-step kernels; the
+    persistent kernel runs here too under the interpreter (one program holds a 1-gate w_hh
+    of H = 65, padded to 128, and a 32-row batch tile)."""
+    T, B, I, H = MULTI_TILE_SHAPE
+    expect_persistent(path, cell, B, H, triton_device)
+    check_elman_forward(cell, "reverse_lengths", MULTI_TILE_SHAPE, "float32", rng, triton_device)
+    check_backward(cell, "reverse_lengths", MULTI_TILE_SHAPE, "float32", rng, triton_device)
+
+
+def test_elman_falls_back_when_w_hh_too_large(rng, triton_device, monkeypatch):
+    """A w_hh slice that does not fit on chip takes the per-step kernel, still correct."""
+    from seqcore.kernels import rnn_persistent
+
+    monkeypatch.setattr(backend, "FORWARD_PATH", "persistent")
+    monkeypatch.setattr(rnn_persistent, "MAX_WEIGHT_ELEMS", 256)  # forces the fallback at H=17
+    shape = (3, 2, 3, 17)
+    assert not rnn_persistent.runs_persistent(2, 17, 1, torch.device(triton_device))
+    check_elman_forward("rnn_tanh", "lengths", shape, "float32", rng, triton_device)
+
+
 # The compiled path without a GPU: the interpreter runs kernels as Python and cannot see errors
 # that only Triton's compiler raises, so compile the recurrent kernels for an H100 (sm_90).
 _COMPILE_FOR_SM90 = r'''
@@ -309,6 +402,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from seqcore.kernels import rnn_bwd, rnn_cell, rnn_persistent
+from seqcore.kernels.rnn_cells import CELLS
 
 POINTER_TYPES = {"len_ptr": "*i64", "counter_ptr": "*i32"}
 
@@ -323,14 +417,14 @@ def compile_one(fn, consts):
 
 
 for lengths, reverse in ((True, False), (False, True)):
-    flags = dict(HAS_LENGTHS=lengths, REVERSE=reverse, PRECISION="ieee", BLOCK_B=16, BLOCK_H=32)
-    for fn in (rnn_cell.lstm_step_kernel, rnn_cell.gru_step_kernel):
-        compile_one(fn, dict(flags, NEED_WS=True, BLOCK_K=32))
-    for fn in (rnn_persistent.lstm_persistent_kernel, rnn_persistent.gru_persistent_kernel):
-        compile_one(fn, dict(flags, NEED_WS=True, USE_SEM=True, H_PAD=64))
-    for fn in (rnn_bwd.lstm_bwd_step_kernel, rnn_bwd.gru_bwd_step_kernel):
+    for cell in CELLS:  # one kernel per family, specialized per cell by its CELL constexpr
+        flags = dict(CELL=cell, HAS_LENGTHS=lengths, REVERSE=reverse, PRECISION="ieee",
+                     BLOCK_B=16, BLOCK_H=32)
+        compile_one(rnn_cell.rnn_step_kernel, dict(flags, NEED_WS=True, BLOCK_K=32))
+        compile_one(rnn_persistent.rnn_persistent_kernel,
+                    dict(flags, NEED_WS=True, USE_SEM=True, H_PAD=64))
         for final in (False, True):
-            compile_one(fn, dict(flags, FINAL=final, BLOCK_K=32))
+            compile_one(rnn_bwd.rnn_bwd_step_kernel, dict(flags, FINAL=final, BLOCK_K=32))
 print("compiled")
 '''
 

@@ -69,16 +69,13 @@ KNOWN_FAILURES = [
          "launchers pick: 5-100 KB of spill stores for the forward (128x64, and 64x32 at D=128), "
          "the 64-row decode tile and dK/dV (ptxas gives up: 32 registers, a stack frame of "
          "4-16 KB), 4-536 B for dQ, 4 B for one KV-cache tile"),
-    dict(id="lstm-step-ws", kernel="lstm_step_kernel", consts={"NEED_WS": True}, warps=8,
-         reason="kernels/rnn_cell.py: lstm_step_kernel (BLOCK_B=16, BLOCK_H=64, BLOCK_K=32, "
-         "num_warps=8) spills 8 B when it writes the training workspace (NEED_WS); "
-         "rnn_cell.py's comment accepts 'a few bytes'"),
-    dict(id="rnn-persistent-32-rows", kernel=None, consts={"BLOCK_B": 32}, warps=8,
-         families=("lstm_persistent_kernel", "gru_persistent_kernel"),
-         reason="kernels/rnn_persistent.py: the persistent LSTM/GRU tile (BLOCK_B=32, "
-         "BLOCK_H=16, H_PAD=256), which fits_on_chip admits for 16 < B <= 32 at H <= 256, "
-         "spills 3.7-4.5 KB (32 registers and a ~3.8 KB stack frame) in bfloat16 and float32, "
-         "with and without lengths/workspace; the module comment says it does not spill"),
+    dict(id="rnn-persistent-32-rows", kernel="rnn_persistent_kernel", consts={"BLOCK_B": 32},
+         warps=8,
+         reason="kernels/rnn_persistent.py: the persistent tile (BLOCK_B=32, BLOCK_H=16, "
+         "H_PAD=256), which fits_on_chip admits for 16 < B <= 32 at H <= 256, spills 3.7-4.5 KB "
+         "for the LSTM and GRU (32 registers and a ~3.8 KB stack frame) in bfloat16 and "
+         "float32, with and without lengths/workspace (the 1-gate Elman cell does not spill "
+         "there); the module comment says it does not spill"),
 ]
 
 
@@ -135,12 +132,14 @@ def test_quick_report_compiles_every_kernel(quick_report):
     kernels = {r["kernel"].split(":")[1] for r in rows}
     expected = {"_attn_fwd_kernel", "_delta_kernel", "_dkdv_kernel", "_dq_kernel",
                 "_decode_split_kernel", "_decode_combine_kernel", "matmul_kernel",
-                "colsum_kernel", "lstm_step_kernel", "gru_step_kernel",
-                "lstm_persistent_kernel", "gru_persistent_kernel", "lstm_bwd_step_kernel",
-                "gru_bwd_step_kernel"}
+                "colsum_kernel", "rnn_step_kernel", "rnn_persistent_kernel",
+                "rnn_bwd_step_kernel"}
     if not any("attention_kvcache" in n for n in quick_report["notes"]):
         expected |= {"_append_kernel", "_kvcache_split_kernel"}
     assert expected <= kernels, f"missing: {sorted(expected - kernels)}"
+    for name in ("rnn_step_kernel", "rnn_persistent_kernel", "rnn_bwd_step_kernel"):
+        cells = {r["constexprs"].get("CELL") for r in rows if r["kernel"].endswith(":" + name)}
+        assert {"lstm", "gru", "rnn_tanh"} <= cells, f"{name}: cells {sorted(cells)}"
     for r in rows:
         res = r["result"]
         assert 0 < res["regs"] <= 255 and res["num_warps"] == r["num_warps"], r["label"]
