@@ -76,22 +76,26 @@ def _time_indexed(cache, T, B, width, pack):
     return ws
 
 
-def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
+def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, w_hr=None):
+    (w_hr64,) = _cast(np.float64, w_hr)
     y, h_n, c_n, cache = lstm_run(*_cast(np.float64, x, w_ih, w_hh, b_ih, b_hh, h0, c0),
-                                           lengths, reverse)
+                                  lengths, reverse, w_hr64)
     ws = None
     if need_ws:   # activated i, f, g, o and c_t, as the interface suggests
         T, B, _ = x.shape
-        ws = _time_indexed(cache, T, B, 5 * w_hh.shape[1],
+        ws = _time_indexed(cache, T, B, 5 * (w_hh.shape[0] // 4),
                            lambda e: np.concatenate(list(e[4]) + [e[5]], axis=-1))
         ws = ws.astype(_acc_dtype(x.dtype))
     return _cast(x.dtype, y, h_n, c_n) + (ws,)
 
 
-def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws):
-    g = ref_lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths=lengths,
-                         reverse=reverse)
-    return _cast(x.dtype, g["x"], g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"], g["h0"], g["c0"])
+def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+             w_hr=None):
+    """The gradients; with w_hr, dw_hr follows as an eighth."""
+    g = ref_lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr=w_hr,
+                     lengths=lengths, reverse=reverse)
+    names = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0") + (("w_hr",) if w_hr is not None else ())
+    return _cast(x.dtype, *(g[n] for n in names))
 
 
 def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws):

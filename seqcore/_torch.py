@@ -79,10 +79,11 @@ class _Outputs:
         return a.to(device=self.device, dtype=dtype)
 
 
-def _run_backend(backend, family, fn_name, tensors, extra, device):
-    """Call backend.<fn_name>(*converted tensors, *extra); return (results, _Outputs)."""
+def _run_backend(backend, family, fn_name, tensors, extra, device, **kwargs):
+    """Call backend.<fn_name>(*converted tensors, *extra, **kwargs); return (results,
+    _Outputs)."""
     arrays = [_to_backend(backend, t) for t in tensors]
-    results = getattr(_backends.module(backend, family), fn_name)(*arrays, *extra)
+    results = getattr(_backends.module(backend, family), fn_name)(*arrays, *extra, **kwargs)
     return results, _Outputs(arrays, device)
 
 
@@ -185,38 +186,50 @@ def _check_dropout(op, dropout_p, dropout_seed):
         _fail(op, f"dropout_seed must be >= 0, got {dropout_seed}")
 
 
-def _check_rnn(op, G, x, w_ih, w_hh, b_ih, b_hh, states, lengths):
+def _check_rnn(op, G, x, w_ih, w_hh, b_ih, b_hh, states, lengths, w_hr=None):
+    """(T, B, H, P): P = H, or the projection's size with w_hr (P, H); hidden states "h0"
+    (and the gradients of h) have P features, the cell state H."""
     _shape(op, "x", x, None, None, None)
     T, B, I = x.shape
     _shape(op, "w_hh", w_hh, None, None)
-    H = w_hh.shape[1]
-    _shape(op, "w_hh", w_hh, G * H, H)
+    if w_hr is not None:
+        _shape(op, "w_hr", w_hr, None, None)
+        P, H = w_hr.shape
+        if not 0 < P < H:
+            _fail(op, f"w_hr must be (P, H) with 0 < P < H, got {tuple(w_hr.shape)}")
+        _alike(op, "x", x, [("w_hr", w_hr)])
+    else:
+        H = P = w_hh.shape[1]
+    _shape(op, "w_hh", w_hh, G * H, P)
     _shape(op, "w_ih", w_ih, G * H, I)
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         _shape(op, name, b, G * H)
     for name, st in states:
-        _shape(op, name, st, B, H)
+        _shape(op, name, st, B, P if name == "h0" else H)
     _alike(op, "x", x, [("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)] + states)
     if lengths is not None:
         _shape(op, "lengths", lengths, B)
         if lengths.dtype not in (torch.int32, torch.int64):
             _fail(op, f"lengths must be int32 or int64, got {lengths.dtype}")
-    return T, B, H
+    return T, B, H, P
 
 
-def _check_lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, *args, **kwargs):
-    _check_rnn("lstm_fwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)], lengths)
+def _check_lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend,
+                    w_hr=None):
+    _check_rnn("lstm_fwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)], lengths,
+               w_hr)
 
 
 def _check_gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, *args, **kwargs):
     _check_rnn("gru_fwd", 3, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
 
 
-def _check_rnn_grads_in(op, T, B, H, dy, finals, y, ws, ws_gates):
-    _shape(op, "dy", dy, T, B, H)
+def _check_rnn_grads_in(op, T, B, H, dy, finals, y, ws, ws_gates, P=None):
+    P = H if P is None else P  # (h's features: the projection's with one)
+    _shape(op, "dy", dy, T, B, P)
     for name, t in finals:
-        _shape(op, name, t, B, H)
-    _shape(op, "y", y, T, B, H)
+        _shape(op, name, t, B, H if name == "dc_n" else P)
+    _shape(op, "y", y, T, B, P)
     if ws.numel():
         _shape(op, "ws", ws, T, B, ws_gates * H)
 
@@ -322,15 +335,15 @@ def _attention_math(q, k, v, bias, visible, scale, softcap, factor=None):
     return out, (m + torch.log(total)).squeeze(-1)
 
 
-def _lstm_math(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse):
-    return _rnn_math("lstm", x, w_ih, w_hh, b_ih, b_hh, (h0, c0), lengths, reverse)
+def _lstm_math(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, w_hr=None):
+    return _rnn_math("lstm", x, w_ih, w_hh, b_ih, b_hh, (h0, c0), lengths, reverse, w_hr)
 
 
 def _gru_math(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse):
     return _rnn_math("gru", x, w_ih, w_hh, b_ih, b_hh, (h0,), lengths, reverse)
 
 
-def _cell_math(cell, xt, h, c, w_ih, w_hh, b_ih, b_hh):
+def _cell_math(cell, xt, h, c, w_ih, w_hh, b_ih, b_hh, w_hr=None):
     gx, gh = xt @ w_ih.t() + b_ih, h @ w_hh.t() + b_hh
     if cell == "rnn_tanh":
         return torch.tanh(gx + gh), None
@@ -339,14 +352,15 @@ def _cell_math(cell, xt, h, c, w_ih, w_hh, b_ih, b_hh):
     if cell == "lstm":
         i, f, g, o = (gx + gh).chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (h if w_hr is None else h @ w_hr.t()), c
     (xr, xz, xn), (hr, hz, hn) = gx.chunk(3, dim=1), gh.chunk(3, dim=1)
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
     return (1 - z) * n + z * h, None
 
 
-def _rnn_math(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse):
+def _rnn_math(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, w_hr=None):
     """(y, h_n[, c_n]) of one layer as differentiable torch ops, step by step, with lengths
     (an element stops at its length; y is zero past it) and reverse (each element from its own
     last step back to its first)."""
@@ -359,7 +373,7 @@ def _rnn_math(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse):
     for step in range(int(lens.max()) if B else 0):
         active = step < lens
         t = (lens - 1 - step).clamp(min=0) if reverse else torch.full_like(lens, step)
-        h_new, c_new = _cell_math(cell, x[t, rows], h, c, w_ih, w_hh, b_ih, b_hh)
+        h_new, c_new = _cell_math(cell, x[t, rows], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
         keep = active[:, None]
         h = torch.where(keep, h_new, h)
         if c is not None:
@@ -684,12 +698,14 @@ def _lengths_arg(backend, lengths, T):
 
 def _lstm_fwd_body(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, h0: Tensor,
              c0: Tensor, lengths: Optional[Tensor], reverse: bool, need_ws: bool,
-             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(y (T, B, H), h_n, c_n, ws): ws (T, B, 5H) for lstm_bwd when need_ws, else (0,)."""
+             backend: str, w_hr: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y (T, B, P), h_n (B, P), c_n (B, H), ws): ws (T, B, 5H) for lstm_bwd when need_ws, else
+    (0,); P = H, or the projection's size with w_hr (P, H)."""
     tensors = _contig(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    proj = {} if w_hr is None else {"w_hr": _to_backend(backend, w_hr.contiguous())}
     (y, h_n, c_n, ws), outs = _run_backend(
         backend, "recurrent", "lstm_fwd", tensors,
-        (_lengths_arg(backend, lengths, x.shape[0]), reverse, need_ws), x.device)
+        (_lengths_arg(backend, lengths, x.shape[0]), reverse, need_ws), x.device, **proj)
     acc = _acc_dtype(x.dtype)
     ws = outs.tensor(ws, acc) if need_ws else _empty(x, acc)
     return outs.tensor(y, x.dtype), outs.tensor(h_n, x.dtype), outs.tensor(c_n, x.dtype), ws
@@ -699,35 +715,40 @@ lstm_fwd = _checked_op("lstm_fwd", _lstm_fwd_body, _check_lstm_fwd)
 
 
 @lstm_fwd.register_fake
-def _lstm_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend):
+def _lstm_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend,
+                   w_hr=None):
     T, B, _ = x.shape
-    H = w_hh.shape[1]
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
     acc = _acc_dtype(x.dtype)
     ws = x.new_empty((T, B, 5 * H), dtype=acc) if need_ws else _empty(x, acc)
-    return x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((B, H)), ws
+    return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.custom_op("seqcore::lstm_bwd", mutates_args=())
 def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
              b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
-             reverse: bool, y: Tensor, ws: Tensor,
-             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)."""
-    T, B, H = _check_rnn("lstm_bwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)],
-                         lengths)
-    _check_rnn_grads_in("lstm_bwd", T, B, H, dy, [("dh_n", dh_n), ("dc_n", dc_n)], y, ws, 5)
+             reverse: bool, y: Tensor, ws: Tensor, backend: str, w_hr: Optional[Tensor] = None
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr): dw_hr (0,) without w_hr."""
+    T, B, H, P = _check_rnn("lstm_bwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)],
+                            lengths, w_hr)
+    _check_rnn_grads_in("lstm_bwd", T, B, H, dy, [("dh_n", dh_n), ("dc_n", dc_n)], y, ws, 5, P)
     tensors = _contig(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse) + tuple(
         _to_backend(backend, t) for t in _contig(y, ws))
-    grads, outs = _run_backend(backend, "recurrent", "lstm_bwd", tensors, extra, x.device)
-    like = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
-    return tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+    proj = {} if w_hr is None else {"w_hr": _to_backend(backend, w_hr.contiguous())}
+    grads, outs = _run_backend(backend, "recurrent", "lstm_bwd", tensors, extra, x.device,
+                               **proj)
+    like = (x, w_ih, w_hh, b_ih, b_hh, h0, c0) + ((w_hr,) if w_hr is not None else ())
+    grads = tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+    return grads if w_hr is not None else grads + (_empty(x),)
 
 
 @lstm_bwd.register_fake
 def _lstm_bwd_fake(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
-                   backend):
-    return tuple(torch.empty_like(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+                   backend, w_hr=None):
+    grads = tuple(torch.empty_like(t) for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0))
+    return grads + (torch.empty_like(w_hr) if w_hr is not None else _empty(x),)
 
 
 def _rnn_setup(ctx, inputs, output, n_params):
@@ -753,21 +774,26 @@ def _check_ws(need_ws, name):
 
 
 def _lstm_setup(ctx, inputs, output):
-    _rnn_setup(ctx, inputs, output, 7)
+    # (x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend[, w_hr]): the
+    # shared layout once the projection is set aside
+    ctx.w_hr = inputs[11] if len(inputs) > 11 else None
+    _rnn_setup(ctx, inputs[:11], output, 7)
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
     x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, y, ws = ctx.saved_tensors
     reverse, need_ws, backend = ctx.flags
+    w_hr = ctx.w_hr
     if torch.is_grad_enabled():  # create_graph: see _composite_grads
-        inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
-        outs = _lstm_math(*inputs, lengths, reverse)
-        return tuple(_composite_grads(outs, (dy, dh_n, dc_n), inputs)) + (None,) * 4
+        inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
+        outs = _lstm_math(*inputs[:7], lengths, reverse, w_hr)
+        grads = _composite_grads(outs, (dy, dh_n, dc_n), inputs)
+        return tuple(grads[:7]) + (None,) * 4 + (grads[7],)
     _check_ws(need_ws, "lstm_fwd")
     dy, dh_n, dc_n = _zeros_if_none((dy, dh_n, dc_n), (y, h0, c0))
     grads = lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
-                     backend)
-    return tuple(grads) + (None, None, None, None)
+                     backend, w_hr)
+    return tuple(grads[:7]) + (None,) * 4 + ((grads[7],) if w_hr is not None else (None,))
 
 
 lstm_fwd.register_autograd(_lstm_backward, setup_context=_lstm_setup)
@@ -807,7 +833,7 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
             b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool, y: Tensor,
             ws: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
-    T, B, H = _check_rnn("gru_bwd", 3, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
+    T, B, H, _ = _check_rnn("gru_bwd", 3, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
     _check_rnn_grads_in("gru_bwd", T, B, H, dy, [("dh_n", dh_n)], y, ws, 4)
     tensors = _contig(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0)
     extra = (_lengths_arg(backend, lengths, x.shape[0]), reverse) + tuple(
@@ -888,7 +914,7 @@ def rnn_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
             nonlinearity: str, y: Tensor, ws: Tensor,
             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
-    T, B, H = _check_rnn("rnn_bwd", 1, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
+    T, B, H, _ = _check_rnn("rnn_bwd", 1, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
     _check_nonlinearity("rnn_bwd", nonlinearity)
     _check_rnn_grads_in("rnn_bwd", T, B, H, dy, [("dh_n", dh_n)], y, ws, 1)
     tensors = _contig(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0)
@@ -975,11 +1001,13 @@ def attention_kvcache(q, k_cache, v_cache, k_new, v_new, lens, table, p, backend
               p.window_right, p.softcap, p.causal, backend)
 
 
-def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend):
-    """(y, h_n, c_n) for one LSTM layer; x is (T, B, I)."""
-    need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
-    op = _lstm_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0, c0) else lstm_fwd
-    y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend)
+def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend, w_hr=None):
+    """(y, h_n, c_n) for one LSTM layer; x is (T, B, I); w_hr: the projection, or None."""
+    need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
+    op = _lstm_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr) \
+        else lstm_fwd
+    y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend,
+                        w_hr)
     return y, h_n, c_n
 
 

@@ -33,21 +33,28 @@ class _RNNBase(nn.Module):
     _has_cell = False
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, backend=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, backend=None,
+                 proj_size=0):
         super().__init__()
         _check_sizes(input_size, hidden_size, num_layers, dropout)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) \
+                or proj_size < 0:
+            raise ValueError(f"proj_size must be an int >= 0, got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size has to be smaller than hidden_size (as torch), got "
+                             f"proj_size={proj_size}, hidden_size={hidden_size}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout acts between layers, so it does nothing with num_layers=1 "
                           f"(got dropout={dropout})", UserWarning, stacklevel=3)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first = bool(bias), bool(batch_first)
         self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
-        self.proj_size = 0
+        self.proj_size = int(proj_size)
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         self._flat_weights_names = []
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * self._dirs
+            layer_input = input_size if layer == 0 else self._out_size * self._dirs
             for suffix in self._suffixes:
                 self._add_layer_params(layer, suffix, layer_input, factory)
         self.reset_parameters()
@@ -57,14 +64,21 @@ class _RNNBase(nn.Module):
         return 2 if self.bidirectional else 1
 
     @property
+    def _out_size(self):
+        """Features of h and of each direction's output: proj_size with a projection, else H."""
+        return self.proj_size or self.hidden_size
+
+    @property
     def _suffixes(self):
         return ("", "_reverse")[:self._dirs]
 
     def _add_layer_params(self, layer, suffix, layer_input, factory):
         rows = self._gates * self.hidden_size
-        shapes = {"weight_ih": (rows, layer_input), "weight_hh": (rows, self.hidden_size)}
+        shapes = {"weight_ih": (rows, layer_input), "weight_hh": (rows, self._out_size)}
         if self.bias:
             shapes.update(bias_ih=(rows,), bias_hh=(rows,))
+        if self.proj_size:  # (after the biases, as torch orders _flat_weights_names)
+            shapes.update(weight_hr=(self.proj_size, self.hidden_size))
         for kind, shape in shapes.items():
             name = f"{kind}_l{layer}{suffix}"
             self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
@@ -91,22 +105,23 @@ class _RNNBase(nn.Module):
     @property
     def all_weights(self):
         """``[[w_ih, w_hh, b_ih, b_hh], ...]`` per layer and direction, as torch's (without
-        the biases when ``bias=False``)."""
-        per = 4 if self.bias else 2
+        the biases when ``bias=False``; ``w_hr`` last with a projection)."""
+        per = (4 if self.bias else 2) + (1 if self.proj_size else 0)
         flat = self._flat_weights
         return [flat[i:i + per] for i in range(0, len(flat), per)]
 
     def _layer_params(self, layer, direction):
         suffix = f"_l{layer}{self._suffixes[direction]}"
         get = lambda kind: getattr(self, kind + suffix) if self.bias or "weight" in kind else None  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        w_hr = get("weight_hr") if self.proj_size else None
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False), ("backend", None)):
+                              ("bidirectional", False), ("proj_size", 0), ("backend", None)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)!r}"
         return s
@@ -191,8 +206,9 @@ class _RNNBase(nn.Module):
         if len(given) != n or not all(isinstance(s, torch.Tensor) for s in given):
             raise TypeError(f"{type(self).__name__}: hx must be "
                             f"{'a (h_0, c_0) pair of tensors' if n == 2 else 'a tensor'}")
-        want = (self.num_layers * self._dirs,) + (() if unbatched else (B,)) + (self.hidden_size,)
+        lead = (self.num_layers * self._dirs,) + (() if unbatched else (B,))
         for name, s in zip(("h_0", "c_0"), given):
+            want = lead + ((self._out_size,) if name == "h_0" else (self.hidden_size,))
             if tuple(s.shape) != want:
                 raise ValueError(f"{type(self).__name__}: {name} must have shape {want}, got "
                                  f"{tuple(s.shape)} (input {tuple(x.shape)})")
@@ -218,16 +234,21 @@ class _RNNBase(nn.Module):
 
     def _run_one(self, x, layer, direction, init, lengths):
         """One layer in one direction: (y, [h_n] or [h_n, c_n])."""
-        params = self._layer_params(layer, direction)
+        *params, w_hr = self._layer_params(layer, direction)
         options = dict(lengths=lengths, reverse=direction == 1, backend=self.backend)
         if self._has_cell:
-            y, (h_n, c_n) = seqcore.lstm(x, *params, *init, **options)
+            y, (h_n, c_n) = seqcore.lstm(x, *params, *init, w_hr=w_hr, **options)
             return y, [h_n, c_n]
         if self._gates == 1:
             y, h_n = seqcore.rnn(x, *params, *init, nonlinearity=self.nonlinearity, **options)
         else:
             y, h_n = seqcore.gru(x, *params, *init, **options)
         return y, [h_n]
+
+
+def _refuse_projection(kwargs):
+    if "proj_size" in kwargs:  # (torch's message and type)
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
 def _check_sizes(input_size, hidden_size, num_layers, dropout):
@@ -275,7 +296,9 @@ class LSTM(_RNNBase):
         Add a reverse direction to every layer (the ``*_reverse`` parameters); the outputs
         of the two directions are concatenated.
     proj_size : int, default 0
-        Only 0: any other value raises ValueError (not supported).
+        With ``0 < proj_size < hidden_size``, each layer projects its hidden state to
+        ``proj_size`` features (``weight_hr_l{k}``, as torch's): h, the outputs and
+        ``h_0`` / ``h_n`` have ``proj_size`` features, c keeps ``hidden_size``.
     device, dtype : optional
         Of the parameters, as for any torch module.
     backend : {None, "c", "triton", "numpy"}, optional
@@ -294,7 +317,8 @@ class LSTM(_RNNBase):
     Raises
     ------
     ValueError
-        Sizes that are not positive ints, ``proj_size != 0``, or dropout outside [0, 1].
+        Sizes that are not positive ints, ``proj_size`` outside ``[0, hidden_size)``, or
+        dropout outside [0, 1].
 
     Notes
     -----
@@ -322,11 +346,9 @@ class LSTM(_RNNBase):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
                  backend=None):
-        if proj_size != 0:
-            raise ValueError(f"seqcore.nn.LSTM: proj_size={proj_size} is not supported "
-                             "(only proj_size=0)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device=device, dtype=dtype, backend=backend)
+                         bidirectional, device=device, dtype=dtype, backend=backend,
+                         proj_size=proj_size)
 
 
 class GRU(_RNNBase):
@@ -395,6 +417,10 @@ class GRU(_RNNBase):
     _gates = 3
     _has_cell = False
 
+    def __init__(self, *args, **kwargs):
+        _refuse_projection(kwargs)
+        super().__init__(*args, **kwargs)
+
 
 class RNN(_RNNBase):
     """torch.nn.RNN (Elman, tanh or relu) on `seqcore.rnn`: same arguments, parameters, init
@@ -456,7 +482,10 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 backend=None):
+                 backend=None, **kwargs):
+        _refuse_projection(kwargs)
+        if kwargs:
+            raise TypeError(f"RNN got unexpected keyword arguments {sorted(kwargs)}")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
                              "'relu'.")

@@ -21,6 +21,10 @@ GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 _TITLE = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "RNN (relu)"}
 
 
+# The backends whose lstm_fwd / lstm_bwd take w_hr (the projection, torch's proj_size).
+PROJ_BACKENDS = {"numpy"}
+
+
 def _elman_cell(nonlinearity):
     """The cell name of an Elman RNN with this nonlinearity ("tanh" or "relu", as torch)."""
     if nonlinearity not in ("tanh", "relu") or not isinstance(nonlinearity, str):
@@ -28,17 +32,37 @@ def _elman_cell(nonlinearity):
     return "rnn_" + nonlinearity
 
 
-def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
-    """Hidden size H from the weights, checking the PyTorch layout (G*H, I), (G*H, H), (G*H,)."""
+def _check_projection(w_hr, w_hh):
+    """(H, P) of an LSTM with projection: w_hr (P, H), 0 < P < H, as torch's proj_size."""
+    if w_hr.ndim != 2:
+        V.require_ndim("w_hr", w_hr, (2,), "(proj_size, H)")
+    P, H = _arrays.shape(w_hr)
+    if not 0 < P < H:
+        raise ValueError(f"w_hr must have shape (proj_size, H) with 0 < proj_size < H (as "
+                         f"torch's proj_size), got {_arrays.shape(w_hr)}")
+    if w_hh.ndim == 2 and _arrays.shape(w_hh) != (4 * H, P):
+        raise ValueError(f"with w_hr {_arrays.shape(w_hr)}, w_hh must have shape (4*H, "
+                         f"proj_size) = {(4 * H, P)}, got {_arrays.shape(w_hh)}")
+    return H, P
+
+
+def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I, w_hr=None):
+    """(H, P): hidden size H from the weights, checking the PyTorch layout (G*H, I),
+    (G*H, P), (G*H,); P = H, or the projection's size with w_hr (LSTM only)."""
     G = GATES[cell]
     rows = f"{G}*H" if G > 1 else "H"
     if w_ih.ndim != 2:
         V.require_ndim("w_ih", w_ih, (2,), f"({rows}, input_size)")
     if w_hh.ndim != 2:
         V.require_ndim("w_hh", w_hh, (2,), f"({rows}, H)")
-    GH, H = _arrays.shape(w_hh)
-    if GH != G * H:  # (H = 0 is allowed, as torch allows it: empty states and outputs)
-        raise ValueError(f"w_hh must have shape ({rows}, H) for {_TITLE[cell]}, got {_arrays.shape(w_hh)}")
+    if w_hr is not None:
+        H, P = _check_projection(w_hr, w_hh)
+    else:
+        GH, H = _arrays.shape(w_hh)
+        P = H
+        if GH != G * H:  # (H = 0 is allowed, as torch allows it: empty states and outputs)
+            raise ValueError(f"w_hh must have shape ({rows}, H) for {_TITLE[cell]}, got "
+                             f"{_arrays.shape(w_hh)}")
     if _arrays.shape(w_ih) != (G * H, I):
         raise ValueError(f"w_ih must have shape ({rows}, input_size) = {(G * H, I)}, got "
                          f"{_arrays.shape(w_ih)} (x has input_size {I}, w_hh gives H = {H})")
@@ -47,7 +71,7 @@ def _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I):
             raise ValueError(f"{name} must have shape ({G * H},), got {_arrays.shape(b)}")
     if I < 1:
         raise ValueError(f"input_size must be >= 1, got {I}")
-    return H
+    return H, P
 
 
 def _check_state(name, s, B, H):
@@ -76,8 +100,13 @@ def _check_lengths(lengths, B, T, like):
     return _arrays.as_index_array(lengths, "lengths", like)
 
 
-def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, backend, seq):
-    """Validate; return (kind, backend, dtype, cdt, arrays in compute dtype, lengths, H)."""
+def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, backend, seq,
+             w_hr=None):
+    """Validate; return (kind, backend, dtype, arrays in compute dtype, lengths). states:
+    [(name, array or None)]; with w_hr (an LSTM's projection) the hidden states ("h0", "h")
+    have its P features and the cell state H."""
+    if w_hr is not None:  # (last, so states keep their place in the lists below)
+        states = states + [("w_hr", w_hr)]
     named = [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)] + states
     # (ordered so that a NumPy call costs a few us: a cell is one step of a stream)
     given = [a for _, a in named if a is not None]
@@ -102,9 +131,14 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
     dtype = _arrays.dtype_name(x) if all(a.dtype == dt0 for a in given) else \
         V.require_same_dtype(named)
     V.require_float("x", x)
-    H = _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I)
+    if w_hr is not None:
+        w_hr = states.pop()[1]  # (autocast may have cast it)
+        if cell != "lstm":
+            raise TypeError(f"w_hr (a projection) is an LSTM's only, not {_TITLE[cell]}'s")
+    H, P = _check_weights(cell, w_ih, w_hh, b_ih, b_hh, I, w_hr)
+    widths = {name: (P if name in ("h0", "h") else H) for name, _ in states}
     for name, s in states:
-        _check_state(name, s, B, H)
+        _check_state(name, s, B, widths[name])
     lengths = _check_lengths(lengths, B, T, x)
     backend = _backends.pick(kind, _arrays.device_type(x), backend)
     _backends.check_dtype("x", x, backend)
@@ -124,13 +158,15 @@ def _prepare(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, batch_first, back
     arrays = dict(x=xs, w_ih=prep(w_ih, None), w_hh=prep(w_hh, None),
                   b_ih=prep(b_ih, (G * H,)), b_hh=prep(b_hh, (G * H,)))
     for name, s in states:
-        arrays[name] = prep(s, (B, H))
+        arrays[name] = prep(s, (B, widths[name]))
+    if w_hr is not None:
+        arrays["w_hr"] = prep(w_hr, None)
     return kind, backend, dtype, arrays, lengths
 
 
 def _run(cell, kind, backend, a, lengths, reverse):
     """(y, h_n[, c_n]) of one layer on the chosen backend; a: the arrays of _prepare."""
-    if a["w_hh"].shape[1] == 0:  # hidden_size 0: nothing to compute on any backend
+    if a["w_hh"].shape[0] == 0:  # hidden_size 0: nothing to compute on any backend
         T, B = a["x"].shape[:2]
         empty = [_arrays.zeros_like_kind(a["x"], shape, _arrays.dtype_name(a["x"]))
                  for shape in ((T, B, 0), (B, 0), (B, 0))]
@@ -147,7 +183,12 @@ def _run(cell, kind, backend, a, lengths, reverse):
     mod = _backends.module(backend, "recurrent")
     weights = (a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
     if cell == "lstm":
-        y, h_n, c_n, _ = mod.lstm_fwd(*weights, a["h0"], a["c0"], lengths, reverse, False)
+        proj = {"w_hr": a["w_hr"]} if "w_hr" in a else {}  # (backends without it: no kwarg)
+        if proj and backend not in PROJ_BACKENDS:
+            raise NotImplementedError(f"the LSTM projection (w_hr, proj_size) is not in the "
+                                      f"{backend!r} kernels yet: use backend='numpy'")
+        y, h_n, c_n, _ = mod.lstm_fwd(*weights, a["h0"], a["c0"], lengths, reverse, False,
+                                      **proj)
         return y, h_n, c_n
     if elman:
         y, h_n, _ = mod.rnn_fwd(*weights, a["h0"], lengths, reverse, cell[4:], False)
@@ -167,7 +208,7 @@ def _seq_out(y, dtype, batch_first):
 @_dlpack.accepts_dlpack
 def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
          b_hh: Optional[Array] = None, h0: Optional[Array] = None,
-         c0: Optional[Array] = None, *,
+         c0: Optional[Array] = None, *, w_hr: Optional[Array] = None,
          lengths: Union[Array, Sequence[int], None] = None, reverse: bool = False,
          batch_first: bool = False,
          backend: Optional[str] = None) -> Tuple[Array, Tuple[Array, Array]]:
@@ -180,11 +221,15 @@ def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
     w_ih : array, shape (4*H, I)
         Input-to-hidden weights, gates ``i, f, g, o`` stacked in that order.
     w_hh : array, shape (4*H, H)
-        Hidden-to-hidden weights; H is read from this shape.
+        Hidden-to-hidden weights; H is read from this shape (``(4*H, P)`` with `w_hr`).
     b_ih, b_hh : array, shape (4*H,), optional
         Biases; zeros when None.
     h0, c0 : array, shape (B, H), optional
-        Initial hidden and cell states; zeros when None.
+        Initial hidden and cell states; zeros when None (with `w_hr`, h0 is ``(B, P)``).
+    w_hr : array, shape (P, H), optional
+        A projection of the hidden state (torch's ``proj_size`` = P, ``0 < P < H``,
+        ``weight_hr_l{k}``): ``h' = (o * tanh(c')) @ w_hr.T``, so h, y and w_hh's columns
+        have P features while c keeps H.
     lengths : sequence of int or integer array, shape (B,), optional
         Valid steps of each batch element, ``0 <= lengths[b] <= T``: element ``b`` runs only
         its first ``lengths[b]`` steps (with `reverse`, steps ``lengths[b] - 1`` down to 0);
@@ -203,9 +248,10 @@ def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
     Returns
     -------
     y : array, shape (T, B, H)
-        The hidden state at every step (``(B, T, H)`` with `batch_first`), in x's dtype.
+        The hidden state at every step (``(B, T, H)`` with `batch_first`; P features with
+        `w_hr`), in x's dtype.
     (h_n, c_n) : pair of arrays, shape (B, H)
-        The final hidden and cell states.
+        The final hidden and cell states (h_n ``(B, P)`` with `w_hr`).
 
     Raises
     ------
@@ -246,15 +292,16 @@ def lstm(x: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array] = None,
     ((50, 4, 64), (4, 64))
     """
     if type(x) is not np.ndarray:
-        host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths)
+        host = _arrays.host_views(backend, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, w_hr)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (_arrays.host_views)
-            y, (h_n, c_n) = lstm(*host[:7], lengths=host[7], reverse=reverse,
+            y, (h_n, c_n) = lstm(*host[:7], w_hr=host[8], lengths=host[7], reverse=reverse,
                                  batch_first=batch_first, backend=backend)
             return _arrays.host_results(y), _arrays.host_results((h_n, c_n))
     V.require_bool("reverse", reverse)
     V.require_bool("batch_first", batch_first)
     kind, backend, dtype, a, lengths = _prepare(
-        "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)], lengths, batch_first, backend, True)
+        "lstm", x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)], lengths, batch_first,
+        backend, True, w_hr)
     y, h_n, c_n = _run("lstm", kind, backend, a, lengths, reverse)
     return _seq_out(y, dtype, batch_first), (_arrays.astype(h_n, dtype), _arrays.astype(c_n, dtype))
 

@@ -156,7 +156,11 @@ def test_state_dict_both_ways_and_init(rng, cell):
 
 def test_constructor_errors():
     with pytest.raises(ValueError, match="proj_size"):
-        snn.LSTM(3, 4, proj_size=2)
+        snn.LSTM(3, 4, proj_size=4)  # (torch: smaller than hidden_size)
+    with pytest.raises(ValueError, match="only supported for LSTM"):
+        snn.GRU(3, 4, proj_size=2)  # torch's ValueError, not a TypeError
+    with pytest.raises(ValueError, match="only supported for LSTM"):
+        snn.RNN(3, 4, proj_size=0)
     with pytest.raises(ValueError, match="dropout"):
         snn.GRU(3, 4, dropout=1.5)
     with pytest.raises(ValueError, match="hidden_size"):
@@ -256,6 +260,37 @@ def test_cells_take_hidden_size_zero(cell):
     got = as_tuple(ours(3, 0)(torch.randn(2, 3)))
     want = as_tuple(theirs(3, 0)(torch.randn(2, 3)))
     assert [g.shape for g in got] == [w.shape for w in want] == [(2, 0)] * len(want)
+
+
+# LSTM(proj_size=...): (num_layers, bidirectional, packed, with_hx)
+PROJ_CONFIGS = [(1, False, False, False), (2, True, False, True), (2, False, True, True)]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("config", PROJ_CONFIGS)
+def test_lstm_projection_matches_torch(rng, backend, dtype, config):
+    """torch.nn.LSTM(proj_size=P)'s state dict loads, and outputs, states and every gradient
+    (weight_hr included) match, packed sequences too."""
+    require_backend(backend)
+    num_layers, bidirectional, packed, with_hx = config
+    ref, mine = twin("lstm", dtype, backend, input_size=5, hidden_size=6, proj_size=4,
+                     num_layers=num_layers, bidirectional=bidirectional)
+    assert list(mine.state_dict()) == list(ref.state_dict())
+    assert mine._flat_weights_names == ref._flat_weights_names
+    B, T = 3, 5
+    x = tensor(rng, (T, B, 5), dtype)
+    hx = None
+    if with_hx:
+        L = num_layers * (2 if bidirectional else 1)
+        hx = (tensor(rng, (L, B, 4), dtype), tensor(rng, (L, B, 6), dtype))
+    if packed:
+        inp = pack_padded_sequence(x, torch.tensor([5, 2, 4]), enforce_sorted=False)
+        compare(rng, ref, mine, inp, inp, hx, dtype)
+    else:
+        x_ref, x_mine = x.clone().requires_grad_(), x.clone().requires_grad_()
+        compare(rng, ref, mine, x_ref, x_mine, hx, dtype)
+        assert_close(x_mine.grad, x_ref.grad, dtype, grad=True, name="grad input", scale=4)
 
 
 @pytest.mark.parametrize("cell", CELLS)
