@@ -212,3 +212,38 @@ int seqcore_gru_bwd_f64(int64_t T, int64_t B, int64_t I, int64_t H, const double
     return kt()->gru_bwd_f64(T, B, I, H, dy, dh_n, x, w_ih, w_hh, h0, lengths, reverse, y, ws,
                              dx, dw_ih, dw_hh, db_ih, db_hh, dh0);
 }
+
+int seqcore_rnn_fwd_f32(int64_t T, int64_t B, int64_t I, int64_t H, const float *x,
+                        const float *w_ih, const float *w_hh, const float *b_ih,
+                        const float *b_hh, const float *h0, const int64_t *lengths, int reverse,
+                        int relu, float *y, float *h_n, float *ws) {
+    return kt()->rnn_fwd_f32(T, B, I, H, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, relu,
+                             y, h_n, ws);
+}
+
+int seqcore_rnn_fwd_f64(int64_t T, int64_t B, int64_t I, int64_t H, const double *x,
+                        const double *w_ih, const double *w_hh, const double *b_ih,
+                        const double *b_hh, const double *h0, const int64_t *lengths,
+                        int reverse, int relu, double *y, double *h_n, double *ws) {
+    return kt()->rnn_fwd_f64(T, B, I, H, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, relu,
+                             y, h_n, ws);
+}
+
+int seqcore_rnn_bwd_f32(int64_t T, int64_t B, int64_t I, int64_t H, const float *dy,
+                        const float *dh_n, const float *x, const float *w_ih,
+                        const float *w_hh, const float *h0, const int64_t *lengths,
+                        int reverse, int relu, const float *y, const float *ws, float *dx,
+                        float *dw_ih, float *dw_hh, float *db_ih, float *db_hh, float *dh0) {
+    return kt()->rnn_bwd_f32(T, B, I, H, dy, dh_n, x, w_ih, w_hh, h0, lengths, reverse, relu, y,
+                             ws, dx, dw_ih, dw_hh, db_ih, db_hh, dh0);
+}
+
+int seqcore_rnn_bwd_f64(int64_t T, int64_t B, int64_t I, int64_t H, const double *dy,
+                        const double *dh_n, const double *x, const double *w_ih,
+                        const double *w_hh, const double *h0, const int64_t *lengths,
+                        int reverse, int relu, const double *y, const double *ws, double *dx,
+                        double *dw_ih, double *dw_hh, double *db_ih, double *db_hh,
+                        double *dh0) {
+    return kt()->rnn_bwd_f64(T, B, I, H, dy, dh_n, x, w_ih, w_hh, h0, lengths, reverse, relu, y,
+                             ws, dx, dw_ih, dw_hh, db_ih, db_hh, dh0);
+}

@@ -1,4 +1,8 @@
-/* LSTM and GRU over sequences, forward and backward (see recurrent.h).
+/* LSTM, GRU and Elman RNN over sequences, forward and backward (see recurrent.h).
+ *
+ * The loops below are the same for every cell; what a cell is (its G gates, its workspace,
+ * its pointwise forward update and chain rule) is one description per cell, in cell_*.h
+ * (see "the cells" in the template), which these loops call for each block of units.
  *
  * Forward (one OpenMP parallel region, for calls worth the threads: parallel.h): each thread
  * owns a slice of hidden units and, per step, computes all G gates of them and applies the
@@ -12,7 +16,7 @@
  *     so a cell (one step) or a short sequence pays for no repacking of the weights.
  *   - otherwise batch-tiled (fwd_block_tiled): the step is a real matmul. Each thread
  *     packs the parts of w_hh and w_ih it alone reads (no barrier), x is packed per chunk,
- *     and tile_rows (R rows x all G gates of one vector of units: 6 x 4 with 32 vector
+ *     and tile_rows (R rows x all G gates of one vector of units: LSTM 6 x 4 with 32 vector
  *     registers, 3 x 4 with 16) computes both the recurrent part and the input projection
  *     of its units; the finished tile holds every gate for the update.
  * The register blocking of both comes from the ISA level (simd.h). Scratch (packed weights,
@@ -44,7 +48,6 @@
 #include "scratch.h"
 #include "simd.h"
 
-enum { LSTM = 0, GRU = 1 };
 /* Most batch rows per step_micro call (the backward's dh += dG @ w_hh): a call takes `rows`
  * = 1, 2, 4 or SMR of them (see step_rows); rows past B are zero padding. SMR x 2 vector
  * accumulators plus 2 loaded weight vectors and a broadcast: 8 rows with 32 vector
@@ -61,7 +64,8 @@ enum { SMR = SIMD_REGS >= 32 ? 8 : 6 };
  * whose R * G accumulator vectors leave registers for min(R, G) operands kept per k (the G
  * weight vectors, or the R broadcast h values, whichever are fewer), one more operand and
  * (no FMA) a product: 6 x 4 (LSTM) and 8 x 3 (GRU) with 32 registers, 3 x 4 and 4 x 3 with
- * 16 (2 x 4 kept the weights: 8 accumulators, too few to hide the FMA latency). */
+ * 16 (2 x 4 kept the weights: 8 accumulators, too few to hide the FMA latency); 8 x 1
+ * (Elman) with either. */
 #define TILE_FITS(R, G) ((R) * (G) + ((R) < (G) ? (R) : (G)) + 1 + !SIMD_FMA <= SIMD_REGS)
 #define TILE_R(G)                                                                           \
     (TILE_FITS(8, G) ? 8 : TILE_FITS(7, G) ? 7 : TILE_FITS(6, G) ? 6 : TILE_FITS(5, G) ? 5  \
@@ -200,12 +204,14 @@ static void *take_parts(int n, const int64_t *bytes, void **part) {
 
 #else /* ---- template: real, VEC / V(op) (its vectors, simd.h), NV (units per vector), NR
         * (hidden units per block: two vectors), MADD, EXP, TANH, RN, UPDATE_SIMD (float: the
-        * cell updates with the vector math of simd.h) ---- */
+        * cell updates with the vector math of simd.h; the cells' files are part of it) ---- */
 
 /* One call's arrays and sizes. Forward and backward fill the parts they use. */
+struct RN(cell);
 struct RN(rnn) {
-    int cell, reverse;
-    int64_t T, B, I, H, G, nws;      /* nws: workspace width per (t, b): 5H or 4H */
+    const struct RN(cell) *cell;     /* what is pointwise (see the cells below) */
+    int reverse;
+    int64_t T, B, I, H, G, nws;      /* G: the cell's gates; nws: ws width per (t, b) */
     int64_t nblk, rows, ngrp;        /* blocks of NR hidden units, groups of `rows` batch rows */
     int tiled;                       /* forward: batch-tiled step, else weights in place */
     const int64_t *lengths;
@@ -221,6 +227,50 @@ struct RN(rnn) {
     int64_t xp_s0;                   /*   w_ih packed as wp (the projection in the step) */
     real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
     real *wp;                        /* w_hh packed for the time loop */
+};
+
+/* ---- the cells ----
+ * What differs between LSTM, GRU and Elman is pointwise, and lives in one file per cell
+ * (cell_*.h): its description below, a forward update of a block of units from their
+ * gates' pre-activation parts, and the chain rule of a block of units back to the gates.
+ * Everything else here (the time loops, packing, tiles, dots, the weight-gradient matmuls)
+ * is the same for every cell, sized by G and nws. A new cell is one cell_*.h, its #include
+ * below and its entry points. */
+
+/* A forward update's view of element b at time t, units [u0, u0 + nu), every pointer from
+ * u0: the recurrent part of unit j of gate g at acc[g * gs + j], its input part (without
+ * biases) at xg[g * xs + j] and the folded biases at xb[g * xs + j]; b_hh (NULL: zeros)
+ * for the gates that do not fold it, gate g at b_hh[g * H + j]; the state rows of b (h, and
+ * c for LSTM) updated in place; the output rows y and ws (NULL: not kept) of (t, b), ws
+ * value k at ws[k * H + j]. */
+struct RN(ufwd) {
+    int64_t nu, H, gs, xs;
+    const real *acc, *xg, *xb, *b_hh;
+    real *h, *c, *y, *ws;
+};
+
+/* A backward chain rule's view of element b at one of its valid steps (time t), units
+ * [u0, u0 + nu), every pointer from u0: this step's ws row, the previous step's (NULL at
+ * the first step), the state the step started from (h_prev: y of the previous step or h0;
+ * NULL: zeros) and c0 (NULL: zeros); dy (NULL: zeros); the carried dh (in: dL/dh_t without
+ * dy; out: the direct part of dL/dh_{t-1}, to which phase 2 adds dG @ w_hh) and dc (LSTM).
+ * The gate gradients go to dgx / dgh (x and h sides, row (t, b), gate g at g * H + j) and
+ * to the packed dgp (gate g of unit j at dgp[(g * H + j) * rows], see packed_at). */
+struct RN(ubwd) {
+    int64_t nu, H, rows;
+    const real *ws, *ws_prev, *h_prev, *c0, *dy;
+    real *dh, *dc, *dgx, *dgh, *dgp;
+};
+
+/* One cell: what the generic loops know of it. */
+struct RN(cell) {
+    int G;           /* gates: w_ih is (G*H, I), w_hh (G*H, H); 1, 3 or 4 (see tile_step) */
+    int ws_width;    /* ws values per unit: nws = ws_width * H */
+    int hh_folded;   /* gates [0, hh_folded) add b_hh into the input projection (input_bias);
+                      * the rest get it from the view (GRU's n: inside r * (W_hn h + b_hn)) */
+    int split_dg;    /* the x and h sides of dG differ (GRU): dgh is an array of its own */
+    void (*fwd)(const struct RN(ufwd) *u);
+    void (*bwd)(const struct RN(ubwd) *u);
 };
 
 static inline real RN(sigmoid)(real v) { return 1 / (1 + EXP(-v)); }
@@ -313,111 +363,47 @@ static inline int64_t RN(xcol)(const struct RN(rnn) *p, int64_t g, int64_t u) {
     return p->tiled ? (u / NV * p->G + g) * NV + u % NV : g * p->H + u;
 }
 
-/* The biases that add straight into the gates: b_ih, and b_hh except GRU's n part (that
- * one sits inside r * (W_hn h + b_hn)). The cell updates add them to xg as they read it
- * (a separate pass over xg cost ~5% of the LSTM forward at B64). */
+/* The biases that add straight into the gates: b_ih, and b_hh of the cell's first
+ * hh_folded gates (all but GRU's n part, which sits inside r * (W_hn h + b_hn)). The cell
+ * updates add them to xg as they read it (a separate pass over xg cost ~5% of the LSTM
+ * forward at B64). */
 static void RN(input_bias)(const struct RN(rnn) *p, const real *b_ih, real *bias) {
     for (int64_t r = 0; r < p->G * p->H; r++) {
-        int folds_hh = p->cell == LSTM || r < 2 * p->H;
+        int folds_hh = r / p->H < p->cell->hh_folded;
         bias[RN(xcol)(p, r / p->H, r % p->H)] =
             (b_ih ? b_ih[r] : 0) + (p->b_hh && folds_hh ? p->b_hh[r] : 0);
     }
 }
 
-/* The LSTM cell update of element b at time t for the nu hidden units from u0; acc holds
- * the recurrent part of each gate (unit j of gate g at acc[g * gs + j]) and xg the input
- * part, without biases (at xg[g * xs + j]). */
-static void RN(lstm_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
-                           int64_t nu, const real *acc, int64_t gs, const real *xg) {
-    int64_t H = p->H, row = t * p->B + b;
-    int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
-    const real *xb = p->xbias + RN(xcol)(p, 0, u0);
-    real *c_state = p->c + b * H + u0, *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
-    real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
-#if UPDATE_SIMD
-    for (int64_t j = 0; j < nu; j += NV) {
-        int64_t n = nu - j;  /* the last vector is masked past nu */
-        VEC pre[4];
-        for (int g = 0; g < 4; g++)
-            pre[g] = V(add)(V(add)(V(load_n)(xg + g * xs + j, n), V(load_n)(xb + g * xs + j, n)),
-                            V(load_n)(acc + g * gs + j, n));
-        VEC gi = V(sigmoid)(pre[0]), gf = V(sigmoid)(pre[1]);
-        VEC gg = V(tanh)(pre[2]), go = V(sigmoid)(pre[3]);
-        VEC c = V(fma)(gf, V(load_n)(c_state + j, n), V(mul)(gi, gg));
-        VEC h = V(mul)(go, V(tanh)(c));
-        V(store_n)(c_state + j, c, n);
-        V(store_n)(h_state + j, h, n);
-        V(store_n)(y + j, h, n);
-        if (ws) {
-            V(store_n)(ws + j, gi, n);
-            V(store_n)(ws + H + j, gf, n);
-            V(store_n)(ws + 2 * H + j, gg, n);
-            V(store_n)(ws + 3 * H + j, go, n);
-            V(store_n)(ws + 4 * H + j, c, n);
-        }
-    }
-    return;
-#endif
-#pragma omp simd
-    for (int64_t j = 0; j < nu; j++) {
-        real gi = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
-        real gf = RN(sigmoid)((xg[xs + j] + xb[xs + j]) + acc[1 * gs + j]);
-        real gg = TANH((xg[2 * xs + j] + xb[2 * xs + j]) + acc[2 * gs + j]);
-        real go = RN(sigmoid)((xg[3 * xs + j] + xb[3 * xs + j]) + acc[3 * gs + j]);
-        real c = gf * c_state[j] + gi * gg;
-        real h = go * TANH(c);
-        c_state[j] = c, h_state[j] = h, y[j] = h;
-        if (ws)
-            ws[j] = gi, ws[H + j] = gf, ws[2 * H + j] = gg, ws[3 * H + j] = go, ws[4 * H + j] = c;
+/* ---- the cells' helpers and the cells ---- */
+
+/* Unit j's gate gradients of a scalar chain rule: dx_side[g] to dgx, dh_side[g] to dgh and
+ * the packed dgp. */
+static inline void RN(put_unit_grads)(const struct RN(ubwd) *u, int64_t j, int G,
+                                      const real *dx_side, const real *dh_side) {
+    for (int g = 0; g < G; g++) {
+        u->dgx[g * u->H + j] = dx_side[g];
+        u->dgh[g * u->H + j] = dh_side[g];
+        u->dgp[(g * u->H + j) * u->rows] = dh_side[g];
     }
 }
 
-/* The GRU update: r, z from x and h parts (biases folded into xg), then
- * n = tanh(x_n + r * (W_hn h + b_hn)). */
-static void RN(gru_units)(const struct RN(rnn) *p, int64_t t, int64_t b, int64_t u0,
-                          int64_t nu, const real *acc, int64_t gs, const real *xg) {
-    int64_t H = p->H, row = t * p->B + b;
-    int64_t xs = p->tiled ? NV : H;  /* gate stride in xg and xbias (see xcol) */
-    const real *xb = p->xbias + RN(xcol)(p, 0, u0);
-    const real *b_hn = p->b_hh ? p->b_hh + 2 * H + u0 : NULL;
-    real *h_state = p->h + b * H + u0, *y = p->y + row * H + u0;
-    real *ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
 #if UPDATE_SIMD
-    for (int64_t j = 0; j < nu; j += NV) {
-        int64_t n = nu - j;  /* the last vector is masked past nu */
-        VEC pre[3];
-        for (int g = 0; g < 3; g++)
-            pre[g] = V(add)(V(load_n)(xg + g * xs + j, n), V(load_n)(xb + g * xs + j, n));
-        VEC hn = V(load_n)(acc + 2 * gs + j, n);
-        if (b_hn)
-            hn = V(add)(hn, V(load_n)(b_hn + j, n));
-        VEC r = V(sigmoid)(V(add)(pre[0], V(load_n)(acc + j, n)));
-        VEC z = V(sigmoid)(V(add)(pre[1], V(load_n)(acc + gs + j, n)));
-        VEC nn = V(tanh)(V(fma)(r, hn, pre[2]));
-        VEC h = V(fma)(V(sub)(V(set1)(1.0f), z), nn, V(mul)(z, V(load_n)(h_state + j, n)));
-        V(store_n)(h_state + j, h, n);
-        V(store_n)(y + j, h, n);
-        if (ws) {
-            V(store_n)(ws + j, r, n);
-            V(store_n)(ws + H + j, z, n);
-            V(store_n)(ws + 2 * H + j, nn, n);
-            V(store_n)(ws + 3 * H + j, hn, n);
-        }
-    }
-    return;
-#endif
-#pragma omp simd
-    for (int64_t j = 0; j < nu; j++) {
-        real hn = acc[2 * gs + j] + (b_hn ? b_hn[j] : 0);
-        real r = RN(sigmoid)((xg[j] + xb[j]) + acc[j]);
-        real z = RN(sigmoid)((xg[xs + j] + xb[xs + j]) + acc[1 * gs + j]);
-        real n = TANH((xg[2 * xs + j] + xb[2 * xs + j]) + r * hn);
-        real h = (1 - z) * n + z * h_state[j];
-        h_state[j] = h, y[j] = h;
-        if (ws)
-            ws[j] = r, ws[H + j] = z, ws[2 * H + j] = n, ws[3 * H + j] = hn;
-    }
+/* The first n lanes of d as the gradient at column `at` (g * H + j) of a cell whose x and h
+ * sides agree (not split_dg): to dgx, and to dgp, where consecutive units of one row are
+ * `rows` apart. */
+static inline void RN(put_grad)(const struct RN(ubwd) *u, int64_t at, int64_t n, VEC d) {
+    V(store_n)(u->dgx + at, d, n);
+    real lanes[NV];
+    V(store)(lanes, d);
+    real *dst = u->dgp + at * u->rows;
+    for (int64_t l = 0; l < (n < NV ? n : NV); l++) dst[l * u->rows] = lanes[l];
 }
+#endif
+
+#include "cell_lstm.h"
+#include "cell_gru.h"
+#include "cell_elman.h"
 
 /* The cell update at step s of batch group grp for the units [u0, u0 + nu) from their
  * gates' recurrent parts (unit j of gate g of the group's row i at acc[i * rs + g * gs + j])
@@ -427,16 +413,20 @@ static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64
                            int64_t grp, const real *acc, const real *xacc, int64_t rs,
                            int64_t gs, real *hnext) {
     int64_t H = p->H;
+    struct RN(ufwd) u = {.nu = nu, .H = H, .gs = gs,
+                         .xs = p->tiled ? NV : H,  /* gate stride in xg and xbias (see xcol) */
+                         .xb = p->xbias + RN(xcol)(p, 0, u0),
+                         .b_hh = p->b_hh ? p->b_hh + u0 : NULL};
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         if (s < len) {  /* else the element is done: its state is carried */
             int64_t t = time_of(s, len, p->reverse), row = t * p->B + b;
-            const real *xg = xacc ? xacc + i * rs
-                                  : p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
-            if (p->cell == LSTM)
-                RN(lstm_units)(p, t, b, u0, nu, acc + i * rs, gs, xg);
-            else
-                RN(gru_units)(p, t, b, u0, nu, acc + i * rs, gs, xg);
+            u.acc = acc + i * rs;
+            u.xg = xacc ? xacc + i * rs
+                        : p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
+            u.h = p->h + b * H + u0, u.c = p->c ? p->c + b * H + u0 : NULL;
+            u.y = p->y + row * H + u0, u.ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+            p->cell->fwd(&u);
         }
         real *dst = hnext + packed_at(b, u0, H, p->rows);
         for (int64_t j = 0; j < nu; j++)
@@ -651,7 +641,7 @@ static ALWAYS_INLINE void RN(tile_rows)(int64_t kc, const real *restrict hp, int
 }
 
 /* Rows per batch group of the tiled step (TILE_R: from the level's registers). */
-static int64_t RN(tile_rows_for)(int64_t G) { return G == 4 ? TILE_R(4) : TILE_R(3); }
+static int64_t RN(tile_rows_for)(int64_t G) { return TILE_R(G); }
 
 /* tile_rows for `rows` of the group's hs rows (the last group of B holds fewer than hs,
  * and computing its padding rows cost ~3% of the step at LSTM B64: 64 = 10 x 6 + 4). */
@@ -667,12 +657,14 @@ static int64_t RN(tile_rows_for)(int64_t G) { return G == 4 ? TILE_R(4) : TILE_R
     default: RN(tile_rows)(kc, hp, hs, wp, acc, first, TILE_R(G), G); break;              \
     }
 
-static void RN(tile_step)(int64_t kc, int cell, int64_t rows, const real *hp, int64_t hs,
+/* (G a constant in each case: a cell with another number of gates adds its case) */
+static void RN(tile_step)(int64_t kc, int64_t G, int64_t rows, const real *hp, int64_t hs,
                           const real *wp, real *acc, int first) {
-    if (cell == LSTM)
-        TILE_CASES(4)
-    else
-        TILE_CASES(3)
+    switch (G) {
+    case 4: TILE_CASES(4) break;
+    case 3: TILE_CASES(3) break;
+    default: TILE_CASES(1) break;
+    }
 }
 #undef TILE_CASES
 
@@ -685,7 +677,7 @@ static void RN(tiles_all_groups)(const struct RN(rnn) *p, int64_t K, const real 
     for (int64_t k0 = 0; k0 < K; k0 += TILE_KSLICE) {
         int64_t kc = K - k0 < TILE_KSLICE ? K - k0 : TILE_KSLICE;
         for (int64_t grp = 0; grp < p->ngrp; grp++)
-            RN(tile_step)(kc, p->cell, p->B - grp * R, hp + (grp * K + k0) * R, R,
+            RN(tile_step)(kc, G, p->B - grp * R, hp + (grp * K + k0) * R, R,
                           wp + k0 * G * NV, acc + grp * tile, k0 == 0);
     }
 }
@@ -795,7 +787,7 @@ static void RN(init_state)(real *state, const real *given, int64_t n) {
 static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
     int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H;
     RN(init_state)(p->h, p->h0, B * H);
-    if (p->cell == LSTM)
+    if (p->c)  /* (LSTM) */
         RN(init_state)(p->c, p->c0, B * H);
     if (p->lengths && T * B * H > 0) {  /* else every step writes all of y and ws */
         memset(p->y, 0, (size_t)(T * B * H) * sizeof(real));
@@ -857,123 +849,32 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
 
 /* ---- backward ---- */
 
-/* LSTM chain rule at (t, b, u): returns the pre-activation gradients in d[4] and updates
- * the carried dc; dht is dL/dh_t (carried + dy). */
-static void RN(lstm_unit_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, int64_t b,
-                              int64_t u, real dht, real d[4]) {
-    int64_t H = p->H, B = p->B, t = time_of(s, len, p->reverse);
-    const real *w = p->wss + (t * B + b) * p->nws;
-    real gi = w[u], gf = w[H + u], gg = w[2 * H + u], go = w[3 * H + u], c = w[4 * H + u];
-    real c_prev = s > 0 ? p->wss[(time_of(s - 1, len, p->reverse) * B + b) * p->nws + 4 * H + u]
-                        : (p->c0 ? p->c0[b * H + u] : 0);
-    real tc = TANH(c);
-    real dct = p->dc[b * H + u] + dht * go * (1 - tc * tc);
-    d[0] = dct * gg * gi * (1 - gi);
-    d[1] = dct * c_prev * gf * (1 - gf);
-    d[2] = dct * gi * (1 - gg * gg);
-    d[3] = dht * tc * go * (1 - go);
-    p->dc[b * H + u] = dct * gf;
-}
-
-/* GRU chain rule: dx_side[3] for w_ih / b_ih, dh_side[3] for w_hh / b_hh; returns the
- * direct part of dL/dh_{t-1} (through z * h_{t-1}). */
-static real RN(gru_unit_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, int64_t b,
-                             int64_t u, real dht, real dx_side[3], real dh_side[3]) {
-    int64_t H = p->H, B = p->B, t = time_of(s, len, p->reverse);
-    const real *w = p->wss + (t * B + b) * p->nws;
-    real r = w[u], z = w[H + u], n = w[2 * H + u], hn = w[3 * H + u];
-    real h_prev = s > 0 ? p->ys[(time_of(s - 1, len, p->reverse) * B + b) * H + u]
-                        : (p->h0 ? p->h0[b * H + u] : 0);
-    real dan = dht * (1 - z) * (1 - n * n);
-    dx_side[0] = dh_side[0] = dan * hn * r * (1 - r);
-    dx_side[1] = dh_side[1] = dht * (h_prev - n) * z * (1 - z);
-    dx_side[2] = dan;
-    dh_side[2] = dan * r;
-    return dht * z;
-}
-
-#if UPDATE_SIMD
-/* lstm_unit_bwd for element b at step s < len, units [u0, u0 + nu), 16 at a time (float32,
- * AVX-512; the same formulas, tanh as in the forward's update): the scalar form, one libm-free
- * tanh and a dozen products per unit, was ~10% of the LSTM B8 forward + backward. Stores
- * dG into dgx and the packed dgp, and carries dc; dh is consumed (set to zero). */
-static void RN(lstm_units_bwd)(const struct RN(rnn) *p, int64_t s, int64_t len, int64_t b,
-                               int64_t u0, int64_t nu, real *dgp) {
-    int64_t H = p->H, B = p->B, GH = 4 * H, t = time_of(s, len, p->reverse);
-    const real *w = p->wss + (t * B + b) * p->nws;
-    const real *c_prev = s > 0 ? p->wss + (time_of(s - 1, len, p->reverse) * B + b) * p->nws +
-                                     4 * H
-                               : (p->c0 ? p->c0 + b * H : NULL);
-    const real *dy = p->dy ? p->dy + (t * B + b) * H : NULL;
-    real *dh = p->dh + b * H, *dc = p->dc + b * H, *dgx = p->dgx + (t * B + b) * GH;
-    const VEC one = V(set1)(1.0f);
-    for (int64_t j = 0; j < nu; j += NV) {
-        int64_t u = u0 + j, n = nu - j;  /* the last vector is masked past nu */
-        VEC gi = V(load_n)(w + u, n), gf = V(load_n)(w + H + u, n);
-        VEC gg = V(load_n)(w + 2 * H + u, n), go = V(load_n)(w + 3 * H + u, n);
-        VEC c = V(load_n)(w + 4 * H + u, n);
-        VEC cp = c_prev ? V(load_n)(c_prev + u, n) : V(zero)();
-        VEC dht = V(load_n)(dh + u, n);
-        if (dy)
-            dht = V(add)(dht, V(load_n)(dy + u, n));
-        VEC tc = V(tanh)(c);
-        VEC dct = V(add)(V(load_n)(dc + u, n), V(mul)(V(mul)(dht, go), V(fnma)(tc, tc, one)));
-        VEC d[4];
-        d[0] = V(mul)(V(mul)(V(mul)(dct, gg), gi), V(sub)(one, gi));
-        d[1] = V(mul)(V(mul)(V(mul)(dct, cp), gf), V(sub)(one, gf));
-        d[2] = V(mul)(V(mul)(dct, gi), V(fnma)(gg, gg, one));
-        d[3] = V(mul)(V(mul)(V(mul)(dht, tc), go), V(sub)(one, go));
-        V(store_n)(dc + u, V(mul)(dct, gf), n);
-        V(store_n)(dh + u, V(zero)(), n);
-        for (int g = 0; g < 4; g++) {
-            V(store_n)(dgx + g * H + u, d[g], n);
-            /* dgp: consecutive units of one row are `rows` apart (see packed_at) */
-            real lanes[NV];
-            V(store)(lanes, d[g]);
-            real *dst = dgp + packed_at(b, g * H + u, GH, p->rows);
-            for (int64_t l = 0; l < (n < NV ? n : NV); l++) dst[l * p->rows] = lanes[l];
-        }
-    }
-}
-#endif
-
 /* Phase 1 of step s for (blk, grp): gate gradients of own units into dgx/dgh (indexed by
  * time) and into the packed dgp (rows of elements that are done stay zero there). */
 static void RN(bwd_point_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
                                 real *dgp) {
-    int64_t H = p->H, G = p->G, GH = G * H;
-    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
+    int64_t H = p->H, B = p->B, G = p->G, GH = G * H, u0 = blk * NR;
+    struct RN(ubwd) u = {.nu = H - u0 < NR ? H - u0 : NR, .H = H, .rows = p->rows};
+    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
-        int64_t t = time_of(s, len, p->reverse);
-#if UPDATE_SIMD
-        if (p->cell == LSTM && s < len) {
-            int64_t u0 = blk * NR;
-            RN(lstm_units_bwd)(p, s, len, b, u0, H - u0 < NR ? H - u0 : NR, dgp);
+        u.dgp = dgp + packed_at(b, u0, GH, p->rows);
+        if (s >= len) {  /* dh, dc are carried unchanged; no gate gradients */
+            for (int64_t g = 0; g < G; g++)
+                for (int64_t j = 0; j < u.nu; j++) u.dgp[(g * H + j) * p->rows] = 0;
             continue;
         }
-#endif
-        for (int64_t j = 0, u = blk * NR; j < NR && u < H; j++, u++) {
-            real dx_side[4] = {0}, dh_side[4] = {0};
-            if (s < len) {  /* else dh, dc are carried unchanged and dgp stays zero */
-                real dht = p->dh[b * H + u] + (p->dy ? p->dy[(t * p->B + b) * H + u] : 0);
-                if (p->cell == LSTM) {
-                    RN(lstm_unit_bwd)(p, s, len, b, u, dht, dx_side);
-                    memcpy(dh_side, dx_side, sizeof(dh_side));
-                    p->dh[b * H + u] = 0;
-                } else {
-                    p->dh[b * H + u] = RN(gru_unit_bwd)(p, s, len, b, u, dht, dx_side, dh_side);
-                }
-                for (int64_t g = 0; g < G; g++) {
-                    p->dgx[(t * p->B + b) * GH + g * H + u] = dx_side[g];
-                    p->dgh[(t * p->B + b) * GH + g * H + u] = dh_side[g];
-                }
-            }
-            for (int64_t g = 0; g < G; g++)
-                dgp[packed_at(b, g * H + u, GH, p->rows)] = dh_side[g];
-        }
+        int64_t row = time_of(s, len, p->reverse) * B + b;
+        int64_t prev = s > 0 ? time_of(s - 1, len, p->reverse) * B + b : -1;
+        u.ws = p->wss + row * p->nws + u0;
+        u.ws_prev = prev >= 0 ? p->wss + prev * p->nws + u0 : NULL;
+        u.h_prev = prev >= 0 ? p->ys + prev * H + u0 : p->h0 ? p->h0 + b * H + u0 : NULL;
+        u.c0 = p->c0 ? p->c0 + b * H + u0 : NULL;
+        u.dy = p->dy ? p->dy + row * H + u0 : NULL;
+        u.dh = p->dh + b * H + u0, u.dc = p->dc ? p->dc + b * H + u0 : NULL;
+        u.dgx = p->dgx + row * GH + u0, u.dgh = p->dgh + row * GH + u0;
+        p->cell->bwd(&u);
     }
 }
-
 /* Phase 2 for (blk, grp): dh[:, own units] += dG_t @ w_hh[:, own units]. */
 static void RN(bwd_matmul_block)(const struct RN(rnn) *p, int64_t blk, int64_t grp,
                                  const real *dgp) {
@@ -1074,13 +975,13 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
                        real *dw_ih, real *dw_hh, real *db_ih, real *db_hh) {
     int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H;
     RN(init_state)(p->dh, dh_n, B * H);
-    if (p->cell == LSTM)
+    if (p->dc)  /* (LSTM) */
         RN(init_state)(p->dc, dc_n, B * H);
     int64_t steps = max_len(p->lengths, B, T);
-    /* scratch: the gate gradients, x side and h side (one array for LSTM), packed w_hh
-     * and packed gate gradients (two buffers) */
+    /* scratch: the gate gradients, x side and h side (one array unless split_dg), packed
+     * w_hh and packed gate gradients (two buffers) */
     int64_t rs = (int64_t)sizeof(real);
-    int64_t bytes[4] = {T * B * GH * rs, p->cell == LSTM ? 0 : T * B * GH * rs,
+    int64_t bytes[4] = {T * B * GH * rs, p->cell->split_dg ? T * B * GH * rs : 0,
                         p->nblk * NR * GH * rs, 2 * p->ngrp * p->rows * GH * rs};
     void *part[4];
     void *scratch = take_parts(4, bytes, part);
@@ -1110,12 +1011,12 @@ static int64_t RN(step_rows)(int64_t B) {
     return B >= 4 ? 4 : B >= 2 ? 2 : 1;
 }
 
-static struct RN(rnn) RN(problem)(int cell, int64_t T, int64_t B, int64_t I, int64_t H,
-                                  const int64_t *lengths, int reverse) {
+static struct RN(rnn) RN(problem)(const struct RN(cell) *cell, int64_t T, int64_t B,
+                                  int64_t I, int64_t H, const int64_t *lengths, int reverse) {
     struct RN(rnn) p = {0};
     p.cell = cell, p.reverse = reverse != 0;
-    p.T = T, p.B = B, p.I = I, p.H = H, p.G = cell == LSTM ? 4 : 3;
-    p.nws = cell == LSTM ? 5 * H : 4 * H;
+    p.T = T, p.B = B, p.I = I, p.H = H, p.G = cell->G;
+    p.nws = cell->ws_width * H;
     p.rows = RN(step_rows)(B);
     p.nblk = ceil_div(H, NR), p.ngrp = ceil_div(B, p.rows);
     p.lengths = lengths;
@@ -1129,7 +1030,7 @@ int RN(seqcore_lstm_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real 
                          real *ws) {
     if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !h_n || !c_n)
         return SEQCORE_EINVAL;
-    struct RN(rnn) p = RN(problem)(LSTM, T, B, I, H, lengths, reverse);
+    struct RN(rnn) p = RN(problem)(&RN(lstm_cell), T, B, I, H, lengths, reverse);
     p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0, p.c0 = c0;
     p.y = y, p.h = h_n, p.c = c_n, p.ws = ws;
     return RN(rnn_fwd)(&p, b_ih);
@@ -1141,7 +1042,7 @@ int RN(seqcore_gru_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
                         real *y, real *h_n, real *ws) {
     if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !h_n)
         return SEQCORE_EINVAL;
-    struct RN(rnn) p = RN(problem)(GRU, T, B, I, H, lengths, reverse);
+    struct RN(rnn) p = RN(problem)(&RN(gru_cell), T, B, I, H, lengths, reverse);
     p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0;
     p.y = y, p.h = h_n, p.ws = ws;
     return RN(rnn_fwd)(&p, b_ih);
@@ -1156,7 +1057,7 @@ int RN(seqcore_lstm_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real 
     if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !ws || !dx ||
         !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0 || !dc0)
         return SEQCORE_EINVAL;
-    struct RN(rnn) p = RN(problem)(LSTM, T, B, I, H, lengths, reverse);
+    struct RN(rnn) p = RN(problem)(&RN(lstm_cell), T, B, I, H, lengths, reverse);
     p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.c0 = c0, p.dy = dy;
     p.ys = y, p.wss = ws, p.dh = dh0, p.dc = dc0;
     return RN(rnn_bwd)(&p, dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh);
@@ -1170,7 +1071,35 @@ int RN(seqcore_gru_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
     if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !ws || !dx ||
         !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0)
         return SEQCORE_EINVAL;
-    struct RN(rnn) p = RN(problem)(GRU, T, B, I, H, lengths, reverse);
+    struct RN(rnn) p = RN(problem)(&RN(gru_cell), T, B, I, H, lengths, reverse);
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.dy = dy;
+    p.ys = y, p.wss = ws, p.dh = dh0;
+    return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh);
+}
+
+int RN(seqcore_rnn_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *x,
+                        const real *w_ih, const real *w_hh, const real *b_ih,
+                        const real *b_hh, const real *h0, const int64_t *lengths, int reverse,
+                        int relu, real *y, real *h_n, real *ws) {
+    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !h_n)
+        return SEQCORE_EINVAL;
+    const struct RN(cell) *cell = relu ? &RN(elman_relu_cell) : &RN(elman_tanh_cell);
+    struct RN(rnn) p = RN(problem)(cell, T, B, I, H, lengths, reverse);
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0;
+    p.y = y, p.h = h_n, p.ws = ws;
+    return RN(rnn_fwd)(&p, b_ih);
+}
+
+int RN(seqcore_rnn_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *dy,
+                        const real *dh_n, const real *x, const real *w_ih, const real *w_hh,
+                        const real *h0, const int64_t *lengths, int reverse, int relu,
+                        const real *y, const real *ws, real *dx, real *dw_ih, real *dw_hh,
+                        real *db_ih, real *db_hh, real *dh0) {
+    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !ws || !dx ||
+        !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0)
+        return SEQCORE_EINVAL;
+    const struct RN(cell) *cell = relu ? &RN(elman_relu_cell) : &RN(elman_tanh_cell);
+    struct RN(rnn) p = RN(problem)(cell, T, B, I, H, lengths, reverse);
     p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.dy = dy;
     p.ys = y, p.wss = ws, p.dh = dh0;
     return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh);

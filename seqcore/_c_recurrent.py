@@ -1,6 +1,7 @@
-"""The "c" backend of the recurrent family: LSTM/GRU through csrc/recurrent.c.
+"""The "c" backend of the recurrent family: LSTM/GRU/Elman RNN through csrc/recurrent.c.
 
-Implements lstm_fwd, lstm_bwd, gru_fwd, gru_bwd as seqcore/_problem.py describes. Inputs
+Implements lstm_fwd, lstm_bwd, gru_fwd, gru_bwd, rnn_fwd, rnn_bwd as seqcore/_problem.py
+describes. Inputs
 arrive validated, contiguous and in one dtype (float32 or float64; the C kernels compute in
 that dtype), so this module only allocates outputs and passes pointers.
 """
@@ -28,6 +29,13 @@ def _c_array(a, dtype):
 
 def numpy_alloc(dtype):
     return lambda shape: np.empty(shape, dtype)
+
+
+def _relu(nonlinearity):
+    """The kernels' `relu` flag for torch.nn.RNN's nonlinearity, "tanh" or "relu"."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return int(nonlinearity == "relu")
 
 
 def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, new=None):
@@ -100,4 +108,41 @@ def gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws):
         int(bool(reverse)), ptr(y), ptr(ws), ptr(dx), ptr(dw_ih), ptr(dw_hh), ptr(db_ih),
         ptr(db_hh), ptr(dh0))
     _c.check(status, "gru_bwd")
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0
+
+
+def rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws, new=None):
+    """Elman RNN (torch.nn.RNN), nonlinearity "tanh" or "relu". new: as in lstm_fwd.
+    ws (T, B, H) holds the activated h_t the backward differentiates at."""
+    T, B, I, H = _sizes(x, w_hh)
+    lengths = _lengths(lengths)
+    new = new or numpy_alloc(x.dtype)
+    y, h_n = new((T, B, H)), new((B, H))
+    ws = new((T, B, H)) if need_ws else None
+    status = _kernel("rnn_fwd", x.dtype)(
+        T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0),
+        ptr(lengths), int(bool(reverse)), _relu(nonlinearity), ptr(y), ptr(h_n), ptr(ws))
+    _c.check(status, "rnn_fwd")
+    return y, h_n, ws
+
+
+def rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, y, ws):
+    """Gradients (dx, dw_ih, dw_hh, db_ih, db_hh, dh0); dy/dh_n may be None.
+
+    y and ws come from rnn_fwd(..., need_ws=True); without ws the forward is rerun.
+    """
+    T, B, I, H = _sizes(x, w_hh)
+    if ws is None or y is None:
+        y, _, ws = rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, True)
+    dt = x.dtype
+    dy, dh_n = _c_array(dy, dt), _c_array(dh_n, dt)
+    y, ws, lengths = _c_array(y, dt), _c_array(ws, dt), _lengths(lengths)
+    dx, dh0 = np.empty_like(x), np.empty((B, H), dt)
+    dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
+    db_ih, db_hh = np.empty(H, dt), np.empty(H, dt)
+    status = _kernel("rnn_bwd", dt)(
+        T, B, I, H, ptr(dy), ptr(dh_n), ptr(x), ptr(w_ih), ptr(w_hh), ptr(h0), ptr(lengths),
+        int(bool(reverse)), _relu(nonlinearity), ptr(y), ptr(ws), ptr(dx), ptr(dw_ih),
+        ptr(dw_hh), ptr(db_ih), ptr(db_hh), ptr(dh0))
+    _c.check(status, "rnn_bwd")
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh0

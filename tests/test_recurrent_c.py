@@ -1,7 +1,10 @@
-"""The C recurrent kernels (csrc/recurrent.c, csrc/gemm.c) against seqcore.reference.
+"""The C recurrent kernels (csrc/recurrent.c, csrc/cell_*.h, csrc/gemm.c) against
+seqcore.reference.
 
-Forward through the public API (seqcore.lstm/gru/lstm_cell/gru_cell, backend="c"); backward
-through the backend module seqcore._c_recurrent against reference.lstm_bwd/gru_bwd.
+LSTM/GRU forward through the public API (seqcore.lstm/gru/lstm_cell/gru_cell, backend="c");
+backward through the backend module seqcore._c_recurrent against reference.lstm_bwd/gru_bwd.
+The Elman RNN (tanh, relu) forward and backward through the backend module
+(rnn_fwd / rnn_bwd) against reference.rnn / rnn_bwd.
 """
 import concurrent.futures
 
@@ -19,7 +22,7 @@ pytestmark = [
     pytest.mark.usefixtures("every_isa"),  # every ISA level this CPU runs (conftest)
 ]
 
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # (T, B, I, H): odd sizes, length 1, empty sequences and batches, several batch groups
 SHAPES = [(5, 3, 17, 17), (5, 8, 3, 100), (1, 1, 1, 1), (1, 8, 100, 3), (5, 1, 4, 33), (0, 3, 5, 3),
           (3, 0, 4, 5), (4, 64, 9, 40)]
@@ -380,3 +383,146 @@ def test_hidden_size_zero_as_torch(backend):
         y_t, _ = getattr(seqcore, cell)(torch.ones(5, 2, 3), torch.zeros(0, 3), torch.zeros(0, 0),
                                         backend=backend)
         assert tuple(y_t.shape) == (5, 2, 0) and isinstance(y_t, torch.Tensor)
+
+
+# ---- the Elman RNN (torch.nn.RNN, tanh or relu), through the backend module ----
+
+NONLINEARITIES = ["tanh", "relu"]
+# SHAPES (odd sizes, T = 1, B = 1, empty sequences and batches) and the larger calls'
+# paths of LARGE_SHAPES: several input-projection chunks, the batch-tiled step from batch 2
+# (G = 1: 8-row groups, a partial last one; I, H over TILE_KSLICE), the in-place step.
+RNN_SHAPES = SHAPES + [(20, 64, 9, 40), (11, 100, 17, 33), (9, 128, 3, 16), (3, 20, 150, 130),
+                       (60, 2, 7, 19), (40, 3, 10, 24), (2, 37, 11, 21)]
+
+
+def rnn_case(rng, shape, dtype, biases=True, states=True):
+    """Inputs of an Elman call in `dtype` (the arrays the backend gets, None where not given)."""
+    a = make_inputs(rng, "rnn", *shape, dtype, biases=biases, states=states)
+    return {k: None if v is None else np.ascontiguousarray(v) for k, v in a.items()}
+
+
+def rnn_forward(a, nonlinearity, lengths, reverse, need_ws=True):
+    """(y, h_n, ws) of the C kernel and (y, h_n) of the float64 reference."""
+    got = backend().rnn_fwd(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"],
+                            lengths, reverse, nonlinearity, need_ws)
+    want = ref.rnn(**f64(a), nonlinearity=nonlinearity, lengths=lengths, reverse=reverse)
+    return got, want
+
+
+def check_rnn_forward(got, want, dtype):
+    (y, h_n, _), (ye, hne) = got, want
+    assert y.dtype == np.dtype(dtype) and h_n.dtype == np.dtype(dtype)
+    # (relu outputs are not bounded by one: the atol of order-one outputs, scaled)
+    assert_close(y, ye, dtype, name="y", scale=max(1.0, np.abs(ye).max(initial=0)))
+    assert_close(h_n, hne, dtype, name="h_n", scale=max(1.0, np.abs(hne).max(initial=0)))
+
+
+def rnn_backward(rng, a, nonlinearity, lengths, reverse, with_grads=(True, True), keep_ws=True):
+    """The C gradients and the reference's, as dicts by input name."""
+    T, B, _ = a["x"].shape
+    H = a["w_hh"].shape[1]
+    dtype = a["x"].dtype
+    dy = rng.standard_normal((T, B, H)).astype(dtype) if with_grads[0] else None
+    dh_n = rng.standard_normal((B, H)).astype(dtype) if with_grads[1] else None
+    mod = backend()
+    args = (a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], lengths, reverse,
+            nonlinearity)
+    y, _, ws = mod.rnn_fwd(*args, True)
+    got = mod.rnn_bwd(dy, dh_n, *args, y if keep_ws else None, ws if keep_ws else None)
+    want = ref.rnn_bwd(to64(dy), to64(dh_n), **f64(a), nonlinearity=nonlinearity,
+                       lengths=lengths, reverse=reverse)
+    names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0"]
+    return dict(zip(names, got)), want, names
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", RNN_SHAPES, ids=str)
+@pytest.mark.parametrize("lengths_mode", ["none", "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rnn_forward_backward(rng, nonlinearity, dtype, shape, lengths_mode, reverse):
+    T, B, I, H = shape
+    a = rnn_case(rng, shape, dtype)
+    lengths = make_lengths(rng, lengths_mode, T, B)
+    got, want = rnn_forward(a, nonlinearity, lengths, reverse)
+    check_rnn_forward(got, want, dtype)
+    y, _, ws = got
+    assert ws.shape == (T, B, H) and np.array_equal(ws, y)  # ws: the activated h_t
+    if lengths is not None:  # zero past each length, exactly
+        for b, n in enumerate(lengths):
+            assert not y[n:, b].any()
+    got, want, names = rnn_backward(rng, a, nonlinearity, lengths, reverse)
+    check_grads(got, want, names, dtype)
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("biases,states", [(False, False), (True, False), (False, True)])
+def test_rnn_missing_biases_and_states(rng, nonlinearity, dtype, biases, states):
+    """None (NULL) biases and h0 read as zeros, in the forward and the backward."""
+    a = rnn_case(rng, (4, 3, 5, 7), dtype, biases=biases, states=states)
+    lengths = np.array([4, 0, 2])
+    got, want = rnn_forward(a, nonlinearity, lengths, False, need_ws=False)
+    assert got[2] is None
+    check_rnn_forward(got, want, dtype)
+    got, want, names = rnn_backward(rng, a, nonlinearity, lengths, True)
+    check_grads(got, want, names, dtype)
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+@pytest.mark.parametrize("with_grads", [(True, False), (False, True)])
+def test_rnn_backward_missing_output_grads(rng, nonlinearity, with_grads):
+    a = rnn_case(rng, (4, 3, 5, 6), "float64")
+    got, want, names = rnn_backward(rng, a, nonlinearity, np.array([4, 1, 0]), False,
+                                    with_grads=with_grads)
+    check_grads(got, want, names, "float64")
+
+
+@pytest.mark.parametrize("nonlinearity", NONLINEARITIES)
+def test_rnn_backward_without_workspace_recomputes(rng, nonlinearity):
+    a = rnn_case(rng, (3, 2, 4, 5), "float32")
+    got, want, names = rnn_backward(rng, a, nonlinearity, None, True, keep_ws=False)
+    check_grads(got, want, names, "float32")
+
+
+def test_rnn_relu_masks_by_output():
+    """relu' is taken as (h > 0), as torch's relu backward masks by its output: units whose
+    pre-activation is negative pass no gradient, the others all of it."""
+    x = np.array([[[1.0], [-1.0]]])  # T1 B2 I1: a = +1 and -1 for H = 1
+    w_ih, w_hh = np.ones((1, 1)), np.zeros((1, 1))
+    y, _, ws = backend().rnn_fwd(x, w_ih, w_hh, None, None, None, None, False, "relu", True)
+    assert y.ravel().tolist() == [1.0, 0.0]
+    dx = backend().rnn_bwd(np.ones_like(y), None, x, w_ih, w_hh, None, None, None, None,
+                           False, "relu", y, ws)[0]
+    assert dx.ravel().tolist() == [1.0, 0.0]
+
+
+def test_rnn_c_rejects_invalid():
+    lib, ffi = _c.load()
+    p = _c.ptr(np.zeros(4096, np.float32))
+    lens = _c.ptr(np.array([3, 1], np.int64))
+    assert lib.seqcore_rnn_fwd_f32(2, 2, 3, 4, p, p, p, p, p, p, lens, 0, 0, p, p, p) == -1
+    assert lib.seqcore_rnn_fwd_f32(2, 2, 0, 4, p, p, p, p, p, p, ffi.NULL, 0, 1, p, p, p) == -1
+    assert lib.seqcore_rnn_bwd_f32(2, 2, 3, 4, p, p, p, p, p, p, ffi.NULL, 0, 0, p, ffi.NULL,
+                                   p, p, p, p, p, p) == -1
+    q = _c.ptr(np.zeros(64, np.float64))
+    assert lib.seqcore_rnn_fwd_f64(2, 2, 2, 2, ffi.NULL, q, q, q, q, q, ffi.NULL, 0, 0,
+                                   q, q, ffi.NULL) == -1
+    with pytest.raises(ValueError, match="nonlinearity"):
+        backend().rnn_fwd(np.zeros((1, 1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), None, None,
+                          None, None, False, "sigmoid", False)
+
+
+@settings(max_examples=25, deadline=None)
+@given(nonlinearity=st.sampled_from(NONLINEARITIES), T=st.integers(0, 6), B=st.integers(1, 20),
+       I=st.integers(1, 20), H=st.integers(1, 40), reverse=st.booleans(),
+       use_lengths=st.booleans(), dtype=st.sampled_from(["float32", "float64"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_rnn_random_shapes(nonlinearity, T, B, I, H, reverse, use_lengths, dtype, seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, T + 1, size=B) if use_lengths else None
+    a = rnn_case(rng, (T, B, I, H), dtype)
+    got, want = rnn_forward(a, nonlinearity, lengths, reverse)
+    check_rnn_forward(got, want, dtype)
+    got, want, names = rnn_backward(rng, a, nonlinearity, lengths, reverse)
+    check_grads(got, want, names, dtype)

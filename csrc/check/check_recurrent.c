@@ -1,9 +1,12 @@
-/* LSTM and GRU forward and backward of each level against a scalar reference in double
- * (BPTT written out): lengths, reverse, missing biases and states, one-step cells, the
- * small-batch (in place) and batch-tiled steps, odd sizes. */
+/* LSTM, GRU and Elman (tanh, relu) forward and backward of each level against a scalar
+ * reference in double (BPTT written out): lengths, reverse, missing biases and states,
+ * one-step cells, the small-batch (in place) and batch-tiled steps, odd sizes. */
 #include "check.h"
 
-enum { LSTM = 0, GRU = 1 };
+enum { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3 };
+
+static const char *const cell_names[] = {"lstm", "gru", "rnn_tanh", "rnn_relu"};
+static const int64_t cell_gates[] = {4, 3, 1, 1}, cell_ws[] = {5, 4, 1, 1};
 
 typedef struct {
     const char *name;
@@ -24,7 +27,7 @@ static int64_t time_at(const rnn_case *c, int64_t b, int64_t s) {
 /* gates g (G*H) = w_ih x_t + b_ih + w_hh h + b_hh, the h part kept apart in gh. */
 static void pre(const rnn_case *c, const double *w_ih, const double *w_hh, const double *b_ih,
                 const double *b_hh, const double *x, const double *h, double *gx, double *gh) {
-    int64_t G = c->cell == LSTM ? 4 : 3, GH = G * c->H;
+    int64_t G = cell_gates[c->cell], GH = G * c->H;
     for (int64_t r = 0; r < GH; r++) {
         double a = b_ih ? b_ih[r] : 0, e = b_hh ? b_hh[r] : 0;
         for (int64_t i = 0; i < c->I; i++) a += w_ih[r * c->I + i] * x[i];
@@ -39,7 +42,7 @@ static void ref_rnn(const rnn_case *c, const double *x, const double *w_ih, cons
                     const double *dy, const double *dh_n, const double *dc_n, double *y,
                     double *h_n, double *c_n, double *dx, double *dw_ih, double *dw_hh,
                     double *db_ih, double *db_hh, double *dh0, double *dc0) {
-    int64_t T = c->T, B = c->B, I = c->I, H = c->H, G = c->cell == LSTM ? 4 : 3, GH = G * H;
+    int64_t T = c->T, B = c->B, I = c->I, H = c->H, G = cell_gates[c->cell], GH = G * H;
     memset(y, 0, (size_t)(T * B * H + 1) * 8);
     memset(dx, 0, (size_t)(T * B * I + 1) * 8);
     memset(dw_ih, 0, (size_t)(GH * I) * 8);
@@ -68,10 +71,13 @@ static void ref_rnn(const rnn_case *c, const double *x, const double *w_ih, cons
                     double go = sigm(gx[3 * H + u] + gh[3 * H + u]);
                     cn = gf * cp[u] + gi * gg;
                     hn = go * tanh(cn);
-                } else {
+                } else if (c->cell == GRU) {
                     double r = sigm(gx[u] + gh[u]), z = sigm(gx[H + u] + gh[H + u]);
                     double n = tanh(gx[2 * H + u] + r * gh[2 * H + u]);
                     hn = (1 - z) * n + z * hp[u];
+                } else {
+                    double a = gx[u] + gh[u];
+                    hn = c->cell == RNN_RELU ? (a > 0 ? a : 0) : tanh(a);
                 }
                 hs[(s + 1) * H + u] = hn, cs[(s + 1) * H + u] = cn;
                 y[(t * B + b) * H + u] = hn;
@@ -101,7 +107,7 @@ static void ref_rnn(const rnn_case *c, const double *x, const double *w_ih, cons
                     for (int g = 0; g < 4; g++) dah[g * H + u] = da[g * H + u];
                     dc[u] = dct * gf;
                     dhn[u] = 0;
-                } else {
+                } else if (c->cell == GRU) {
                     double r = sigm(gx[u] + gh[u]), z = sigm(gx[H + u] + gh[H + u]);
                     double n = tanh(gx[2 * H + u] + r * gh[2 * H + u]);
                     double dan = dht * (1 - z) * (1 - n * n);
@@ -110,6 +116,10 @@ static void ref_rnn(const rnn_case *c, const double *x, const double *w_ih, cons
                     da[2 * H + u] = dan;
                     dah[2 * H + u] = dan * r;
                     dhn[u] = dht * z;
+                } else {  /* the derivative of the activation at its input a */
+                    double a = gx[u] + gh[u], t = tanh(a);
+                    da[u] = dah[u] = dht * (c->cell == RNN_RELU ? (a > 0) : 1 - t * t);
+                    dhn[u] = 0;
                 }
             }
             const double *xt = x + (t * B + b) * I;
@@ -139,8 +149,8 @@ static void *cvt(int f32, double *a, int64_t n) { return !a ? NULL : f32 ? (void
 
 static void run_case(const seqcore_kernel_table *kt, check_stats *st, const rnn_case *c,
                      uint64_t seed) {
-    int64_t T = c->T, B = c->B, I = c->I, H = c->H, G = c->cell == LSTM ? 4 : 3, GH = G * H;
-    int lstm = c->cell == LSTM;
+    int64_t T = c->T, B = c->B, I = c->I, H = c->H, G = cell_gates[c->cell], GH = G * H;
+    int lstm = c->cell == LSTM, relu = c->cell == RNN_RELU;
     double w = 1 / sqrt((double)H);
     double *x = check_randn(&seed, T * B * I, 1), *w_ih = check_randn(&seed, GH * I, w);
     double *w_hh = check_randn(&seed, GH * H, w);
@@ -160,7 +170,7 @@ static void run_case(const seqcore_kernel_table *kt, check_stats *st, const rnn_
             db_ih, db_hh, dh0, dc0);
     for (int f32 = 1; f32 >= 0; f32--) {
         size_t es = f32 ? 4 : 8;
-        int64_t nws = T * B * (lstm ? 5 : 4) * H;
+        int64_t nws = T * B * cell_ws[c->cell] * H;
         void *X = cvt(f32, x, T * B * I), *Wi = cvt(f32, w_ih, GH * I), *Wh = cvt(f32, w_hh, GH * H);
         void *Bi = cvt(f32, b_ih, GH), *Bh = cvt(f32, b_hh, GH), *H0 = cvt(f32, h0, B * H);
         void *C0 = cvt(f32, c0, B * H), *DY = cvt(f32, dy, T * B * H), *DH = cvt(f32, dh_n, B * H);
@@ -177,14 +187,19 @@ static void run_case(const seqcore_kernel_table *kt, check_stats *st, const rnn_
                      : kt->lstm_fwd_f64(T, B, I, H, X, Wi, Wh, Bi, Bh, H0, C0, c->lengths, c->reverse, Y, HN, CN, WS);
             bs = fs ? fs : f32 ? kt->lstm_bwd_f32(T, B, I, H, DY, DH, DC, X, Wi, Wh, H0, C0, c->lengths, c->reverse, Y, WS, gx, gwi, gwh, gbi, gbh, gh0, gc0)
                                : kt->lstm_bwd_f64(T, B, I, H, DY, DH, DC, X, Wi, Wh, H0, C0, c->lengths, c->reverse, Y, WS, gx, gwi, gwh, gbi, gbh, gh0, gc0);
-        } else {
+        } else if (c->cell == GRU) {
             fs = f32 ? kt->gru_fwd_f32(T, B, I, H, X, Wi, Wh, Bi, Bh, H0, c->lengths, c->reverse, Y, HN, WS)
                      : kt->gru_fwd_f64(T, B, I, H, X, Wi, Wh, Bi, Bh, H0, c->lengths, c->reverse, Y, HN, WS);
             bs = fs ? fs : f32 ? kt->gru_bwd_f32(T, B, I, H, DY, DH, X, Wi, Wh, H0, c->lengths, c->reverse, Y, WS, gx, gwi, gwh, gbi, gbh, gh0)
                                : kt->gru_bwd_f64(T, B, I, H, DY, DH, X, Wi, Wh, H0, c->lengths, c->reverse, Y, WS, gx, gwi, gwh, gbi, gbh, gh0);
+        } else {
+            fs = f32 ? kt->rnn_fwd_f32(T, B, I, H, X, Wi, Wh, Bi, Bh, H0, c->lengths, c->reverse, relu, Y, HN, WS)
+                     : kt->rnn_fwd_f64(T, B, I, H, X, Wi, Wh, Bi, Bh, H0, c->lengths, c->reverse, relu, Y, HN, WS);
+            bs = fs ? fs : f32 ? kt->rnn_bwd_f32(T, B, I, H, DY, DH, X, Wi, Wh, H0, c->lengths, c->reverse, relu, Y, WS, gx, gwi, gwh, gbi, gbh, gh0)
+                               : kt->rnn_bwd_f64(T, B, I, H, DY, DH, X, Wi, Wh, H0, c->lengths, c->reverse, relu, Y, WS, gx, gwi, gwh, gbi, gbh, gh0);
         }
         char what[96];
-        snprintf(what, sizeof what, "%s %s %s", lstm ? "lstm" : "gru", c->name, f32 ? "f32" : "f64");
+        snprintf(what, sizeof what, "%s %s %s", cell_names[c->cell], c->name, f32 ? "f32" : "f64");
         double tol = f32 ? TOL_F32 : TOL_F64, gtol = f32 ? GRAD_TOL_F32 : GRAD_TOL_F64;
 #define CMP(out, got, want, n, t) \
     check_report(st, kt->isa, what, out, (fs || bs) ? INFINITY : check_err(got, f32, want, n), t)
@@ -211,7 +226,7 @@ static void run_case(const seqcore_kernel_table *kt, check_stats *st, const rnn_
 void check_recurrent(const seqcore_kernel_table *kt, check_stats *st) {
     static const int64_t len3[] = {5, 0, 2}, len20[] = {9, 1, 9, 0, 4, 9, 9, 2, 7, 9,
                                                         3, 9, 8, 9, 0, 6, 9, 5, 9, 1};
-    for (int cell = LSTM; cell <= GRU; cell++) {
+    for (int cell = LSTM; cell <= RNN_RELU; cell++) {
         const rnn_case cases[] = {
             /* name, cell, T, B, I, H, lengths, reverse, biases, states */
             {"T5 B3 I7 H10", cell, 5, 3, 7, 10, NULL, 0, 1, 1},
@@ -225,6 +240,7 @@ void check_recurrent(const seqcore_kernel_table *kt, check_stats *st) {
             {"T0 B2", cell, 0, 2, 3, 4, NULL, 0, 1, 1},
             {"T1 B21 I9 H17 (cells of a batch, in place)", cell, 1, 21, 9, 17, NULL, 0, 1, 1},
             {"T40 B3 I6 H11 (batch-tiled at batch 3)", cell, 40, 3, 6, 11, NULL, 1, 1, 1},
+            {"T4 B30 I130 H140 (batch-tiled, k slices)", cell, 4, 30, 130, 140, NULL, 0, 1, 1},
         };
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
             run_case(kt, st, &cases[i], 1000 + 31 * i + cell);
