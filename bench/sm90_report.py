@@ -324,8 +324,10 @@ def _enumerate_rnn(rec, quick, fp32_only):
     T = 20
     # float16 runs the bfloat16 code but for the conversions of the loads: left out
     dtypes = ["bf16"] if quick else (["fp32"] if fp32_only else ["bf16", "fp32"])
-    # (B, H): the persistent kernel's three pickable tiles on 132 SMs -- (BLOCK_B, H_PAD) =
-    # (16, 512), (16, 256), (32, 256); H = 1024 and B = 64 fall back to the per-step kernel
+    # (B, H): the persistent kernel's pickable tiles on 132 SMs -- (BLOCK_B, H_PAD) =
+    # (16, 512), (16, 256), and (32, 256) for the Elman cell only (the LSTM and GRU take the
+    # per-step kernel there: they spill at BLOCK_B = 32); H = 1024 and B = 64 fall back to the
+    # per-step kernel for every cell
     shapes = [(8, 512)] if quick else [(8, 512), (8, 256), (32, 256), (8, 1024), (64, 256)]
     flag_sets = [(True, True, True)] if quick else [(False, False, False), (True, True, True)]
     for dt in dtypes:
@@ -359,6 +361,24 @@ def _enumerate_rnn(rec, quick, fp32_only):
                     ws = torch.empty(T, B, spec.ws_slots * H, dtype=torch.float32)
                     rnn_bwd.backward(cell, dy, (dh,) * spec.states, x, w_ih, w_hh, states,
                                      lengths, reverse, dy, ws)
+                # the LSTM with a projection, P = H / 4: always the per-step forward (the step
+                # kernel with HAS_PROJ, then rnn_proj_kernel) and the two-phase backward
+                P = H // 4
+                w_ih = torch.empty(4 * H, H, dtype=dtype)
+                w_hh = torch.empty(4 * H, P, dtype=dtype)
+                w_hr = torch.empty(P, H, dtype=dtype)
+                b = torch.empty(4 * H, dtype=dtype)
+                states = (torch.zeros(B, P, dtype=dtype), h0)
+                rec.problem = f"lstm proj P{P} fwd {tag}"
+                rnn_persistent.forward_persistent("lstm", x, w_ih, w_hh, b, b, states, lengths,
+                                                  reverse, need_ws, n_programs_max=H200_SMS,
+                                                  w_hr=w_hr)
+                if need_ws:
+                    rec.problem = f"lstm proj P{P} bwd {tag}"
+                    dy = torch.empty(T, B, P, dtype=dtype)
+                    ws = torch.empty(T, B, 5 * H, dtype=torch.float32)
+                    rnn_bwd.backward("lstm", dy, (states[0], h0), x, w_ih, w_hh, states, lengths,
+                                     reverse, dy, ws, w_hr=w_hr)
 
 
 def _specialize(backend, fn, args, kwargs):
@@ -837,13 +857,15 @@ SHAPES = ("attention: B2 H8 S1024, D 64/128; causal = MHA causal, full = GQA 4 +
           "Sq128, causal. rnn: LSTM, GRU, Elman tanh and relu, T20, I=H, (B, H) in (8, 512) "
           "(8, 256) (32, 256) (8, 1024) (64, 256), inference and lengths+reverse+workspace, "
           "forward (persistent on 132 SMs, or its per-step fallback, and the per-step path) and "
-          "backward. dtypes "
+          "backward; the LSTM also with a projection P = H/4 (per-step forward, two-phase "
+          "backward). dtypes "
           "fp16, bf16, fp32 (rnn: bf16, fp32; float16 differs from bfloat16 there only in the "
           "conversions after the loads).")
 SHAPES_QUICK = ("quick subset, SEQCORE_AUTOTUNE=0 configs only, bf16: attention D128 causal "
                 "(dense and varlen, fwd and bwd); decode B32 Hq32 Hkv8 Sq1 D128; kvcache paged16 "
                 "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU/Elman tanh B8 H512 lengths+reverse+workspace "
-                "fwd (persistent, per-step) and bwd.")
+                "fwd (persistent, per-step) and bwd; the LSTM with a projection P128 fwd and "
+                "bwd.")
 
 
 def build_report(done, left, notes, quick, workers, wall, ptxas_version, cached_only=False):

@@ -15,8 +15,12 @@ s, i.e. finished reading it.
 The grid never exceeds the SM count (programs that are not co-resident would deadlock at the
 barrier), so the slice width is BLOCK_H = next_pow2(ceil(H / n_sm)) (at least 16 for tl.dot).
 When the w_hh slice or the batch tile is too large to stay on chip (fits_on_chip: on an H100,
-132 SMs, BLOCK_H = 16, so every cell up to H = 512 at B <= 16 and H = 256 at B <= 32), the
-launcher falls back to the per-step kernel.
+132 SMs, BLOCK_H = 16, so every cell up to H = 512 at B <= 16, and the 1-gate Elman cell also
+up to H = 256 at B <= 32), the launcher falls back to the per-step kernel. It falls back too for
+the LSTM with a projection (w_hr, torch's proj_size): h would have to make a second trip
+through memory and a second grid barrier per step (all of u = o * tanh(c) before any program
+can project it), which the per-step path (kernels/rnn_cell.py: step kernel + rnn_proj_kernel)
+already does.
 
 Under TRITON_INTERPRET=1 programs run one after another, so only the ONE-program configuration
 (that program owns all hidden units) can run there: the barrier with nprog = 1 passes at once.
@@ -37,13 +41,17 @@ from seqcore.kernels.rnn_cell import (bias_slice, dot_precision, forward_steps, 
 from seqcore.kernels.rnn_cells import CELLS, cell_forward, num_gates, num_states
 
 # Limits of what one program holds on chip. Checked by compiling the kernels for sm_90 with
-# Triton 3.6 + ptxas (8 warps, float32 and float16 weights): no register spills for
-# (BLOCK_B, BLOCK_H, H_PAD) = (16, 16, 512) and (32, 16, 256), LSTM and GRU (up to 160 KB of
-# shared memory: the compiler keeps the w_hh dot operands there); spills from BLOCK_B = 64 on,
-# and for the LSTM at (32, 16, 512).
+# Triton 3.6 + ptxas (8 warps, bfloat16 and float32 weights, with and without lengths and
+# workspace; bench/sm90_report.py --only rnn): no register spills at (BLOCK_B, BLOCK_H, H_PAD) =
+# (16, 16, 512) and (16, 16, 256) for every cell (up to 160 KB of shared memory: the compiler
+# keeps the w_hh dot operands there), nor at (32, 16, 256) for the 1-gate Elman cell. The
+# gated cells spill at BLOCK_B = 32: (32, 16, 256) spills 3.7-4.5 KB for the LSTM and GRU
+# (ptxas gives up at 32 registers and a ~4 KB stack frame; 16 warps still spill 8 B for the
+# GRU), so they stop at BLOCK_B = 16 and larger batches take the per-step kernel.
 MAX_WEIGHT_ELEMS = 32768  # G * BLOCK_H * H_PAD: this program's slice of w_hh, as float32
 MAX_H_TILE = 8192         # BLOCK_B * H_PAD: the h_prev tile read each step
-MAX_BATCH_BLOCK = 32      # BLOCK_B
+MAX_BATCH_BLOCK = 32      # BLOCK_B of a 1-gate cell (Elman)
+MAX_BATCH_BLOCK_GATED = 16  # BLOCK_B of a cell with G > 1 gates (LSTM, GRU)
 
 
 def persistent_blocks(B, H, G, n_programs_max):
@@ -56,15 +64,18 @@ def persistent_blocks(B, H, G, n_programs_max):
 
 
 def fits_on_chip(B, H, G, n_programs_max):
-    """Whether one program's slice of w_hh (and the batch tile of h) stays on chip."""
+    """Whether one program's slice of w_hh (and the batch tile of h) stays on chip without
+    spilling (see MAX_BATCH_BLOCK_GATED)."""
     BLOCK_B, BLOCK_H, H_PAD, _ = persistent_blocks(B, H, G, n_programs_max)
+    max_batch = MAX_BATCH_BLOCK if G == 1 else MAX_BATCH_BLOCK_GATED
     return (G * BLOCK_H * H_PAD <= MAX_WEIGHT_ELEMS and BLOCK_B * H_PAD <= MAX_H_TILE
-            and BLOCK_B <= MAX_BATCH_BLOCK)
+            and BLOCK_B <= max_batch)
 
 
-def runs_persistent(B, H, G, device):
-    """Whether the persistent launchers run the persistent kernel (not the per-step fallback)."""
-    return B > 0 and fits_on_chip(B, H, G, max_programs(device))
+def runs_persistent(B, H, G, device, has_proj=False):
+    """Whether the persistent launchers run the persistent kernel (not the per-step fallback);
+    has_proj: an LSTM with a projection (always the per-step kernels)."""
+    return B > 0 and not has_proj and fits_on_chip(B, H, G, max_programs(device))
 
 
 def max_programs(device):
@@ -136,8 +147,8 @@ def rnn_persistent_kernel(xproj_ptr, w_hh_ptr, b_hh_ptr, hbuf_ptr, c0_ptr, c_n_p
         for k in tl.static_range(G):
             gh = gh + (tl.dot(h, w[k], input_precision=PRECISION) + b[k],)
         gx = input_gates(xproj_ptr, row, offs_h, mask, H, G)
-        # this program's slice of h_prev: re-read rather than carried in registers, which
-        # spills less on sm_90 at BLOCK_B = 32
+        # this program's slice of h_prev: re-read rather than carried in registers across the
+        # barrier (fewer live registers; the sm_90 compile spilled more the other way)
         h_old = tl.load(h_src + own, mask=mask, other=0.0, volatile=True)
         old = (h_old,) + others
         new, ws = cell_forward(CELL, gx, gh, old)
@@ -157,16 +168,19 @@ def _use_sem(device):
 
 
 def forward_persistent(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws,
-                       n_programs_max=None):
+                       n_programs_max=None, w_hr=None):
     """(y, final states, ws) of `cell` (a name in kernels/rnn_cells.CELLS) from one persistent
-    launch; falls back to the per-step kernel when w_hh does not fit on chip. states: the
-    initial (h0,) or (h0, c0); the final ones come back float32."""
+    launch; falls back to the per-step kernels when w_hh does not fit on chip and for an LSTM
+    with a projection w_hr (see the module docstring). states: the initial (h0,) or (h0, c0);
+    the final ones come back float32."""
     spec = CELLS[cell]
     T, B, _ = x.shape
     H = w_hh.shape[1]
     n_programs_max = n_programs_max or max_programs(x.device)
-    if T == 0 or B == 0 or not fits_on_chip(B, H, spec.gates, n_programs_max):
-        return forward_steps(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws)
+    if (w_hr is not None or T == 0 or B == 0
+            or not fits_on_chip(B, H, spec.gates, n_programs_max)):
+        return forward_steps(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws,
+                             w_hr=w_hr)
     y = rnn_cell.new_buffer((T, B, H), x.dtype, x.device)
     ws = (rnn_cell.new_buffer((T, B, spec.ws_slots * H), torch.float32, x.device)
           if need_ws else None)

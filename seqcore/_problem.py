@@ -37,6 +37,9 @@ recurrent family (cells are sequences of length 1)
       whatever the same backend's lstm_bwd needs (suggested: activated i, f, g, o and c_t).
   lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws)
       -> (dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0)
+  With a projection (torch's proj_size), both also take w_hr=(P, H) (keyword, given only
+  then; seqcore.recurrent.PROJ_BACKENDS lists the backends that take it): w_hh is (4H, P),
+  y, h0, h_n, dy, dh_n have P features, c H; lstm_bwd returns dw_hr as an eighth entry.
   gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws) -> (y, h_n, ws)
       ws (T, B, 4H) (suggested: r, z, n and W_hn h + b_hn).
   gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws)

@@ -7,14 +7,25 @@ State and accumulation are float32; the workspace is float32, (T, B, 5H) for the
 (i, f, g, o, c_t), (T, B, 4H) for the GRU (r, z, n, W_hn h + b_hn) and (T, B, H) for the Elman
 cell (h_t); outputs and gradients come back in the input dtype (float16, bfloat16 or float32).
 
+The LSTM projection (torch's proj_size; lstm_fwd/lstm_bwd with w_hr (P, H), 0 < P < H): h, y,
+h0/h_n and w_hh's columns have P features, c has H. The forward runs the per-step kernel on h
+(B, P) and a projection launch per step (kernels/rnn_cell.py rnn_proj_kernel: h = (o * tanh c)
+@ w_hr^T); the workspace is unchanged, (T, B, 5H) = i, f, g, o, c_t, from which the backward
+rebuilds o * tanh(c_t). The backward takes two launches per step (kernels/rnn_bwd.py PHASE 1 on
+h's P units, PHASE 2 on the cell's H units with d(o tanh c) = dh_t @ w_hr) and dw_hr =
+sum_t dh_t^T (o * tanh c_t) as one matmul at the end; h_prev for dw_hh is read from y.
+
 Which forward kernel runs (FORWARD_PATH, "auto" unless a caller sets it):
   - "auto": the persistent kernel (kernels/rnn_persistent.py) when one program's slice of w_hh
-    and its h tile stay on chip (rnn_persistent.fits_on_chip: G * BLOCK_H * next_pow2(H) <=
-    32768, next_pow2(B) * next_pow2(H) <= 8192, next_pow2(B) <= 32, with BLOCK_H sized so that
-    the grid stays within the SM count: on an H100 that is H <= 512 at B <= 16, H <= 256 at
-    B <= 32); else the per-step kernel (kernels/rnn_cell.py). Under TRITON_INTERPRET=1 the
-    persistent kernel runs in its one-program configuration (one program owns all hidden
-    units), so "auto" takes it there for H up to 64 (LSTM, GRU) or 128 (Elman).
+    and its h tile stay on chip without spilling (rnn_persistent.fits_on_chip: G * BLOCK_H *
+    next_pow2(H) <= 32768, next_pow2(B) * next_pow2(H) <= 8192, next_pow2(B) <= 16 for the
+    LSTM and GRU (they spill at 32 on sm_90), <= 32 for the Elman cell, with BLOCK_H sized so
+    that the grid stays within the SM count: on an H100 that is H <= 512 at B <= 16, and for
+    the Elman cell also H <= 256 at B <= 32); else the per-step kernel (kernels/rnn_cell.py).
+    An LSTM with a projection (w_hr) always takes the per-step kernels (step + projection
+    launch per step). Under TRITON_INTERPRET=1 the persistent kernel runs in its one-program
+    configuration (one program owns all hidden units), so "auto" takes it there for H up to 64
+    (LSTM, GRU) or 128 (Elman).
   - "persistent": as "auto" (the launcher still falls back when w_hh does not fit);
   - "step": always the per-step kernel.
 The backward is always the per-step kernel of kernels/rnn_bwd.py.
@@ -22,20 +33,22 @@ The backward is always the per-step kernel of kernels/rnn_bwd.py.
 FORWARD_PATH = "auto"
 
 
-def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws):
+def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws, w_hr=None):
     """(y, final states in x's dtype, ws or None) from the path FORWARD_PATH picks."""
     from seqcore.kernels import rnn_cell, rnn_persistent
 
     run = rnn_cell.forward_steps if FORWARD_PATH == "step" else rnn_persistent.forward_persistent
-    y, finals, ws = run(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws)
+    y, finals, ws = run(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws,
+                        w_hr=w_hr)
     return y, tuple(s.to(x.dtype) for s in finals), ws
 
 
-def _backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws):
+def _backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws, w_hr=None):
     from seqcore.kernels.rnn_bwd import backward
 
     return backward(cell, dy.contiguous(), dstates, x, w_ih, w_hh, states, lengths, reverse,
-                    y.contiguous(), ws.contiguous())
+                    y.contiguous(), ws.contiguous(),
+                    w_hr=None if w_hr is None else w_hr.contiguous())
 
 
 def _elman(nonlinearity):
@@ -43,10 +56,11 @@ def _elman(nonlinearity):
     return "rnn_" + nonlinearity
 
 
-def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws):
-    """(y (T, B, H), h_n, c_n, ws or None); see seqcore/_problem.py."""
+def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, w_hr=None):
+    """(y (T, B, P), h_n (B, P), c_n (B, H), ws (T, B, 5H) or None); see seqcore/_problem.py.
+    P = H, or with w_hr (P, H) (the projection) its P."""
     y, (h_n, c_n), ws = _forward("lstm", x, w_ih, w_hh, b_ih, b_hh, (h0, c0), lengths, reverse,
-                                 need_ws)
+                                 need_ws, w_hr=w_hr)
     return y, h_n, c_n, ws
 
 
@@ -63,9 +77,11 @@ def rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_
     return y, h_n, ws
 
 
-def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) in x's dtype."""
-    return _backward("lstm", dy, (dh_n, dc_n), x, w_ih, w_hh, (h0, c0), lengths, reverse, y, ws)
+def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+             w_hr=None):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) in x's dtype; with w_hr, dw_hr as an eighth."""
+    return _backward("lstm", dy, (dh_n, dc_n), x, w_ih, w_hh, (h0, c0), lengths, reverse, y, ws,
+                     w_hr=w_hr)
 
 
 def gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws):

@@ -266,13 +266,16 @@ def test_cells_take_hidden_size_zero(cell):
 PROJ_CONFIGS = [(1, False, False, False), (2, True, False, True), (2, False, True, True)]
 
 
-@pytest.mark.parametrize("backend", ["numpy", "c"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend,dtype", [(b, d) for b in ("numpy", "c") for d in
+                                           ("float32", "float64")] + [("triton", "float32")])
 @pytest.mark.parametrize("config", PROJ_CONFIGS)
-def test_lstm_projection_matches_torch(rng, backend, dtype, config):
+def test_lstm_projection_matches_torch(request, rng, backend, dtype, config):
     """torch.nn.LSTM(proj_size=P)'s state dict loads, and outputs, states and every gradient
     (weight_hr included) match, packed sequences too."""
     require_backend(backend)
+    if backend == "triton":  # (float32: the triton backend has no float64)
+        if request.getfixturevalue("triton_device") != "cpu":
+            pytest.skip("CPU modules: runs the Triton kernels under the interpreter")
     num_layers, bidirectional, packed, with_hx = config
     ref, mine = twin("lstm", dtype, backend, input_size=5, hidden_size=6, proj_size=4,
                      num_layers=num_layers, bidirectional=bidirectional)

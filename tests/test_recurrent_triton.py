@@ -3,7 +3,8 @@
 LSTM/GRU forward through the public API (seqcore.lstm / gru / lstm_cell / gru_cell), backward
 through the backend module (seqcore._triton_recurrent.lstm_bwd / gru_bwd) and once through
 autograd; the Elman cell (tanh and relu) forward and backward through the backend module
-(seqcore._triton_recurrent.rnn_fwd / rnn_bwd).
+(seqcore._triton_recurrent.rnn_fwd / rnn_bwd); the LSTM with a projection (w_hr, torch's
+proj_size) forward and backward through the backend module and once through autograd.
 Every forward test runs both forward paths: the persistent kernel (in its one-program
 configuration under the interpreter) and the per-step kernels. Every kernel output buffer is
 handed out NaN-filled (see `poisoned_buffers`), so an element a kernel forgets to write fails.
@@ -192,6 +193,20 @@ def test_persistent_falls_back_when_w_hh_too_large(cell, rng, triton_device, mon
     want = flat_outputs(cell, run_sequence(cell, values, lengths, v, None))
     for name, g, w in zip(["y", "h_n", "c_n"], got, want):
         assert_close(g, w, "float32", name=name)
+
+
+def test_persistent_tiles_the_launcher_picks_on_h100():
+    """fits_on_chip on 132 SMs admits only tiles that compile without spills for sm_90
+    (bench/sm90_report.py): BLOCK_B <= 16 for the gated cells (the LSTM and GRU spill ~4 KB at
+    BLOCK_B = 32), <= 32 for the Elman cell."""
+    from seqcore.kernels.rnn_persistent import fits_on_chip, persistent_blocks
+
+    for G in (4, 3):
+        assert fits_on_chip(16, 512, G, 132) and fits_on_chip(1, 256, G, 132)
+        assert not fits_on_chip(17, 256, G, 132) and not fits_on_chip(32, 256, G, 132)
+        assert not fits_on_chip(8, 1024, G, 132)
+    assert fits_on_chip(32, 256, 1, 132) and not fits_on_chip(33, 256, 1, 132)
+    assert persistent_blocks(32, 256, 1, 132) == (32, 16, 256, 16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,6 +410,145 @@ def test_elman_falls_back_when_w_hh_too_large(rng, triton_device, monkeypatch):
     check_elman_forward("rnn_tanh", "lengths", shape, "float32", rng, triton_device)
 
 
+# ----------------------------------------------------------------------------------------------
+# LSTM with a projection (torch's proj_size): w_hr (P, H), 0 < P < H; h, y, w_hh's columns P wide
+
+PROJ_PATHS = ["auto", "step"]  # "auto" falls back to the per-step kernels with a projection
+# (T, B, I, H, P): T = 1 and B = 1 and P = 1; H not a power of two; an empty sequence; several
+# programs per step in every grid dimension (B > 16 rows, H > 64 cell units, P > 64 h units)
+PROJ_SHAPES = [(1, 1, 1, 2, 1), (4, 3, 5, 17, 6), (3, 1, 4, 40, 1), (0, 3, 5, 17, 6),
+               (3, 17, 3, 70, 65)]
+PROJ_VARIANTS = ["bare", "full", "lengths", "reverse_lengths"]
+
+
+@pytest.fixture(params=PROJ_PATHS)
+def proj_path(request, monkeypatch):
+    monkeypatch.setattr(backend, "FORWARD_PATH", request.param)
+    return request.param
+
+
+def make_proj_problem(rng, T, B, I, H, P, dtype, device, v):
+    """The backend's positional LSTM tensors with a projection (zero biases and states when
+    the variant has none), w_hr, lengths (NumPy, with a 0 and a T where B allows) or None."""
+    bound = 1.0 / np.sqrt(H)
+    arrays = dict(x=rng.standard_normal((T, B, I)),
+                  w_ih=rng.uniform(-bound, bound, (4 * H, I)),
+                  w_hh=rng.uniform(-bound, bound, (4 * H, P)),
+                  b_ih=rng.uniform(-bound, bound, 4 * H) * v["biases"],
+                  b_hh=rng.uniform(-bound, bound, 4 * H) * v["biases"],
+                  h0=rng.standard_normal((B, P)) * v["states"],
+                  c0=rng.standard_normal((B, H)) * v["states"])
+    args = [torch.tensor(a, dtype=dtype, device=device) for a in arrays.values()]
+    w_hr = torch.tensor(rng.uniform(-bound, bound, (P, H)), dtype=dtype, device=device)
+    lengths = make_lengths(rng, T, B) if v["lengths"] else None
+    return args, w_hr, lengths
+
+
+@pytest.mark.parametrize("variant", PROJ_VARIANTS)
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d-P%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_projection_forward(variant, shape, dtype, proj_path, rng, triton_device):
+    """backend.lstm_fwd with w_hr against reference.lstm: y and h_n P wide, c_n H wide, the
+    workspace (T, B, 5H) as without a projection; never the persistent kernel."""
+    from seqcore.kernels.rnn_persistent import runs_persistent
+
+    T, B, I, H, P = shape
+    v = VARIANTS[variant]
+    tdtype = torch_dtype(dtype, triton_device)
+    assert not runs_persistent(B, H, 4, torch.device(triton_device), has_proj=True)
+    args, w_hr, lengths = make_proj_problem(rng, T, B, I, H, P, tdtype, triton_device, v)
+    lens = None if lengths is None else torch.tensor(lengths, device=triton_device)
+    need_ws = variant != "bare"
+    y, h_n, c_n, ws = backend.lstm_fwd(*args, lens, v["reverse"], need_ws, w_hr=w_hr)
+    want_y, (want_h, want_c) = reference.lstm(*[to_f64(a) for a in args], w_hr=to_f64(w_hr),
+                                              lengths=lengths, reverse=v["reverse"])
+    for name, g, w in (("y", y, want_y), ("h_n", h_n, want_h), ("c_n", c_n, want_c)):
+        assert g.dtype == tdtype and g.device.type == triton_device
+        assert_close(g, w, dtype, name=name)
+    if need_ws:
+        assert ws.shape == (T, B, 5 * H) and ws.dtype == torch.float32
+        # what the backward rebuilds from it: y_t = (o * tanh(c_t)) @ w_hr^T (zero past lengths)
+        w = to_f64(ws)
+        u = w[..., 3 * H:4 * H] * np.tanh(w[..., 4 * H:])
+        assert_close(u @ to_f64(w_hr).T, want_y, dtype, name="y from ws")
+    else:
+        assert ws is None
+    if lengths is not None and T > 0:
+        for b, n in enumerate(lengths):  # exactly zero past each length, not merely close
+            assert torch.all(y[n:, b] == 0)
+
+
+def check_proj_backward(variant, shape, dtype, rng, triton_device):
+    """backend.lstm_bwd with w_hr (after the backend's forward) against reference.lstm_bwd:
+    eight gradients, dw_hr last."""
+    T, B, I, H, P = shape
+    v = VARIANTS[variant]
+    tdtype = torch_dtype(dtype, triton_device)
+    args, w_hr, lengths = make_proj_problem(rng, T, B, I, H, P, tdtype, triton_device, v)
+    lens = None if lengths is None else torch.tensor(lengths, device=triton_device)
+
+    def grad_of(*shape_):
+        return torch.tensor(rng.standard_normal(shape_), dtype=tdtype, device=triton_device)
+
+    dy, dh_n, dc_n = grad_of(T, B, P), grad_of(B, P), grad_of(B, H)
+    y, h_n, c_n, ws = backend.lstm_fwd(*args, lens, v["reverse"], True, w_hr=w_hr)
+    got = backend.lstm_bwd(dy, dh_n, dc_n, *args, lens, v["reverse"], y, ws, w_hr=w_hr)
+    want = reference.lstm_bwd(to_f64(dy), to_f64(dh_n), to_f64(dc_n),
+                              *[to_f64(a) for a in args], w_hr=to_f64(w_hr), lengths=lengths,
+                              reverse=v["reverse"])
+    assert len(got) == 8
+    names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr"]
+    for name, g, a in zip(names, got, args + [w_hr]):
+        assert g.dtype == tdtype and g.shape == a.shape, name
+        w = want[name]
+        scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
+        assert_close(g, w, dtype, grad=True, name="d" + name, scale=scale)
+
+
+@pytest.mark.parametrize("variant", BWD_VARIANTS)
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d-P%d" % s)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_projection_backward(variant, shape, dtype, proj_path, rng, triton_device):
+    check_proj_backward(variant, shape, dtype, rng, triton_device)
+
+
+def test_lstm_projection_without_w_hr_unchanged(rng, triton_device):
+    """The old signatures (no w_hr) still give seven gradients and an H-wide y."""
+    T, B, I, H = 3, 2, 3, 17
+    tensors, _, _ = make_problem(rng, "lstm", T, B, I, H, torch.float32, triton_device,
+                                 VARIANTS["full"])
+    args = full_args("lstm", tensors, B, H, torch.float32, triton_device)
+    y, h_n, c_n, ws = backend.lstm_fwd(*args, None, False, True)
+    assert y.shape == (T, B, H) and h_n.shape == c_n.shape == (B, H)
+    zeros = torch.zeros_like
+    got = backend.lstm_bwd(zeros(y), zeros(h_n), zeros(c_n), *args, None, False, y, ws)
+    assert len(got) == 7
+
+
+def test_lstm_projection_autograd_through_public_api(proj_path, rng, triton_device):
+    """seqcore.lstm(w_hr=...) with requires_grad on backend="triton": the forward keeps its
+    workspace and autograd runs the projection backward (every input's gradient, w_hr's too)."""
+    T, B, I, H, P = 4, 3, 5, 17, 6
+    v = VARIANTS["reverse_lengths"]
+    args, w_hr, lengths = make_proj_problem(rng, T, B, I, H, P, torch.float32, triton_device,
+                                            dict(v, states=True))
+    names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr"]
+    inputs = [t.clone().requires_grad_(True) for t in args + [w_hr]]
+    kw = dict(zip(names, inputs))
+    y, (h_n, c_n) = seqcore.lstm(**kw, lengths=lengths, reverse=True, backend="triton")
+    assert y.shape == (T, B, P) and h_n.shape == (B, P) and c_n.shape == (B, H)
+    dy = torch.tensor(rng.standard_normal((T, B, P)), dtype=torch.float32, device=triton_device)
+    dh_n = torch.tensor(rng.standard_normal((B, P)), dtype=torch.float32, device=triton_device)
+    got = torch.autograd.grad((y * dy).sum() + (h_n * dh_n).sum(), inputs)
+    values = [to_f64(t) for t in args]
+    want = reference.lstm_bwd(to_f64(dy), to_f64(dh_n), None, *values, w_hr=to_f64(w_hr),
+                              lengths=lengths, reverse=True)
+    for name, g in zip(names, got):
+        w = want[name]
+        assert_close(g, w, "float32", grad=True, name="d" + name,
+                     scale=max(1.0, float(np.abs(w).max())))
+
+
 # The compiled path without a GPU: the interpreter runs kernels as Python and cannot see errors
 # that only Triton's compiler raises, so compile the recurrent kernels for an H100 (sm_90).
 _COMPILE_FOR_SM90 = r'''
@@ -420,18 +574,27 @@ for lengths, reverse in ((True, False), (False, True)):
     for cell in CELLS:  # one kernel per family, specialized per cell by its CELL constexpr
         flags = dict(CELL=cell, HAS_LENGTHS=lengths, REVERSE=reverse, PRECISION="ieee",
                      BLOCK_B=16, BLOCK_H=32)
-        compile_one(rnn_cell.rnn_step_kernel, dict(flags, NEED_WS=True, BLOCK_K=32))
+        # the LSTM also with its projection: HAS_PROJ, the backward's PHASE 1 and 2
+        projs = (False, True) if cell == "lstm" else (False,)
+        for proj in projs:
+            compile_one(rnn_cell.rnn_step_kernel,
+                        dict(flags, NEED_WS=True, HAS_PROJ=proj, BLOCK_K=32))
         compile_one(rnn_persistent.rnn_persistent_kernel,
                     dict(flags, NEED_WS=True, USE_SEM=True, H_PAD=64))
-        for final in (False, True):
-            compile_one(rnn_bwd.rnn_bwd_step_kernel, dict(flags, FINAL=final, BLOCK_K=32))
+        for phase in ((0, 1, 2) if cell == "lstm" else (0,)):
+            for final in ((False, True) if phase < 2 else (False,)):
+                compile_one(rnn_bwd.rnn_bwd_step_kernel,
+                            dict(flags, FINAL=final, PHASE=phase, BLOCK_K=32))
+    compile_one(rnn_cell.rnn_proj_kernel,
+                dict(HAS_LENGTHS=lengths, REVERSE=reverse, PRECISION="ieee", BLOCK_B=16,
+                     BLOCK_P=32, BLOCK_K=32))
 print("compiled")
 '''
 
 
 def test_kernels_compile_for_sm90(triton_device):
-    """Cell, persistent and backward-step kernels go through Triton's compiler to sm_90 cubin.
-    On a GPU the tests above compile and run them for real."""
+    """Cell, projection, persistent and backward-step kernels go through Triton's compiler to
+    sm_90 cubin. On a GPU the tests above compile and run them for real."""
     import os
     import subprocess
     import sys
