@@ -12,7 +12,7 @@ JOBS ?= 2
 ARM_CC ?= aarch64-linux-gnu-gcc
 ARM_RUN ?= qemu-aarch64 -L /usr/aarch64-linux-gnu
 
-.PHONY: install build check-c test test-arm bench bench-gpu clean
+.PHONY: install build check-c test test-arm bench bench-avx2 bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: install
 	$(PY) -m pytest -q bench --benchmark-only --benchmark-json=bench/out/bench.json \
 		--benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 	$(PY) bench/report.py bench/out/bench.json
+
+# The AVX2 level measured on a bigger (AVX-512) CPU: both sides forced down, torch's MKL too
+# (MKL ignores ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA and would keep using AVX-512).
+bench-avx2:
+	SEQCORE_CPU_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+		MKL_ENABLE_INSTRUCTIONS=AVX2 $(MAKE) bench
 
 # On a CUDA machine: every Triton kernel against the reference (fp16/bf16/fp32) and timed
 # against torch SDPA backends and cuDNN LSTM/GRU; JSON under $$OUT (default bench/out).

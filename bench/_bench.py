@@ -9,6 +9,7 @@ A seqcore backend that does not work here yet (being written, extension not buil
 with a tiny call and its benchmarks skip with the reason; an implementation whose output at the
 benchmark shape disagrees with torch fails instead of reporting a number for a wrong kernel.
 """
+import os
 import functools
 import hashlib
 import time
@@ -163,8 +164,10 @@ def device_name():
                     break
     except OSError:
         pass
+    mkl = os.environ.get("MKL_ENABLE_INSTRUCTIONS")  # (MKL ignores torch's capability)
     return (f"{cpu} ({torch.get_num_threads()} threads; seqcore C ISA {seqcore_isa()}, "
-            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})")
+            f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+            f"{f', MKL {mkl}' if mkl else ''})")
 
 
 def seqcore_isa():

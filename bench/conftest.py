@@ -42,12 +42,14 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["loadavg_at_start"] = _LOADAVG_AT_START
-    # the ISA levels of both sides (force them with SEQCORE_CPU_ISA, and ATEN_CPU_CAPABILITY
-    # with ONEDNN_MAX_CPU_ISA for torch, to measure a lower level on a bigger CPU)
+    # the ISA levels of both sides (force them with SEQCORE_CPU_ISA, and for torch with
+    # ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS: torch's matmuls and
+    # RNNs go to MKL, which ignores the first two and keeps using AVX-512 otherwise)
     machine_info["seqcore_cpu_isa"] = _bench.seqcore_isa()
     machine_info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     machine_info["isa_env"] = {k: os.environ.get(k) for k in
-                               ("SEQCORE_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+                               ("SEQCORE_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                "MKL_ENABLE_INSTRUCTIONS")}
     try:
         import seqcore
 
