@@ -13,6 +13,9 @@ Features are tl.constexpr flags, so an unused one costs nothing:
   SOFTCAP                 s -> softcap * tanh(s / softcap)
   IS_VARLEN               sequence b spans rows cu_q[b]..cu_q[b+1] (keys likewise); the dense
                           case is the same body with fixed-length sequences
+  HAS_DROPOUT             attention dropout (kernels/dropout.py): P @ v becomes (P * keep) @ v,
+                          times 1 / (1 - p) once on the output; the running max and sum, so
+                          lse, stay those of the un-dropped P
 GQA: query head h reads kv head h // group, with no copy of k/v. Head dims D, Dv in 1..256 are
 padded to powers of two (>= 16) inside the kernel and masked. A row that sees no key gets out 0,
 lse -inf (never NaN).
@@ -32,6 +35,7 @@ import triton.language as tl
 
 from ._common import (LOG2E, autotune_enabled, band_mask, dot_precision, fits_shared_memory,
                       head_block, interpreted, key_range, safe_max, scores)
+from .dropout import NO_SPECIALIZE, dropout_args, dropout_keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,13 +49,16 @@ def attn_fwd_block(acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_
                    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
                    MASKED: tl.constexpr, BAND_LEFT: tl.constexpr, BAND_RIGHT: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr = False, seed=0, drop_threshold=0, rng_bh=0):
     """One key block [start_n, start_n + BLOCK_N) folded into the running (acc, m_i, l_i).
 
     q: (M, BLOCK_D) tile; k_base/v_base point at key 0 of this sequence and kv head;
     bias_rows: (M,) pointers at bias[row, key 0]; offs_q: (M,) query positions (for the band).
     MASKED: check key bounds and the band (edge blocks); else the block is known to be whole
     and visible to every row.
+    HAS_DROPOUT: only the probabilities that multiply v are dropped (kernels/dropout.py; rng_bh
+    is b * Hq + h, a scalar or an (M, 1) column); the caller scales acc by 1 / (1 - p) once.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -81,6 +88,8 @@ def attn_fwd_block(acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_
     alpha = tl.exp2(m_i - m_sub)
     p = tl.exp2(s - m_sub[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
+    if HAS_DROPOUT:  # after the sum: the softmax (and lse) is that of P before dropout
+        p = tl.where(dropout_keep(seed, offs_q, offs_n, rng_bh, drop_threshold), p, 0.0)
     v_ptrs = v_base + key_rows[:, None] * stride_vn + offs_dv[None, :]
     if MASKED:
         v = tl.load(v_ptrs, mask=key_ok[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
@@ -98,7 +107,8 @@ def attn_fwd_range(acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_
                    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
                    MASKED: tl.constexpr, BAND_LEFT: tl.constexpr, BAND_RIGHT: tl.constexpr,
-                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                   HAS_DROPOUT: tl.constexpr = False, seed=0, drop_threshold=0, rng_bh=0):
     """attn_fwd_block over the key blocks starting at lo, lo + BLOCK_N, ... below hi."""
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
@@ -107,7 +117,8 @@ def attn_fwd_range(acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_
             seqlen_q, seqlen_k, stride_kn, stride_vn, stride_bn,
             qk_scale, softcap_log2, window_left, window_right,
             HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-            MASKED, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION)
+            MASKED, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION,
+            HAS_DROPOUT, seed, drop_threshold, rng_bh)
     return acc, m_i, l_i
 
 
@@ -119,24 +130,28 @@ def attn_fwd_keys(acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_q
                   HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
                   BAND_LEFT: tl.constexpr, BAND_RIGHT: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                  HAS_DROPOUT: tl.constexpr = False, seed=0, drop_threshold=0, rng_bh=0):
     """All keys in [lo, hi) (bounds from key_range): masked left edge, unmasked interior,
     masked right edge."""
     acc, m_i, l_i = attn_fwd_range(
         acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_q, lo, full_lo,
         seqlen_q, seqlen_k, stride_kn, stride_vn, stride_bn, qk_scale, softcap_log2,
         window_left, window_right, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        True, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION)
+        True, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION,
+        HAS_DROPOUT, seed, drop_threshold, rng_bh)
     acc, m_i, l_i = attn_fwd_range(
         acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_q, full_lo, full_hi,
         seqlen_q, seqlen_k, stride_kn, stride_vn, stride_bn, qk_scale, softcap_log2,
         window_left, window_right, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        False, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION)
+        False, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION,
+        HAS_DROPOUT, seed, drop_threshold, rng_bh)
     acc, m_i, l_i = attn_fwd_range(
         acc, m_i, l_i, q, k_base, v_base, bias_rows, row_valid, offs_q, full_hi, hi,
         seqlen_q, seqlen_k, stride_kn, stride_vn, stride_bn, qk_scale, softcap_log2,
         window_left, window_right, HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        True, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION)
+        True, BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION,
+        HAS_DROPOUT, seed, drop_threshold, rng_bh)
     return acc, m_i, l_i
 
 
@@ -160,29 +175,41 @@ def _configs():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     # fits where the Hopper tiles do not (float32 at D = 256)
     fallback = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1)
-    if not autotune_enabled():
+    if not autotune_enabled():  # the first that _prune keeps runs: 8 warps for dropout
         return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+                triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
                 fallback]
     hopper = [triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=s)
               for bn in (64, 128) for w in (4, 8) for s in (2, 3, 4)]
     return hopper + [fallback]
 
 
+def _dropout_fits(c):
+    """With dropout, at most 32 score elements per thread: each needs Philox's four 32-bit
+    words next to the accumulator. Measured on sm_90 (bfloat16, D 64/128, with and without
+    bias+softcap): 128x64 at 8 warps compiles without spills (141-254 registers); at 4 warps
+    it spills 4 B-5 KB, and 128x128 at 8 warps 2.7 KB with bias+softcap."""
+    return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps
+
+
 def _prune(configs, named_args, **kwargs):
-    """Drop configs whose tiles overflow shared memory; keep BLOCK_M = 128 ones where any fit."""
+    """Drop configs whose tiles overflow shared memory (or, with dropout, registers); keep
+    BLOCK_M = 128 ones where any fit; only the first without autotuning."""
     args = {**named_args, **kwargs}
     fits = [c for c in configs
             if fits_shared_memory(args["Q"].element_size(), c.kwargs["BLOCK_M"],
                                   c.kwargs["BLOCK_N"], args["BLOCK_D"], args["BLOCK_DV"],
-                                  c.num_stages)]
+                                  c.num_stages)
+            and (not args["HAS_DROPOUT"] or _dropout_fits(c))]
     hopper = [c for c in fits if c.kwargs["BLOCK_M"] == 128]
-    return hopper or fits or configs[-1:]
+    kept = hopper or fits or configs[-1:]
+    return kept if autotune_enabled() else kept[:1]
 
 
 @triton.autotune(configs=_configs(), key=["HEAD_DIM", "HEAD_DIM_V", "BAND_LEFT", "BAND_RIGHT",
-                                          "HAS_BIAS", "SOFTCAP", "IS_VARLEN"],
+                                          "HAS_BIAS", "SOFTCAP", "IS_VARLEN", "HAS_DROPOUT"],
                  prune_configs_by={"early_config_prune": _prune})
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _attn_fwd_kernel(Q, K, V, Bias, Out, Lse, cu_q, cu_k,
                      stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
@@ -190,11 +217,12 @@ def _attn_fwd_kernel(Q, K, V, Bias, Out, Lse, cu_q, cu_k,
                      stride_bb, stride_bh, stride_bm, stride_bn,
                      n_heads, group, seqlen_q_dense, seqlen_k_dense,  # varlen: max_q, max_k
                      qk_scale, softcap_log2, window_left, window_right,
+                     seed: tl.uint64, drop_threshold: tl.int32, drop_scale,
                      HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                      BAND_LEFT: tl.constexpr, BAND_RIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, PRECISION: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     SOFTCAP: tl.constexpr, IS_VARLEN: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # one flat grid axis (no 65535 limit on B * H); query blocks of one head run side by side
     n_m_blocks = tl.cdiv(seqlen_q_dense, BLOCK_M)
     start_m = (tl.program_id(0) % n_m_blocks) * BLOCK_M
@@ -236,7 +264,10 @@ def _attn_fwd_kernel(Q, K, V, Bias, Out, Lse, cu_q, cu_k,
             lo, full_lo, full_hi, hi, seqlen_q, seqlen_k, stride_kn, stride_vn, stride_bn,
             qk_scale, softcap_log2, window_left, window_right,
             HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-            BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION)
+            BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION,
+            HAS_DROPOUT, seed, drop_threshold, b * n_heads + h)
+        if HAS_DROPOUT:  # 1 / (1 - p) once here, in float32, not on each (half-precision) P
+            acc = acc * drop_scale
         out, lse = attn_fwd_finish(acc, m_i, l_i)
 
         o_base = Out + b * stride_ob + h * stride_oh + q_start * stride_om
@@ -263,6 +294,7 @@ def _launch(q, k, v, bias, out, lse, cu_q, cu_k, n_seqs, Hq, Hkv, Sq, Sk, stride
     Sq, Sk: the (longest) sequence lengths; cu_q/cu_k: None for dense."""
     D, Dv = q.shape[-1], v.shape[-1]
     qk_scale, softcap_log2 = score_params(p)
+    has_dropout, seed, drop_threshold, drop_scale = dropout_args(p)
     b_strides = bias.stride() if bias is not None else (0, 0, 0, 0)
     dummy = q  # never read: pointers behind a false constexpr flag
     grid = lambda meta: (triton.cdiv(Sq, meta["BLOCK_M"]) * n_seqs * Hq,)  # noqa: E731
@@ -271,10 +303,11 @@ def _launch(q, k, v, bias, out, lse, cu_q, cu_k, n_seqs, Hq, Hkv, Sq, Sk, stride
         cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
         *[x for triple in strides for x in triple], *b_strides,
         Hq, Hq // Hkv, Sq, Sk, qk_scale, softcap_log2, p.window_left, p.window_right,
+        seed, drop_threshold, drop_scale,
         HEAD_DIM=D, HEAD_DIM_V=Dv, BLOCK_D=head_block(D), BLOCK_DV=head_block(Dv),
         BAND_LEFT=p.window_left >= 0, BAND_RIGHT=p.window_right >= 0,
         HAS_BIAS=bias is not None, SOFTCAP=bool(p.softcap), IS_VARLEN=is_varlen,
-        PRECISION=dot_precision(q.dtype == torch.float32))
+        HAS_DROPOUT=has_dropout, PRECISION=dot_precision(q.dtype == torch.float32))
 
 
 def attention_fwd(q, k, v, bias, p):

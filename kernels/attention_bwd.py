@@ -13,6 +13,11 @@ P = exp2(s * log2e - lse * log2e). Then, with delta from the pre-pass,
   dV += P^T dO,  dP = dO V^T,  dS = P * (dP - delta),
   dS_raw = dS * (1 - tanh^2)  (softcap only: the slope of softcap * tanh(x / softcap)),
   dK += dS_raw^T Q * scale,  dQ += dS_raw K * scale.
+With dropout (HAS_DROPOUT; the mask of kernels/dropout.py, regenerated from the seed, the same
+the forward drew): P~ = P * keep / (1 - p) is what multiplied V, so
+  dV += P~^T dO,  dP = (dO V^T) * keep / (1 - p),  dS = P * (dP - delta),
+and delta = rowsum(dO * O) = rowsum(P * dP) still holds (O = P~ V). dV is accumulated from
+P * keep and scaled by 1 / (1 - p) once at the store.
 
 Masking: key j is visible to query i iff j >= i + off - window_left (if window_left >= 0) and
 j <= i + off + window_right (if window_right >= 0), off = Sk - Sq per sequence (bottom-right
@@ -29,6 +34,7 @@ import triton
 import triton.language as tl
 
 from seqcore.kernels._common import autotune_enabled, dot_precision, head_block, interpreted, tanh
+from seqcore.kernels.dropout import NO_SPECIALIZE, dropout_args, dropout_keep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,16 +195,17 @@ def _delta_kernel(O, DO, DELTA, CU_Q,
     tl.store(delta_ptr + (offs_m - m0) * sl_s, delta, mask=offs_m < len_q)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DK, DV, CU_Q, CU_K,
                  sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdo_b, sdo_h, sdo_s,
                  sl_b, sl_h, sl_s, sbias_b, sbias_h, sbias_m, sbias_n,
                  H_KV, GROUP, S_Q, S_K, scale, softcap, window_left, window_right,
+                 seed: tl.uint64, drop_threshold: tl.int32, drop_scale,
                  HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                  IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
-                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK, dV of one key block of one kv head, summed over the query heads of its group.
     dk/dv share k/v's strides (the launcher allocates them alike)."""
     pid_n, pid_bh = _block_and_head(S_K, BLOCK_N)
@@ -245,27 +252,39 @@ def _dkdv_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DK, DV, CU_Q, CU_K,
             p, slope = _probs(q, k, lse2, bias, offs_m, offs_n, m0, n0, len_q, len_k, off,
                               window_left, window_right, scale, softcap, BLOCK_M, BLOCK_N,
                               HAS_BIAS, SOFTCAP, HAS_LEFT, HAS_RIGHT, DOT_PRECISION)
-            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            if HAS_DROPOUT:  # P~ = P * keep / (1 - p) multiplied V: see the module docstring
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+                # both uses of the mask right where it is drawn: it is not live across a dot
+                keep = dropout_keep(seed, offs_m, offs_n, b * (H_KV * GROUP) + h, drop_threshold)
+                dp = tl.where(keep, dp * drop_scale, 0.0)
+                p_kept = tl.where(keep, p, 0.0)
+                dv += tl.dot(tl.trans(p_kept.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            else:
+                dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
             ds = p * (dp - delta[:, None])
             if SOFTCAP:
                 ds = ds * slope
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+    if HAS_DROPOUT:  # 1 / (1 - p) of P~, once on the float32 sum
+        dv = dv * drop_scale
     _store_rows(DK + k_base, dk * scale, n0, offs_n, len_k, sk_s, offs_d, HEAD_D)
     _store_rows(DV + v_base, dv, n0, offs_n, len_k, sv_s, offs_dv, HEAD_DV)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _dq_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DQ, DBIAS, CU_Q, CU_K,
                sq_b, sq_h, sq_s, sk_b, sk_h, sk_s, sv_b, sv_h, sv_s, sdo_b, sdo_h, sdo_s,
                sl_b, sl_h, sl_s, sbias_b, sbias_h, sbias_m, sbias_n,
                sdb_b, sdb_h, sdb_m,
                H, GROUP, S_Q, S_K, scale, softcap, window_left, window_right,
+               seed: tl.uint64, drop_threshold: tl.int32, drop_scale,
                HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                IS_VARLEN: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr,
-               HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, NEED_DBIAS: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+               HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+               NEED_DBIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one query block of one query head (dq shares q's strides); with NEED_DBIAS also
     dS into the contiguous-in-keys (B, Hq, Sq, Sk) buffer DBIAS."""
     pid_m, pid_bh = _block_and_head(S_Q, BLOCK_M)
@@ -312,6 +331,9 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DQ, DBIAS, CU_Q, CU_K,
                           window_left, window_right, scale, softcap, BLOCK_M, BLOCK_N,
                           HAS_BIAS, SOFTCAP, HAS_LEFT, HAS_RIGHT, DOT_PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        if HAS_DROPOUT:
+            keep = dropout_keep(seed, offs_m, offs_n, b * H + h, drop_threshold)
+            dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if NEED_DBIAS:
             _store_rows(db_ptr + tl.cast(n0, tl.int64), ds, m0, offs_m, len_q, sdb_m, offs_n - n0,
@@ -327,7 +349,8 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DQ, DBIAS, CU_Q, CU_K,
 # Configs that cannot fit a Hopper SM are pruned first (see _prune); with SEQCORE_AUTOTUNE=0 the
 # first config that fits runs untimed.
 
-_KEY = ["HEAD_D", "HEAD_DV", "IS_VARLEN", "HAS_BIAS", "SOFTCAP", "HAS_LEFT", "HAS_RIGHT"]
+_KEY = ["HEAD_D", "HEAD_DV", "IS_VARLEN", "HAS_BIAS", "SOFTCAP", "HAS_LEFT", "HAS_RIGHT",
+        "HAS_DROPOUT"]
 _SMEM_BYTES = 227 * 1024
 # 32-bit registers per thread the tiles may take (of 255; the rest hold pointers and masks).
 # Calibrated by compiling for sm_90 and reading the spills (cuobjdump --dump-resource-usage).
@@ -349,20 +372,23 @@ def _configs(tuned, defaults):
             + [_config(*defaults[-1])])
 
 
-def _prune(footprint):
+def _prune(footprint, dropout_fits):
     """early_config_prune keeping configs whose footprint(BLOCK_M, BLOCK_N, d, dv) =
     (float32 elements of accumulators and score tiles, input elements loaded per pipeline stage,
-    input elements resident for the whole program) fits; all of them when autotuning, else the
-    first."""
+    input elements resident for the whole program) fits, and with dropout dropout_fits(BLOCK_M,
+    BLOCK_N, num_warps, num_stages); all of them when autotuning, else the first."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
         d, dv, elem = args["BLOCK_D"], args["BLOCK_DV"], args["Q"].element_size()
         kept = []
         for c in configs:
-            acc, per_stage, resident = footprint(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], d, dv)
+            m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            acc, per_stage, resident = footprint(m, n, d, dv)
             regs = acc + resident * elem // 4     # the resident tiles are dot operands in registers
             if (regs <= c.num_warps * 32 * _REGS_PER_THREAD
-                    and elem * (per_stage * c.num_stages + resident) <= _SMEM_BYTES):
+                    and elem * (per_stage * c.num_stages + resident) <= _SMEM_BYTES
+                    and (not args["HAS_DROPOUT"]
+                         or dropout_fits(m, n, c.num_warps, c.num_stages))):
                 kept.append(c)
         kept = kept or configs[-1:]
         return kept if autotune_enabled() else kept[:1]
@@ -379,16 +405,32 @@ def _dq_footprint(m, n, d, dv):
     return m * d + 2 * m * n, n * (d + dv), m * (d + dv) + m * n
 
 
+# With dropout, Philox's four 32-bit words per score element need registers the footprint does
+# not count, and where they spill is not linear in the tile: the largest tiles that compile
+# without spills on sm_90 (measured: bfloat16, D 64/128, with and without bias+softcap+window).
+# dK/dV: 32x64 at 8 warps and 2 stages (157-254 registers); 32x128 and 64x64 spill 4-364 B,
+# 32x64 at 4 warps 4-204 B (so also at most 8 score elements per thread), at 3 stages 8 B
+# (packed sequences, D = 128). dQ: BLOCK_N = 32 (96-189 registers); 64x64 spills 8-88 B.
+def _dkdv_dropout_fits(m, n, warps, stages):
+    return m <= 32 and n <= 64 and m * n <= 8 * 32 * warps and stages <= 2
+
+
+def _dq_dropout_fits(m, n, warps, stages):
+    return n <= 32
+
+
 _dkdv_tuned = triton.autotune(
     configs=_configs([(32, 64), (32, 128), (64, 64), (64, 128)],
                      defaults=[(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (16, 32, 4, 1)]),
-    key=_KEY, prune_configs_by={"early_config_prune": _prune(_dkdv_footprint)},
+    key=_KEY, prune_configs_by={"early_config_prune": _prune(_dkdv_footprint,
+                                                             _dkdv_dropout_fits)},
 )(_dkdv_kernel)
 
 _dq_tuned = triton.autotune(
     configs=_configs([(64, 32), (128, 32), (64, 64), (128, 64)],
                      defaults=[(128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 16, 4, 1)]),
-    key=_KEY + ["NEED_DBIAS"], prune_configs_by={"early_config_prune": _prune(_dq_footprint)},
+    key=_KEY + ["NEED_DBIAS"],
+    prune_configs_by={"early_config_prune": _prune(_dq_footprint, _dq_dropout_fits)},
 )(_dq_kernel)
 
 
@@ -411,16 +453,18 @@ def _run(dout, q, k, v, out, lse, bias, dbias, cu_q, cu_k, n_seq, S_Q, S_K, p, p
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
     delta = torch.empty(lse.shape, dtype=torch.float32, device=q.device)
     dims = dict(HEAD_D=D, HEAD_DV=Dv, BLOCK_D=head_block(D), BLOCK_DV=head_block(Dv))
+    has_dropout, seed, drop_threshold, drop_scale = dropout_args(p)
     flags = dict(IS_VARLEN=packed, HAS_BIAS=bias is not None, SOFTCAP=p.softcap > 0,
                  HAS_LEFT=p.window_left >= 0, HAS_RIGHT=p.window_right >= 0,
-                 DOT_PRECISION=dot_precision(q.dtype == torch.float32))
+                 HAS_DROPOUT=has_dropout, DOT_PRECISION=dot_precision(q.dtype == torch.float32))
     strides = (*_bhs(q, packed), *_bhs(k, packed), *_bhs(v, packed), *_bhs(dout, packed),
                *_bhs(lse, packed))
     bias_strides = tuple(bias.stride()) if bias is not None else (0, 0, 0, 0)
     bias_arg = bias if bias is not None else q          # never read without HAS_BIAS
     cu_q = cu_q if cu_q is not None else q               # never read when dense
     cu_k = cu_k if cu_k is not None else q
-    scalars = (S_Q, S_K, p.scale, p.softcap or 1.0, p.window_left, p.window_right)
+    scalars = (S_Q, S_K, p.scale, p.softcap or 1.0, p.window_left, p.window_right,
+               seed, drop_threshold, drop_scale)
 
     if dq.numel():
         block = 16 if interpreted() else 64

@@ -13,7 +13,9 @@ too few programs to fill the GPU, and each reads all of k/v. Here:
    merge_attention math: w_s = exp(lse_s - max lse), out = sum w_s out_s / sum w_s,
    lse = max + log(sum w_s); a row no split saw gives out 0, lse -inf.
 
-Band (causal/window), bias (any strides), softcap and odd head dims work as in the dense kernel.
+Band (causal/window), bias (any strides), softcap, odd head dims and dropout (HAS_DROPOUT:
+the mask of kernels/dropout.py, regenerated per row from its own query head and position, so a
+decode call drops exactly what the dense kernel would) work as in the dense kernel.
 """
 import torch
 import triton
@@ -22,6 +24,7 @@ import triton.language as tl
 from ._common import (autotune_enabled, dot_precision, fits_shared_memory, head_block,
                       interpreted, key_range, safe_max, split_key_range)
 from .attention import attn_fwd_finish, attn_fwd_keys, score_params
+from .dropout import NO_SPECIALIZE, dropout_args
 
 MAX_SPLITS = 128
 
@@ -46,9 +49,10 @@ def _prune_split(configs, named_args, **kwargs):
 
 
 @triton.autotune(configs=_split_configs(), key=["HEAD_DIM", "HEAD_DIM_V", "BLOCK_M", "BLOCK_N",
-                                                "BAND_LEFT", "BAND_RIGHT", "HAS_BIAS", "SOFTCAP"],
+                                                "BAND_LEFT", "BAND_RIGHT", "HAS_BIAS", "SOFTCAP",
+                                                "HAS_DROPOUT"],
                  prune_configs_by={"early_config_prune": _prune_split})
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _decode_split_kernel(Q, K, V, Bias, Opart, Lpart,
                          stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                          stride_vb, stride_vh, stride_vn,
@@ -56,10 +60,11 @@ def _decode_split_kernel(Q, K, V, Bias, Opart, Lpart,
                          n_kv_heads, group, n_q_heads, n_batch, seqlen_q, seqlen_k,
                          split_len, n_splits,
                          qk_scale, softcap_log2, window_left, window_right,
+                         seed: tl.uint64, drop_threshold: tl.int32, drop_scale,
                          HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                          BAND_LEFT: tl.constexpr, BAND_RIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                         SOFTCAP: tl.constexpr, PRECISION: tl.constexpr,
+                         SOFTCAP: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     split = tl.program_id(0) % n_splits  # one flat grid axis: no 65535 limit on B * Hkv
     seq_head = tl.program_id(0) // n_splits
@@ -93,7 +98,10 @@ def _decode_split_kernel(Q, K, V, Bias, Opart, Lpart,
         lo, full_lo, full_hi, hi, seqlen_q, seqlen_k, stride_kn, stride_vn, stride_bn,
         qk_scale, softcap_log2, window_left, window_right,
         HEAD_DIM, HEAD_DIM_V, BLOCK_D, BLOCK_DV, BLOCK_N,
-        BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION)
+        BAND_LEFT, BAND_RIGHT, HAS_BIAS, SOFTCAP, PRECISION,
+        HAS_DROPOUT, seed, drop_threshold, (b * n_q_heads + head)[:, None])  # rows mix heads
+    if HAS_DROPOUT:  # as the dense kernel: 1 / (1 - p) once (the combine is linear in it)
+        acc = acc * drop_scale
     out, lse = attn_fwd_finish(acc, m_i, l_i)
 
     # partials are (split, B, Hq, Sq, Dv) and (split, B, Hq, Sq), contiguous
@@ -177,15 +185,17 @@ def attention_decode_fwd(q, k, v, bias, p, num_splits=None):
     lse_part = torch.empty((splits, B, Hq, Sq), dtype=torch.float32, device=q.device)
 
     qk_scale, softcap_log2 = score_params(p)
+    has_dropout, seed, drop_threshold, drop_scale = dropout_args(p)
     b_strides = bias.stride() if bias is not None else (0, 0, 0, 0)
     _decode_split_kernel[(splits * B * Hkv,)](
         q, k, v, bias if bias is not None else q, out_part, lse_part,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *b_strides,
         Hkv, group, Hq, B, Sq, Sk, split_len, splits,
         qk_scale, softcap_log2, p.window_left, p.window_right,
+        seed, drop_threshold, drop_scale,
         HEAD_DIM=D, HEAD_DIM_V=Dv, BLOCK_D=head_block(D), BLOCK_DV=head_block(Dv),
         BAND_LEFT=p.window_left >= 0, BAND_RIGHT=p.window_right >= 0,
-        HAS_BIAS=bias is not None, SOFTCAP=bool(p.softcap),
+        HAS_BIAS=bias is not None, SOFTCAP=bool(p.softcap), HAS_DROPOUT=has_dropout,
         PRECISION=dot_precision(q.dtype == torch.float32), BLOCK_M=block_m, BLOCK_N=block_n)
     n_rows = B * Hq * Sq
     _decode_combine_kernel[(n_rows,)](

@@ -12,6 +12,11 @@ attention_kvcache_fwd (dense or paged KV caches, per-sequence lengths, in-place 
 runs the split-KV kernels of kernels/attention_kvcache.py.
 float32 inputs compute their dots in exact IEEE float32 unless SEQCORE_TF32=1 (see
 kernels/attention.py).
+Dropout (p.dropout_p > 0, seed p.dropout_seed) rides in p to every launcher, which turns it into
+kernel arguments (kernels/dropout.py: the one Triton definition of the mask). The decode kernel
+implements it too (same mask per query head and position, tested against the dense kernel), so
+the routing above does not depend on it; the KV-cache path never has dropout (inference only:
+its kernels do not read p.dropout_*).
 """
 DECODE_MAX_ROWS = 64    # query rows per kv head (Sq * group) the decode kernel takes at most
 DECODE_MIN_KEYS = 256   # fewer keys: the dense kernel is as good; tests lower this to force it

@@ -308,6 +308,163 @@ def test_decode_splits_match_dense(rng, triton_device, num_splits, opts):
 
 
 # ----------------------------------------------------------------------------------------------
+# Dropout: the kernels regenerate the mask of seqcore/reference/dropout.py from the seed. These
+# call the backend (seqcore/_triton_attention.py) with the normalized problem, as
+# seqcore.attention does, so that seeds the public API never draws (>= 2**63) are tested too;
+# tests/test_attention_triton_bwd.py goes through seqcore.attention's autograd with dropout.
+
+DROPOUT_PS = [0.0, 0.17, 0.5]
+# p = 0 is the path without dropout, which the tests above run in every dtype
+DROPOUT_DTYPES_PS = [("float32", p) for p in DROPOUT_PS] + [("float16", 0.17), ("float16", 0.5)]
+
+
+def dropout_problem(q, dropout_p, seed, scale=None, causal=False, window=None, softcap=None):
+    from seqcore._problem import make_attn_params
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return make_attn_params(scale, causal, window, softcap, dropout_p, seed)
+
+
+def check_dropout(q, k, v, dtype, dropout_p, seed, bias=None, **opts):
+    """The backend's dense forward (or decode, where it routes there) with dropout against the
+    reference with the same seed: out, and lse (that of the probabilities before dropout)."""
+    from seqcore import _triton_attention
+
+    p = dropout_problem(q, dropout_p, seed, **opts)
+    flat_bias = None if bias is None else bias.expand(*q.shape[:3], k.shape[2])
+    out, lse = _triton_attention.attention_fwd(q, k, v, flat_bias, p)
+    ref_out, ref_lse = reference.attention(to_f64(q), to_f64(k), to_f64(v), bias=to_f64(bias),
+                                           return_lse=True, dropout_p=dropout_p,
+                                           dropout_seed=seed, **opts)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    # kept probabilities are scaled by 1 / (1 - p): outputs that much larger
+    assert_close(out, ref_out, dtype, name="out", scale=1.0 / (1.0 - dropout_p))
+    assert_close(lse, ref_lse, "float32", name="lse", scale=4.0)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype, dropout_p", DROPOUT_DTYPES_PS, indirect=["dtype"])
+@pytest.mark.parametrize("shape, opts, with_bias", [
+    ((2, 4, 2, 37, 23, 24, 24), dict(causal=True), False),     # GQA, Sq > Sk (rows with no key)
+    ((1, 3, 1, 19, 50, 80, 3), dict(window=(5, 2)), False),    # MQA, odd head dims
+    ((2, 2, 2, 16, 33, 16, 16), dict(softcap=2.0), True),      # bias and softcap, ragged keys
+], ids=["gqa_causal", "mqa_window_odd", "bias_softcap"])
+def test_dropout(rng, triton_device, dtype, shape, opts, with_bias, dropout_p):
+    B, Hq, Hkv, Sq, Sk, D, Dv = shape
+    q, k, v = qkv(rng, B, Hq, Hkv, Sq, Sk, D, Dv, dtype, triton_device)
+    bias = tensor(rng, (Hq, Sq, Sk), dtype, triton_device) if with_bias else None
+    check_dropout(q, k, v, dtype, dropout_p, 1234, bias=bias, **opts)
+
+
+def test_dropout_lse_is_that_before_dropout(rng, triton_device):
+    """The running max and sum see every probability: lse is bit for bit that without dropout."""
+    from seqcore import _triton_attention
+
+    q, k, v = qkv(rng, 1, 2, 1, 21, 40, 16, 8, "float32", triton_device)
+    _, lse_plain = _triton_attention.attention_fwd(q, k, v, None,
+                                                   dropout_problem(q, 0.0, 0, causal=True))
+    _, lse = _triton_attention.attention_fwd(q, k, v, None,
+                                             dropout_problem(q, 0.5, 99, causal=True))
+    assert torch.equal(lse, lse_plain)
+
+
+@pytest.mark.parametrize("dropout_p", DROPOUT_PS)
+@pytest.mark.parametrize("lens_q, lens_k, Hq, Hkv, D, Dv, opts", [
+    ([5, 0, 33, 1], [5, 0, 33, 1], 2, 1, 16, 24, dict(causal=True)),
+    ([7, 20, 0, 3], [12, 4, 6, 0], 6, 2, 3, 80, dict(window=(4, 2))),
+], ids=["same_causal", "cross_window_gqa_odd"])
+def test_dropout_varlen(rng, triton_device, lens_q, lens_k, Hq, Hkv, D, Dv, opts, dropout_p):
+    """Positions count within each sequence, and the sequence index plays the batch's part."""
+    from seqcore import _triton_attention
+
+    cu_q = np.concatenate([[0], np.cumsum(lens_q)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(lens_k)]).astype(np.int32)
+    q = tensor(rng, (int(cu_q[-1]), Hq, D), "float32", triton_device)
+    k = tensor(rng, (int(cu_k[-1]), Hkv, D), "float32", triton_device)
+    v = tensor(rng, (int(cu_k[-1]), Hkv, Dv), "float32", triton_device)
+    p = dropout_problem(q, dropout_p, 2**40 + 7, **opts)
+    out, lse = _triton_attention.attention_varlen_fwd(
+        q, k, v, *(torch.from_numpy(c).to(triton_device) for c in (cu_q, cu_k)),
+        max(lens_q), max(lens_k), p)
+    ref_out, ref_lse = reference.attention_varlen(to_f64(q), to_f64(k), to_f64(v), cu_q, cu_k,
+                                                  return_lse=True, dropout_p=dropout_p,
+                                                  dropout_seed=2**40 + 7, **opts)
+    assert_close(out, ref_out, "float32", name="out", scale=1.0 / (1.0 - dropout_p))
+    assert_close(lse, ref_lse, "float32", name="lse", scale=4.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"], indirect=True)
+@pytest.mark.parametrize("dropout_p", [0.17, 0.5])
+@pytest.mark.parametrize("shape, opts", [
+    ((2, 4, 1, 1, 70, 24, 24), dict(window=(20, 0))),
+    ((1, 6, 2, 4, 45, 80, 3), dict(causal=True)),     # rows of 3 query heads x 4 queries
+], ids=str)
+def test_dropout_decode(rng, triton_device, decode_always, dtype, shape, opts, dropout_p):
+    """The split-KV decode kernel draws each row's mask from its own head and position."""
+    B, Hq, Hkv, Sq, Sk, D, Dv = shape
+    q, k, v = qkv(rng, B, Hq, Hkv, Sq, Sk, D, Dv, dtype, triton_device)
+    assert decode_always.use_decode(q, k)
+    check_dropout(q, k, v, dtype, dropout_p, 77, **opts)
+
+
+def test_dropout_decode_matches_dense(rng, triton_device):
+    from seqcore.kernels.attention import attention_fwd
+    from seqcore.kernels.attention_decode import attention_decode_fwd
+
+    q, k, v = qkv(rng, 1, 4, 2, 3, 100, 16, 8, "float32", triton_device)
+    p = dropout_problem(q, 0.3, 5, causal=True)
+    dense_out, dense_lse = attention_fwd(q, k, v, None, p)
+    for num_splits in (1, 3):
+        out, lse = attention_decode_fwd(q, k, v, None, p, num_splits=num_splits)
+        assert_close(out, dense_out, "float32", name="out vs dense", scale=2.0)
+        assert_close(lse, dense_lse, "float32", name="lse vs dense", scale=4.0)
+
+
+def test_dropout_seeds(rng, triton_device):
+    """The same seed gives the same output bit for bit, another seed another one; seeds of all
+    64 bits (>= 2**63 too) follow the reference."""
+    from seqcore import _triton_attention
+
+    q, k, v = qkv(rng, 1, 2, 2, 20, 24, 16, 16, "float32", triton_device)
+
+    def run(seed):
+        return _triton_attention.attention_fwd(q, k, v, None,
+                                               dropout_problem(q, 0.4, seed, causal=True))[0]
+
+    first = run(11)
+    assert torch.equal(run(11), first)
+    assert (run(12) - first).abs().max() > 0.1
+    for seed in (0, 2**32 - 1, 2**63 + 12345, 2**64 - 1):
+        check_dropout(q, k, v, "float32", 0.4, seed, causal=True)
+
+
+@pytest.mark.parametrize("kernel", ["dense", "decode"])
+@pytest.mark.parametrize("dropout_p", [0.17, 0.5])
+def test_dropout_mask_exact_and_kept_fraction(triton_device, dropout_p, kernel):
+    """Read a forward kernel's mask itself: q = 0 makes every probability 1/Sk and v = I puts
+    P~[i, j] in out[i, j], so out > 0 is the kept set. It must be the reference's, and keep a
+    fraction 1 - p of the 64 x 256 draws (within 5 standard deviations: 0.02 at p = 0.5)."""
+    from seqcore.kernels.attention import attention_fwd
+    from seqcore.kernels.attention_decode import attention_decode_fwd
+    from seqcore.reference.dropout import keep_mask
+
+    Sq, Sk, seed = 64, 256, 2024
+    q = torch.zeros(1, 1, Sq, 16, device=triton_device)
+    k = torch.zeros(1, 1, Sk, 16, device=triton_device)
+    v = torch.eye(Sk, device=triton_device)[None, None]
+    fwd = attention_fwd if kernel == "dense" else attention_decode_fwd
+    out = fwd(q, k, v, None, dropout_problem(q, dropout_p, seed))[0][0, 0]
+    kept = (out > 0).cpu().numpy()
+    np.testing.assert_array_equal(kept, keep_mask(seed, dropout_p, 0, 0, 1, np.arange(Sq),
+                                                  np.arange(Sk)))
+    sigma = np.sqrt(dropout_p * (1 - dropout_p) / kept.size)
+    assert abs(kept.mean() - (1 - dropout_p)) < 5 * sigma, kept.mean()
+    # the dropped ones are exactly 0, the kept ones 1 / (Sk * (1 - p))
+    assert_close(out[out > 0], np.full(int(kept.sum()), 1 / (Sk * (1 - dropout_p))), "float32",
+                 name="kept")
+
+
+# ----------------------------------------------------------------------------------------------
 # Options and random problems
 
 

@@ -104,7 +104,8 @@ def run_dense(rng, dtype, device, B, Hq, Hkv, Sq, Sk, D, Dv, bias_kind=None, nee
     expected = reference.attention_bwd(*f64, bias=bias, **opts)
 
     p = make_attn_params(1.0 / np.sqrt(D) if opts.get("scale") is None else opts["scale"],
-                         opts.get("causal", False), opts.get("window"), opts.get("softcap"))
+                         opts.get("causal", False), opts.get("window"), opts.get("softcap"),
+                         opts.get("dropout_p", 0.0), opts.get("dropout_seed", 0))
     tbias = None if bias is None else flat_bias(bias, B, Hq, Sq, Sk, q.dtype, device)
     need_dbias = bias is not None if need_dbias is None else need_dbias
     got = attention_bwd(dout, q, k, v, tbias, from_f64(out, q.dtype, device),
@@ -216,7 +217,8 @@ def run_varlen(rng, dtype, device, lens_q, lens_k, Hq, Hkv, D, Dv, **opts):
     out, lse = reference.attention_varlen(*f64[1:], cu_q, cu_k, return_lse=True, **opts)
     expected = reference.attention_varlen_bwd(*f64, cu_q, cu_k, **opts)
     p = make_attn_params(1.0 / np.sqrt(D), opts.get("causal", False), opts.get("window"),
-                         opts.get("softcap"))
+                         opts.get("softcap"), opts.get("dropout_p", 0.0),
+                         opts.get("dropout_seed", 0))
     got = attention_varlen_bwd(dout, q, k, v, torch.from_numpy(cu_q).to(device),
                                torch.from_numpy(cu_k).to(device), max(lens_q, default=0),
                                max(lens_k, default=0), from_f64(out, q.dtype, device),
@@ -267,6 +269,72 @@ def test_varlen_matches_dense(rng, triton_device):
 
 
 # ----------------------------------------------------------------------------------------------
+# dropout: both kernels regenerate the forward's mask (seqcore/reference/dropout.py) from the seed
+
+# p = 0 is the path without dropout, which the tests above run in every dtype
+DROPOUT_DTYPES_PS = [("float32", 0.0), ("float32", 0.17), ("float32", 0.5), ("float16", 0.17),
+                     ("float16", 0.5)]
+DROPOUT_CASES = {
+    "gqa_causal_sq<sk": ((2, 4, 2, 17, 33, 24, 24), dict(causal=True), None),
+    "causal_sq>sk_empty_rows": ((1, 2, 1, 40, 9, 3, 80), dict(causal=True), None),
+    "window_mqa_d80_dv1": ((1, 3, 1, 17, 40, 80, 1), dict(window=(3, 5)), None),
+    "bias_full_softcap": ((2, 2, 1, 18, 23, 24, 16), dict(softcap=2.0), "full"),
+    "bias_padding_-inf_window": ((2, 2, 2, 20, 27, 16, 16), dict(window=(6, 2)), "padding"),
+}
+
+
+@pytest.mark.parametrize("dtype, dropout_p", DROPOUT_DTYPES_PS, indirect=["dtype"])
+@pytest.mark.parametrize("case", DROPOUT_CASES, ids=str)
+def test_dropout_dense_grads(case, dropout_p, dtype, rng, triton_device):
+    shape, opts, bias_kind = DROPOUT_CASES[case]
+    B, Hq, Hkv, Sq, Sk, D, Dv = shape
+    (dq, dk, dv, dbias), expected, bias = run_dense(
+        rng, dtype, triton_device, *shape, bias_kind=bias_kind, dropout_p=dropout_p,
+        dropout_seed=2**63 + 99, **opts)
+    check_grads((dq, dk, dv), expected[:3], dtype)
+    if bias is not None:  # dbias is dS, which follows the dropped dP
+        reduced = sum_to_shape(to_f64(dbias), bias.shape)
+        n = dbias.numel() // bias.size
+        assert_close(reduced, expected[3], dtype, grad=True, name="dbias",
+                     scale=grad_scale(expected[3]) * np.sqrt(n))
+
+
+@pytest.mark.parametrize("dropout_p", [0.17, 0.5])
+@pytest.mark.parametrize("case", ["zero_len_causal_gqa", "window_softcap_mqa"])
+def test_dropout_varlen_grads(case, dropout_p, rng, triton_device):
+    (lens_q, lens_k), Hq, Hkv, D, Dv, opts = VARLEN_CASES[case]
+    got, expected = run_varlen(rng, "float32", triton_device, lens_q, lens_k, Hq, Hkv, D, Dv,
+                               dropout_p=dropout_p, dropout_seed=31337, **opts)
+    check_grads(got, expected, "float32")
+
+
+@pytest.mark.parametrize("dropout_p", [0.17, 0.5])
+def test_dropout_masks_exact(dropout_p, triton_device):
+    """Read both backward kernels' masks, after the Triton forward with the same seed. q = k = 0
+    makes every P = 1/Sk. dO = I puts P~[i, j] in dv[j, i] (the dK/dV kernel); v = 1 makes
+    dP = keep / (1 - p) and delta_i = (kept fraction of row i) / (1 - p), so dS = dbias (the dQ
+    kernel) is > 0 exactly where kept. Both must be the reference's mask."""
+    from seqcore.kernels.attention import attention_fwd
+    from seqcore.kernels.attention_bwd import attention_bwd
+    from seqcore.reference.dropout import keep_mask
+
+    Sq, Sk, seed = 64, 256, 7
+    q = torch.zeros(1, 1, Sq, 16, device=triton_device)
+    k = torch.zeros(1, 1, Sk, 16, device=triton_device)
+    v = torch.ones(1, 1, Sk, Sq, device=triton_device)
+    dout = torch.eye(Sq, device=triton_device)[None, None]
+    bias = torch.zeros(1, 1, 1, 1, device=triton_device).expand(1, 1, Sq, Sk)
+    p = make_attn_params(0.25, False, None, None, dropout_p, seed)
+    out, lse = attention_fwd(q, k, v, bias, p)
+    dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, out, lse, p, True)
+    expected = keep_mask(seed, dropout_p, 0, 0, 1, np.arange(Sq), np.arange(Sk))
+    np.testing.assert_array_equal((dv[0, 0].t() > 0).cpu().numpy(), expected)
+    np.testing.assert_array_equal((dbias[0, 0] > 0).cpu().numpy(), expected)
+    # and the values: dv[j, i] = P~[i, j] = keep / (Sk (1 - p))
+    assert_close(dv[0, 0].t(), expected / (Sk * (1 - dropout_p)), "float32", grad=True, name="dv")
+
+
+# ----------------------------------------------------------------------------------------------
 # end to end: seqcore.attention's autograd, Triton forward + this backward
 
 
@@ -282,7 +350,9 @@ def _e2e_available():
 @pytest.mark.parametrize("opts,bias_kind", [
     (dict(causal=True), None),
     (dict(window=(3, 2), softcap=2.5), "padding"),
-], ids=["causal", "window_softcap_bias"])
+    # the forward kernel draws the mask, both backward kernels draw it again from the seed
+    (dict(window=(3, 2), softcap=2.5, dropout_p=0.3, dropout_seed=2**62 + 5), "padding"),
+], ids=["causal", "window_softcap_bias", "window_softcap_bias_dropout"])
 def test_end_to_end_autograd(opts, bias_kind, dtype, rng, triton_device):
     import seqcore
 
@@ -307,7 +377,10 @@ def test_end_to_end_autograd(opts, bias_kind, dtype, rng, triton_device):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"], indirect=True)
-def test_end_to_end_varlen_autograd(dtype, rng, triton_device):
+@pytest.mark.parametrize("opts", [dict(causal=True),
+                                  dict(causal=True, dropout_p=0.25, dropout_seed=99)],
+                         ids=["causal", "causal_dropout"])
+def test_end_to_end_varlen_autograd(opts, dtype, rng, triton_device):
     import seqcore
 
     why = _e2e_available()
@@ -320,10 +393,10 @@ def test_end_to_end_varlen_autograd(dtype, rng, triton_device):
     q, k, v = (tensor(rng, s, dtype, triton_device).requires_grad_() for s in
                ((sum(lens_q), Hq, D), (sum(lens_k), Hkv, D), (sum(lens_k), Hkv, Dv)))
     dout = tensor(rng, (sum(lens_q), Hq, Dv), dtype, triton_device)
-    out = seqcore.attention_varlen(q, k, v, cu_q, cu_k, causal=True, backend="triton")
+    out = seqcore.attention_varlen(q, k, v, cu_q, cu_k, backend="triton", **opts)
     out.backward(dout)
     expected = reference.attention_varlen_bwd(*(to_f64(x) for x in (dout, q, k, v)),
-                                              cu_q.cpu().numpy(), cu_k.cpu().numpy(), causal=True)
+                                              cu_q.cpu().numpy(), cu_k.cpu().numpy(), **opts)
     check_grads((q.grad, k.grad, v.grad), expected, dtype)
 
 
@@ -348,19 +421,21 @@ def compile_one(fn, dt, consts, warps, stages):
             sig[name] = ptr[name]
         elif name in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV", "DBIAS"):
             sig[name] = "*" + dt
+        elif name == "seed":
+            sig[name] = "u64"
         else:
-            sig[name] = "fp32" if name in ("scale", "softcap") else "i32"
+            sig[name] = "fp32" if name in ("scale", "softcap", "drop_scale") else "i32"
     kernel = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
                             options=dict(num_warps=warps, num_stages=stages))
     assert kernel.asm.get("cubin"), "no cubin"
 
-for dt, D, Dv, varlen, bias, cap, left, right in [
-        ("fp16", 64, 64, False, True, True, True, True),
-        ("bf16", 128, 24, True, False, True, False, True),
-        ("fp32", 80, 24, False, False, False, False, False)]:
+for dt, D, Dv, varlen, bias, cap, left, right, dropout in [
+        ("fp16", 64, 64, False, True, True, True, True, True),
+        ("bf16", 128, 24, True, False, True, False, True, True),
+        ("fp32", 80, 24, False, False, False, False, False, False)]:
     flags = dict(HEAD_D=D, HEAD_DV=Dv, BLOCK_D=m.head_block(D), BLOCK_DV=m.head_block(Dv),
                  IS_VARLEN=varlen, HAS_BIAS=bias, SOFTCAP=cap, HAS_LEFT=left, HAS_RIGHT=right,
-                 DOT_PRECISION="ieee")
+                 HAS_DROPOUT=dropout, DOT_PRECISION="ieee")
     compile_one(m._dkdv_kernel, dt, dict(flags, BLOCK_M=32, BLOCK_N=64), 4, 2)
     compile_one(m._dq_kernel, dt, dict(flags, NEED_DBIAS=bias, BLOCK_M=64, BLOCK_N=32), 4, 2)
     compile_one(m._delta_kernel, dt, dict(HEAD_DV=Dv, BLOCK_M=64, BLOCK_DV=m.head_block(Dv),
