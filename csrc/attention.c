@@ -10,6 +10,12 @@
  * head: dK, dV of its keys and dQ of its GQA group's queries come from one P and dS per tile.
  * Otherwise one pass owns key tiles (dK, dV, summed over the GQA group), another owns query
  * tiles (dQ and dbias, P and dS recomputed). Either way no two threads add into one row.
+ * Dropout (philox.h): the forward zeroes the dropped probabilities after the online softmax
+ * has summed them (lse is that of P) and scales O by 1 / (1 - p) once at the end; the
+ * backward regenerates the mask per tile, P~ = P keep / (1 - p) for dV and dP keep / (1 - p)
+ * for dS. A key tile computes its keys' part of the generator once for all its rows
+ * (dropout_keys), and calls without dropout take the code paths they took before (the choice
+ * is made per tile, block or row, never per score).
  * Dense batches are "sequences at fixed offsets": one set of kernels serves both layouts
  * through seq_rows. The general kernels are written once, as a template on the element type
  * (see ATTN_TEMPLATE below), and compiled for float and double.
@@ -24,6 +30,7 @@
 
 #include "band.h"
 #include "parallel.h"
+#include "philox.h"
 #include "scratch.h"
 #include "simd.h"
 
@@ -40,6 +47,8 @@ enum {
     NR_F64 = 2 * VD,
     MAX_HEAD_DIM = 256,
 };
+_Static_assert((int)BK <= (int)DROPOUT_KEYS && (int)BK % (int)VF == 0,
+               "a key tile's dropout parts fit dropout_keys");
 
 /* GCC vectorizes loops with 256-bit vectors even where the target has 512-bit ones;
  * WIDE_LOOPS asks for 512 on a function whose scalar loops are worth it. */
@@ -111,11 +120,30 @@ static int64_t dbias_offset(const seqcore_attn_problem *p, int64_t b, int64_t h,
 typedef struct {
     double scale, softcap;
     int64_t left, right;
+    int dropout;        /* dropout on: gen and keep_scale apply */
+    double keep_scale;  /* 1 / (1 - p) */
+    dropout_gen gen;
 } attn_opts;
 
 static attn_opts make_opts(const seqcore_attn_problem *p) {
-    attn_opts o = {p->scale, p->softcap, p->window_left, p->window_right};
+    attn_opts o = {p->scale, p->softcap, p->window_left, p->window_right, 0, 1, {{0}, {0}, 0}};
+    if (p->dropout_scale != 0) {
+        o.dropout = 1;
+        o.keep_scale = p->dropout_scale;
+        o.gen = dropout_gen_of(p->dropout_seed, (uint32_t)p->dropout_threshold);
+    }
     return o;
+}
+
+/* The generator's head counter of (sequence s, query head h): b * Hq + h. */
+static uint32_t dropout_head(const seqcore_attn_problem *p, int64_t s, int64_t h) {
+    return (uint32_t)(s * p->Hq + h);
+}
+
+/* keep[t] = 1 or 0 for keys t < n of a tile's key parts, one row (query i of head g). */
+static void dropout_row_mask(const dropout_gen *gen, const dropout_keys *keys, uint32_t g,
+                             int64_t i, int64_t n, float *keep) {
+    dropout_keep_row(gen, keys, round_up(n, VF), dropout_row_of(gen, g, (uint32_t)i), keep);
 }
 
 static band make_band(const attn_opts *o, int64_t Sq, int64_t Sk) {
@@ -151,6 +179,8 @@ static int problem_ok(const seqcore_attn_problem *p, const void *q, const void *
     if (p->D < 1 || p->D > MAX_HEAD_DIM || p->Dv < 1 || p->Dv > MAX_HEAD_DIM) return 0;
     if (p->window_left < -1 || p->window_right < -1 || !(p->softcap >= 0)) return 0;
     if (!isfinite(p->scale) || !isfinite(p->softcap)) return 0;
+    if (p->dropout_scale != 0 && !(p->dropout_scale >= 1 && isfinite(p->dropout_scale))) return 0;
+    if (p->dropout_threshold < 0 || p->dropout_threshold > INT32_MAX) return 0;
     if (!p->cu_q != !p->cu_k) return 0;
     if (p->cu_q) {
         if (bias || p->cu_q[0] != 0 || p->cu_k[0] != 0) return 0;
@@ -232,6 +262,7 @@ enum {
     BQF = 32 * FR,                    /* query rows per task: each key tile serves 32 blocks */
     KPASS = NKV * VF,                 /* keys (or Dv columns) per pass */
 };
+_Static_assert((int)BKF <= (int)DROPOUT_KEYS, "a key tile's dropout parts fit dropout_keys");
 
 /* Packed K, see above. tile_base has n_seq + 1 entries; returns NULL when out of memory. */
 static int64_t *key_tile_bases(const seqcore_attn_problem *p) {
@@ -280,7 +311,16 @@ typedef struct {
     float *l;   /* BQF: running sums of exp */
     float *m;   /* BQF: running base-2 max */
     float *s;   /* FR x BKF: scores, then P, of the current block */
+    dropout_keys keys;         /* dropout: the current key tile's part of the generator */
+    dropout_row rows[BQF];     /* and the task's rows' */
 } fast_scratch_f32;
+
+/* Dropout of one block of rows against one key tile (NULL: none). */
+typedef struct {
+    const dropout_gen *gen;
+    const dropout_keys *keys;
+    const dropout_row *rows;  /* the block's FR rows */
+} fast_dropout;
 
 static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
     int64_t sizes[5] = {BQF * D, BQF * dvp, BQF, BQF, FR * BKF};
@@ -325,10 +365,12 @@ static inline __attribute__((always_inline)) void fast_scores_f32(
         }
 }
 
-/* The online softmax of one row of nkp scores (base 2; masked ones -inf): s <- P in place;
- * returns the factor alpha = 2^(m_old - m_new) the row's O and l are to be scaled by. */
-static inline float fast_softmax_row_f32(float *restrict s, int64_t nkp, float *restrict m,
-                                         float *restrict l) {
+/* The online softmax of one row of nkp scores (base 2; masked ones -inf): s <- P in place
+ * (with dropout: P, zero where dropped; l sums P before dropout); returns the factor
+ * alpha = 2^(m_old - m_new) the row's O and l are to be scaled by. */
+static inline __attribute__((always_inline)) float fast_softmax_row_f32(
+        float *restrict s, int64_t nkp, float *restrict m, float *restrict l,
+        const fast_dropout *drop, int r) {
     vf mx = vf_load(s);
     for (int64_t j = VF; j < nkp; j += VF) mx = vf_max(mx, vf_load(s + j));
     float m_old = *m, m_new = vf_reduce_max(mx);
@@ -338,7 +380,11 @@ static inline float fast_softmax_row_f32(float *restrict s, int64_t nkp, float *
     vf mu = vf_set1(m_use), sum = vf_zero();
     for (int64_t j = 0; j < nkp; j += VF) {
         vf pr = vf_exp2_nonpos(vf_sub(vf_load(s + j), mu));
-        vf_store(s + j, pr);
+        if (drop)
+            vf_store(s + j, vf_select(dropout_keep_vf(drop->gen, drop->keys, j, drop->rows[r]),
+                                      pr, vf_zero()));
+        else
+            vf_store(s + j, pr);
         sum = vf_add(sum, pr);
     }
     float alpha = 1.0f;
@@ -388,16 +434,34 @@ static inline __attribute__((always_inline)) void fast_pv_f32(
 }
 
 /* One FR-row block against one key tile: scores, online softmax, O += P V. A short tile
- * (the last of a sequence) computes only the passes its nk keys need. */
-static void fast_block_f32(const float *restrict qb, int64_t D, const float *restrict kt,
-                           const float *restrict vt, int64_t ldv, int64_t nk, int64_t Dv,
-                           int64_t dvp, const row_bands *bands, float *restrict m,
-                           float *restrict l, float *restrict ob, float *restrict s) {
+ * (the last of a sequence) computes only the passes its nk keys need. Written once, compiled
+ * twice: without dropout (drop NULL) and with. */
+static inline __attribute__((always_inline)) void fast_block_any_f32(
+        const float *restrict qb, int64_t D, const float *restrict kt, const float *restrict vt,
+        int64_t ldv, int64_t nk, int64_t Dv, int64_t dvp, const row_bands *bands,
+        float *restrict m, float *restrict l, float *restrict ob, float *restrict s,
+        const fast_dropout *drop) {
     int64_t nkp = round_up(nk, KPASS);
     for (int64_t c0 = 0; c0 < nkp; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s);
     float alpha[FR];
-    for (int r = 0; r < FR; r++) alpha[r] = fast_softmax_row_f32(s + r * BKF, nkp, m + r, l + r);
+    for (int r = 0; r < FR; r++)
+        alpha[r] = fast_softmax_row_f32(s + r * BKF, nkp, m + r, l + r, drop, r);
     for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, ldv, nk, Dv, c0, alpha, ob, dvp);
+}
+
+static void fast_block_f32(
+        const float *restrict qb, int64_t D, const float *restrict kt, const float *restrict vt,
+        int64_t ldv, int64_t nk, int64_t Dv, int64_t dvp, const row_bands *bands,
+        float *restrict m, float *restrict l, float *restrict ob, float *restrict s) {
+    fast_block_any_f32(qb, D, kt, vt, ldv, nk, Dv, dvp, bands, m, l, ob, s, NULL);
+}
+
+static void fast_block_dropout_f32(
+        const float *restrict qb, int64_t D, const float *restrict kt, const float *restrict vt,
+        int64_t ldv, int64_t nk, int64_t Dv, int64_t dvp, const row_bands *bands,
+        float *restrict m, float *restrict l, float *restrict ob, float *restrict s,
+        const fast_dropout *drop) {
+    fast_block_any_f32(qb, D, kt, vt, ldv, nk, Dv, dvp, bands, m, l, ob, s, drop);
 }
 
 /* Output rows i0 .. i0 + BQF of (sequence sq, query head h), fast path. */
@@ -416,6 +480,10 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
         w->l[r] = 0;
         for (int64_t c = 0; c < dvp; c++) w->o[r * dvp + c] = 0;
     }
+    uint32_t g = dropout_head(p, sq, h);
+    if (o->dropout)
+        for (int64_t r = 0; r < mq; r++)
+            w->rows[r] = dropout_row_of(&o->gen, g, (uint32_t)(i0 + r));
     const float *kp_head = kp + (hk * base[p->n_seq] + base[sq]) * D * BKF;
     int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
     for (int64_t j0 = j_begin / BKF * BKF; j0 < j_end; j0 += BKF) {
@@ -424,6 +492,8 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
         const float *vt = v + row_index(kr, j0) * Dv;
         int64_t ldv = kr.step * Dv;
         int masked = t.needs_mask || t.nk < BKF;
+        if (o->dropout)
+            dropout_keys_fill(&o->gen, g, (uint32_t)j0, (int)round_up(t.nk, KPASS), &w->keys);
         for (int64_t r0 = 0; r0 < mq; r0 += FR) {
             /* a block none of whose rows sees a key of this tile would leave m, l and o as
              * they are (all its scores are -inf): skip it (the upper part of tall diagonal
@@ -437,14 +507,23 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
                 rb.lo[r] = t.needs_mask ? band_lo(&bd, i) - j0 : 0;
                 rb.hi[r] = min64(t.needs_mask ? band_hi(&bd, i) - j0 : BKF, t.nk);
             }
-            fast_block_f32(w->q + r0 * D, D, kt, vt, ldv, t.nk, Dv, dvp, masked ? &rb : NULL,
-                           w->m + r0, w->l + r0, w->o + r0 * dvp, w->s);
+            if (o->dropout) {
+                fast_dropout drop = {&o->gen, &w->keys, w->rows + r0};
+                fast_block_dropout_f32(w->q + r0 * D, D, kt, vt, ldv, t.nk, Dv, dvp,
+                                       masked ? &rb : NULL, w->m + r0, w->l + r0,
+                                       w->o + r0 * dvp, w->s, &drop);
+            } else {
+                fast_block_f32(w->q + r0 * D, D, kt, vt, ldv, t.nk, Dv, dvp, masked ? &rb : NULL,
+                               w->m + r0, w->l + r0, w->o + r0 * dvp, w->s);
+            }
         }
     }
+    float keep_scale = (float)o->keep_scale;
     for (int64_t r = 0; r < nq; r++) {
         int64_t row = row_index(qr, i0 + r);
         float l = w->l[r];
         float *dst = out + row * Dv, inv_l = l > 0 ? 1 / l : 0;
+        if (o->dropout) inv_l *= keep_scale;
         for (int64_t c = 0; c < Dv; c++) dst[c] = w->o[r * dvp + c] * inv_l;
         lse[row] = l > 0 ? w->m[r] * 0.6931471805599453f + logf(l) : -INFINITY;
     }
@@ -596,6 +675,8 @@ typedef struct {
     real *s;      /* BQ x BK: scores, then exp(scores - running max) */
     real *o;      /* BQ x dvp: output accumulator (unnormalized) */
     real *m, *l;  /* BQ: running max and running sum of exp per query row */
+    dropout_keys keys;  /* dropout: the current key tile's part of the generator */
+    float keep[BK];     /* and one row's mask */
 } RN(fwd_scratch);
 
 static int RN(fwd_scratch_alloc)(RN(fwd_scratch) *w, int64_t D, int64_t dvp) {
@@ -707,9 +788,12 @@ static void RN(fwd_tile)(const seqcore_attn_problem *p, const attn_opts *o, cons
         for (int64_t c = 0; c < dvp; c++) w->o[r * dvp + c] = 0;
     }
     int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
+    uint32_t g = dropout_head(p, sq, h);
     for (int64_t j0 = j_begin / BK * BK; j0 < j_end; j0 += BK) {
         tile_pos t = make_tile(&bd, i0, nq, j0, min64(BK, kr.len - j0));
         int64_t nkp = round_up(t.nk, NR);
+        if (o->dropout)
+            dropout_keys_fill(&o->gen, g, (uint32_t)j0, (int)round_up(t.nk, VF), &w->keys);
         const real *kt_tile = kt + hk * D * ldt + key_token(p, sq, j0);
         /* V rows serve the micro-kernel in place when Dv is a whole number of its blocks */
         const real *v_tile = v + row_index(kr, j0) * Dv;
@@ -726,6 +810,10 @@ static void RN(fwd_tile)(const seqcore_attn_problem *p, const attn_opts *o, cons
             RN(score_row_fixups)(s, NULL, &t, r, o, bias_row, p->bias_strides[3]);
             for (int64_t j = t.nk; j < nkp; j++) s[j] = -INFINITY;
             RN(online_softmax_row)(s, nkp, &w->m[r], &w->l[r], w->o + r * dvp, dvp);
+            if (o->dropout) {  /* (l summed P before dropout) */
+                dropout_row_mask(&o->gen, &w->keys, g, i0 + r, t.nk, w->keep);
+                for (int64_t j = 0; j < t.nk; j++) s[j] *= w->keep[j];
+            }
         }
         RN(gemm)(mq, dvp, t.nk, w->s, BK, v_tile, ldv, w->o, dvp, 1);
     }
@@ -733,6 +821,7 @@ static void RN(fwd_tile)(const seqcore_attn_problem *p, const attn_opts *o, cons
         int64_t row = row_index(qr, i0 + r);
         real *dst = out + row * Dv, l = w->l[r];
         real inv_l = l > 0 ? 1 / l : 0;
+        if (o->dropout) inv_l *= (real)o->keep_scale;
         for (int64_t c = 0; c < Dv; c++) dst[c] = w->o[r * dvp + c] * inv_l;
         lse[row] = l > 0 ? w->m[r] + LOG(l) : -INFINITY;
     }
@@ -791,6 +880,9 @@ typedef struct {
     real *dv;     /* BK x dvp: dV accumulator */
     real *dq;     /* BQ x dp: dQ accumulator */
     real *lse, *delta;  /* BQ: per query row */
+    dropout_keys keys;  /* dropout: the key parts of tile keys_j0 of head keys_g */
+    int64_t keys_g, keys_j0;
+    float keep[BK];     /* and one row's mask */
 } RN(bwd_scratch);
 
 static int RN(bwd_scratch_alloc)(RN(bwd_scratch) *w, int64_t D, int64_t dp, int64_t Dv, int64_t dvp) {
@@ -805,6 +897,7 @@ static int RN(bwd_scratch_alloc)(RN(bwd_scratch) *w, int64_t D, int64_t dp, int6
     memset(w->block, 0, (size_t)total * sizeof(real));
     real *at = w->block;
     for (int i = 0; i < 13; i++) { *parts[i] = at; at += sizes[i]; }
+    w->keys_g = w->keys_j0 = -1;
     return 1;
 }
 
@@ -824,7 +917,8 @@ static void RN(bwd_load_queries)(const seqcore_attn_problem *p, const attn_opts 
 }
 
 /* P and dS of one tile, recomputed from lse: w->s <- P, w->ds <- dS (gradient of the scaled
- * raw score; zero where masked). dbias (may be NULL) gets the gradient of the biased score. */
+ * raw score; zero where masked). dbias (may be NULL) gets the gradient of the biased score.
+ * With dropout (f = keep / (1 - p)): dS = P (dP f - delta), and w->s <- P f (for dV). */
 WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const attn_opts *o,
                                           const tile_pos *t, const real *bias, real *dbias,
                                           int64_t sq, int64_t h, RN(bwd_scratch) *w) {
@@ -834,6 +928,12 @@ WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const a
     /* restrict and nk in a local: without them the stores below might alias t and each
      * other, and the exp loop stays scalar (a third of the backward's time) */
     int64_t nk = t->nk;
+    uint32_t g = dropout_head(p, sq, h);
+    if (o->dropout && (w->keys_g != (int64_t)g || w->keys_j0 != t->j0)) {
+        dropout_keys_fill(&o->gen, g, (uint32_t)t->j0, (int)round_up(nk, VF), &w->keys);
+        w->keys_g = g;
+        w->keys_j0 = t->j0;
+    }
     for (int64_t r = 0; r < t->nq; r++) {
         real *restrict s = w->s + r * BK, *restrict ds = w->ds + r * BK;
         real *restrict th = w->th + r * BK;
@@ -843,7 +943,18 @@ WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const a
         real row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
         real *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
         RN(exp_row)(s, nk, row_lse);
-        RN(dscore_row)(ds, s, nk, row_delta);
+        if (o->dropout) {
+            float *restrict keep = w->keep;
+            real f = (real)o->keep_scale;
+            dropout_row_mask(&o->gen, &w->keys, g, t->i0 + r, nk, keep);
+            for (int64_t j = 0; j < nk; j++) {
+                real pf = keep[j] * f;
+                ds[j] = s[j] * (ds[j] * pf - row_delta);
+                s[j] *= pf;
+            }
+        } else {
+            RN(dscore_row)(ds, s, nk, row_delta);
+        }
         if (db)
             for (int64_t j = 0; j < nk; j++) db[j] = ds[j];
         if (o->softcap > 0)

@@ -15,6 +15,12 @@
  * All arrays contiguous. Query head h reads kv head h / (Hq / Hkv). s = scale * q.k, then
  * softcap * tanh(s / softcap) when softcap > 0, then + bias, then keys outside the band
  * (window_left/right, -1 unbounded, aligned to the bottom right) get -inf.
+ * Dropout (seqcore/reference/dropout.py, csrc/philox.h): off when dropout_scale == 0 (as in
+ *   a zeroed struct); else probability (sequence b, query head h, query i, key j; i and j
+ *   within the sequence) is kept iff word 0 of Philox-4x32-10 keyed by dropout_seed at
+ *   counter (j, i, b * Hq + h, 0), shifted right by one, is >= dropout_threshold
+ *   (min(floor(p 2^31), 2^31 - 1)), and the kept ones are multiplied by dropout_scale
+ *   (1 / (1 - p)) before P V; lse is that of the probabilities before dropout.
  */
 typedef struct {
     int64_t n_seq, Hq, Hkv, Sq, Sk, D, Dv;
@@ -24,6 +30,9 @@ typedef struct {
     double softcap;
     int64_t window_left, window_right;
     int64_t bias_strides[4];
+    uint64_t dropout_seed;
+    int64_t dropout_threshold;
+    double dropout_scale;
 } seqcore_attn_problem;
 
 /* Forward: out and lse (natural log; rows that see no key: out 0, lse -inf).
@@ -34,7 +43,8 @@ int seqcore_attention_fwd_f64(const seqcore_attn_problem *p, const double *q, co
                               const double *v, const double *bias, double *out, double *lse);
 
 /* Backward from the forward's out and lse: dq, dk, dv; dbias (NULL: not wanted; dense only)
- * gets the gradient of every (capped, biased) score, 0 outside the band. */
+ * gets the gradient of every (capped, biased) score, 0 outside the band. With dropout the
+ * problem must be the forward's (same seed): the mask is regenerated, not stored. */
 int seqcore_attention_bwd_f32(const seqcore_attn_problem *p, const float *dout, const float *q,
                               const float *k, const float *v, const float *bias, const float *out,
                               const float *lse, float *dq, float *dk, float *dv, float *dbias);

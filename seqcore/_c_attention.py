@@ -3,10 +3,13 @@
 Implements attention_fwd, attention_bwd, attention_varlen_fwd, attention_varlen_bwd and
 attention_kvcache_fwd as seqcore/_problem.py describes. Dense and packed problems go to the same C entry points:
 a dense batch is n_seq = B sequences of fixed length, a packed one passes cu_seqlens.
+Dropout (seqcore/reference/dropout.py) is applied in the kernels: the problem carries the
+seed, the threshold (computed by the reference's own function) and 1 / (1 - p), or 0 for none.
 """
 import numpy as np
 
 from seqcore import _c
+from seqcore.reference.dropout import threshold as _dropout_threshold
 
 def _entry(name, dtype):
     return _c.kernel(f"attention_{name}", dtype)
@@ -15,13 +18,21 @@ def _entry(name, dtype):
 _NO_STRIDES = [0, 0, 0, 0]
 
 
+def _dropout_fields(p):
+    """(seed, threshold, 1 / (1 - p)) of the problem struct; (0, 0, 0.0) is dropout off."""
+    if not p.dropout_p:
+        return 0, 0, 0.0
+    return (int(p.dropout_seed) % 2**64, _dropout_threshold(p.dropout_p),
+            1.0 / (1.0 - float(p.dropout_p)))
+
+
 def _problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q=None, cu_k=None, bias=None):
     """A seqcore_attn_problem; the cffi struct keeps no reference to cu_q/cu_k (caller does)."""
     _, ffi = _c.load()
     return ffi.new("seqcore_attn_problem *", [
         n_seq, Hq, Hkv, Sq, Sk, D, Dv, _c.ptr(cu_q), _c.ptr(cu_k), p.scale, p.softcap,
         p.window_left, p.window_right,
-        list(_c.strides(bias)) if bias is not None else _NO_STRIDES])
+        list(_c.strides(bias)) if bias is not None else _NO_STRIDES, *_dropout_fields(p)])
 
 
 def _bias_view(bias, dtype):
@@ -37,14 +48,7 @@ def _contiguous(dtype, *arrays):
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
-def _no_dropout(p):
-    if p.dropout_p:  # (until csrc/attention.c applies the mask: never a silent no-dropout)
-        raise NotImplementedError("attention dropout is not in the C kernels yet: use "
-                                  "backend='numpy' or dropout_p=0.0")
-
-
 def attention_fwd(q, k, v, bias, p):
-    _no_dropout(p)
     if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
         q, k, v = _contiguous(q.dtype, q, k, v)
     B, Hq, Sq, D = q.shape
@@ -60,7 +64,6 @@ def attention_fwd(q, k, v, bias, p):
 
 
 def attention_bwd(dout, q, k, v, bias, out, lse, p, need_dbias):
-    _no_dropout(p)
     B, Hq, Sq, D = q.shape
     _, Hkv, Sk, Dv = v.shape
     bias = _bias_view(bias, q.dtype)
@@ -80,7 +83,6 @@ def _cu(cu):
 
 
 def attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p):
-    _no_dropout(p)
     q, k, v = _contiguous(q.dtype, q, k, v)
     Tq, Hq, D = q.shape
     _, Hkv, Dv = v.shape
@@ -95,7 +97,6 @@ def attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, p):
 
 
 def attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, max_q, max_k, out, lse, p):
-    _no_dropout(p)
     _, Hq, D = q.shape
     _, Hkv, Dv = v.shape
     cu_q, cu_k = _cu(cu_q), _cu(cu_k)

@@ -142,8 +142,9 @@ def test_sdpa_dropout_is_attention_dropout(rng):
     torch.manual_seed(9)
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     want = reference.attention(q.numpy(), k.numpy(), v.numpy(), causal=True, dropout_p=0.2,
-                               dropout_seed=seed)  # (Sq < Sk: top-left causal differs...)
-    top_left = reference.attention(q.numpy(), k.numpy(), v.numpy(), window=(-1, -2),
+                               dropout_seed=seed)  # bottom-right: not SDPA's
+    top_left_mask = np.where(np.arange(7)[None] <= np.arange(5)[:, None], 0.0, -np.inf)
+    top_left = reference.attention(q.numpy(), k.numpy(), v.numpy(), bias=top_left_mask,
                                    dropout_p=0.2, dropout_seed=seed)
     assert_close(got.numpy(), top_left, "float64")
     assert not np.allclose(want, top_left)
