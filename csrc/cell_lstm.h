@@ -3,6 +3,9 @@
  *   c' = f * c + i * g,  h' = o * tanh(c').
  * Every bias adds straight into its gate. ws per unit: [i, f, g, o, c'] (5H); the backward's
  * derivatives are functions of these and of the previous step's c.
+ * h' has no direct path back to h, so the cell takes a projection (torch's proj_size, see
+ * "the projection" in recurrent.c): h' is then u = o * tanh(c'), projected by the loops,
+ * and the chain rule writes u back (ubwd.out) for dw_hr.
  *
  * Part of recurrent.c's template (real, VEC / V, RN, UPDATE_SIMD, the unit views): included
  * there once per element type, so no include guard.
@@ -63,7 +66,7 @@ static void RN(lstm_bwd)(const struct RN(ubwd) *u) {
     const real *w = u->ws, *dy = u->dy;
     /* c_prev: the c of the previous step (in its ws), or c0 */
     const real *c_prev = u->ws_prev ? u->ws_prev + 4 * H : u->c0;
-    real *dh = u->dh, *dc = u->dc;
+    real *dh = u->dh, *dc = u->dc, *out = u->out;  /* (in locals: see lstm_fwd) */
 #if UPDATE_SIMD
     /* (the scalar form, one libm-free tanh and a dozen products per unit, was ~10% of the
      * LSTM B8 forward + backward) */
@@ -86,6 +89,8 @@ static void RN(lstm_bwd)(const struct RN(ubwd) *u) {
         d[3] = V(mul)(V(mul)(V(mul)(dht, tc), go), V(sub)(one, go));
         V(store_n)(dc + j, V(mul)(dct, gf), n);
         V(store_n)(dh + j, V(zero)(), n);
+        if (out)
+            V(store_n)(out + j, V(mul)(go, tc), n);
         for (int g = 0; g < 4; g++)
             RN(put_grad)(u, g * H + j, n, d[g]);
     }
@@ -103,6 +108,8 @@ static void RN(lstm_bwd)(const struct RN(ubwd) *u) {
         d[3] = dht * tc * go * (1 - go);
         dc[j] = dct * gf;
         dh[j] = 0;
+        if (out)
+            out[j] = go * tc;
         RN(put_unit_grads)(u, j, 4, d, d);
     }
 #endif

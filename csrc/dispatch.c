@@ -157,6 +157,49 @@ int seqcore_lstm_fwd_f64(int64_t T, int64_t B, int64_t I, int64_t H, const doubl
                               y, h_n, c_n, ws);
 }
 
+int seqcore_lstm_proj_fwd_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              const float *x, const float *w_ih, const float *w_hh,
+                              const float *b_ih, const float *b_hh, const float *w_hr,
+                              const float *h0, const float *c0, const int64_t *lengths,
+                              int reverse, float *y, float *h_n, float *c_n, float *ws) {
+    return kt()->lstm_proj_fwd_f32(T, B, I, H, P, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0,
+                                   lengths, reverse, y, h_n, c_n, ws);
+}
+
+int seqcore_lstm_proj_fwd_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              const double *x, const double *w_ih, const double *w_hh,
+                              const double *b_ih, const double *b_hh, const double *w_hr,
+                              const double *h0, const double *c0, const int64_t *lengths,
+                              int reverse, double *y, double *h_n, double *c_n, double *ws) {
+    return kt()->lstm_proj_fwd_f64(T, B, I, H, P, x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0,
+                                   lengths, reverse, y, h_n, c_n, ws);
+}
+
+int seqcore_lstm_proj_bwd_f32(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              const float *dy, const float *dh_n, const float *dc_n,
+                              const float *x, const float *w_ih, const float *w_hh,
+                              const float *w_hr, const float *h0, const float *c0,
+                              const int64_t *lengths, int reverse, const float *y,
+                              const float *ws, float *dx, float *dw_ih, float *dw_hh,
+                              float *db_ih, float *db_hh, float *dw_hr, float *dh0, float *dc0) {
+    return kt()->lstm_proj_bwd_f32(T, B, I, H, P, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0,
+                                   lengths, reverse, y, ws, dx, dw_ih, dw_hh, db_ih, db_hh,
+                                   dw_hr, dh0, dc0);
+}
+
+int seqcore_lstm_proj_bwd_f64(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              const double *dy, const double *dh_n, const double *dc_n,
+                              const double *x, const double *w_ih, const double *w_hh,
+                              const double *w_hr, const double *h0, const double *c0,
+                              const int64_t *lengths, int reverse, const double *y,
+                              const double *ws, double *dx, double *dw_ih, double *dw_hh,
+                              double *db_ih, double *db_hh, double *dw_hr, double *dh0,
+                              double *dc0) {
+    return kt()->lstm_proj_bwd_f64(T, B, I, H, P, dy, dh_n, dc_n, x, w_ih, w_hh, w_hr, h0, c0,
+                                   lengths, reverse, y, ws, dx, dw_ih, dw_hh, db_ih, db_hh,
+                                   dw_hr, dh0, dc0);
+}
+
 int seqcore_gru_fwd_f32(int64_t T, int64_t B, int64_t I, int64_t H, const float *x,
                         const float *w_ih, const float *w_hh, const float *b_ih,
                         const float *b_hh, const float *h0, const int64_t *lengths, int reverse,

@@ -73,6 +73,10 @@
 #define seqcore_rnn_fwd_f64 ISA_SYMBOL(seqcore_rnn_fwd_f64)
 #define seqcore_rnn_bwd_f32 ISA_SYMBOL(seqcore_rnn_bwd_f32)
 #define seqcore_rnn_bwd_f64 ISA_SYMBOL(seqcore_rnn_bwd_f64)
+#define seqcore_lstm_proj_fwd_f32 ISA_SYMBOL(seqcore_lstm_proj_fwd_f32)
+#define seqcore_lstm_proj_fwd_f64 ISA_SYMBOL(seqcore_lstm_proj_fwd_f64)
+#define seqcore_lstm_proj_bwd_f32 ISA_SYMBOL(seqcore_lstm_proj_bwd_f32)
+#define seqcore_lstm_proj_bwd_f64 ISA_SYMBOL(seqcore_lstm_proj_bwd_f64)
 /* Shared between kernel files (gemm.h) */
 #define seqcore_gemm_f32 ISA_SYMBOL(seqcore_gemm_f32)
 #define seqcore_gemm_f64 ISA_SYMBOL(seqcore_gemm_f64)

@@ -30,6 +30,8 @@ const seqcore_kernel_table seqcore_kernels = {
     seqcore_gru_bwd_f32, seqcore_gru_bwd_f64,
     seqcore_rnn_fwd_f32, seqcore_rnn_fwd_f64,
     seqcore_rnn_bwd_f32, seqcore_rnn_bwd_f64,
+    seqcore_lstm_proj_fwd_f32, seqcore_lstm_proj_fwd_f64,
+    seqcore_lstm_proj_bwd_f32, seqcore_lstm_proj_bwd_f64,
     seqcore_gemm_f32, seqcore_gemm_f64,
     seqcore_vec_math_f32,
 };

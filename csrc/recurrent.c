@@ -17,11 +17,12 @@
  *   - otherwise batch-tiled (fwd_block_tiled): the step is a real matmul. Each thread
  *     packs the parts of w_hh and w_ih it alone reads (no barrier), x is packed per chunk,
  *     and tile_rows (R rows x all G gates of one vector of units: LSTM 6 x 4 with 32 vector
- *     registers, 3 x 4 with 16) computes both the recurrent part and the input projection
- *     of its units; the finished tile holds every gate for the update.
+ *     registers, 3 x 4 with 16) computes first the chunk's input projections of its units
+ *     (project_tiled: each slice of packed w_ih serves all the chunk's rows), then at each
+ *     step the recurrent part; the finished tile holds every gate for the update.
  * The register blocking of both comes from the ISA level (simd.h). Scratch (packed weights,
- * xg or packed x) comes from seqcore_scratch_take: kept between calls, so its megabytes are
- * not faulted in on every call.
+ * the projections, packed x) comes from seqcore_scratch_take: kept between calls, so its
+ * megabytes are not faulted in on every call.
  * Backward through time, the same ownership of hidden units (each thread packs its own
  * columns of w_hh first):
  *   phase 1 (per step, own units): the pointwise chain rule -> gate pre-activation
@@ -29,6 +30,8 @@
  *   phase 2 (own units): dh_{t-1} += dG_t @ w_hh (step_micro).
  *   Then dx = dG @ w_ih, dw_ih = dG^T x, dw_hh = dG^T h_prev as large matmuls over all
  *   steps (gemm.c), and the bias gradients as column sums of dG.
+ * The LSTM projection (torch's proj_size, w_hr) is the same loops with one more phase per
+ * step in each direction (see "the projection" in the template).
  *
  * The part after `#else` is a template compiled twice: this file includes itself with
  * `real` = float and then double.
@@ -84,8 +87,12 @@ enum { TILE_MIN_ROWS = 96 };
 enum { TILE_KSLICE = 128 };
 /* Floats ahead within a weight row that the in-place step's dot products prefetch. */
 enum { DOT_PREFETCH = 128 };
-/* Rows (steps x batch) of the input projection per chunk (see rnn_fwd). */
-enum { CHUNK_ROWS = 512 };
+/* Rows (steps x batch) of the input projection per chunk (see rnn_fwd): in place, and
+ * batch-tiled (project_tiled). The tiled chunk's projections (2 MB for LSTM H512 at 256
+ * rows) are read back by its steps: from 512 rows on they came from L3, and T64 B64 ran
+ * 2% slower at AVX2 (Rocket Lake, one thread; AVX-512 even, B8 and B16 1-2% faster at
+ * 256). */
+enum { CHUNK_ROWS = 512, TILE_CHUNK_ROWS = 256 };
 
 #if SIMD_FMA
 #define RNN_MADD_F32(a, b, c) fmaf((a), (b), (c))
@@ -212,10 +219,16 @@ struct RN(rnn) {
     const struct RN(cell) *cell;     /* what is pointwise (see the cells below) */
     int reverse;
     int64_t T, B, I, H, G, nws;      /* G: the cell's gates; nws: ws width per (t, b) */
+    int64_t P;                       /* h's features: H, or the projection's (w_hr (P, H)) */
     int64_t nblk, rows, ngrp;        /* blocks of NR hidden units, groups of `rows` batch rows */
     int tiled;                       /* forward: batch-tiled step, else weights in place */
     const int64_t *lengths;
     const real *x, *w_ih, *w_hh, *b_hh, *h0, *c0, *dy;
+    const real *w_hr;                /* the projection (see "the projection"), or NULL */
+    real *u;                         /* with w_hr: the cell outputs before it (forward: B x H
+                                      * of this step; backward: T x B x H, for dw_hr) */
+    real *dht, *dhp, *wrp;           /* backward with w_hr: dL/dh_t (T x B x P), the step's
+                                      * packed, and w_hr packed by unit blocks */
     real *y, *ws;                    /* forward outputs (ws may be NULL) */
     const real *ys, *wss;            /* backward inputs: the forward's y and ws */
     real *h, *c;                     /* forward state (the h_n/c_n outputs) */
@@ -223,11 +236,29 @@ struct RN(rnn) {
     real *xg;                        /* forward: input projections of the times from xg_t0 */
     int64_t xg_t0, xgw;              /*   (chunk, B, xgw), columns as xcol orders them */
     real *xbias;                     /* forward: the biases added to xg (G*H) */
-    real *xpack, *wip;               /* tiled forward: packed x of the steps from xp_s0 and */
-    int64_t xp_s0;                   /*   w_ih packed as wp (the projection in the step) */
+    real *xpack, *wip;               /* tiled forward: packed x of the chunk's steps (from */
+    real *xproj;                     /*   xp_s0), w_ih packed as wp, and the chunk's input */
+    int64_t xp_s0, xp_chunk;         /*   projections (tiles, xp_chunk steps) */
     real *dgx, *dgh;                 /* backward: gate gradients, x side and h side */
     real *wp;                        /* w_hh packed for the time loop */
 };
+
+/* ---- the projection ----
+ * torch's proj_size: with w_hr (P, H) the cell's output u_t (H) is projected,
+ *   h_t = u_t @ w_hr^T  (P features),
+ * and h_t is what y, h_n and the recurrence (w_hh (G*H, P)) see; c stays H wide. It is the
+ * same time loops with the state P wide (where they say P, it is H without one), plus one
+ * phase per step in each direction, since a projected row needs all of u's row:
+ *   forward, after the step's cell updates (u to p->u) and a barrier: each thread forms its
+ *     slice of h's P columns, h = u @ w_hr^T (dots, w_hr in place; fwd_project), then a
+ *     second barrier before the next step reads h;
+ *   backward, phase 1 starts from dL/dh_t (P: carried + dy, formed by the owners of P's
+ *     columns and kept for all t in dht), du = dL/dh_t @ w_hr (H, own units; step_micro on
+ *     w_hr packed by unit blocks), then the cell's chain rule from du, which also writes
+ *     u_t (ubwd.out); phase 2 owns P's columns (dh = dG @ w_hh); a second barrier.
+ *     Afterwards dw_hr = dht^T u as one matmul over all steps.
+ * Only for a cell whose output has no direct path back to h_{t-1} (LSTM: u = o * tanh(c)):
+ * the direct part of its chain rule would be H wide, not P. */
 
 /* ---- the cells ----
  * What differs between LSTM, GRU and Elman is pointwise, and lives in one file per cell
@@ -242,7 +273,8 @@ struct RN(rnn) {
  * biases) at xg[g * xs + j] and the folded biases at xb[g * xs + j]; b_hh (NULL: zeros)
  * for the gates that do not fold it, gate g at b_hh[g * H + j]; the state rows of b (h, and
  * c for LSTM) updated in place; the output rows y and ws (NULL: not kept) of (t, b), ws
- * value k at ws[k * H + j]. */
+ * value k at ws[k * H + j]. With a projection h and y both point at b's row of u (the
+ * cell's output; the projection forms h and y from it). */
 struct RN(ufwd) {
     int64_t nu, H, gs, xs;
     const real *acc, *xg, *xb, *b_hh;
@@ -255,11 +287,13 @@ struct RN(ufwd) {
  * NULL: zeros) and c0 (NULL: zeros); dy (NULL: zeros); the carried dh (in: dL/dh_t without
  * dy; out: the direct part of dL/dh_{t-1}, to which phase 2 adds dG @ w_hh) and dc (LSTM).
  * The gate gradients go to dgx / dgh (x and h sides, row (t, b), gate g at g * H + j) and
- * to the packed dgp (gate g of unit j at dgp[(g * H + j) * rows], see packed_at). */
+ * to the packed dgp (gate g of unit j at dgp[(g * H + j) * rows], see packed_at). With a
+ * projection: dh is du (in: dL/du_t; out: ignored), dy and h_prev are NULL, and the cell
+ * writes its output u_t to out (else NULL). */
 struct RN(ubwd) {
     int64_t nu, H, rows;
     const real *ws, *ws_prev, *h_prev, *c0, *dy;
-    real *dh, *dc, *dgx, *dgh, *dgp;
+    real *dh, *dc, *dgx, *dgh, *dgp, *out;
 };
 
 /* One cell: what the generic loops know of it. */
@@ -338,16 +372,16 @@ static void RN(step_micro)(int64_t K, int64_t rows, const real *hp, const real *
     }
 }
 
-/* Backward packing of the blocks [lo, hi): wp[blk][r][j] = w_hh[r][blk*NR + j] (zero past
- * H), for dG @ w_hh. */
-static void RN(pack_w_bwd)(const struct RN(rnn) *p, real *restrict wp, int64_t lo, int64_t hi) {
-    int64_t H = p->H;
+/* Backward packing of the column blocks [lo, hi) of w (nrow x ncol): wp[blk][r][j] =
+ * w[r][blk*NR + j] (zero past ncol), for dG @ w_hh (and dL/dh @ w_hr). */
+static void RN(pack_w_bwd)(const real *w, int64_t nrow, int64_t ncol, real *restrict wp,
+                           int64_t lo, int64_t hi) {
     for (int64_t blk = lo; blk < hi; blk++) {
-        int64_t u0 = blk * NR, nu = H - u0 < NR ? H - u0 : NR;
-        real *dst = wp + blk * p->G * H * NR;
+        int64_t u0 = blk * NR, nu = ncol - u0 < NR ? ncol - u0 : NR;
+        real *dst = wp + blk * nrow * NR;
         /* two vectors a row (a memcpy call per 64 bytes was ~8% of an LSTM B8 backward) */
-        for (int64_t r = 0; r < p->G * H; r++, dst += NR) {
-            const real *src = p->w_hh + r * H + u0;
+        for (int64_t r = 0; r < nrow; r++, dst += NR) {
+            const real *src = w + r * ncol + u0;
             V(store)(dst, V(load_n)(src, nu));
             V(store)(dst + NV, V(load_n)(src + NV, nu - NV));
         }
@@ -408,11 +442,11 @@ static inline void RN(put_grad)(const struct RN(ubwd) *u, int64_t at, int64_t n,
 /* The cell update at step s of batch group grp for the units [u0, u0 + nu) from their
  * gates' recurrent parts (unit j of gate g of the group's row i at acc[i * rs + g * gs + j])
  * and input parts (laid out as acc in xacc, or NULL: in the chunk's xg), and the new h
- * packed into hnext. */
+ * packed into hnext (with a projection, u_t into p->u: fwd_project forms h). */
 static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64_t nu,
                            int64_t grp, const real *acc, const real *xacc, int64_t rs,
                            int64_t gs, real *hnext) {
-    int64_t H = p->H;
+    int64_t H = p->H;  /* (h is H wide here, as it is without a projection) */
     struct RN(ufwd) u = {.nu = nu, .H = H, .gs = gs,
                          .xs = p->tiled ? NV : H,  /* gate stride in xg and xbias (see xcol) */
                          .xb = p->xbias + RN(xcol)(p, 0, u0),
@@ -426,8 +460,12 @@ static void RN(fwd_update)(const struct RN(rnn) *p, int64_t s, int64_t u0, int64
                         : p->xg + (row - p->xg_t0 * p->B) * p->xgw + RN(xcol)(p, 0, u0);
             u.h = p->h + b * H + u0, u.c = p->c ? p->c + b * H + u0 : NULL;
             u.y = p->y + row * H + u0, u.ws = p->ws ? p->ws + row * p->nws + u0 : NULL;
+            if (p->w_hr)
+                u.h = u.y = p->u + b * H + u0;
             p->cell->fwd(&u);
         }
+        if (p->w_hr)
+            continue;
         real *dst = hnext + packed_at(b, u0, H, p->rows);
         for (int64_t j = 0; j < nu; j++)
             dst[j * p->rows] = p->h[b * H + u0 + j];
@@ -524,13 +562,13 @@ static void RN(project_in_place)(const struct RN(rnn) *p, int64_t M, const real 
 }
 
 /* Step s for the unit block ub (NV units, all G gates) and every batch row: the recurrent
- * part of the gates from hcur (B x H, as it lies) and w_hh in place, then the updates. */
+ * part of the gates from hcur (B x P, as it lies) and w_hh in place, then the updates. */
 static void RN(fwd_block_in_place)(const struct RN(rnn) *p, int64_t s, int64_t ub,
                                    const real *hcur, real *hnext, real *acc) {
-    int64_t H = p->H, G = p->G, u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
+    int64_t H = p->H, P = p->P, G = p->G, u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
     /* acc: this thread's B x G x NV partial sums, [b][g][j] */
     for (int64_t g = 0; g < G; g++)
-        RN(dots_block)(H, hcur, H, p->B, p->w_hh + (g * H + u0) * H, H, nu, acc + g * NV,
+        RN(dots_block)(P, hcur, P, p->B, p->w_hh + (g * H + u0) * P, P, nu, acc + g * NV,
                        G * NV);
     for (int64_t b = 0; b < p->B; b++)
         RN(fwd_update)(p, s, u0, nu, b, acc + b * G * NV, NULL, 0, NV, hnext);
@@ -668,47 +706,83 @@ static void RN(tile_step)(int64_t kc, int64_t G, int64_t rows, const real *hp, i
 }
 #undef TILE_CASES
 
-/* acc[grp] (+)= the product of the packed rows of every batch group (hp: K columns, as
- * packed_at lays them out) with a unit block's packed weights (wp: K x G x NV), k in slices
- * of TILE_KSLICE: each slice of wp is used by all groups while it is in L1. */
-static void RN(tiles_all_groups)(const struct RN(rnn) *p, int64_t K, const real *hp,
-                                 const real *wp, real *acc) {
+/* acc[n] (+)= the product of the packed rows of n batch groups (hp: K columns, as
+ * packed_at lays them out; group n of a step is batch group n % ngrp) with a unit block's
+ * packed weights (wp: K x G x NV), k in slices of TILE_KSLICE: each slice of wp is used by
+ * all groups while it is in L1. */
+static void RN(tiles_groups)(const struct RN(rnn) *p, int64_t K, const real *hp,
+                             const real *wp, real *acc, int64_t n) {
     int64_t G = p->G, R = p->rows, tile = R * G * NV;
     for (int64_t k0 = 0; k0 < K; k0 += TILE_KSLICE) {
         int64_t kc = K - k0 < TILE_KSLICE ? K - k0 : TILE_KSLICE;
-        for (int64_t grp = 0; grp < p->ngrp; grp++)
-            RN(tile_step)(kc, G, p->B - grp * R, hp + (grp * K + k0) * R, R,
+        for (int64_t grp = 0; grp < n; grp++)
+            RN(tile_step)(kc, G, p->B - grp % p->ngrp * R, hp + (grp * K + k0) * R, R,
                           wp + k0 * G * NV, acc + grp * tile, k0 == 0);
     }
 }
 
-/* Step s for the unit block ub (NV units, all G gates) and every batch group: the input
- * part x_t @ w_ih^T of its gates (into xacc) and the recurrent part h @ w_hh^T (into acc),
- * each ngrp x R x G x NV, then the cell updates straight from them. Computing the input
- * projection here, rather than as a gemm per chunk of steps into xg, runs it with the
- * step's tile kernel and leaves it in L1 for the update. */
+/* The input projections of the steps [s0, s1) (x packed in xpack) for this thread's unit
+ * blocks [lo, hi), before those steps: xproj[ub][s - s0][grp] (tiles, laid out as acc). */
+static void RN(project_tiled)(const struct RN(rnn) *p, int64_t s0, int64_t s1, int64_t lo,
+                              int64_t hi) {
+    int64_t I = p->I, G = p->G, tile = p->rows * G * NV;
+    for (int64_t ub = lo; ub < hi; ub++)
+        RN(tiles_groups)(p, I, p->xpack, p->wip + ub * I * G * NV,
+                         p->xproj + ub * p->xp_chunk * p->ngrp * tile, (s1 - s0) * p->ngrp);
+}
+
+/* Step s for the unit block ub (NV units, all G gates) and every batch group: the recurrent
+ * part h @ w_hh^T of its gates (into acc, ngrp x R x G x NV), then the cell updates straight
+ * from it and from the chunk's projections (project_tiled, laid out as acc). The
+ * projections were once computed here too, with w_ih packed like w_hh: that read all of
+ * w_ih again at every step, as many bytes as w_hh for the same few rows, and made T64 B8
+ * (I = H = 512, AVX-512, Rocket Lake) 13-19% slower and T64 B2 1.6x slower than projecting
+ * per chunk; T64 B64 within 2% either way. */
 static void RN(fwd_block_tiled)(const struct RN(rnn) *p, int64_t s, int64_t ub,
                                 const real *hcur, real *hnext, real *acc) {
-    int64_t H = p->H, I = p->I, G = p->G, R = p->rows, tile = R * G * NV;
-    real *xacc = acc + p->ngrp * tile;
-    RN(tiles_all_groups)(p, I, p->xpack + (s - p->xp_s0) * p->ngrp * I * R,
-                         p->wip + ub * I * G * NV, xacc);
-    RN(tiles_all_groups)(p, H, hcur, p->wp + ub * H * G * NV, acc);
+    int64_t H = p->H, P = p->P, G = p->G, tile = p->rows * G * NV;
+    const real *xacc = p->xproj + (ub * p->xp_chunk + s - p->xp_s0) * p->ngrp * tile;
+    RN(tiles_groups)(p, P, hcur, p->wp + ub * P * G * NV, acc, p->ngrp);
     int64_t u0 = ub * NV, nu = H - u0 < NV ? H - u0 : NV;
     for (int64_t grp = 0; grp < p->ngrp; grp++)
         RN(fwd_update)(p, s, u0, nu, grp, acc + grp * tile, xacc + grp * tile, G * NV, NV,
                        hnext);
 }
 
-/* Per-thread partial sums: of fwd_block_tiled (recurrent and input parts) or of
- * fwd_block_in_place (recurrent part). */
+/* Per-thread partial sums (the recurrent part) of fwd_block_tiled or fwd_block_in_place. */
 static int64_t RN(accbuf_size)(const struct RN(rnn) *p) {
-    return p->tiled ? 2 * p->ngrp * p->rows * p->G * NV : p->B * p->G * NV;
+    return p->tiled ? p->ngrp * p->rows * p->G * NV : p->B * p->G * NV;
 }
 
-/* Steps [s0, s1) for this thread's blocks [lo, hi) of NV units. */
+/* The projection of step s (see "the projection") for this thread's blocks [lo, hi) of NV
+ * columns of h: h = u @ w_hr^T for the elements at one of their steps (w_hr read in place,
+ * dots: out, B x NV, of the thread's scratch), to the state, y and hnext; the others' h is
+ * carried. */
+static void RN(fwd_project)(const struct RN(rnn) *p, int64_t s, int64_t lo, int64_t hi,
+                            real *hnext, real *out) {
+    int64_t B = p->B, H = p->H, P = p->P;
+    for (int64_t pb = lo; pb < hi; pb++) {
+        int64_t c0 = pb * NV, nc = P - c0 < NV ? P - c0 : NV;
+        RN(dots_block)(H, p->u, H, B, p->w_hr + c0 * H, H, nc, out, NV);
+        for (int64_t b = 0; b < B; b++) {
+            int64_t len = len_of(p->lengths, b, p->T);
+            real *h = p->h + b * P + c0, *dst = hnext + packed_at(b, c0, P, p->rows);
+            if (s < len) {
+                real *y = p->y + (time_of(s, len, p->reverse) * B + b) * P + c0;
+                for (int64_t j = 0; j < nc; j++)
+                    h[j] = y[j] = out[b * NV + j];
+            }
+            for (int64_t j = 0; j < nc; j++)
+                dst[j * p->rows] = h[j];
+        }
+    }
+}
+
+/* Steps [s0, s1) for this thread's blocks [lo, hi) of NV units (and with a projection its
+ * blocks [plo, phi) of NV columns of h). */
 static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one, int64_t s0,
-                               int64_t s1, int64_t lo, int64_t hi, real *mybuf) {
+                               int64_t s1, int64_t lo, int64_t hi, int64_t plo, int64_t phi,
+                               real *mybuf) {
     for (int64_t s = s0; s < s1; s++) {
         const real *hcur = hpack + (s & 1) * one;
         real *hnext = hpack + ((s + 1) & 1) * one;
@@ -724,22 +798,30 @@ static void RN(time_steps_fwd)(const struct RN(rnn) *p, real *hpack, int64_t one
                 RN(fwd_block_in_place)(p, s, blk, hcur, hnext, mybuf);
         }
 #pragma omp barrier
+        if (p->w_hr) {  /* all of u is written: project it */
+            RN(fwd_project)(p, s, plo, phi, hnext, mybuf);
+#pragma omp barrier
+        }
     }
 }
 
 
 /* The time loop, in chunks of `chunk` steps: per chunk, each thread prepares its share of
  * the chunk's input projections (in place: xg = x @ w_ih^T for the columns of its own
- * units; tiled: x packed for the steps to project), then the steps, one barrier after each. */
+ * units; tiled: x packed by all threads, a barrier, then xproj for its own units), then the
+ * steps, one barrier after each. */
 static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int64_t chunk,
                               real *accbufs) {
-    int64_t one = p->ngrp * p->H * p->rows;  /* size of one packed h buffer */
+    int64_t one = p->ngrp * p->P * p->rows;  /* size of one packed h buffer */
     int64_t B = p->B, I = p->I;
-    double flops = 2.0 * (double)steps * B * (p->I + p->H) * p->G * p->H;
+    double flops = 2.0 * (double)steps * B * ((p->I + p->P) * p->G * p->H +
+                                              (p->w_hr ? p->H * p->P : 0));
 #pragma omp parallel if (seqcore_worth_threads(flops))
     {
-        int64_t lo, hi;
+        int64_t lo, hi, plo = 0, phi = 0;
         thread_share(ceil_div(p->H, NV), &lo, &hi);
+        if (p->w_hr)  /* (its blocks of h's columns) */
+            thread_share(ceil_div(p->P, NV), &plo, &phi);
         int64_t tid = 0, nthreads = 1;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
@@ -749,7 +831,7 @@ static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int
          * with no barrier (serial, the packing took ~20% of the LSTM B1 forward), and
          * into its own core's cache. */
         if (p->tiled) {
-            RN(pack_w_tiled)(p, p->w_hh, p->H, p->wp, lo, hi);
+            RN(pack_w_tiled)(p, p->w_hh, p->P, p->wp, lo, hi);
             RN(pack_w_tiled)(p, p->w_ih, I, p->wip, lo, hi);
         }
         real *mybuf = accbufs ? accbufs + tid * RN(accbuf_size)(p) : NULL;
@@ -757,11 +839,12 @@ static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int
         struct RN(rnn) mine = *p;
         for (int64_t s0 = 0; s0 < steps; s0 += chunk) {
             int64_t s1 = s0 + chunk < steps ? s0 + chunk : steps;
-            if (p->tiled) {  /* the steps compute their own projections from packed x */
+            if (p->tiled) {  /* x packed, then projected for the units of each thread */
                 RN(pack_x_steps)(p, s0, s1, tid, nthreads);
                 mine.xp_s0 = s0;
 #pragma omp barrier
                 /* (every share of xpack is written: each unit block reads all of them) */
+                RN(project_tiled)(p, s0, s1, lo, hi);
             } else {
                 /* times [t0, t0 + s1 - s0) of the steps [s0, s1) (one chunk of all steps
                  * when lengths and reverse: see rnn_fwd); each thread projects and then
@@ -770,7 +853,7 @@ static void RN(time_loop_fwd)(struct RN(rnn) *p, real *hpack, int64_t steps, int
                 RN(project_in_place)(p, (s1 - s0) * B, p->x + t0 * B * I, lo, hi);
                 mine.xg_t0 = t0;
             }
-            RN(time_steps_fwd)(&mine, hpack, one, s0, s1, lo, hi, mybuf);
+            RN(time_steps_fwd)(&mine, hpack, one, s0, s1, lo, hi, plo, phi, mybuf);
         }
     }
 }
@@ -785,12 +868,12 @@ static void RN(init_state)(real *state, const real *given, int64_t n) {
 }
 
 static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
-    int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H;
-    RN(init_state)(p->h, p->h0, B * H);
+    int64_t T = p->T, B = p->B, H = p->H, P = p->P, GH = p->G * H;
+    RN(init_state)(p->h, p->h0, B * P);
     if (p->c)  /* (LSTM) */
         RN(init_state)(p->c, p->c0, B * H);
     if (p->lengths && T * B * H > 0) {  /* else every step writes all of y and ws */
-        memset(p->y, 0, (size_t)(T * B * H) * sizeof(real));
+        memset(p->y, 0, (size_t)(T * B * P) * sizeof(real));
         if (p->ws)
             memset(p->ws, 0, (size_t)(T * B * p->nws) * sizeof(real));
     }
@@ -806,13 +889,14 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
         p->rows = 1;
         p->ngrp = B;
     }
-    /* The time loop runs in chunks of steps. In place, each chunk's input projections
-     * are computed first, w_ih read in place once for all the chunk's rows: they are still
-     * in cache when its steps read them, and the buffer is small (all T at once: 32 MB for
-     * LSTM B64). With lengths and reverse the elements' steps do not map to common times:
-     * one chunk of all of them. The tiled step packs each chunk's x at each element's own
-     * time instead (any chunk). */
-    int64_t chunk = p->lengths && p->reverse && !p->tiled ? steps : ceil_div(CHUNK_ROWS, B);
+    /* The time loop runs in chunks of steps. Each chunk's input projections are computed
+     * first, w_ih read once for all the chunk's rows (in place, or packed when tiled): they
+     * are still in cache when its steps read them, and the buffer is small (all T at once:
+     * 32 MB for LSTM B64). In place with lengths and reverse the elements' steps do not map
+     * to common times: one chunk of all of them. The tiled path packs each chunk's x at each
+     * element's own time instead (any chunk). */
+    int64_t chunk = p->lengths && p->reverse && !p->tiled
+                        ? steps : ceil_div(p->tiled ? TILE_CHUNK_ROWS : CHUNK_ROWS, B);
     chunk = chunk < steps ? chunk : steps;
     p->xgw = p->tiled ? ceil_div(H, NV) * NV * p->G : GH;  /* (see xcol) */
     int64_t nthreads = 1;
@@ -821,27 +905,33 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
 #endif
     int64_t accsize = RN(accbuf_size)(p), I = p->I, rs = (int64_t)sizeof(real);
     int tiled = p->tiled;
-    /* The scratch, in one block: xbias; tiled, packed w_hh (wp), packed x and w_ih; else the
-     * projections xg; h (two buffers, packed when tiled); per-thread partial sums. */
-    int64_t bytes[7] = {p->xgw * rs,
-                        tiled ? ceil_div(H, NV) * NV * GH * rs : 0,
+    p->xp_chunk = chunk;
+    /* The scratch, in one block: xbias; tiled, packed w_hh (wp), packed x and w_ih; the
+     * projections (in place xg, tiled xproj); h (two buffers, packed when tiled);
+     * per-thread partial sums; with w_hr, u. */
+    int64_t bytes[9] = {p->xgw * rs,
+                        tiled ? ceil_div(H, NV) * NV * p->G * P * rs : 0,
                         tiled ? chunk * p->ngrp * p->rows * I * rs : 0,
                         tiled ? ceil_div(H, NV) * NV * p->G * I * rs : 0,
                         tiled ? 0 : chunk * B * p->xgw * rs,
-                        2 * p->ngrp * p->rows * H * rs,
-                        nthreads * accsize * rs};
-    void *part[7];
-    void *scratch = take_parts(7, bytes, part);
+                        2 * p->ngrp * p->rows * P * rs,
+                        nthreads * accsize * rs,
+                        tiled ? ceil_div(H, NV) * chunk * p->ngrp * p->rows * p->G * NV * rs : 0,
+                        p->w_hr ? B * H * rs : 0};
+    void *part[9];
+    void *scratch = take_parts(9, bytes, part);
     p->xbias = part[0], p->wp = part[1], p->xpack = part[2], p->wip = part[3], p->xg = part[4];
     real *hpack = part[5], *accbufs = part[6];
+    p->xproj = part[7], p->u = part[8];
     if (!scratch)
         return SEQCORE_ENOMEM;
     zero_bytes(p->xbias, bytes[0]);  /* (padding columns stay zero) */
     RN(input_bias)(p, b_ih, p->xbias);
     zero_bytes(hpack, bytes[5]);  /* (padding rows stay zero) */
+    zero_bytes(p->u, bytes[8]);  /* (rows of elements that are done are projected unused) */
     for (int64_t b = 0; b < B; b++)
-        for (int64_t k = 0; k < H; k++)
-            hpack[packed_at(b, k, H, p->rows)] = p->h[b * H + k];
+        for (int64_t k = 0; k < P; k++)
+            hpack[packed_at(b, k, P, p->rows)] = p->h[b * P + k];
     RN(time_loop_fwd)(p, hpack, steps, chunk, accbufs);
     seqcore_scratch_give(scratch);
     return SEQCORE_OK;
@@ -850,11 +940,15 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
 /* ---- backward ---- */
 
 /* Phase 1 of step s for (blk, grp): gate gradients of own units into dgx/dgh (indexed by
- * time) and into the packed dgp (rows of elements that are done stay zero there). */
+ * time) and into the packed dgp (rows of elements that are done stay zero there). With a
+ * projection the chain rule starts from du = dL/dh_t @ w_hr (own units), and u_t is kept. */
 static void RN(bwd_point_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
                                 real *dgp) {
-    int64_t H = p->H, B = p->B, G = p->G, GH = G * H, u0 = blk * NR;
+    int64_t H = p->H, P = p->P, B = p->B, G = p->G, GH = G * H, u0 = blk * NR;
     struct RN(ubwd) u = {.nu = H - u0 < NR ? H - u0 : NR, .H = H, .rows = p->rows};
+    real du[SMR][NR];
+    if (p->w_hr)  /* (rows of elements that are done: unused) */
+        RN(step_micro)(P, p->rows, p->dhp + grp * P * p->rows, p->wrp + blk * P * NR, du, 0);
     for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < B; i++, b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         u.dgp = dgp + packed_at(b, u0, GH, p->rows);
@@ -867,33 +961,73 @@ static void RN(bwd_point_block)(const struct RN(rnn) *p, int64_t s, int64_t blk,
         int64_t prev = s > 0 ? time_of(s - 1, len, p->reverse) * B + b : -1;
         u.ws = p->wss + row * p->nws + u0;
         u.ws_prev = prev >= 0 ? p->wss + prev * p->nws + u0 : NULL;
-        u.h_prev = prev >= 0 ? p->ys + prev * H + u0 : p->h0 ? p->h0 + b * H + u0 : NULL;
         u.c0 = p->c0 ? p->c0 + b * H + u0 : NULL;
-        u.dy = p->dy ? p->dy + row * H + u0 : NULL;
-        u.dh = p->dh + b * H + u0, u.dc = p->dc ? p->dc + b * H + u0 : NULL;
+        u.dc = p->dc ? p->dc + b * H + u0 : NULL;
         u.dgx = p->dgx + row * GH + u0, u.dgh = p->dgh + row * GH + u0;
+        if (p->w_hr) {  /* (h, y, dy and dh are P wide: the cell sees none of them) */
+            u.h_prev = u.dy = NULL;
+            u.dh = du[i], u.out = p->u + row * H + u0;
+        } else {
+            u.h_prev = prev >= 0 ? p->ys + prev * H + u0 : p->h0 ? p->h0 + b * H + u0 : NULL;
+            u.dy = p->dy ? p->dy + row * H + u0 : NULL;
+            u.dh = p->dh + b * H + u0;
+        }
         p->cell->bwd(&u);
     }
 }
-/* Phase 2 for (blk, grp): dh[:, own units] += dG_t @ w_hh[:, own units]. */
-static void RN(bwd_matmul_block)(const struct RN(rnn) *p, int64_t blk, int64_t grp,
+
+/* With a projection, for (blk, grp), blk a block of NR of h's P columns: dL/dh_t of step s
+ * for the elements at one of their steps, the carried dh plus dy, into dht (at its time)
+ * and packed into dhp for phase 1. */
+static void RN(bwd_dh_step)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp) {
+    int64_t B = p->B, P = p->P;
+    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < B; i++, b++) {
+        int64_t len = len_of(p->lengths, b, p->T);
+        if (s >= len)
+            continue;
+        int64_t row = time_of(s, len, p->reverse) * B + b;
+        real *dst = p->dhp + packed_at(b, blk * NR, P, p->rows);
+        for (int64_t j = 0, c = blk * NR; j < NR && c < P; j++, c++) {
+            real v = p->dh[b * P + c] + (p->dy ? p->dy[row * P + c] : 0);
+            p->dht[row * P + c] = dst[j * p->rows] = v;
+        }
+    }
+}
+
+/* Phase 2 for (blk, grp), blk a block of NR of h's P columns: dh[:, own] += dG_t @ w_hh[:,
+ * own] (the cell left the direct part in dh); with a projection the elements at one of
+ * their steps take dh = dG_t @ w_hh (the cell's direct part went to its du), the others
+ * keep theirs. */
+static void RN(bwd_matmul_block)(const struct RN(rnn) *p, int64_t s, int64_t blk, int64_t grp,
                                  const real *dgp) {
-    int64_t H = p->H, GH = p->G * H;
+    int64_t P = p->P, GH = p->G * p->H;
     real acc[SMR][NR];
     RN(step_micro)(GH, p->rows, dgp + grp * GH * p->rows, p->wp + blk * GH * NR, acc, 0);
-    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++)
-        for (int64_t j = 0, u = blk * NR; j < NR && u < H; j++, u++)
-            p->dh[b * H + u] += acc[i][j];
+    for (int64_t i = 0, b = grp * p->rows; i < p->rows && b < p->B; i++, b++) {
+        int keep = !p->w_hr || s >= len_of(p->lengths, b, p->T);
+        for (int64_t j = 0, c = blk * NR; j < NR && c < P; j++, c++)
+            p->dh[b * P + c] = (keep ? p->dh[b * P + c] : 0) + acc[i][j];
+    }
 }
 
 static void RN(time_loop_bwd)(const struct RN(rnn) *p, real *dgpack, int64_t steps) {
     int64_t one = p->ngrp * p->G * p->H * p->rows;  /* size of one packed dG buffer */
-#pragma omp parallel if (seqcore_worth_threads(2.0 * steps * p->B * p->G * p->H * p->H))
+    double flops = 2.0 * steps * p->B * p->H * (p->G * p->P + (p->w_hr ? p->P : 0));
+#pragma omp parallel if (seqcore_worth_threads(flops))
     {
-        int64_t lo, hi;
+        int64_t lo, hi, plo, phi;  /* this thread's blocks of units, and of h's columns */
         thread_share(p->nblk, &lo, &hi);
-        /* only this thread reads its blocks of the packed w_hh (phase 2): no barrier */
-        RN(pack_w_bwd)(p, p->wp, lo, hi);
+        thread_share(ceil_div(p->P, NR), &plo, &phi);
+        /* only this thread reads its blocks of the packed w_hh (phase 2) and w_hr (phase
+         * 1): no barrier */
+        RN(pack_w_bwd)(p->w_hh, p->G * p->H, p->P, p->wp, plo, phi);
+        if (p->w_hr) {
+            RN(pack_w_bwd)(p->w_hr, p->P, p->H, p->wrp, lo, hi);
+            for (int64_t blk = plo; blk < phi && steps > 0; blk++)
+                for (int64_t grp = 0; grp < p->ngrp; grp++)
+                    RN(bwd_dh_step)(p, steps - 1, blk, grp);
+#pragma omp barrier
+        }
         for (int64_t s = steps - 1; s >= 0; s--) {
             /* two buffers: phase 1 of the next step may start while others are in phase 2 */
             real *dgp = dgpack + (s & 1) * one;
@@ -901,16 +1035,22 @@ static void RN(time_loop_bwd)(const struct RN(rnn) *p, real *dgpack, int64_t ste
                 for (int64_t grp = 0; grp < p->ngrp; grp++)
                     RN(bwd_point_block)(p, s, blk, grp, dgp);
 #pragma omp barrier
-            for (int64_t blk = lo; blk < hi; blk++)
-                for (int64_t grp = 0; grp < p->ngrp; grp++)
-                    RN(bwd_matmul_block)(p, blk, grp, dgp);
+            for (int64_t blk = plo; blk < phi; blk++)
+                for (int64_t grp = 0; grp < p->ngrp; grp++) {
+                    RN(bwd_matmul_block)(p, s, blk, grp, dgp);
+                    if (p->w_hr && s > 0)
+                        RN(bwd_dh_step)(p, s - 1, blk, grp);
+                }
+            if (p->w_hr) {  /* phase 1 of the next step reads all of dhp */
+#pragma omp barrier
+            }
         }
     }
 }
 
-/* h_prev (T, B, H): the state each valid step started from (zero elsewhere). */
+/* h_prev (T, B, P): the state each valid step started from (zero elsewhere). */
 static void RN(gather_h_prev)(const struct RN(rnn) *p, real *h_prev) {
-    int64_t B = p->B, H = p->H;
+    int64_t B = p->B, H = p->P;  /* (h's width) */
     for (int64_t b = 0; b < B; b++) {
         int64_t len = len_of(p->lengths, b, p->T);
         for (int64_t s = 0; s < len; s++) {
@@ -931,11 +1071,11 @@ static void RN(column_sums)(const real *a, int64_t rows, int64_t cols, real *sum
             sums[r] += a[m * cols + r];
 }
 
-/* dw_hh = dG^T h_prev, h_prev (T, B, H) the state each step started from. Without lengths
+/* dw_hh = dG^T h_prev, h_prev (T, B, P) the state each step started from. Without lengths
  * it is y shifted by one step (and h0 at the first): two products on y as it lies, no copy.
  * With lengths the rows are gathered first. */
 static int RN(dw_hh_grad)(const struct RN(rnn) *p, real *dw_hh) {
-    int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H, TB = T * B;
+    int64_t T = p->T, B = p->B, H = p->P, GH = p->G * p->H, TB = T * B;  /* (H: h's width) */
     if (!p->lengths) {
         /* forward order: step t (t >= 1) started from y[t - 1]; reversed: from y[t + 1] */
         const real *dg_rest = p->dgh + (p->reverse ? 0 : B * GH);
@@ -957,46 +1097,56 @@ static int RN(dw_hh_grad)(const struct RN(rnn) *p, real *dw_hh) {
     return status;
 }
 
-/* The matmuls over all steps once dG is known. */
+/* The matmuls over all steps once dG is known (and with a projection dw_hr = dht^T u). */
 static int RN(weight_grads)(const struct RN(rnn) *p, real *dx, real *dw_ih, real *dw_hh,
-                            real *db_ih, real *db_hh) {
-    int64_t TB = p->T * p->B, I = p->I, H = p->H, GH = p->G * H;
+                            real *db_ih, real *db_hh, real *dw_hr) {
+    int64_t TB = p->T * p->B, I = p->I, H = p->H, P = p->P, GH = p->G * H;
     int status = RN(seqcore_gemm)(TB, I, GH, p->dgx, GH, 1, p->w_ih, I, 1, 0, dx, I);
     if (!status)
         status = RN(seqcore_gemm)(GH, I, TB, p->dgx, 1, GH, p->x, I, 1, 0, dw_ih, I);
     if (!status)
         status = RN(dw_hh_grad)(p, dw_hh);
+    if (!status && p->w_hr)
+        status = RN(seqcore_gemm)(P, H, TB, p->dht, 1, P, p->u, H, 1, 0, dw_hr, H);
     RN(column_sums)(p->dgx, TB, GH, db_ih);
     RN(column_sums)(p->dgh, TB, GH, db_hh);
     return status;
 }
 
 static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, real *dx,
-                       real *dw_ih, real *dw_hh, real *db_ih, real *db_hh) {
-    int64_t T = p->T, B = p->B, H = p->H, GH = p->G * H;
-    RN(init_state)(p->dh, dh_n, B * H);
+                       real *dw_ih, real *dw_hh, real *db_ih, real *db_hh, real *dw_hr) {
+    int64_t T = p->T, B = p->B, H = p->H, P = p->P, GH = p->G * H;
+    RN(init_state)(p->dh, dh_n, B * P);
     if (p->dc)  /* (LSTM) */
         RN(init_state)(p->dc, dc_n, B * H);
     int64_t steps = max_len(p->lengths, B, T);
     /* scratch: the gate gradients, x side and h side (one array unless split_dg), packed
-     * w_hh and packed gate gradients (two buffers) */
-    int64_t rs = (int64_t)sizeof(real);
-    int64_t bytes[4] = {T * B * GH * rs, p->cell->split_dg ? T * B * GH * rs : 0,
-                        p->nblk * NR * GH * rs, 2 * p->ngrp * p->rows * GH * rs};
-    void *part[4];
-    void *scratch = take_parts(4, bytes, part);
+     * w_hh and packed gate gradients (two buffers); with a projection dht, u, packed dht
+     * and packed w_hr */
+    int64_t rs = (int64_t)sizeof(real), proj = p->w_hr != NULL;
+    int64_t bytes[8] = {T * B * GH * rs, p->cell->split_dg ? T * B * GH * rs : 0,
+                        ceil_div(P, NR) * NR * GH * rs, 2 * p->ngrp * p->rows * GH * rs,
+                        proj ? T * B * P * rs : 0, proj ? T * B * H * rs : 0,
+                        proj ? p->ngrp * p->rows * P * rs : 0,
+                        proj ? p->nblk * NR * P * rs : 0};
+    void *part[8];
+    void *scratch = take_parts(8, bytes, part);
     if (!scratch)
         return SEQCORE_ENOMEM;
     p->dgx = part[0], p->dgh = part[1] ? part[1] : part[0], p->wp = part[2];
     real *dgpack = part[3];
+    p->dht = part[4], p->u = part[5], p->dhp = part[6], p->wrp = part[7];
     if (p->lengths) {  /* the steps past an element's length leave its gradients zero */
         zero_bytes(p->dgx, bytes[0]);
         if (part[1])
             zero_bytes(p->dgh, bytes[1]);
+        zero_bytes(p->dht, bytes[4]);  /* (and its rows of dht and u, for dw_hr) */
+        zero_bytes(p->u, bytes[5]);
     }
     zero_bytes(dgpack, bytes[3]);  /* (padding rows stay zero) */
+    zero_bytes(p->dhp, bytes[6]);
     RN(time_loop_bwd)(p, dgpack, steps);
-    int status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh);
+    int status = RN(weight_grads)(p, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr);
     seqcore_scratch_give(scratch);
     return status;
 }
@@ -1015,7 +1165,7 @@ static struct RN(rnn) RN(problem)(const struct RN(cell) *cell, int64_t T, int64_
                                   int64_t I, int64_t H, const int64_t *lengths, int reverse) {
     struct RN(rnn) p = {0};
     p.cell = cell, p.reverse = reverse != 0;
-    p.T = T, p.B = B, p.I = I, p.H = H, p.G = cell->G;
+    p.T = T, p.B = B, p.I = I, p.H = H, p.P = H, p.G = cell->G;
     p.nws = cell->ws_width * H;
     p.rows = RN(step_rows)(B);
     p.nblk = ceil_div(H, NR), p.ngrp = ceil_div(B, p.rows);
@@ -1023,17 +1173,33 @@ static struct RN(rnn) RN(problem)(const struct RN(cell) *cell, int64_t T, int64_
     return p;
 }
 
+/* h's width P: w_hr NULL and P = H (no projection), or w_hr (P, H) with P >= 1. */
+static int RN(check_proj)(int64_t H, int64_t P, const real *w_hr) {
+    return w_hr ? P < 1 : P != H;
+}
+
+int RN(seqcore_lstm_proj_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              const real *x, const real *w_ih, const real *w_hh,
+                              const real *b_ih, const real *b_hh, const real *w_hr,
+                              const real *h0, const real *c0, const int64_t *lengths,
+                              int reverse, real *y, real *h_n, real *c_n, real *ws) {
+    if (check_sizes(T, B, I, H, lengths) || RN(check_proj)(H, P, w_hr) || !x || !w_ih ||
+        !w_hh || !y || !h_n || !c_n)
+        return SEQCORE_EINVAL;
+    struct RN(rnn) p = RN(problem)(&RN(lstm_cell), T, B, I, H, lengths, reverse);
+    p.P = P, p.w_hr = w_hr;
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0, p.c0 = c0;
+    p.y = y, p.h = h_n, p.c = c_n, p.ws = ws;
+    return RN(rnn_fwd)(&p, b_ih);
+}
+
 int RN(seqcore_lstm_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *x,
                          const real *w_ih, const real *w_hh, const real *b_ih,
                          const real *b_hh, const real *h0, const real *c0,
                          const int64_t *lengths, int reverse, real *y, real *h_n, real *c_n,
                          real *ws) {
-    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !h_n || !c_n)
-        return SEQCORE_EINVAL;
-    struct RN(rnn) p = RN(problem)(&RN(lstm_cell), T, B, I, H, lengths, reverse);
-    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.b_hh = b_hh, p.h0 = h0, p.c0 = c0;
-    p.y = y, p.h = h_n, p.c = c_n, p.ws = ws;
-    return RN(rnn_fwd)(&p, b_ih);
+    return RN(seqcore_lstm_proj_fwd)(T, B, I, H, H, x, w_ih, w_hh, b_ih, b_hh, NULL, h0, c0,
+                                     lengths, reverse, y, h_n, c_n, ws);
 }
 
 int RN(seqcore_gru_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *x,
@@ -1048,19 +1214,33 @@ int RN(seqcore_gru_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
     return RN(rnn_fwd)(&p, b_ih);
 }
 
+int RN(seqcore_lstm_proj_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
+                              const real *dy, const real *dh_n, const real *dc_n,
+                              const real *x, const real *w_ih, const real *w_hh,
+                              const real *w_hr, const real *h0, const real *c0,
+                              const int64_t *lengths, int reverse, const real *y,
+                              const real *ws, real *dx, real *dw_ih, real *dw_hh, real *db_ih,
+                              real *db_hh, real *dw_hr, real *dh0, real *dc0) {
+    if (check_sizes(T, B, I, H, lengths) || RN(check_proj)(H, P, w_hr) || !x || !w_ih ||
+        !w_hh || !y || !ws || !dx || !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0 || !dc0 ||
+        (w_hr && !dw_hr))
+        return SEQCORE_EINVAL;
+    struct RN(rnn) p = RN(problem)(&RN(lstm_cell), T, B, I, H, lengths, reverse);
+    p.P = P, p.w_hr = w_hr;
+    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.c0 = c0, p.dy = dy;
+    p.ys = y, p.wss = ws, p.dh = dh0, p.dc = dc0;
+    return RN(rnn_bwd)(&p, dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr);
+}
+
 int RN(seqcore_lstm_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *dy,
                          const real *dh_n, const real *dc_n, const real *x,
                          const real *w_ih, const real *w_hh, const real *h0, const real *c0,
                          const int64_t *lengths, int reverse, const real *y, const real *ws,
                          real *dx, real *dw_ih, real *dw_hh, real *db_ih, real *db_hh,
                          real *dh0, real *dc0) {
-    if (check_sizes(T, B, I, H, lengths) || !x || !w_ih || !w_hh || !y || !ws || !dx ||
-        !dw_ih || !dw_hh || !db_ih || !db_hh || !dh0 || !dc0)
-        return SEQCORE_EINVAL;
-    struct RN(rnn) p = RN(problem)(&RN(lstm_cell), T, B, I, H, lengths, reverse);
-    p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.c0 = c0, p.dy = dy;
-    p.ys = y, p.wss = ws, p.dh = dh0, p.dc = dc0;
-    return RN(rnn_bwd)(&p, dh_n, dc_n, dx, dw_ih, dw_hh, db_ih, db_hh);
+    return RN(seqcore_lstm_proj_bwd)(T, B, I, H, H, dy, dh_n, dc_n, x, w_ih, w_hh, NULL, h0,
+                                     c0, lengths, reverse, y, ws, dx, dw_ih, dw_hh, db_ih,
+                                     db_hh, NULL, dh0, dc0);
 }
 
 int RN(seqcore_gru_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *dy,
@@ -1074,7 +1254,7 @@ int RN(seqcore_gru_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
     struct RN(rnn) p = RN(problem)(&RN(gru_cell), T, B, I, H, lengths, reverse);
     p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.dy = dy;
     p.ys = y, p.wss = ws, p.dh = dh0;
-    return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh);
+    return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh, NULL);
 }
 
 int RN(seqcore_rnn_fwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *x,
@@ -1102,7 +1282,7 @@ int RN(seqcore_rnn_bwd)(int64_t T, int64_t B, int64_t I, int64_t H, const real *
     struct RN(rnn) p = RN(problem)(cell, T, B, I, H, lengths, reverse);
     p.x = x, p.w_ih = w_ih, p.w_hh = w_hh, p.h0 = h0, p.dy = dy;
     p.ys = y, p.wss = ws, p.dh = dh0;
-    return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh);
+    return RN(rnn_bwd)(&p, dh_n, NULL, dx, dw_ih, dw_hh, db_ih, db_hh, NULL);
 }
 
 /* End of one instantiation: its parameters are undefined for the next. */

@@ -1,7 +1,7 @@
 """The "c" backend of the recurrent family: LSTM/GRU/Elman RNN through csrc/recurrent.c.
 
 Implements lstm_fwd, lstm_bwd, gru_fwd, gru_bwd, rnn_fwd, rnn_bwd as seqcore/_problem.py
-describes. Inputs
+describes, lstm_fwd/lstm_bwd with the projection (w_hr=, torch's proj_size) too. Inputs
 arrive validated, contiguous and in one dtype (float32 or float64; the C kernels compute in
 that dtype), so this module only allocates outputs and passes pointers.
 """
@@ -38,17 +38,30 @@ def _relu(nonlinearity):
     return int(nonlinearity == "relu")
 
 
-def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, new=None):
+def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, new=None,
+             w_hr=None):
     """new: allocator of the results (shape -> array like x); NumPy arrays by default, CPU
-    tensors for the direct cell path (recurrent._direct_cell)."""
-    T, B, I, H = _sizes(x, w_hh)
+    tensors for the direct cell path (recurrent._direct_cell).
+
+    w_hr (P, H): the projection (csrc/recurrent.c, "the projection"); y and h_n then have P
+    features, c_n H. ws is (T, B, 5H) [i, f, g, o, c_t] either way.
+    """
+    T, B, I = x.shape
+    H = w_hh.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
     lengths = _lengths(lengths)
     new = new or numpy_alloc(x.dtype)
-    y, h_n, c_n = new((T, B, H)), new((B, H)), new((B, H))
+    y, h_n, c_n = new((T, B, P)), new((B, P)), new((B, H))
     ws = new((T, B, 5 * H)) if need_ws else None
-    status = _kernel("lstm_fwd", x.dtype)(
-        T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0), ptr(c0),
-        ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(c_n), ptr(ws))
+    if w_hr is None:
+        status = _kernel("lstm_fwd", x.dtype)(
+            T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0), ptr(c0),
+            ptr(lengths), int(bool(reverse)), ptr(y), ptr(h_n), ptr(c_n), ptr(ws))
+    else:
+        status = _kernel("lstm_proj_fwd", x.dtype)(
+            T, B, I, H, P, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh),
+            ptr(_c_array(w_hr, x.dtype)), ptr(h0), ptr(c0), ptr(lengths), int(bool(reverse)),
+            ptr(y), ptr(h_n), ptr(c_n), ptr(ws))
     _c.check(status, "lstm_fwd")
     return y, h_n, c_n, ws
 
@@ -67,26 +80,41 @@ def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, new=None):
     return y, h_n, ws
 
 
-def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws):
-    """Gradients (dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0); dy/dh_n/dc_n may be None.
+def lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+             w_hr=None):
+    """Gradients (dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0), and dw_hr as an eighth with
+    w_hr; dy/dh_n/dc_n may be None.
 
-    y and ws come from lstm_fwd(..., need_ws=True); without ws the forward is rerun.
+    y and ws come from lstm_fwd(..., need_ws=True) (with the same w_hr); without ws the
+    forward is rerun.
     """
-    T, B, I, H = _sizes(x, w_hh)
+    T, B, I = x.shape
+    H = w_hh.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]
     if ws is None or y is None:
-        y, _, _, ws = lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, True)
+        y, _, _, ws = lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, True,
+                               w_hr=w_hr)
     dt = x.dtype
     dy, dh_n, dc_n = _c_array(dy, dt), _c_array(dh_n, dt), _c_array(dc_n, dt)
     y, ws, lengths = _c_array(y, dt), _c_array(ws, dt), _lengths(lengths)
-    dx, dh0, dc0 = np.empty_like(x), np.empty((B, H), dt), np.empty((B, H), dt)
+    dx, dh0, dc0 = np.empty_like(x), np.empty((B, P), dt), np.empty((B, H), dt)
     dw_ih, dw_hh = np.empty_like(w_ih), np.empty_like(w_hh)
     db_ih, db_hh = np.empty(4 * H, dt), np.empty(4 * H, dt)
-    status = _kernel("lstm_bwd", dt)(
-        T, B, I, H, ptr(dy), ptr(dh_n), ptr(dc_n), ptr(x), ptr(w_ih), ptr(w_hh), ptr(h0),
-        ptr(c0), ptr(lengths), int(bool(reverse)), ptr(y), ptr(ws), ptr(dx), ptr(dw_ih),
-        ptr(dw_hh), ptr(db_ih), ptr(db_hh), ptr(dh0), ptr(dc0))
+    if w_hr is None:
+        status = _kernel("lstm_bwd", dt)(
+            T, B, I, H, ptr(dy), ptr(dh_n), ptr(dc_n), ptr(x), ptr(w_ih), ptr(w_hh), ptr(h0),
+            ptr(c0), ptr(lengths), int(bool(reverse)), ptr(y), ptr(ws), ptr(dx), ptr(dw_ih),
+            ptr(dw_hh), ptr(db_ih), ptr(db_hh), ptr(dh0), ptr(dc0))
+        _c.check(status, "lstm_bwd")
+        return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
+    w_hr = _c_array(w_hr, dt)
+    dw_hr = np.empty_like(w_hr)
+    status = _kernel("lstm_proj_bwd", dt)(
+        T, B, I, H, P, ptr(dy), ptr(dh_n), ptr(dc_n), ptr(x), ptr(w_ih), ptr(w_hh), ptr(w_hr),
+        ptr(h0), ptr(c0), ptr(lengths), int(bool(reverse)), ptr(y), ptr(ws), ptr(dx),
+        ptr(dw_ih), ptr(dw_hh), ptr(db_ih), ptr(db_hh), ptr(dw_hr), ptr(dh0), ptr(dc0))
     _c.check(status, "lstm_bwd")
-    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr
 
 
 def gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws):

@@ -22,7 +22,7 @@ _TITLE = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN (tanh)", "rnn_relu": "R
 
 
 # The backends whose lstm_fwd / lstm_bwd take w_hr (the projection, torch's proj_size).
-PROJ_BACKENDS = {"numpy", "triton"}
+PROJ_BACKENDS = {"numpy", "triton", "c"}
 
 
 def _elman_cell(nonlinearity):

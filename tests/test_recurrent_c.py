@@ -28,10 +28,10 @@ SHAPES = [(5, 3, 17, 17), (5, 8, 3, 100), (1, 1, 1, 1), (1, 8, 100, 3), (5, 1, 4
           (3, 0, 4, 5), (4, 64, 9, 40)]
 DTYPES = ["float32", "float64", "float16"]
 # Shapes for the paths that only larger calls take (csrc/recurrent.c): T*B over CHUNK_ROWS =
-# 512 rows, so the input projection runs in several chunks inside the time loop; T*B >=
-# TILE_MIN_ROWS = 96 with B >= 2, the tiled step (with a last, partial batch group; I, H over
-# TILE_KSLICE = 128: several k slices), from batch 2 on; fewer rows, the in-place step with
-# several 4-row blocks of the batch.
+# 512 rows (TILE_CHUNK_ROWS = 256 when tiled), so the input projection runs in several chunks
+# inside the time loop; T*B >= TILE_MIN_ROWS = 96 with B >= 2, the tiled step (with a last,
+# partial batch group; I, H over TILE_KSLICE = 128: several k slices), from batch 2 on; fewer
+# rows, the in-place step with several 4-row blocks of the batch.
 LARGE_SHAPES = [(20, 64, 9, 40), (11, 100, 17, 33), (40, 17, 5, 20), (9, 128, 3, 16), (4, 12, 6, 20),
                 (3, 20, 150, 130), (60, 2, 7, 19), (40, 3, 10, 24), (2, 37, 11, 21)]
 
@@ -525,4 +525,120 @@ def test_rnn_random_shapes(nonlinearity, T, B, I, H, reverse, use_lengths, dtype
     got, want = rnn_forward(a, nonlinearity, lengths, reverse)
     check_rnn_forward(got, want, dtype)
     got, want, names = rnn_backward(rng, a, nonlinearity, lengths, reverse)
+    check_grads(got, want, names, dtype)
+
+
+# ---- the LSTM projection (w_hr, torch's proj_size), through the backend module ----
+
+# (T, B, I, H, P): odd H, P = 1 and P = H - 1, T = 1, B = 1, empty sequences and batches; T*B
+# >= TILE_MIN_ROWS = 96 with B >= 2 for the batch-tiled step (a partial last batch group; H
+# over TILE_KSLICE = 128: several k slices), fewer for the in-place step; T*B over
+# TILE_CHUNK_ROWS = 256 (tiled) for several input-projection chunks
+PROJ_SHAPES = [(5, 3, 7, 11, 4), (6, 4, 5, 9, 1), (5, 3, 4, 6, 5), (1, 1, 3, 13, 6),
+               (1, 8, 9, 17, 8), (30, 1, 5, 21, 10), (0, 3, 4, 5, 2), (3, 0, 4, 5, 2),
+               (20, 7, 6, 33, 17), (40, 16, 9, 50, 37), (3, 40, 10, 150, 70),
+               (30, 5, 3, 8, 1), (12, 64, 5, 19, 9)]
+
+
+def proj_case(rng, T, B, I, H, P, dtype, biases=True, states=True):
+    """The arrays lstm_fwd/lstm_bwd take with a projection (None where not given)."""
+    a = make_inputs(rng, "lstm", T, B, I, H, dtype, biases=biases, states=states)
+    a["w_hh"] = (rng.standard_normal((4 * H, P)) / np.sqrt(P)).astype(dtype)
+    if states:
+        a["h0"] = (rng.standard_normal((B, P)) * 0.5).astype(dtype)
+    w_hr = (rng.standard_normal((P, H)) / np.sqrt(H)).astype(dtype)
+    return {k: None if v is None else np.ascontiguousarray(v) for k, v in a.items()}, w_hr
+
+
+def proj_run(rng, a, w_hr, lengths, reverse, with_grads=(True, True), keep_ws=True):
+    """C forward and backward, and the reference's, of one call with a projection."""
+    T, B, _ = a["x"].shape
+    H, P = a["w_hh"].shape[0] // 4, w_hr.shape[0]
+    dtype = a["x"].dtype
+    mod = backend()
+    args = [a[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")]
+    y, h_n, c_n, ws = mod.lstm_fwd(*args, lengths, reverse, True, w_hr=w_hr)
+    assert ws.shape == (T, B, 5 * H)
+    ye, (hne, cne) = ref.lstm(**f64(a), w_hr=to64(w_hr), lengths=lengths, reverse=reverse)
+    dy = rng.standard_normal((T, B, P)).astype(dtype) if with_grads[0] else None
+    dh_n = rng.standard_normal((B, P)).astype(dtype) if with_grads[1] else None
+    dc_n = rng.standard_normal((B, H)).astype(dtype) if with_grads[1] else None
+    got = mod.lstm_bwd(dy, dh_n, dc_n, *args, lengths, reverse, y if keep_ws else None,
+                       ws if keep_ws else None, w_hr=w_hr)
+    want = ref.lstm_bwd(*map(to64, (dy, dh_n, dc_n)), **f64(a), w_hr=to64(w_hr),
+                        lengths=lengths, reverse=reverse)
+    names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr"]
+    return (y, h_n, c_n), (ye, hne, cne), dict(zip(names, got)), want, names
+
+
+def check_proj_forward(got, want, dtype, lengths):
+    (y, h_n, c_n), (ye, hne, cne) = got, want
+    assert y.shape == ye.shape and h_n.shape == hne.shape and c_n.shape == cne.shape
+    assert y.dtype == np.dtype(dtype) and h_n.dtype == np.dtype(dtype)
+    assert_close(y, ye, dtype, name="y")
+    assert_close(h_n, hne, dtype, name="h_n")
+    assert_close(c_n, cne, dtype, name="c_n", scale=max(1.0, np.abs(cne).max(initial=0)))
+    if lengths is not None:  # zero past each length, exactly
+        for b, n in enumerate(lengths):
+            assert not y[n:, b].any()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=str)
+@pytest.mark.parametrize("lengths_mode", ["none", "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_projection(rng, dtype, shape, lengths_mode, reverse):
+    T, B, I, H, P = shape
+    a, w_hr = proj_case(rng, T, B, I, H, P, dtype)
+    lengths = make_lengths(rng, lengths_mode, T, B)
+    got_f, want_f, got, want, names = proj_run(rng, a, w_hr, lengths, reverse)
+    check_proj_forward(got_f, want_f, dtype, lengths)
+    check_grads(got, want, names, dtype)
+
+
+@pytest.mark.parametrize("biases,states", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("with_grads", [(True, True), (True, False), (False, True)])
+def test_projection_missing_arrays(rng, biases, states, with_grads):
+    """None biases, states and output gradients read as zeros (NULL in C)."""
+    a, w_hr = proj_case(rng, 6, 3, 5, 9, 4, "float64", biases=biases, states=states)
+    lengths = np.array([6, 0, 3])
+    got_f, want_f, got, want, names = proj_run(rng, a, w_hr, lengths, True, with_grads)
+    check_proj_forward(got_f, want_f, "float64", lengths)
+    check_grads(got, want, names, "float64")
+
+
+def test_projection_without_workspace_recomputes(rng):
+    a, w_hr = proj_case(rng, 4, 3, 5, 10, 3, "float32")
+    _, _, got, want, names = proj_run(rng, a, w_hr, None, False, keep_ws=False)
+    check_grads(got, want, names, "float32")
+
+
+def test_projection_c_rejects_invalid():
+    """A projection of size < 1, or none with P != H, is refused (-1), never read."""
+    lib, ffi = _c.load()
+    p = _c.ptr(np.zeros(4096, np.float32))
+    N = ffi.NULL
+    assert lib.seqcore_lstm_proj_fwd_f32(2, 2, 3, 4, 0, p, p, p, p, p, p, p, p, N, 0,
+                                         p, p, p, p) == -1
+    assert lib.seqcore_lstm_proj_fwd_f32(2, 2, 3, 4, 2, p, p, p, p, p, N, p, p, N, 0,
+                                         p, p, p, p) == -1
+    # with w_hr the backward needs dw_hr
+    assert lib.seqcore_lstm_proj_bwd_f32(2, 2, 3, 4, 2, p, p, p, p, p, p, p, p, p, N, 0, p, p,
+                                         p, p, p, p, p, N, p, p) == -1
+    q = _c.ptr(np.zeros(4096, np.float64))
+    assert lib.seqcore_lstm_proj_bwd_f64(2, 2, 3, 4, -1, q, q, q, q, q, q, q, q, q, N, 0, q,
+                                         q, q, q, q, q, q, q, q, q) == -1
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(0, 6), B=st.integers(1, 20), I=st.integers(1, 12), H=st.integers(2, 40),
+       p_frac=st.floats(0, 1), reverse=st.booleans(), use_lengths=st.booleans(),
+       dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 2**32 - 1))
+def test_projection_random_shapes(T, B, I, H, p_frac, reverse, use_lengths, dtype, seed):
+    rng = np.random.default_rng(seed)
+    P = 1 + int(p_frac * (H - 2))  # 1 <= P < H
+    lengths = rng.integers(0, T + 1, size=B) if use_lengths else None
+    a, w_hr = proj_case(rng, T, B, I, H, P, dtype)
+    got_f, want_f, got, want, names = proj_run(rng, a, w_hr, lengths, reverse)
+    check_proj_forward(got_f, want_f, dtype, lengths)
     check_grads(got, want, names, dtype)
