@@ -24,17 +24,25 @@ def _is_foreign(a):
             and not _arrays.is_tensor(a))
 
 
+# Types known not to be foreign arrays (NumPy, torch, plain Python values), grown as calls
+# meet them: the common call then costs one set lookup per argument.
+_NATIVE = {np.ndarray, type(None), int, float, bool, str}
+
+
 def _first_foreign(values):
     """The first foreign array among values (one level into lists and tuples), or None."""
     for a in values:
-        if a is None or a.__class__ is np.ndarray:
+        t = type(a)
+        if t in _NATIVE:
             continue
-        if isinstance(a, (list, tuple)):
+        if t is list or t is tuple:
             found = _first_foreign(a)
             if found is not None:
                 return found
         elif _is_foreign(a):
             return a
+        elif _arrays.is_tensor(a) or not hasattr(a, "__dlpack__"):
+            _NATIVE.add(t)
     return None
 
 
