@@ -2,11 +2,11 @@
 """sm_90 resource report, no GPU needed: every Triton kernel of seqcore.kernels compiled for an
 H100/H200 (sm_90a) at every config its autotuner or launcher can pick, with ptxas.
 
-    python bench/sm90_report.py                  # the full report: ~820 compiles, hours on 2
+    python bench/sm90_report.py                  # the full report: ~1100 compiles, hours on 2
                                                  # cores (float32 "ieee" attention configs take
                                                  # 30-120 s each), minutes on 16
     python bench/sm90_report.py --quick          # the subset tests/test_sm90_report.py runs
-                                                 # (30 compiles, ~1 min on 2 cores, ~15 s cached)
+                                                 # (~40 compiles, 1-2 min on 2 cores, ~15 s cached)
     python bench/sm90_report.py --list           # what would be compiled, no compiling
     python bench/sm90_report.py --budget 900     # start no compile after 900 s (report the rest)
     python bench/sm90_report.py --cached-only    # compile nothing: report what is cached
@@ -176,12 +176,19 @@ def _fake_h200():
     return types.SimpleNamespace(type="cuda")
 
 
+DROPOUT_P, DROPOUT_SEED = 0.1, 12345   # the dropout problems' p (any p compiles the same)
+
+
 def _attention_problems(quick, fp32_only):
-    """(label, dtype, D, features) for the dense and varlen attention kernels."""
+    """(dtype label, D, features) for the dense and varlen attention kernels; features "causal"
+    or "full", with " dropout" (p = DROPOUT_P: HAS_DROPOUT, whose tiles the pruners restrict)
+    for the half-precision dtypes."""
     if quick:
-        return [("bf16", 128, "causal")]
+        return [("bf16", 128, "causal"), ("bf16", 128, "causal dropout")]
     dtypes = ["fp32"] if fp32_only else ["fp16", "bf16", "fp32"]
-    return [(dt, D, f) for dt in dtypes for D in (64, 128) for f in ("causal", "full")]
+    return [(dt, D, f) for dt in dtypes for D in (64, 128) for f in ("causal", "full")] + [
+        (dt, D, f + " dropout") for dt in dtypes if dt != "fp32" for D in (64, 128)
+        for f in ("causal", "full")]
 
 
 TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -196,11 +203,14 @@ def _enumerate_attention(rec, quick, fp32_only):
     for dt, D, feat in _attention_problems(quick, fp32_only):
         dtype = getattr(torch, TORCH_DTYPES[dt])
         rec.dtype = dt
-        full = feat == "full"
+        full = feat.startswith("full")
+        drop = DROPOUT_P if feat.endswith("dropout") else 0.0
         # "causal": MHA (group 1, which Triton specializes), causal. "full": GQA 4, bias with
         # its gradient, softcap, a two-sided window (both band flags), i.e. every feature flag.
+        # " dropout": the same with attention dropout (forward, dK/dV and dQ regenerate it).
         B, Hq, Hkv, S = 2, 8, (2 if full else 8), 1024
-        p = make_attn_params(D ** -0.5, True, (256, 0) if full else None, 30.0 if full else 0.0)
+        p = make_attn_params(D ** -0.5, True, (256, 0) if full else None, 30.0 if full else 0.0,
+                             drop, DROPOUT_SEED)
         q = torch.empty(B, Hq, S, D, dtype=dtype)
         k = torch.empty(B, Hkv, S, D, dtype=dtype)
         v = torch.empty(B, Hkv, S, D, dtype=dtype)
@@ -211,13 +221,14 @@ def _enumerate_attention(rec, quick, fp32_only):
         if full:
             continue
         # varlen (no bias there): packed sequences of 1000, 3000 and 96 tokens, GQA 4, causal
+        # (with dropout too)
         lens = [1000, 3000, 96]
         cu = torch.tensor([0, 1000, 4000, 4096], dtype=torch.int32)
         T = sum(lens)
         q = torch.empty(T, Hq, D, dtype=dtype)
         k = torch.empty(T, 2, D, dtype=dtype)
         v = torch.empty(T, 2, D, dtype=dtype)
-        rec.problem = f"attention varlen {dt} D{D} causal"
+        rec.problem = f"attention varlen {dt} D{D} {feat}"
         out, lse = attention.attention_varlen_fwd(q, k, v, cu, cu, max(lens), max(lens), p)
         attention_bwd.attention_varlen_bwd(torch.empty_like(out), q, k, v, cu, cu, max(lens),
                                            max(lens), out, lse, p)
@@ -262,13 +273,16 @@ def _enumerate_decode(rec, quick, fp32_only):
         rec.dtype = dt
         for D in ((128,) if quick else (64, 128)):
             for B, Hq, Hkv, Sq in shapes:
-                Sk = 4096
-                q = torch.empty(B, Hq, Sq, D, dtype=dtype)
-                k = torch.empty(B, Hkv, Sk, D, dtype=dtype)
-                p = make_attn_params(D ** -0.5, True, None, 0.0)
-                rec.problem = f"decode {dt} D{D} B{B} Hq{Hq} Hkv{Hkv} Sq{Sq}"
-                m.attention_decode_fwd(q, k, k, None, p)
-                rec.retitle(f" splits{splits[-1]}" if splits else "")
+                # and with attention dropout (p = DROPOUT_P), half precision only
+                for drop in ((0.0,) if dt == "fp32" else (0.0, DROPOUT_P)):
+                    Sk = 4096
+                    q = torch.empty(B, Hq, Sq, D, dtype=dtype)
+                    k = torch.empty(B, Hkv, Sk, D, dtype=dtype)
+                    p = make_attn_params(D ** -0.5, True, None, 0.0, drop, DROPOUT_SEED)
+                    rec.problem = (f"decode {dt} D{D} B{B} Hq{Hq} Hkv{Hkv} Sq{Sq}"
+                                   + (" dropout" if drop else ""))
+                    m.attention_decode_fwd(q, k, k, None, p)
+                    rec.retitle(f" splits{splits[-1]}" if splits else "")
 
 
 def _enumerate_kvcache(rec, quick, fp32_only):
@@ -851,8 +865,9 @@ def _modes_of(rows):
 
 SHAPES = ("attention: B2 H8 S1024, D 64/128; causal = MHA causal, full = GQA 4 + bias (with "
           "dbias) + softcap 30 + window (256, 0); varlen = 3 packed sequences (1000, 3000, 96 "
-          "tokens), GQA 4, causal; forward and backward. decode: 4096 keys, B32 Hq32 Hkv8 Sq1 "
-          "and B8 Hq32 Hkv2 Sq4, causal, H200 split counts. kvcache: 3000 cached + Sq new keys, "
+          "tokens), GQA 4, causal; forward and backward; fp16 and bf16 each of these also with "
+          "attention dropout p 0.1. decode: 4096 keys, B32 Hq32 Hkv8 Sq1 "
+          "and B8 Hq32 Hkv2 Sq4, causal, H200 split counts, fp16/bf16 also with dropout p 0.1. kvcache: 3000 cached + Sq new keys, "
           "dense and paged (blocks of 16 and 64) caches, B32 Hq32 Hkv8 Sq1 and B4 Hq32 Hkv8 "
           "Sq128, causal. rnn: LSTM, GRU, Elman tanh and relu, T20, I=H, (B, H) in (8, 512) "
           "(8, 256) (32, 256) (8, 1024) (64, 256), inference and lengths+reverse+workspace, "
@@ -862,7 +877,8 @@ SHAPES = ("attention: B2 H8 S1024, D 64/128; causal = MHA causal, full = GQA 4 +
           "fp16, bf16, fp32 (rnn: bf16, fp32; float16 differs from bfloat16 there only in the "
           "conversions after the loads).")
 SHAPES_QUICK = ("quick subset, SEQCORE_AUTOTUNE=0 configs only, bf16: attention D128 causal "
-                "(dense and varlen, fwd and bwd); decode B32 Hq32 Hkv8 Sq1 D128; kvcache paged16 "
+                "(dense and varlen, fwd and bwd), without and with dropout p 0.1; decode B32 "
+                "Hq32 Hkv8 Sq1 D128, without and with dropout p 0.1; kvcache paged16 "
                 "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU/Elman tanh B8 H512 lengths+reverse+workspace "
                 "fwd (persistent, per-step) and bwd; the LSTM with a projection P128 fwd and "
                 "bwd.")

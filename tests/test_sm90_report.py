@@ -1,12 +1,14 @@
 """bench/sm90_report.py: every Triton kernel compiled for sm_90a (H100/H200) with ptxas, no GPU.
 
 The quick subset (`--quick`: the configs SEQCORE_AUTOTUNE=0 picks, bfloat16, one shape per
-kernel family; about a minute on 2 cores from a cold Triton cache, seconds from a warm one) runs
-here; a pickable config that spills registers or needs more than 227 KB of shared memory fails
-the test, except the known ones in KNOWN_FAILURES, each reported as an expected failure naming
-its config (the kernels' owners decide what to do about them). The full report (~820 configs,
-hours on 2 cores: the float32 attention configs take 30-120 s each) runs only with
-SEQCORE_SM90_FULL=1; its committed output is bench/results/sm90-report-2026-12-02.md.
+kernel family, attention and decode also with dropout p 0.1; about a minute on 2 cores from a
+cold Triton cache, seconds from a warm one) runs here; a pickable config that spills registers
+or needs more than 227 KB of shared memory fails the test, except the known ones in
+KNOWN_FAILURES, each reported as an expected failure naming its config (the kernels' owners
+decide what to do about them; a dropout config that spills fails whatever KNOWN_FAILURES says).
+The full report (~1100 configs, hours on 2 cores: the float32 attention configs take 30-120 s
+each) runs only with SEQCORE_SM90_FULL=1; its committed output is
+bench/results/sm90-report-2026-12-02.md.
 
 Skipped only when Triton's ptxas for sm_90 is not there or does not run.
 """
@@ -147,6 +149,20 @@ def test_quick_report_half_precision_attention_uses_wgmma(quick_report):
             assert r["result"]["dot"] == "wgmma" and r["result"]["wgmma"] > 0, r["label"]
 
 
+def test_quick_report_dropout_configs_do_not_spill(quick_report):
+    """The quick subset's dropout problems (bf16 D128 causal, dense and varlen, and decode; p
+    0.1): the tiles the pruners keep with HAS_DROPOUT compile without spills, known failure or
+    not (the pruners restrict dropout to tiles that do not spill)."""
+    rows = [r for r in quick_report["rows"] if r["constexprs"].get("HAS_DROPOUT")]
+    kernels = {r["kernel"].split(":")[1] for r in rows}
+    expected = {"_attn_fwd_kernel", "_dkdv_kernel", "_dq_kernel", "_decode_split_kernel"}
+    assert expected <= kernels, f"no HAS_DROPOUT config of: {sorted(expected - kernels)}"
+    assert any(r["constexprs"].get("IS_VARLEN") for r in rows), "no varlen dropout config"
+    bad = [f"{r['label']}: {r['result']['verdict']} ({r['result']['regs']} registers)"
+           for r in rows if _failing(r)]
+    assert not bad, "dropout configs that spill or overflow shared memory:\n" + "\n".join(bad)
+
+
 def test_quick_report_no_unexpected_spills_or_shared_overflow(quick_report):
     bad = [f"{r['label']}: {r['result']['verdict']} ({r['result']['regs']} registers)"
            for r in quick_report["rows"] if _failing(r) and not _known(r)]
@@ -167,7 +183,7 @@ def test_quick_report_known_failure(quick_report, known):
 
 
 @pytest.mark.skipif(os.environ.get("SEQCORE_SM90_FULL", "0") in ("", "0"),
-                    reason="the full sm_90 report (~820 compiles, hours on 2 cores) "
+                    reason="the full sm_90 report (~1100 compiles, hours on 2 cores) "
                     "runs with SEQCORE_SM90_FULL=1; its output is committed in bench/results/")
 def test_full_report_no_unexpected_spills_or_shared_overflow(tmp_path):
     report = _run_report(tmp_path, "--jobs", str(min(8, os.cpu_count() or 1)), timeout=6 * 3600)
