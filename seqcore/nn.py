@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import seqcore
+from seqcore.attention import check_dropout
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "MultiheadAttention",
            "MultiheadSelfAttention", "KVCache"]
@@ -244,6 +245,12 @@ class _RNNBase(nn.Module):
         else:
             y, h_n = seqcore.gru(x, *params, *init, **options)
         return y, [h_n]
+
+
+def _check_nonlinearity(nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):  # (torch's message)
+        raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
+                         "'relu'.")
 
 
 def _refuse_projection(kwargs):
@@ -486,9 +493,7 @@ class RNN(_RNNBase):
         _refuse_projection(kwargs)
         if kwargs:
             raise TypeError(f"RNN got unexpected keyword arguments {sorted(kwargs)}")
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
-                             "'relu'.")
+        _check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, device=device, dtype=dtype, backend=backend)
@@ -507,7 +512,8 @@ class RNN(_RNNBase):
 
 
 class _CellBase(nn.Module):
-    """Shared by LSTMCell, GRUCell and RNNCell; subclasses set `_gates` and `_step`."""
+    """Shared by LSTMCell, GRUCell and RNNCell; subclasses set `_gates` and `_step` (one
+    step of a one-state cell; LSTMCell has its own forward)."""
 
     _gates = 0
 
@@ -577,6 +583,14 @@ class _CellBase(nn.Module):
     def _params(self):
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
+    def forward(self, input, hx=None):
+        """h' from input ``(B, I)`` (or unbatched ``(I,)``) and hx ``(B, H)`` (zeros when
+        None); the same shape as hx. (LSTMCell takes and returns an (h, c) pair.)"""
+        x, unbatched = self._batched(input)
+        h = self._state(hx, "hx", x.shape[0], unbatched, x)
+        h_new = self._step(x, h)
+        return h_new.squeeze(0) if unbatched else h_new
+
 
 class RNNCell(_CellBase):
     """torch.nn.RNNCell on `seqcore.rnn_cell`: ``h' = act(x @ w_ih.T + b_ih + h @ w_hh.T +
@@ -619,21 +633,14 @@ class RNNCell(_CellBase):
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
                  dtype=None, backend=None):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or "
-                             "'relu'.")
+        _check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias, device=device, dtype=dtype,
                          backend=backend)
 
-    def forward(self, input, hx=None):
-        """h' from input ``(B, I)`` (or unbatched ``(I,)``) and hx ``(B, H)`` (zeros when
-        None); the same shape as hx."""
-        x, unbatched = self._batched(input)
-        h = self._state(hx, "hx", x.shape[0], unbatched, x)
-        h_new = seqcore.rnn_cell(x, h, *self._params(), nonlinearity=self.nonlinearity,
-                                 backend=self.backend)
-        return h_new.squeeze(0) if unbatched else h_new
+    def _step(self, x, h):
+        return seqcore.rnn_cell(x, h, *self._params(), nonlinearity=self.nonlinearity,
+                                backend=self.backend)
 
 
 class GRUCell(_CellBase):
@@ -671,13 +678,8 @@ class GRUCell(_CellBase):
 
     _gates = 3
 
-    def forward(self, input, hx=None):
-        """h' from input ``(B, I)`` (or unbatched ``(I,)``) and hx ``(B, H)`` (zeros when
-        None); the same shape as hx."""
-        x, unbatched = self._batched(input)
-        h = self._state(hx, "hx", x.shape[0], unbatched, x)
-        h_new = seqcore.gru_cell(x, h, *self._params(), backend=self.backend)
-        return h_new.squeeze(0) if unbatched else h_new
+    def _step(self, x, h):
+        return seqcore.gru_cell(x, h, *self._params(), backend=self.backend)
 
 
 class LSTMCell(_CellBase):
@@ -894,8 +896,9 @@ class MultiheadAttention(nn.Module):
             is_causal without attn_mask.
         """
         dropout = self.dropout if self.training else 0.0
-        # one seed for the kernels and for the weights returned (they show the same mask)
-        seed = int(torch.randint(0, 2**62, ())) if dropout else None
+        # one seed for the kernels and for the weights returned (they show the same mask),
+        # drawn as seqcore.attention draws one
+        seed = check_dropout(dropout, None, "torch")[1] if dropout else None
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint (as torch)")
         unbatched = query.dim() == 2
