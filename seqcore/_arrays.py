@@ -52,13 +52,17 @@ def common_kind(named_arrays):
 
 
 _NUMPY_NAMES = {np.dtype(n): n for n in ("float16", "float32", "float64", "int32", "int64")}
+_TORCH_NAMES = {}  # torch dtype -> name, filled on first use
 
 
 def dtype_name(x):
     """'float16' | 'bfloat16' | 'float32' | 'float64' | other, for either kind."""
-    if is_tensor(x):
-        return str(x.dtype).replace("torch.", "")
     dt = x.dtype
+    if is_tensor(x):
+        name = _TORCH_NAMES.get(dt)
+        if name is None:
+            name = _TORCH_NAMES[dt] = str(dt).replace("torch.", "")
+        return name
     return _NUMPY_NAMES.get(dt) or np.dtype(dt).name  # (dtype.name costs ~6 us a call)
 
 
@@ -84,8 +88,8 @@ def astype(x, name):
     if x is None:
         return None
     if is_tensor(x):
-        torch = _torch()
-        return x.to(getattr(torch, name))
+        want = getattr(_torch(), name)
+        return x if x.dtype is want else x.to(want)  # (.to costs ~5 us even as a no-op)
     return x.astype(name, copy=False)
 
 
@@ -104,7 +108,8 @@ def zeros_like_kind(ref, shape_, dtype_name_):
 
 
 def reshape(x, shape_):
-    return x.reshape(shape_)
+    """x viewed with shape_ (x itself when it has it: a tensor's reshape costs ~5 us)."""
+    return x if x.shape == tuple(shape_) else x.reshape(shape_)
 
 
 def broadcast_to(x, shape_):
@@ -177,7 +182,7 @@ def autocast_inputs(*xs):
     first = next((x for x in xs if x is not None), None)
     if torch is None or not is_tensor(first):
         return xs
-    device = first.device.type
+    device = "cpu" if first.is_cpu else first.device.type
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return xs
     low = torch.get_autocast_dtype(device)
@@ -196,7 +201,7 @@ def direct_tensor_alloc(xs):
     step.
     """
     torch = sys.modules.get("torch")
-    if torch is None:
+    if torch is None or not isinstance(xs[0], torch.Tensor):
         return None
     dt = xs[0].dtype
     if (dt is not torch.float32 and dt is not torch.float64) or torch.compiler.is_compiling() \

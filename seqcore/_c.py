@@ -100,6 +100,11 @@ def kernel(name, dtype):
     return fn
 
 
+def numpy_alloc(dtype):
+    """The allocator of NumPy results (shape -> empty array of dtype)."""
+    return lambda shape: np.empty(shape, dtype)
+
+
 def load():
     """(lib, ffi), or (None, None) when the extension is missing."""
     _try_load()

@@ -48,14 +48,18 @@ def _contiguous(dtype, *arrays):
     return tuple(np.ascontiguousarray(a, dtype=dtype) for a in arrays)
 
 
-def attention_fwd(q, k, v, bias, p):
-    if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
-        q, k, v = _contiguous(q.dtype, q, k, v)
+def attention_fwd(q, k, v, bias, p, alloc=None):
+    """alloc: CPU tensors that _arrays.direct_tensor_alloc passed (contiguous, no bias), read
+    in place, and the allocator of their results; None for NumPy arrays."""
+    if alloc is None:
+        if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
+            q, k, v = _contiguous(q.dtype, q, k, v)
+        bias = _bias_view(bias, q.dtype)
+        alloc = _c.numpy_alloc(q.dtype)
     B, Hq, Sq, D = q.shape
     _, Hkv, Sk, Dv = v.shape
-    bias = _bias_view(bias, q.dtype)
-    out = np.empty((B, Hq, Sq, Dv), dtype=q.dtype)
-    lse = np.empty((B, Hq, Sq), dtype=q.dtype)
+    out = alloc((B, Hq, Sq, Dv))
+    lse = alloc((B, Hq, Sq))
     prob = _problem(p, B, Hq, Hkv, Sq, Sk, D, Dv, bias=bias)
     ptr = _c.ptr
     _c.check(_entry("fwd", q.dtype)(prob, ptr(q), ptr(k), ptr(v), ptr(bias), ptr(out), ptr(lse)),

@@ -27,10 +27,6 @@ def _c_array(a, dtype):
     return None if a is None else np.ascontiguousarray(a, dtype=dtype)
 
 
-def numpy_alloc(dtype):
-    return lambda shape: np.empty(shape, dtype)
-
-
 def _relu(nonlinearity):
     """The kernels' `relu` flag for torch.nn.RNN's nonlinearity, "tanh" or "relu"."""
     if nonlinearity not in ("tanh", "relu"):
@@ -50,7 +46,7 @@ def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, new=N
     H = w_hh.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
     lengths = _lengths(lengths)
-    new = new or numpy_alloc(x.dtype)
+    new = new or _c.numpy_alloc(x.dtype)
     y, h_n, c_n = new((T, B, P)), new((B, P)), new((B, H))
     ws = new((T, B, 5 * H)) if need_ws else None
     if w_hr is None:
@@ -70,7 +66,7 @@ def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, new=None):
     """new: as in lstm_fwd."""
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)
-    new = new or numpy_alloc(x.dtype)
+    new = new or _c.numpy_alloc(x.dtype)
     y, h_n = new((T, B, H)), new((B, H))
     ws = new((T, B, 4 * H)) if need_ws else None
     status = _kernel("gru_fwd", x.dtype)(
@@ -144,7 +140,7 @@ def rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_
     ws (T, B, H) holds the activated h_t the backward differentiates at."""
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)
-    new = new or numpy_alloc(x.dtype)
+    new = new or _c.numpy_alloc(x.dtype)
     y, h_n = new((T, B, H)), new((B, H))
     ws = new((T, B, H)) if need_ws else None
     status = _kernel("rnn_fwd", x.dtype)(

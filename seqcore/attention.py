@@ -130,6 +130,17 @@ def _flat_bias(bias, batch, Hq, Sq, Sk, B):
     return _arrays.broadcast_to(bias, (B, Hq, Sq, Sk))
 
 
+def _direct_tensors(backend, q, k, v, bias):
+    """The allocator of results (shape -> CPU tensor) when a call on CPU tensors can run the C
+    kernel on their memory (_arrays.direct_tensor_alloc: eager, no gradient wanted, plain
+    contiguous float32/float64 tensors) without a bias, else None. It skips the NumPy views
+    and the second pass through the checks of the host_views path: a small call (one decoding
+    step of a small model) costs ~20 us less."""
+    if backend not in (None, "c") or bias is not None or _backends._C_STATUS:
+        return None
+    return _arrays.direct_tensor_alloc((q, k, v))
+
+
 @_dlpack.accepts_dlpack
 def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
               scale: Optional[float] = None, window: Optional[Tuple[int, int]] = None,
@@ -233,9 +244,11 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
     ((2, 8, 128, 64), (2, 8, 128), dtype('float32'))
     >>> out = seqcore.attention(q, k, v, window=(32, 0))  # the last 33 keys of each query
     """
+    direct = None  # the result allocator when CPU tensors go straight to the C kernel
     if type(q) is not np.ndarray:
         q, k, v, bias = _arrays.autocast_inputs(q, k, v, bias)
-        host = _arrays.host_views(backend, q, k, v, bias)
+        direct = _direct_tensors(backend, q, k, v, bias)
+        host = None if direct is not None else _arrays.host_views(backend, q, k, v, bias)
         if host is not None:  # CPU tensors, no autograd: the NumPy path (see host_views)
             if dropout_p and dropout_seed is None:  # (a tensor's seed: torch's generator)
                 _, dropout_seed = check_dropout(dropout_p, None, _arrays.TORCH)
@@ -246,12 +259,16 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
     # (the checks are ordered so that a NumPy call with default options costs a few us)
     numpy_only = bias is None and type(q) is np.ndarray and type(k) is np.ndarray \
         and type(v) is np.ndarray
-    kind = _arrays.NUMPY if numpy_only else \
-        _arrays.common_kind([("q", q), ("k", k), ("v", v), ("bias", bias)])
+    if numpy_only:
+        kind = _arrays.NUMPY
+    elif direct is not None:  # (plain CPU tensors: direct_tensor_alloc looked at each)
+        kind = _arrays.TORCH
+    else:
+        kind = _arrays.common_kind([("q", q), ("k", k), ("v", v), ("bias", bias)])
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not 3 <= x.ndim < 64:
             V.require_ndim(name, x, range(3, 64), "(*batch, heads, seq, dim)")
-    if not numpy_only:  # NumPy arrays are all on the host
+    if not numpy_only and direct is None:  # NumPy arrays are all on the host
         V.require_same_device([("q", q), ("k", k), ("v", v), ("bias", bias)])
     dtype = _same_dtype(q, k, v)
     if bias is not None:
@@ -278,9 +295,12 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
 
     B = math.prod(batch)  # Python ints: torch.compile traces this, np.prod it cannot
     cdt = _backends.compute_dtype(backend, dtype)
-    q4 = _compute_array(q, cdt, (B, Hq, Sq, D))
-    k4 = _compute_array(k, cdt, (B, Hkv, Sk, D))
-    v4 = _compute_array(v, cdt, (B, Hkv, Sk, Dv))
+    if direct is not None and q.ndim == 4:  # (already contiguous, in the kernel dtype)
+        q4, k4, v4 = q, k, v
+    else:
+        q4 = _compute_array(q, cdt, (B, Hq, Sq, D))
+        k4 = _compute_array(k, cdt, (B, Hkv, Sk, D))
+        v4 = _compute_array(v, cdt, (B, Hkv, Sk, Dv))
     bias4 = None
     if bias is not None:
         bias_dt = cdt if backend != "triton" else _arrays.dtype_name(bias)
@@ -290,7 +310,10 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
             bias_dt = "float32"
         bias4 = _flat_bias(_arrays.astype(bias, bias_dt), batch, Hq, Sq, Sk, B)
 
-    if kind == _arrays.TORCH:
+    if direct is not None:
+        out, lse = _backends.module(backend, "attention").attention_fwd(q4, k4, v4, None, p,
+                                                                         alloc=direct)
+    elif kind == _arrays.TORCH:
         from seqcore import _torch
 
         out, lse = _torch.attention(q4, k4, v4, bias4, p, backend)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from seqcore import _dlpack
-from seqcore import _arrays, _backends, _c_recurrent
+from seqcore import _arrays, _backends, _c, _c_recurrent
 from seqcore import _validate as V
 from seqcore.attention import Array
 
@@ -504,7 +504,7 @@ def _direct_cell(backend, G, x, w_ih, w_hh, biases, states):
             if a is not None and (a.__class__ is not np.ndarray or a.dtype != dt or
                                   not a.flags.c_contiguous):
                 return None
-        new = _c_recurrent.numpy_alloc(dt)
+        new = _c.numpy_alloc(dt)
     else:
         new = _arrays.direct_tensor_alloc(arrays)
         if new is None:

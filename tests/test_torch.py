@@ -584,3 +584,29 @@ def test_cpu_autocast_trains_attention_and_lstm(rng):
     low.backward()
     grads = [p.grad for p in list(attn.parameters()) + list(lstm.parameters())]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# ---- the three CPU-tensor routes of attention ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("batch", [(), (2,), (2, 1)])
+def test_cpu_tensor_routes_agree(rng, dtype, batch):
+    """CPU tensors that need no gradient run the C kernel on their memory (contiguous
+    float32/float64, no bias), through NumPy views (others: a bias, float16, a strided view)
+    or, when they need a gradient, through the custom op: all three give NumPy's answer."""
+    require_backend("c")
+    q = tensor(rng, batch + (4, 5, 8), dtype)
+    k = tensor(rng, batch + (2, 7, 8), dtype)
+    v = tensor(rng, batch + (2, 7, 6), dtype)
+    bias = tensor(rng, (5, 7), dtype)
+    for kw in (dict(), dict(causal=True, return_lse=True), dict(bias=bias)):
+        want = seqcore.attention(q.numpy(), k.numpy(), v.numpy(),
+                                 **{n: (a.numpy() if torch.is_tensor(a) else a)
+                                    for n, a in kw.items()})
+        strided = q.transpose(-1, -2).contiguous().transpose(-1, -2)  # the same values
+        for qq, grad in ((q, False), (strided, False), (q.clone().requires_grad_(), True)):
+            got = seqcore.attention(qq, k, v, **kw)
+            got, want_ = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+            for g, w, dt in zip(got, want_, (q.dtype, torch.float32)):  # (out, lse)
+                assert torch.is_tensor(g) and g.dtype == dt and (g.grad_fn is not None) == grad
+                np.testing.assert_array_equal(g.detach().numpy(), w)
