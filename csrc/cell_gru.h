@@ -55,12 +55,31 @@ static void RN(gru_fwd)(const struct RN(ufwd) *u) {
  *   da_r = da_n * a_hn * r(1 - r)   (both sides)
  *   da_z = dht * (h_prev - n) * z(1 - z)   (both sides)
  *   x side of n: da_n;  h side of n: da_n * r
- * and the direct part of dL/dh_{t-1}, through z * h_{t-1}: dht * z. Scalar in both types
- * (only LSTM's backward has a vector form so far). */
+ * and the direct part of dL/dh_{t-1}, through z * h_{t-1}: dht * z. */
 static void RN(gru_bwd)(const struct RN(ubwd) *u) {
     int64_t H = u->H, nu = u->nu;
     const real *w = u->ws, *dy = u->dy, *hp = u->h_prev;
     real *dh = u->dh;
+#if UPDATE_SIMD
+    /* (the scalar form was ~9% of a GRU B64 forward + backward) */
+    const VEC one = V(set1)(1.0f);
+    for (int64_t j = 0; j < nu; j += NV) {
+        int64_t n = nu - j;  /* the last vector is masked past nu */
+        VEC r = V(load_n)(w + j, n), z = V(load_n)(w + H + j, n);
+        VEC nn = V(load_n)(w + 2 * H + j, n), hn = V(load_n)(w + 3 * H + j, n);
+        VEC h_prev = hp ? V(load_n)(hp + j, n) : V(zero)();
+        VEC dht = V(load_n)(dh + j, n);
+        if (dy)
+            dht = V(add)(dht, V(load_n)(dy + j, n));
+        VEC dan = V(mul)(V(mul)(dht, V(sub)(one, z)), V(fnma)(nn, nn, one));
+        VEC dar = V(mul)(V(mul)(V(mul)(dan, hn), r), V(sub)(one, r));
+        VEC daz = V(mul)(V(mul)(V(mul)(dht, V(sub)(h_prev, nn)), z), V(sub)(one, z));
+        V(store_n)(dh + j, V(mul)(dht, z), n);
+        RN(put_grad_sides)(u, j, n, dar, dar);
+        RN(put_grad_sides)(u, H + j, n, daz, daz);
+        RN(put_grad_sides)(u, 2 * H + j, n, dan, V(mul)(dan, r));
+    }
+#else
     for (int64_t j = 0; j < nu; j++) {
         real dht = dh[j] + (dy ? dy[j] : 0);
         real r = w[j], z = w[H + j], n = w[2 * H + j], hn = w[3 * H + j];
@@ -74,6 +93,7 @@ static void RN(gru_bwd)(const struct RN(ubwd) *u) {
         dh[j] = dht * z;
         RN(put_unit_grads)(u, j, 3, dx_side, dh_side);
     }
+#endif
 }
 
 static const struct RN(cell) RN(gru_cell) = {

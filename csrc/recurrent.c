@@ -423,15 +423,30 @@ static inline void RN(put_unit_grads)(const struct RN(ubwd) *u, int64_t j, int G
 }
 
 #if UPDATE_SIMD
-/* The first n lanes of d as the gradient at column `at` (g * H + j) of a cell whose x and h
- * sides agree (not split_dg): to dgx, and to dgp, where consecutive units of one row are
- * `rows` apart. */
-static inline void RN(put_grad)(const struct RN(ubwd) *u, int64_t at, int64_t n, VEC d) {
-    V(store_n)(u->dgx + at, d, n);
+/* The first n lanes of d to dgp at column `at` (g * H + j): consecutive units of one row
+ * are `rows` apart there. */
+static inline void RN(put_grad_transposed)(const struct RN(ubwd) *u, int64_t at, int64_t n,
+                                           VEC d) {
     real lanes[NV];
     V(store)(lanes, d);
     real *dst = u->dgp + at * u->rows;
     for (int64_t l = 0; l < (n < NV ? n : NV); l++) dst[l * u->rows] = lanes[l];
+}
+
+/* The first n lanes of d as the gradient at column `at` of a cell whose x and h sides agree
+ * (not split_dg): to dgx and dgp. */
+static inline void RN(put_grad)(const struct RN(ubwd) *u, int64_t at, int64_t n, VEC d) {
+    V(store_n)(u->dgx + at, d, n);
+    RN(put_grad_transposed)(u, at, n, d);
+}
+
+/* The same for a cell whose sides differ (split_dg): the x side dx to dgx, the h side dh to
+ * dgh and dgp. */
+static inline void RN(put_grad_sides)(const struct RN(ubwd) *u, int64_t at, int64_t n, VEC dx,
+                                      VEC dh) {
+    V(store_n)(u->dgx + at, dx, n);
+    V(store_n)(u->dgh + at, dh, n);
+    RN(put_grad_transposed)(u, at, n, dh);
 }
 #endif
 
