@@ -94,10 +94,19 @@ def kernel(name, dtype):
     fn = _KERNELS.get((name, dtype))
     if fn is None:
         lib, _ = load()
-        # (a torch dtype, from the direct cell path, by its name: torch.float32 -> float32)
-        np_dtype = np.dtype(str(dtype).replace("torch.", ""))
-        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[np_dtype]}")
+        fn = _KERNELS[(name, dtype)] = getattr(lib, f"seqcore_{name}_{_SUFFIX[numpy_dtype(dtype)]}")
     return fn
+
+
+_NUMPY_DTYPES = {}
+
+
+def numpy_dtype(dtype):
+    """The NumPy dtype of a NumPy or torch dtype (torch.float32 -> float32, by its name)."""
+    dt = _NUMPY_DTYPES.get(dtype)
+    if dt is None:
+        dt = _NUMPY_DTYPES[dtype] = np.dtype(str(dtype).replace("torch.", ""))
+    return dt
 
 
 def numpy_alloc(dtype):

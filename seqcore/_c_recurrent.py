@@ -18,8 +18,17 @@ def _lengths(lengths):
 
 
 def _sizes(x, w_hh):
+    """(T, B, I, H) of x (T, B, I), or of x (B, I): one step of a cell."""
+    if x.ndim == 2:
+        return (1,) + tuple(x.shape) + (w_hh.shape[1],)
     T, B, I = x.shape
     return T, B, I, w_hh.shape[1]
+
+
+def _y_buffer(x, new, shape):
+    """y of a call (T, B, features). A cell step's (x (B, I)) is not returned: a NumPy
+    scratch array (a tensor's costs ~3 us more to make, on every frame of a stream)."""
+    return np.empty(shape, _c.numpy_dtype(x.dtype)) if x.ndim == 2 else new(shape)
 
 
 def _c_array(a, dtype):
@@ -37,17 +46,18 @@ def _relu(nonlinearity):
 def lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, new=None,
              w_hr=None):
     """new: allocator of the results (shape -> array like x); NumPy arrays by default, CPU
-    tensors for the direct cell path (recurrent._direct_cell).
+    tensors for the direct cell path (recurrent._direct_cell). x (T, B, I), or (B, I) for one
+    step of a cell (y is then scratch).
 
     w_hr (P, H): the projection (csrc/recurrent.c, "the projection"); y and h_n then have P
     features, c_n H. ws is (T, B, 5H) [i, f, g, o, c_t] either way.
     """
-    T, B, I = x.shape
+    T, B, I, _ = _sizes(x, w_hh)
     H = w_hh.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]
     lengths = _lengths(lengths)
     new = new or _c.numpy_alloc(x.dtype)
-    y, h_n, c_n = new((T, B, P)), new((B, P)), new((B, H))
+    y, h_n, c_n = _y_buffer(x, new, (T, B, P)), new((B, P)), new((B, H))
     ws = new((T, B, 5 * H)) if need_ws else None
     if w_hr is None:
         status = _kernel("lstm_fwd", x.dtype)(
@@ -67,7 +77,7 @@ def gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, new=None):
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)
     new = new or _c.numpy_alloc(x.dtype)
-    y, h_n = new((T, B, H)), new((B, H))
+    y, h_n = _y_buffer(x, new, (T, B, H)), new((B, H))
     ws = new((T, B, 4 * H)) if need_ws else None
     status = _kernel("gru_fwd", x.dtype)(
         T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0),
@@ -141,7 +151,7 @@ def rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_
     T, B, I, H = _sizes(x, w_hh)
     lengths = _lengths(lengths)
     new = new or _c.numpy_alloc(x.dtype)
-    y, h_n = new((T, B, H)), new((B, H))
+    y, h_n = _y_buffer(x, new, (T, B, H)), new((B, H))
     ws = new((T, B, H)) if need_ws else None
     status = _kernel("rnn_fwd", x.dtype)(
         T, B, I, H, ptr(x), ptr(w_ih), ptr(w_hh), ptr(b_ih), ptr(b_hh), ptr(h0),

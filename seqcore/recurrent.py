@@ -583,7 +583,7 @@ def lstm_cell(x: Array, h: Array, c: Array, w_ih: Array, w_hh: Array,
     """
     new = _direct_cell(backend, 4, x, w_ih, w_hh, (b_ih, b_hh), (h, c))
     if new is not None:
-        _, h_n, c_n, _ = _c_recurrent.lstm_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, c, None,
+        _, h_n, c_n, _ = _c_recurrent.lstm_fwd(x, w_ih, w_hh, b_ih, b_hh, h, c, None,
                                                False, False, new)
         return h_n, c_n
     if type(x) is not np.ndarray:
@@ -656,7 +656,7 @@ def gru_cell(x: Array, h: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array]
     """
     new = _direct_cell(backend, 3, x, w_ih, w_hh, (b_ih, b_hh), (h,))
     if new is not None:
-        return _c_recurrent.gru_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False, False,
+        return _c_recurrent.gru_fwd(x, w_ih, w_hh, b_ih, b_hh, h, None, False, False,
                                     new)[1]
     if type(x) is not np.ndarray:
         host = _arrays.host_views(backend, x, h, w_ih, w_hh, b_ih, b_hh)
@@ -728,7 +728,7 @@ def rnn_cell(x: Array, h: Array, w_ih: Array, w_hh: Array, b_ih: Optional[Array]
     cell = _elman_cell(nonlinearity)
     new = _direct_cell(backend, 1, x, w_ih, w_hh, (b_ih, b_hh), (h,))
     if new is not None:
-        return _c_recurrent.rnn_fwd(x[None], w_ih, w_hh, b_ih, b_hh, h, None, False,
+        return _c_recurrent.rnn_fwd(x, w_ih, w_hh, b_ih, b_hh, h, None, False,
                                     nonlinearity, False, new)[1]
     if type(x) is not np.ndarray:
         host = _arrays.host_views(backend, x, h, w_ih, w_hh, b_ih, b_hh)
