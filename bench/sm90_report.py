@@ -329,6 +329,62 @@ def _enumerate_kvcache(rec, quick, fp32_only):
                     rec.retitle(f" splits{splits[-1]}" if len(splits) > n else "")
 
 
+# The persistent forward's (B, H) grid: every blocking its launcher picks on 132 SMs (B = 1
+# and 8 pad to BLOCK_B = 16 but specialize differently), then the one-program tiles of the
+# interpreter's tests (n_programs_max = 1), which bound its MAX_ACC: (B, H, cell)
+RNN_PERSISTENT_SHAPES = [(B, H) for B in (1, 8, 16, 64) for H in (256, 512, 768, 1024)]
+RNN_PERSISTENT_SHAPES_QUICK = [(64, 1024)]
+RNN_ONE_PROGRAM_SHAPES = [(16, 64, "lstm"), (64, 16, "lstm"), (32, 128, "rnn_tanh")]
+
+
+def _rnn_problem(cell, T, B, H, dtype, lengths_on, h0=None):
+    """(x, w_ih, w_hh, b_ih, b_hh, states, lengths) of a cell, empty tensors."""
+    import torch
+
+    from seqcore.kernels.rnn_cells import CELLS
+
+    spec = CELLS[cell]
+    x = torch.empty(T, B, H, dtype=dtype)
+    lengths = torch.full((B,), T, dtype=torch.int64) if lengths_on else None
+    h0 = torch.zeros(B, H, dtype=dtype) if h0 is None else h0
+    w = torch.empty(spec.gates * H, H, dtype=dtype)
+    b = torch.empty(spec.gates * H, dtype=dtype)
+    return x, w, w, b, b, (h0,) * spec.states, lengths
+
+
+def _enumerate_rnn_persistent(rec, quick, fp32_only, T, flag_sets):
+    """The persistent forward of every cell over RNN_PERSISTENT_SHAPES on 132 SMs (and the
+    one-program tiles), bf16, fp16 (its dot runs in the input dtype) and fp32."""
+    import torch
+
+    from seqcore.kernels import rnn_persistent
+    from seqcore.kernels.rnn_cells import CELLS
+
+    dtypes = ["bf16"] if quick else (["fp32"] if fp32_only else ["bf16", "fp16", "fp32"])
+    shapes = RNN_PERSISTENT_SHAPES_QUICK if quick else RNN_PERSISTENT_SHAPES
+    problems = [(B, H, cell, H200_SMS) for B, H in shapes for cell in CELLS
+                if not (quick and cell == "rnn_relu")]
+    if not quick:
+        problems += [(B, H, cell, 1) for B, H, cell in RNN_ONE_PROGRAM_SHAPES]
+    for dt in dtypes:
+        dtype = getattr(torch, TORCH_DTYPES[dt])
+        rec.dtype = dt
+        for B, H, cell, n_programs in problems:
+            for lengths_on, reverse, need_ws in flag_sets:
+                x, w_ih, w_hh, b_ih, b_hh, states, lengths = _rnn_problem(cell, T, B, H, dtype,
+                                                                          lengths_on)
+                blocks = rnn_persistent.persistent_blocks(B, H, CELLS[cell].gates, n_programs,
+                                                        w_hh.element_size())
+                tag = f"{dt} B{B} H{H}" + (" lengths,reverse,ws" if lengths_on else "")
+                where = "" if n_programs == H200_SMS else " one-program"
+                rec.problem = (f"{cell} fwd persistent{where} {tag} (units {blocks.units}, "
+                               f"{blocks.n_chunks}x{blocks.chunk_k} K, {blocks.n_programs} "
+                               "programs)")
+                rnn_persistent.forward_persistent(cell, x, w_ih, w_hh, b_ih, b_hh, states,
+                                                  lengths, reverse, need_ws,
+                                                  n_programs_max=n_programs)
+
+
 def _enumerate_rnn(rec, quick, fp32_only):
     import torch
 
@@ -336,21 +392,17 @@ def _enumerate_rnn(rec, quick, fp32_only):
     from seqcore.kernels.rnn_cells import CELLS
 
     T = 20
-    # float16 runs the bfloat16 code but for the conversions of the loads: left out
-    dtypes = ["bf16"] if quick else (["fp32"] if fp32_only else ["bf16", "fp32"])
-    # (B, H): the persistent kernel's pickable tiles on 132 SMs -- (BLOCK_B, H_PAD) =
-    # (16, 512), (16, 256), and (32, 256) for the Elman cell only (the LSTM and GRU take the
-    # per-step kernel there: they spill at BLOCK_B = 32); H = 1024 and B = 64 fall back to the
-    # per-step kernel for every cell
-    shapes = [(8, 512)] if quick else [(8, 512), (8, 256), (32, 256), (8, 1024), (64, 256)]
     flag_sets = [(True, True, True)] if quick else [(False, False, False), (True, True, True)]
+    _enumerate_rnn_persistent(rec, quick, fp32_only, T, flag_sets)
+    # the per-step kernels (forward, backward; their tiles do not depend on H past 64): float16
+    # runs the bfloat16 code but for the conversions of the loads, left out
+    dtypes = ["bf16"] if quick else (["fp32"] if fp32_only else ["bf16", "fp32"])
+    shapes = [(8, 512)] if quick else [(8, 512), (8, 256), (32, 256), (8, 1024), (64, 256)]
     for dt in dtypes:
         dtype = getattr(torch, TORCH_DTYPES[dt])
         rec.dtype = dt
         for B, H in shapes:
             for lengths_on, reverse, need_ws in flag_sets:
-                x = torch.empty(T, B, H, dtype=dtype)
-                lengths = torch.full((B,), T, dtype=torch.int64) if lengths_on else None
                 h0 = torch.zeros(B, H, dtype=dtype)
                 tag = f"{dt} B{B} H{H}" + (" lengths,reverse,ws" if lengths_on else "")
                 # every cell of kernels/rnn_cells.py: one kernel per family, CELL=<name>
@@ -358,13 +410,9 @@ def _enumerate_rnn(rec, quick, fp32_only):
                 for cell, spec in CELLS.items():
                     if quick and cell == "rnn_relu":
                         continue
-                    w_ih = torch.empty(spec.gates * H, H, dtype=dtype)
-                    w_hh = torch.empty(spec.gates * H, H, dtype=dtype)
-                    b = torch.empty(spec.gates * H, dtype=dtype)
-                    states = (h0,) * spec.states
-                    args = (x, w_ih, w_hh, b, b, states, lengths, reverse, need_ws)
-                    rec.problem = f"{cell} fwd {tag}"
-                    rnn_persistent.forward_persistent(cell, *args, n_programs_max=H200_SMS)
+                    args = _rnn_problem(cell, T, B, H, dtype, lengths_on, h0) + (reverse,
+                                                                                 need_ws)
+                    x, w_ih, w_hh, _, _, states, lengths = args[:7]
                     rec.problem = f"{cell} fwd per-step {tag}"
                     rnn_cell.forward_steps(cell, *args)
                     if not need_ws:
@@ -869,18 +917,19 @@ SHAPES = ("attention: B2 H8 S1024, D 64/128; causal = MHA causal, full = GQA 4 +
           "attention dropout p 0.1. decode: 4096 keys, B32 Hq32 Hkv8 Sq1 "
           "and B8 Hq32 Hkv2 Sq4, causal, H200 split counts, fp16/bf16 also with dropout p 0.1. kvcache: 3000 cached + Sq new keys, "
           "dense and paged (blocks of 16 and 64) caches, B32 Hq32 Hkv8 Sq1 and B4 Hq32 Hkv8 "
-          "Sq128, causal. rnn: LSTM, GRU, Elman tanh and relu, T20, I=H, (B, H) in (8, 512) "
-          "(8, 256) (32, 256) (8, 1024) (64, 256), inference and lengths+reverse+workspace, "
-          "forward (persistent on 132 SMs, or its per-step fallback, and the per-step path) and "
-          "backward; the LSTM also with a projection P = H/4 (per-step forward, two-phase "
+          "Sq128, causal. rnn: LSTM, GRU, Elman tanh and relu, T20, I=H; the persistent "
+          "forward on 132 SMs at B in (1, 8, 16, 64) x H in (256, 512, 768, 1024), fp16/bf16/"
+          "fp32, and its one-program tiles (B16 H64, B64 H16 LSTM, B32 H128 Elman); the "
+          "per-step forward and the backward at (B, H) in (8, 512) (8, 256) (32, 256) (8, 1024) "
+          "(64, 256); inference and lengths+reverse+workspace; the LSTM also with a projection P = H/4 (per-step forward, two-phase "
           "backward). dtypes "
           "fp16, bf16, fp32 (rnn: bf16, fp32; float16 differs from bfloat16 there only in the "
           "conversions after the loads).")
 SHAPES_QUICK = ("quick subset, SEQCORE_AUTOTUNE=0 configs only, bf16: attention D128 causal "
                 "(dense and varlen, fwd and bwd), without and with dropout p 0.1; decode B32 "
                 "Hq32 Hkv8 Sq1 D128, without and with dropout p 0.1; kvcache paged16 "
-                "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU/Elman tanh B8 H512 lengths+reverse+workspace "
-                "fwd (persistent, per-step) and bwd; the LSTM with a projection P128 fwd and "
+                "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU/Elman tanh lengths+reverse+workspace: "
+                "persistent fwd B64 H1024, per-step fwd and bwd B8 H512; the LSTM with a projection P128 fwd and "
                 "bwd.")
 
 

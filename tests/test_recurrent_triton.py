@@ -184,7 +184,7 @@ def test_persistent_falls_back_when_w_hh_too_large(cell, rng, triton_device, mon
     from seqcore.kernels import rnn_persistent
 
     monkeypatch.setattr(backend, "FORWARD_PATH", "persistent")
-    monkeypatch.setattr(rnn_persistent, "MAX_WEIGHT_ELEMS", 256)  # forces the fallback at H=17
+    monkeypatch.setattr(rnn_persistent, "MAX_WEIGHT_BYTES", 1024)  # forces the fallback at H=17
     T, B, I, H = 3, 2, 3, 17
     assert not rnn_persistent.runs_persistent(B, H, GATES[cell], torch.device(triton_device))
     v = VARIANTS["lengths"]
@@ -195,18 +195,126 @@ def test_persistent_falls_back_when_w_hh_too_large(cell, rng, triton_device, mon
         assert_close(g, w, "float32", name=name)
 
 
-def test_persistent_tiles_the_launcher_picks_on_h100():
-    """fits_on_chip on 132 SMs admits only tiles that compile without spills for sm_90
-    (bench/sm90_report.py): BLOCK_B <= 16 for the gated cells (the LSTM and GRU spill ~4 KB at
-    BLOCK_B = 32), <= 32 for the Elman cell."""
-    from seqcore.kernels.rnn_persistent import fits_on_chip, persistent_blocks
+H100_SMS = 132
 
-    for G in (4, 3):
-        assert fits_on_chip(16, 512, G, 132) and fits_on_chip(1, 256, G, 132)
-        assert not fits_on_chip(17, 256, G, 132) and not fits_on_chip(32, 256, G, 132)
-        assert not fits_on_chip(8, 1024, G, 132)
-    assert fits_on_chip(32, 256, 1, 132) and not fits_on_chip(33, 256, 1, 132)
-    assert persistent_blocks(32, 256, 1, 132) == (32, 16, 256, 16)
+
+@pytest.mark.parametrize("elem_bytes", [2, 4], ids=["half", "float32"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_blocking_on_h100(cell, elem_bytes):
+    """On 132 SMs every B <= 64, H <= 1024 runs persistently in half precision (float32: B <= 16
+    and H <= 512, the Elman cell H <= 1024), in one co-resident grid, with tiles within the
+    limits the sm_90 compile checked (bench/sm90_report.py compiles exactly these blockings);
+    larger shapes take the per-step kernel."""
+    from seqcore.kernels import rnn_persistent as rp
+
+    G = GATES[cell]
+    for B in (1, 8, 16, 64):
+        for H in (256, 512, 768, 1024):
+            blocks = rp.persistent_blocks(B, H, G, H100_SMS, elem_bytes)
+            if elem_bytes == 4 and (B > 16 or (G > 1 and H > 512)):
+                assert not rp.fits_on_chip(B, H, G, H100_SMS, elem_bytes), (B, H, blocks)
+                continue
+            n = rp.gate_slots(G) * blocks.units
+            max_h_chunk = rp.MAX_H_CHUNK_FP32 if elem_bytes == 4 else rp.MAX_H_CHUNK
+            assert rp.fits_on_chip(B, H, G, H100_SMS, elem_bytes), (B, H, blocks)
+            assert blocks.n_programs <= H100_SMS and blocks.n_programs * blocks.units >= H
+            assert (blocks.n_programs - 1) * blocks.units < H  # no idle program
+            assert B <= blocks.block_b <= rp.MAX_BATCH_BLOCK
+            assert n >= 16 and blocks.chunk_k >= 16  # tl.dot's minimum N and K
+            assert blocks.n_chunks * blocks.chunk_k >= H > (blocks.n_chunks - 1) * blocks.chunk_k
+            assert blocks.block_b * n <= rp.MAX_ACC
+            assert blocks.block_b * blocks.chunk_k <= max_h_chunk
+            assert blocks.chunk_k * n <= rp.MAX_W_CHUNK and blocks.n_chunks <= rp.MAX_CHUNKS
+            assert n * blocks.chunk_k * blocks.n_chunks * elem_bytes <= rp.MAX_WEIGHT_BYTES
+    # the issue's example: H = 1024, 8 units per program over 128 programs, a 32-wide dot
+    if G > 1:
+        blocks = rp.persistent_blocks(64, 1024, G, H100_SMS, elem_bytes)
+        assert (blocks.units, blocks.n_programs, rp.gate_slots(G) * blocks.units) == (8, 128, 32)
+    assert not rp.fits_on_chip(65, 256, G, H100_SMS, elem_bytes)      # BLOCK_B = 128
+    assert not rp.fits_on_chip(16, 4096, G, H100_SMS, elem_bytes)     # w_hh too large
+
+
+# (T, B, I, H) of the one-program persistent blocking (n_programs_max = 1: the interpreter can
+# run it): a batch of 64 and a non-power-of-two one of 37, odd H, K-chunked (H over several
+# CHUNK_K) or not
+ONE_PROGRAM_SHAPES = {
+    "lstm": [(3, 64, 3, 8), (4, 37, 3, 12), (4, 3, 5, 40)],
+    "gru": [(3, 64, 3, 8), (4, 37, 3, 12), (4, 3, 5, 40)],
+    "rnn_tanh": [(3, 64, 3, 40), (4, 37, 3, 40), (4, 5, 3, 72)],
+    "rnn_relu": [(4, 37, 3, 40)],
+}
+ONE_PROGRAM_CASES = [(cell, shape) for cell, shapes in ONE_PROGRAM_SHAPES.items()
+                     for shape in shapes]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("flags", ["bare", "lengths_reverse_ws"])
+@pytest.mark.parametrize("cell,shape", ONE_PROGRAM_CASES,
+                         ids=["%s-T%d-B%d-I%d-H%d" % ((c,) + s) for c, s in ONE_PROGRAM_CASES])
+def test_persistent_one_program_blocking(cell, shape, flags, dtype, rng, triton_device,
+                                         monkeypatch):
+    """forward_persistent in its one-program blocking against the per-step kernels: y, the
+    final states and the workspace; never the fallback."""
+    from seqcore.kernels import rnn_cell, rnn_persistent as rp
+
+    if triton_device == "cuda":
+        pytest.skip("the one-program grid is the interpreter's; on a GPU the tests above run "
+                    "the real grid")
+    T, B, I, H = shape
+    tdtype = torch_dtype(dtype, triton_device)
+    G = GATES[cell]
+    elem_bytes = torch.tensor([], dtype=tdtype).element_size()
+    if dtype == "float32" and B > rp.MAX_BATCH_BLOCK_FP32:
+        # float32 stays within 16 batch rows: larger batches are the per-step kernel's
+        assert not rp.fits_on_chip(B, H, G, 1, elem_bytes)
+        return
+    assert rp.fits_on_chip(B, H, G, 1, elem_bytes)
+    with_flags = flags != "bare"
+    v = dict(VARIANTS["full"], lengths=with_flags)
+    tensors, _, lengths = make_problem(rng, cell, T, B, I, H, tdtype, triton_device, v)
+    args = full_args(cell, tensors, B, H, tdtype, triton_device)
+    lens = None if lengths is None else torch.tensor(lengths, device=triton_device)
+    states = tuple(args[5:])
+    call = (cell, *args[:5], states, lens, with_flags, with_flags)
+    want = rnn_cell.forward_steps(*call)
+
+    def no_fallback(*a, **k):
+        raise AssertionError("forward_persistent fell back to the per-step kernels")
+
+    monkeypatch.setattr(rp, "forward_steps", no_fallback)
+    got = rp.forward_persistent(*call, n_programs_max=1)
+    names = ["y"] + ["h_n", "c_n"][:len(states)]
+    for name, g, w in zip(names, [got[0], *got[1]], [want[0], *want[1]]):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        assert_close(g, w, dtype, name=name)
+    if with_flags:
+        assert_close(got[2], want[2], dtype, name="ws")
+        for b, n in enumerate(lengths):  # exactly zero past each length, not merely close
+            assert torch.all(got[0][n:, b] == 0)
+    else:
+        assert got[2] is None
+
+
+def test_persistent_k_chunks_with_a_batch_of_64(rng, triton_device, monkeypatch):
+    """The K-chunked path with 64 (and 37) batch rows, float16: narrower h chunks (MAX_H_CHUNK
+    lowered) split H = 40 into three chunks of 16."""
+    from seqcore.kernels import rnn_cell, rnn_persistent as rp
+
+    if triton_device == "cuda":
+        pytest.skip("the one-program grid is the interpreter's")
+    monkeypatch.setattr(rp, "MAX_H_CHUNK", 1024)
+    for cell, (T, B, I, H) in (("rnn_tanh", (3, 64, 3, 40)), ("rnn_relu", (3, 37, 2, 40))):
+        blocks = rp.persistent_blocks(B, H, 1, 1, 2)
+        assert (blocks.chunk_k, blocks.n_chunks) == (16, 3) and rp.fits_on_chip(B, H, 1, 1, 2)
+        tensors, _, lengths = make_problem(rng, cell, T, B, I, H, torch.float16, triton_device,
+                                           dict(VARIANTS["full"], lengths=True))
+        args = full_args(cell, tensors, B, H, torch.float16, triton_device)
+        call = (cell, *args[:5], (args[5],), torch.tensor(lengths), True, True)
+        want = rnn_cell.forward_steps(*call)
+        got = rp.forward_persistent(*call, n_programs_max=1)
+        for name, g, w in (("y", got[0], want[0]), ("h_n", got[1][0], want[1][0]),
+                           ("ws", got[2], want[2])):
+            assert_close(g, w, "float16", name=name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,11 +498,9 @@ def test_elman_half_precision(cell, dtype, path, rng, triton_device):
 
 @pytest.mark.parametrize("cell", ELMAN)
 def test_elman_multi_tile_grid(cell, path, rng, triton_device):
-    """Several programs per step in both grid dimensions of the per-step kernels; the
-    persistent kernel runs here too under the interpreter (one program holds a 1-gate w_hh
-    of H = 65, padded to 128, and a 32-row batch tile)."""
+    """Several programs per step in both grid dimensions of the per-step kernels (the float32
+    persistent path falls back here: 17 rows pad to 32, past MAX_BATCH_BLOCK_FP32)."""
     T, B, I, H = MULTI_TILE_SHAPE
-    expect_persistent(path, cell, B, H, triton_device)
     check_elman_forward(cell, "reverse_lengths", MULTI_TILE_SHAPE, "float32", rng, triton_device)
     check_backward(cell, "reverse_lengths", MULTI_TILE_SHAPE, "float32", rng, triton_device)
 
@@ -404,7 +510,7 @@ def test_elman_falls_back_when_w_hh_too_large(rng, triton_device, monkeypatch):
     from seqcore.kernels import rnn_persistent
 
     monkeypatch.setattr(backend, "FORWARD_PATH", "persistent")
-    monkeypatch.setattr(rnn_persistent, "MAX_WEIGHT_ELEMS", 256)  # forces the fallback at H=17
+    monkeypatch.setattr(rnn_persistent, "MAX_WEIGHT_BYTES", 1024)  # forces the fallback at H=17
     shape = (3, 2, 3, 17)
     assert not rnn_persistent.runs_persistent(2, 17, 1, torch.device(triton_device))
     check_elman_forward("rnn_tanh", "lengths", shape, "float32", rng, triton_device)
@@ -580,7 +686,8 @@ for lengths, reverse in ((True, False), (False, True)):
             compile_one(rnn_cell.rnn_step_kernel,
                         dict(flags, NEED_WS=True, HAS_PROJ=proj, BLOCK_K=32))
         compile_one(rnn_persistent.rnn_persistent_kernel,
-                    dict(flags, NEED_WS=True, USE_SEM=True, H_PAD=64))
+                    dict({k: v for k, v in flags.items() if k != "BLOCK_H"}, NEED_WS=True,
+                         USE_SEM=True, UNITS=8, CHUNK_K=32, NCHUNK=2))
         for phase in ((0, 1, 2) if cell == "lstm" else (0,)):
             for final in ((False, True) if phase < 2 else (False,)):
                 compile_one(rnn_bwd.rnn_bwd_step_kernel,
