@@ -12,7 +12,9 @@ program owns a block of batch rows and hidden units j and
      hold what flows to the previous step other than through w_hh, are updated in place (a
      program reads and writes only its own elements).
 An inactive row (past its length) passes carry and dc through unchanged and writes no gradient.
-A last launch (FINAL) turns carry + dGh_0 @ w_hh into dh0.
+A last launch (FINAL) turns carry + dGh_0 @ w_hh into dh0. (kernels/rnn_persistent_bwd.py runs
+the same steps, their pointwise part through the same cell_step_backward, in ONE persistent
+launch when each program's columns of w_hh fit on chip; backward's run_steps takes it.)
 
 Then the weight gradients are large matmuls over all T*B rows at once (kernels/rnn_cell.py's
 matmul/colsum): dW_ih = dGx^T x, dW_hh = dGh^T h_prev, db_ih = sum dGx, db_hh = sum dGh,
@@ -96,6 +98,37 @@ def store_gates(ptr, row, offs_h, mask, dg, H):
 
 
 @triton.jit
+def cell_step_backward(CELL: tl.constexpr, dstate, dgx_ptr, dgh_ptr, ws_ptr, y_ptr, h0_ptr,
+                       c0_ptr, idx, row, prow, prev, live, mask, offs_h, B, H,
+                       NO_H0: tl.constexpr):
+    """The cell's pointwise backward of one step on a (rows, units) tile (shared by the
+    per-step and the persistent kernel): reads the step's workspace at `row` and the state it
+    started from (the previous step's at `prow` where `prev`, else the initial h0 (B, H) and
+    c0 (S-1, B, H)), writes the gate gradients dGx (and dGh if the cell splits them) at `row`
+    where `live`. dstate: the gradients of the step's new states. Returns (dprev, state_prev).
+    NO_H0: the initial h is taken as zero (the projection's phase 2: h0 is P wide there, and the
+    LSTM's backward does not read h_prev)."""
+    S: tl.constexpr = num_states(CELL)
+    NSLOT: tl.constexpr = num_ws_slots(CELL)
+    ws = ()
+    for slot in tl.static_range(NSLOT):
+        ws = ws + (load_slot(ws_ptr, row, slot, offs_h, live, H, NSLOT),)
+    # the state this step started from: the previous step's, or the initial one
+    if NO_H0:
+        h0 = tl.zeros_like(dstate[0])
+    else:
+        h0 = tl.load(h0_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    initial = (h0,) + load_other_states(c0_ptr, idx, mask, B, H, S)
+    state_prev = select(prev, saved_state(CELL, ws_ptr, y_ptr, prow, offs_h, mask & prev, H),
+                        initial)
+    dgx, dgh, dprev = cell_backward(CELL, dstate, ws, state_prev)
+    store_gates(dgx_ptr, row, offs_h, live, dgx, H)
+    if splits_dgh(CELL):
+        store_gates(dgh_ptr, row, offs_h, live, dgh, H)
+    return dprev, state_prev
+
+
+@triton.jit
 def rnn_bwd_step_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr, h0_ptr, c0_ptr,
                         carry_ptr, dc_ptr, hprev_ptr, dh0_ptr, w_hr_ptr, dht_ptr, u_ptr,
                         len_ptr, step, T, B, H, P, CELL: tl.constexpr,
@@ -108,7 +141,6 @@ def rnn_bwd_step_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr, h0_pt
     (w_hr, dht, u are read only there)."""
     G: tl.constexpr = num_gates(CELL)
     S: tl.constexpr = num_states(CELL)
-    NSLOT: tl.constexpr = num_ws_slots(CELL)
     tl.static_assert(PHASE == 0 or CELL == "lstm")
     # the units this program owns: h's (P of them) in phases 0 and 1, the cell's (H) in phase 2
     if PHASE == 2:
@@ -147,22 +179,9 @@ def rnn_bwd_step_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr, h0_pt
                 dh_tot = rows_matmul(dht_ptr, row, active, w_hr_ptr, offs_h, P, H, PRECISION,
                                      BLOCK_B, BLOCK_H, BLOCK_K)
             dstate = (dh_tot,) + load_other_states(dc_ptr, idx, mask, B, H, S)
-            ws = ()
-            for slot in tl.static_range(NSLOT):
-                ws = ws + (load_slot(ws_ptr, row, slot, offs_h, live, H, NSLOT),)
-            # the state this step started from: the previous step's, or the initial one (with
-            # the projection h0 is P wide, and the LSTM's backward does not read h_prev)
-            if PHASE == 2:
-                h0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-            else:
-                h0 = tl.load(h0_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            initial = (h0,) + load_other_states(c0_ptr, idx, mask, B, H, S)
-            state_prev = select(prev, saved_state(CELL, ws_ptr, y_ptr, prow, offs_h,
-                                                  mask & prev, H), initial)
-            dgx, dgh, dprev = cell_backward(CELL, dstate, ws, state_prev)
-            store_gates(dgx_ptr, row, offs_h, live, dgx, H)
-            if splits_dgh(CELL):
-                store_gates(dgh_ptr, row, offs_h, live, dgh, H)
+            dprev, state_prev = cell_step_backward(CELL, dstate, dgx_ptr, dgh_ptr, ws_ptr, y_ptr,
+                                                   h0_ptr, c0_ptr, idx, row, prow, prev, live,
+                                                   mask, offs_h, B, H, PHASE == 2)
             if PHASE == 0:
                 store_slot(hprev_ptr, row, 0, offs_h, live, state_prev[0], H, 1)
                 # a row past its length passes its carried gradients through unchanged
@@ -215,11 +234,14 @@ def _param_grads(dgx, dgh, x, hprev, w_ih, w_hh):
     return dx.view(T, B, I), dw_ih, dw_hh, db_ih, db_hh
 
 
-def backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws, w_hr=None):
+def backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws, w_hr=None,
+             run_steps=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0(, dc0)(, dw_hr)) in x's dtype for `cell` (a name in
     kernels/rnn_cells.CELLS). dstates: the gradients of the final states (dh_n,) or
     (dh_n, dc_n); states: the initial (h0,) or (h0, c0); y, ws: what the forward returned;
-    w_hr: the LSTM's projection (P, H) or None (h, dh, y have P features)."""
+    w_hr: the LSTM's projection (P, H) or None (h, dh, y have P features). run_steps: what runs
+    the steps (the per-step launches, _run_steps, by default; kernels/rnn_persistent_bwd.py
+    passes its one persistent launch), called as _run_steps is."""
     spec = CELLS[cell]
     T, B, _ = x.shape
     H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
@@ -238,10 +260,10 @@ def backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws, 
     if T > 0 and B > 0:
         dh0 = rnn_cell.new_buffer((B, P), torch.float32, dev)
         c0 = other_states(states, B, H, dev)
-        _run_steps(cell, T, B, H, P, lengths, reverse,
-                   (dgx, dgh, w_hh, ws, dy, y, states[0], or_dummy(c0, carry), carry,
-                    or_dummy(dc, carry), hprev, dh0, or_dummy(w_hr, carry),
-                    or_dummy(dht, carry), or_dummy(u, carry)), proj)
+        args = (dgx, dgh, w_hh, ws, dy, y, states[0], or_dummy(c0, carry), carry,
+                or_dummy(dc, carry), hprev, dh0, or_dummy(w_hr, carry), or_dummy(dht, carry),
+                or_dummy(u, carry))
+        (run_steps or _run_steps)(cell, T, B, H, P, lengths, reverse, args, proj)
     grads = _param_grads(dgx, dgh, x, hprev, w_ih, w_hh)
     grads = grads + (dh0.to(x.dtype),) + tuple(d.to(x.dtype) for d in dc)
     if proj:

@@ -16,21 +16,29 @@ h's P units, PHASE 2 on the cell's H units with d(o tanh c) = dh_t @ w_hr) and d
 sum_t dh_t^T (o * tanh c_t) as one matmul at the end; h_prev for dw_hh is read from y.
 
 Which forward kernel runs (FORWARD_PATH, "auto" unless a caller sets it):
-  - "auto": the persistent kernel (kernels/rnn_persistent.py) when one program's slice of w_hh
-    and its h tile stay on chip without spilling (rnn_persistent.fits_on_chip: G * BLOCK_H *
-    next_pow2(H) <= 32768, next_pow2(B) * next_pow2(H) <= 8192, next_pow2(B) <= 16 for the
-    LSTM and GRU (they spill at 32 on sm_90), <= 32 for the Elman cell, with BLOCK_H sized so
-    that the grid stays within the SM count: on an H100 that is H <= 512 at B <= 16, and for
-    the Elman cell also H <= 256 at B <= 32); else the per-step kernel (kernels/rnn_cell.py).
-    An LSTM with a projection (w_hr) always takes the per-step kernels (step + projection
-    launch per step). Under TRITON_INTERPRET=1 the persistent kernel runs in its one-program
-    configuration (one program owns all hidden units), so "auto" takes it there for H up to 64
-    (LSTM, GRU) or 128 (Elman).
+  - "auto": the persistent kernel (kernels/rnn_persistent.py) when its blocking (one program
+    per slice of hidden units, all gates of its units in one weight tile, the whole batch,
+    h_prev read in K-chunks) stays within the limits that compiled for sm_90 without spills
+    (rnn_persistent.fits_on_chip): on an H100/H200 (132 SMs) every cell for H <= 1024 at
+    B <= 64 in float16 and bfloat16 (float32: B <= 16, H <= 512; Elman H <= 1024); else the
+    per-step kernel (kernels/rnn_cell.py). An LSTM with a projection (w_hr) always takes the
+    per-step kernels (step + projection launch per step). Under TRITON_INTERPRET=1 the
+    persistent kernel runs in its one-program configuration (one program owns all hidden
+    units), so "auto" takes it there for small H (e.g. H <= 64 at B <= 16 for the LSTM and GRU).
   - "persistent": as "auto" (the launcher still falls back when w_hh does not fit);
   - "step": always the per-step kernel.
-The backward is always the per-step kernel of kernels/rnn_bwd.py.
+
+Which backward runs the steps (BACKWARD_PATH, "auto" unless a caller sets it):
+  - "auto": the persistent backward (kernels/rnn_persistent_bwd.py: one launch for all T steps,
+    each program keeping its columns of w_hh on chip) when its blocking fits
+    (rnn_persistent_bwd.fits_on_chip), else the per-step kernel of kernels/rnn_bwd.py; the
+    LSTM with a projection always takes the per-step kernel. Under TRITON_INTERPRET=1 it runs
+    in its one-program configuration;
+  - "step": always the per-step kernel.
+Either way the weight gradients are the same large matmuls (kernels/rnn_bwd.py).
 """
 FORWARD_PATH = "auto"
+BACKWARD_PATH = "auto"
 
 
 def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws, w_hr=None):
@@ -44,8 +52,10 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, states, lengths, reverse, need_ws,
 
 
 def _backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws, w_hr=None):
-    from seqcore.kernels.rnn_bwd import backward
+    from seqcore.kernels import rnn_bwd, rnn_persistent_bwd
 
+    backward = rnn_bwd.backward if BACKWARD_PATH == "step" else (
+        rnn_persistent_bwd.backward_persistent)
     return backward(cell, dy.contiguous(), dstates, x, w_ih, w_hh, states, lengths, reverse,
                     y.contiguous(), ws.contiguous(),
                     w_hr=None if w_hr is None else w_hr.contiguous())
