@@ -383,6 +383,23 @@ def _enumerate_rnn_persistent(rec, quick, fp32_only, T, flag_sets):
                 rnn_persistent.forward_persistent(cell, x, w_ih, w_hh, b_ih, b_hh, states,
                                                   lengths, reverse, need_ws,
                                                   n_programs_max=n_programs)
+    _enumerate_rnn_persistent_bwd(rec, quick, fp32_only)
+
+
+def _enumerate_rnn_persistent_bwd(rec, quick, fp32_only):
+    """The persistent backward: every launch its launcher picks on 132 SMs
+    (kernels/rnn_persistent_bwd.sm90_configs); quick: the largest LSTM tile, bf16."""
+    from seqcore.kernels import rnn_persistent_bwd
+
+    for entry in rnn_persistent_bwd.sm90_configs(H200_SMS):
+        launch = entry["launch"]
+        if quick and not (launch["cell"] == "lstm" and entry["dtype"] == "bf16"
+                          and launch["B"] == 16 and launch["H"] == 512 and launch["lengths"]):
+            continue
+        if fp32_only and entry["dtype"] != "fp32":
+            continue
+        rec.dtype, rec.problem = entry["dtype"], entry["problem"]
+        rnn_persistent_bwd.sm90_launch(**launch)
 
 
 def _enumerate_rnn(rec, quick, fp32_only):
@@ -920,6 +937,8 @@ SHAPES = ("attention: B2 H8 S1024, D 64/128; causal = MHA causal, full = GQA 4 +
           "Sq128, causal. rnn: LSTM, GRU, Elman tanh and relu, T20, I=H; the persistent "
           "forward on 132 SMs at B in (1, 8, 16, 64) x H in (256, 512, 768, 1024), fp16/bf16/"
           "fp32, and its one-program tiles (B16 H64, B64 H16 LSTM, B32 H128 Elman); the "
+          "persistent backward (LSTM, GRU, Elman tanh) on 132 SMs at B in (1, 8, 16) x H in "
+          "(256, 512), fp16/bf16/fp32, without and with lengths+reverse; the "
           "per-step forward and the backward at (B, H) in (8, 512) (8, 256) (32, 256) (8, 1024) "
           "(64, 256); inference and lengths+reverse+workspace; the LSTM also with a projection P = H/4 (per-step forward, two-phase "
           "backward). dtypes "
@@ -929,8 +948,8 @@ SHAPES_QUICK = ("quick subset, SEQCORE_AUTOTUNE=0 configs only, bf16: attention 
                 "(dense and varlen, fwd and bwd), without and with dropout p 0.1; decode B32 "
                 "Hq32 Hkv8 Sq1 D128, without and with dropout p 0.1; kvcache paged16 "
                 "B32 Hq32 Hkv8 Sq1 D128; LSTM/GRU/Elman tanh lengths+reverse+workspace: "
-                "persistent fwd B64 H1024, per-step fwd and bwd B8 H512; the LSTM with a projection P128 fwd and "
-                "bwd.")
+                "persistent fwd B64 H1024, per-step fwd and bwd B8 H512; the LSTM's persistent bwd "
+                "B16 H512 lengths+reverse; the LSTM with a projection P128 fwd and bwd.")
 
 
 def build_report(done, left, notes, quick, workers, wall, ptxas_version, cached_only=False):
