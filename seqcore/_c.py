@@ -136,17 +136,30 @@ def ptr(a):
     that _arrays.direct_tensor_alloc passed (contiguous, float, no lazy negation).
 
     The caller keeps `a` alive for the duration of the call. A C-contiguous array goes
-    through ffi.from_buffer (~0.3 us); others (broadcast views with zero strides) through
-    the slower ctypes address (~2.5 us).
+    through ffi.from_buffer with a parsed type (~0.3 us; NumPy refuses others with a
+    ValueError); others (broadcast views with zero strides) through the slower ctypes address
+    (~2.5 us).
     """
     ffi = _ffi or load()[1]
     if a is None:
         return ffi.NULL
     if a.__class__ is not np.ndarray:
         return ffi.cast(_TENSOR_CTYPES[a.dtype], a.data_ptr())
-    if a.flags.c_contiguous:
-        return ffi.from_buffer(_ARRAY_CTYPES[a.dtype], a)
-    return ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
+    try:
+        return ffi.from_buffer(_ARRAY_TYPES[a.dtype], a)
+    except ValueError:  # not C-contiguous
+        return ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
+
+
+class _ArrayTypes(dict):
+    """NumPy dtype -> the parsed cffi array type from_buffer takes, filled on first use."""
+
+    def __missing__(self, dtype):
+        t = self[dtype] = (_ffi or load()[1]).typeof(_ARRAY_CTYPES[dtype])
+        return t
+
+
+_ARRAY_TYPES = _ArrayTypes()
 
 
 class _TensorCTypes(dict):

@@ -26,8 +26,26 @@ def _dropout_fields(p):
             1.0 / (1.0 - float(p.dropout_p)))
 
 
+_DENSE_PROBLEMS = {}  # dense problems without a bias by (params, sizes): see _problem
+
+
 def _problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q=None, cu_k=None, bias=None):
-    """A seqcore_attn_problem; the cffi struct keeps no reference to cu_q/cu_k (caller does)."""
+    """A seqcore_attn_problem; the cffi struct keeps no reference to cu_q/cu_k (caller does).
+    Dense problems without a bias hold no pointers: they are made once per (params, sizes)
+    and reused (the kernels only read them; building one costs ~3 us, a decoding step's
+    call repeats the same one)."""
+    if cu_q is None and bias is None:
+        key = (p, n_seq, Hq, Hkv, Sq, Sk, D, Dv)
+        prob = _DENSE_PROBLEMS.get(key)
+        if prob is None:
+            if len(_DENSE_PROBLEMS) >= 256:
+                _DENSE_PROBLEMS.clear()
+            prob = _DENSE_PROBLEMS[key] = _new_problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv)
+        return prob
+    return _new_problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q, cu_k, bias)
+
+
+def _new_problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q=None, cu_k=None, bias=None):
     _, ffi = _c.load()
     return ffi.new("seqcore_attn_problem *", [
         n_seq, Hq, Hkv, Sq, Sk, D, Dv, _c.ptr(cu_q), _c.ptr(cu_k), p.scale, p.softcap,
