@@ -95,7 +95,8 @@ def gate_slots(gates):
     return 1 << (gates - 1).bit_length()
 
 
-def _pow2_floor(n):
+def pow2_floor(n):
+    """The largest power of two <= n (1 for n < 1): a tile width within a limit."""
     return 1 << (max(int(n), 1).bit_length() - 1)
 
 
@@ -108,8 +109,8 @@ def persistent_blocks(B, H, G, n_programs_max, elem_bytes=4):
     n = gate_slots(G) * units
     block_b = max(16, triton.next_power_of_2(B))
     max_h_chunk = MAX_H_CHUNK_FP32 if elem_bytes >= 4 else MAX_H_CHUNK
-    chunk_k = min(triton.next_power_of_2(H), _pow2_floor(max_h_chunk // block_b),
-                  _pow2_floor(MAX_W_CHUNK // n))
+    chunk_k = min(triton.next_power_of_2(H), pow2_floor(max_h_chunk // block_b),
+                  pow2_floor(MAX_W_CHUNK // n))
     chunk_k = max(16, chunk_k)  # tl.dot needs K >= 16
     # 64 rows in half precision dot with Hopper's wgmma: one warpgroup keeps its operand
     # descriptors in registers without spilling (two spill at H = 1024)

@@ -47,7 +47,7 @@ from seqcore.kernels.rnn_bwd import cell_step_backward, prev_rows, store_slot
 from seqcore.kernels.rnn_cell import (NUM_WARPS, dot_precision, load_other_states, select,
                                       step_rows, store_other_states)
 from seqcore.kernels.rnn_cells import CELLS, load_slot, num_gates, num_states
-from seqcore.kernels.rnn_persistent import grid_barrier, max_programs
+from seqcore.kernels.rnn_persistent import grid_barrier, max_programs, pow2_floor
 
 # Limits of what one program holds, checked by compiling the configs the launcher picks on
 # 132 SMs for sm_90 (sm90_configs(); Triton 3.6 + ptxas, 8 warps): no spills, shared memory
@@ -77,17 +77,13 @@ class Blocks(NamedTuple):
     n_programs: int  # the grid: ceil(H / units), never above n_programs_max
 
 
-def _pow2_floor(n):
-    return 1 << (max(int(n), 1).bit_length() - 1)
-
-
 def persistent_bwd_blocks(B, H, G, n_programs_max):
     """Blocks for the persistent backward: the fewest units per program that keep the grid
     within n_programs_max, then K-chunks as wide as the dGh and weight chunk limits allow."""
     units = max(16, triton.next_power_of_2(triton.cdiv(H, max(n_programs_max, 1))))
     block_b = max(16, triton.next_power_of_2(B))
-    chunk_k = min(triton.next_power_of_2(G * H), _pow2_floor(MAX_A_CHUNK // block_b),
-                  _pow2_floor(MAX_W_CHUNK // units))
+    chunk_k = min(triton.next_power_of_2(G * H), pow2_floor(MAX_A_CHUNK // block_b),
+                  pow2_floor(MAX_W_CHUNK // units))
     chunk_k = max(16, chunk_k)  # tl.dot needs K >= 16
     return Blocks(block_b, units, chunk_k, triton.cdiv(G * H, chunk_k), triton.cdiv(H, units))
 
