@@ -20,9 +20,12 @@ against torch, in ONE call on a CUDA machine.
    vs a torch device-to-device copy of the same bytes; seqcore.attention (split-KV) and
    attention_with_kvcache over a dense cache and paged ones (blocks of 16 and 64; issue 11's
    bars: >= 85% of the copy bandwidth, paged within 5% of dense).
-4. rnn: LSTM/GRU sequence fwd and bwd, T=256, I=H in {256, 512, 1024}, B in {1, 8, 64, 256},
-   fp32 and bf16: us/step of seqcore "triton" (auto path, and the per-step path forward) vs
-   torch.nn.LSTM/GRU (cuDNN), and the ratio.
+4. rnn: LSTM/GRU sequence fwd and bwd, T=128, I=H in {256, 512, 768, 1024}, B in {1, 8, 16,
+   64}, fp16, bf16 and fp32: us/step of seqcore "triton" (the auto paths: persistent where they
+   fit; and the per-step paths) vs torch.nn.LSTM/GRU (cuDNN; fp16 at H % 128 == 0 and B % 8 == 0
+   is its persistent kernel), and the ratio; the grid barrier's latency alone.
+Timed cases past --budget seconds (default 330, from the start) are recorded as skipped, so the
+first run on a fresh machine, compiles included, ends within ~6 minutes; the checks always run.
 Times are triton.testing.do_bench medians. Results go to $OUT/gpu_suite.json (env OUT, default
 bench/out) with the device name and date, written after every section (a run cut short keeps
 what it finished); a compact table goes to stdout.
@@ -43,6 +46,8 @@ import traceback
 import zlib
 
 import numpy as np
+
+START = time.perf_counter()  # the budget counts from here (imports and compiles included)
 
 # tests/conftest.py's tables: (atol, rtol) by dtype, forward outputs / gradients
 TOLERANCES = {"float32": (2e-5, 2e-5), "float16": (2e-3, 2e-3), "bfloat16": (1.6e-2, 1.6e-2)}
@@ -86,6 +91,12 @@ class Env:
         self.cuda = torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"
         self.dtypes = ["float16", "bfloat16", "float32"] if self.cuda else ["float32"]
+        self.deadline = None  # perf_counter() after which timed cases are skipped (--budget)
+
+    def out_of_time(self):
+        """Whether the run's time budget is spent: the remaining timed cases are recorded as
+        skipped, so a lease's run ends with everything measured so far written."""
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     def name(self):
         if self.cuda:
@@ -241,16 +252,19 @@ def check_varlen(env, seqcore, dtype):
 
 
 @contextlib.contextmanager
-def rnn_forward_path(path):
-    """Force seqcore's Triton RNN forward path ("auto" | "persistent" | "step") for a while."""
+def rnn_paths(path):
+    """Force seqcore's Triton RNN paths for a while: "step" runs the per-step forward and
+    backward, "auto" / "persistent" the persistent ones where they fit (FORWARD_PATH and
+    BACKWARD_PATH of seqcore/_triton_recurrent.py; the backward reads it when autograd runs)."""
     from seqcore import _triton_recurrent
 
-    old = _triton_recurrent.FORWARD_PATH
+    old = _triton_recurrent.FORWARD_PATH, _triton_recurrent.BACKWARD_PATH
     _triton_recurrent.FORWARD_PATH = path
+    _triton_recurrent.BACKWARD_PATH = "step" if path == "step" else "auto"
     try:
         yield
     finally:
-        _triton_recurrent.FORWARD_PATH = old
+        _triton_recurrent.FORWARD_PATH, _triton_recurrent.BACKWARD_PATH = old
 
 
 def rnn_cases(env):
@@ -282,13 +296,13 @@ def check_rnn(env, seqcore, cell, T, B, I, H, lengths, reverse, path, dtype):
     x, weights, states = rnn_inputs(env, rng, cell, T, B, I, H, dtype)
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64, device=env.device)
     fn = seqcore.lstm if cell == "lstm" else seqcore.gru
-    with rnn_forward_path(path):
+    with rnn_paths(path):
         y, final = fn(x, *weights, *states, lengths=lens, reverse=reverse, backend="triton")
-    finals = list(final) if cell == "lstm" else [final]
-    dy = env.tensor(rng, y.shape, dtype)
-    dfinals = [env.tensor(rng, f.shape, dtype) for f in finals]
-    leaves = [x] + weights + states
-    grads = torch.autograd.grad([y] + finals, leaves, [dy] + dfinals)
+        finals = list(final) if cell == "lstm" else [final]
+        dy = env.tensor(rng, y.shape, dtype)
+        dfinals = [env.tensor(rng, f.shape, dtype) for f in finals]
+        leaves = [x] + weights + states
+        grads = torch.autograd.grad([y] + finals, leaves, [dy] + dfinals)
     ref_fn = seqcore.reference.lstm if cell == "lstm" else seqcore.reference.gru
     ref_bwd = seqcore.reference.lstm_bwd if cell == "lstm" else seqcore.reference.gru_bwd
     args = [f64(t) for t in [x] + weights + states]
@@ -384,6 +398,11 @@ def run_checks(env, seqcore):
     return [guarded(name, dtype, job) for name, dtype, job in jobs]
 
 
+def budget_row(shape):
+    """The row of a timed case the time budget left out."""
+    return {"shape": shape, "impl": "-", "skipped": "time budget (--budget) spent"}
+
+
 def guarded(name, dtype, job):
     """job() or a row saying how it failed (the suite goes on)."""
     try:
@@ -439,6 +458,9 @@ def run_attention(env, seqcore):
     rows = []
     dtype = "bfloat16" if env.cuda else "float32"
     for B, H, S, D, causal in attention_shapes(env):
+        if env.out_of_time():
+            rows.append(budget_row(f"B{B} H{H} S{S} D{D}" + (" causal" if causal else "")))
+            continue
         rng = np.random.default_rng(0)
         q, k, v = (env.tensor(rng, (B, H, S, D), dtype, grad=True) for _ in range(3))
         dout = env.tensor(rng, (B, H, S, D), dtype)
@@ -467,6 +489,9 @@ def run_decode(env, seqcore):
     rows = []
     dtype = "bfloat16" if env.cuda else "float32"
     for B, H, Sk, D in decode_shapes(env):
+        if env.out_of_time():
+            rows.append(budget_row(f"B{B} H{H} Sq1 Sk{Sk} D{D}"))
+            continue
         rng = np.random.default_rng(1)
         q = env.tensor(rng, (B, H, 1, D), dtype)
         k, v = (env.tensor(rng, (B, H, Sk, D), dtype) for _ in range(2))
@@ -508,8 +533,10 @@ def run_decode(env, seqcore):
 def rnn_shapes(env):
     if env.dry_run:
         return [("lstm", 4, 2, 8), ("gru", 4, 2, 8)], ["float32"]
-    return ([(cell, 256, B, H) for cell in ("lstm", "gru") for H in (256, 512, 1024)
-             for B in (1, 8, 64, 256)], ["float32", "bfloat16"])
+    # issue 12's grid: B in {1, 8, 16, 64} x H in {256, 512, 768, 1024}; float16 is where
+    # torch's nn.LSTM/GRU take cuDNN's persistent kernel (H % 128 == 0, B % 8 == 0)
+    return ([(cell, 128, B, H) for cell in ("lstm", "gru") for H in (256, 512, 768, 1024)
+             for B in (1, 8, 16, 64)], ["float16", "bfloat16", "float32"])
 
 
 def torch_rnn_module(env, cell, H, weights):
@@ -525,19 +552,18 @@ def rnn_impls(env, seqcore, cell, H, weights):
     fn = seqcore.lstm if cell == "lstm" else seqcore.gru
     module = torch_rnn_module(env, cell, H, weights)
 
-    def seqcore_run(path):
-        def run(x, states):
-            with rnn_forward_path(path):
-                return fn(x, *weights, *states, backend="triton")[0]
-        return run
+    def seqcore_run(x, states):
+        return fn(x, *weights, *states, backend="triton")[0]
 
     def torch_run(x, states):
         st = tuple(s[None] for s in states)
         return module(x, st if cell == "lstm" else st[0])[0]
 
-    impls = {"seqcore-triton": (seqcore_run("auto"), weights),
-             "seqcore-triton-step": (seqcore_run("step"), weights),
-             "torch (cuDNN)" if env.cuda else "torch": (torch_run, list(module.parameters()))}
+    # (run, params, the seqcore paths it runs under: rnn_paths, for forward and backward)
+    impls = {"seqcore-triton": (seqcore_run, weights, "auto"),
+             "seqcore-triton-step": (seqcore_run, weights, "step"),
+             "torch (cuDNN)" if env.cuda else "torch": (torch_run, list(module.parameters()),
+                                                         None)}
     return impls
 
 
@@ -557,6 +583,9 @@ def run_rnn(env, seqcore):
     shapes, dtypes = rnn_shapes(env)
     for dtype in dtypes:
         for cell, T, B, H in shapes:
+            if env.out_of_time():
+                rows.append(dict(budget_row(f"{cell.upper()} T{T} B{B} H{H}"), dtype=dtype))
+                continue
             rng = np.random.default_rng(2)
             x, weights, states = rnn_inputs(env, rng, cell, T, B, H, H, dtype)
             states = [s.detach() for s in states]
@@ -564,10 +593,11 @@ def run_rnn(env, seqcore):
             base = {"cell": cell, "dtype": dtype, "T": T, "B": B, "H": H,
                     "shape": f"{cell.upper()} T{T} B{B} H{H}",
                     "fwd_flops": rnn_flops(cell, T, B, H, H), "bwd_flops": rnn_flops(cell, T, B, H, H, "bwd")}
-            for impl, (run, params) in rnn_impls(env, seqcore, cell, H, weights).items():
+            for impl, (run, params, path) in rnn_impls(env, seqcore, cell, H, weights).items():
                 row = dict(base, impl=impl)
                 try:
-                    fwd, bwd = time_rnn(env, run, x, states, params, dy, with_bwd=not impl.endswith("-step"))
+                    with rnn_paths(path or "auto"):
+                        fwd, bwd = time_rnn(env, run, x, states, params, dy, with_bwd=True)
                     row.update(fwd_ms=fwd, fwd_us_per_step=1e3 * fwd / T)
                     if bwd is not None:
                         row.update(bwd_ms=bwd, bwd_us_per_step=1e3 * bwd / T)
@@ -575,14 +605,41 @@ def run_rnn(env, seqcore):
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 rows.append(row)
     add_rnn_ratios(rows)
+    rows.append(barrier_latency(env))
     return rows
+
+
+def barrier_latency(env):
+    """The grid barrier of the persistent RNN kernels alone (kernels/rnn_persistent.py
+    barrier_kernel): one program per SM, us per barrier from the difference of two step
+    counts (launch costs cancel)."""
+    from seqcore.kernels import rnn_persistent
+
+    torch = env.torch
+    nprog = rnn_persistent.max_programs(torch.device(env.device))
+    row = {"shape": f"grid barrier, {nprog} programs", "impl": "seqcore-triton"}
+    try:
+        few, many = (1, 9) if env.dry_run else (10, 1010)
+        times = {}
+        for steps in (few, many):
+            counter = torch.zeros((1,), dtype=torch.int32, device=env.device)
+
+            def run(steps=steps, counter=counter):
+                counter.zero_()
+                rnn_persistent.barrier_kernel[(nprog,)](counter, steps)
+
+            times[steps] = env.time_ms(run)
+        row["us_per_barrier"] = 1e3 * (times[many] - times[few]) / (many - few)
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return row
 
 
 def add_rnn_ratios(rows):
     """row["fwd_vs_torch"] = torch time / impl time (> 1: faster than cuDNN), same for bwd."""
-    torch_rows = {(r["shape"], r["dtype"]): r for r in rows if r["impl"].startswith("torch")}
+    torch_rows = {(r["shape"], r.get("dtype")): r for r in rows if r["impl"].startswith("torch")}
     for r in rows:
-        base = torch_rows.get((r["shape"], r["dtype"]))
+        base = torch_rows.get((r["shape"], r.get("dtype")))
         for p in ("fwd", "bwd"):
             if base and base.get(f"{p}_ms") and r.get(f"{p}_ms"):
                 r[f"{p}_vs_torch"] = base[f"{p}_ms"] / r[f"{p}_ms"]
@@ -609,26 +666,30 @@ def print_checks(rows):
 def print_attention(rows):
     print("\n== attention TFLOP/s fwd / bwd ==")
     for r in rows:
-        perf = r.get("error") or f"{fmt(r.get('fwd_tflops'), '7.1f')} / {fmt(r.get('bwd_tflops'), '7.1f')}"
+        perf = r.get("error") or r.get("skipped") or \
+            f"{fmt(r.get('fwd_tflops'), '7.1f')} / {fmt(r.get('bwd_tflops'), '7.1f')}"
         print(f"  {r['shape']:<30} {r['impl']:<16} {perf}")
 
 
 def print_decode(rows):
     print("\n== decode: GB/s of K+V read ==")
     for r in rows:
-        perf = r.get("error") or f"{r['ms'] * 1e3:9.1f} us  {r['GBps_read']:8.1f} GB/s"
+        perf = r.get("error") or r.get("skipped") or \
+            f"{r['ms'] * 1e3:9.1f} us  {r['GBps_read']:8.1f} GB/s"
         print(f"  {r['shape']:<26} {r['impl']:<24} {perf}")
 
 
 def print_rnn(rows):
     print("\n== RNN us/step fwd / bwd (x vs torch) ==")
     for r in rows:
-        if r.get("error"):
-            perf = r["error"]
+        if r.get("error") or r.get("skipped"):
+            perf = r.get("error") or r["skipped"]
+        elif "us_per_barrier" in r:
+            perf = f"{r['us_per_barrier']:8.2f} us per barrier"
         else:
             perf = (f"{fmt(r.get('fwd_us_per_step'), '8.1f')} ({fmt(r.get('fwd_vs_torch'), '.2f')}x) / "
                     f"{fmt(r.get('bwd_us_per_step'), '8.1f')} ({fmt(r.get('bwd_vs_torch'), '.2f')}x)")
-        print(f"  {r['dtype']:<9} {r['shape']:<22} {r['impl']:<20} {perf}")
+        print(f"  {r.get('dtype', '-'):<9} {r['shape']:<22} {r['impl']:<20} {perf}")
 
 
 def write_json(results, out_dir):
@@ -641,6 +702,19 @@ def write_json(results, out_dir):
 
 SECTIONS = {"checks": (run_checks, print_checks), "attention": (run_attention, print_attention),
             "decode": (run_decode, print_decode), "rnn": (run_rnn, print_rnn)}
+# Shares of the time budget left when a timed section starts, among the timed sections still
+# to run (the checks always run whole): the RNN grid is the largest (96 shape-dtypes x 3)
+BUDGET_SHARES = {"attention": 0.35, "decode": 0.15, "rnn": 0.5}
+
+
+def section_deadline(section, todo, end):
+    """perf_counter() by which `section` must stop starting timed cases: its share of what is
+    left before `end` (the run's deadline) among the sections in `todo` (itself included)."""
+    if end is None or section not in BUDGET_SHARES:
+        return None
+    left = end - time.perf_counter()
+    share = BUDGET_SHARES[section] / sum(BUDGET_SHARES.get(s, 0) for s in todo)
+    return time.perf_counter() + max(left, 0) * share
 
 
 def parse_args(argv):
@@ -651,6 +725,10 @@ def parse_args(argv):
                         help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
     parser.add_argument("--out", default=os.environ.get("OUT", os.path.join("bench", "out")),
                         help="folder for gpu_suite.json (default: $OUT, else bench/out)")
+    parser.add_argument("--budget", type=float, default=330.0,
+                        help="seconds from the start after which timed cases are skipped (and "
+                             "recorded so): a lease's first run, compiles included, ends within "
+                             "~6 minutes; 0 for no limit (default 330)")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in args.only if s not in SECTIONS]
@@ -689,11 +767,14 @@ def main(argv=None):
     results = {"device": env.name(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                "dry_run": args.dry_run, "torch": env.torch.__version__, "triton": triton.__version__,
                "seqcore_backends": seqcore.backend_status(), "sections": args.only}
+    end = START + args.budget if args.budget > 0 and not args.dry_run else None
+    results["budget_s"] = args.budget
     print(f"gpu_suite on {results['device']}, torch {results['torch']}, triton {results['triton']}")
     path = write_json(results, args.out)
-    for section in args.only:
+    for i, section in enumerate(args.only):
         run_section, print_section = SECTIONS[section]
         start = time.perf_counter()
+        env.deadline = section_deadline(section, args.only[i:], end)
         try:
             results[section] = run_section(env, seqcore)
             print_section(results[section])

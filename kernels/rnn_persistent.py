@@ -166,6 +166,15 @@ def grid_barrier(counter_ptr, target, USE_SEM: tl.constexpr):
 
 
 @triton.jit
+def barrier_kernel(counter_ptr, T):
+    """T grid barriers and nothing else: the latency the persistent kernels pay per step
+    (bench/gpu_suite.py times it; counter starts at 0)."""
+    nprog = tl.num_programs(0)
+    for step in range(0, T):
+        grid_barrier(counter_ptr, nprog * (step + 1), True)
+
+
+@triton.jit
 def weight_chunk(w_ptr, rows, col_ok, offs_k, H):
     """w_hh[rows[n], offs_k[k]] as a (CHUNK_K, N) tile in w_hh's dtype (the dot's B operand);
     zero past H and in unused gate slots."""

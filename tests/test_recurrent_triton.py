@@ -712,3 +712,18 @@ def test_kernels_compile_for_sm90(triton_device):
     result = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], env=env, cwd=os.getcwd(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
+
+
+def test_barrier_kernel_counts_every_arrival(triton_device):
+    """bench/gpu_suite.py's barrier latency kernel: T barriers of one program (the interpreter
+    runs one at a time) leave the counter at T; on a GPU, one program per SM leaves it at
+    nprog * T (programs that were not co-resident would hang instead)."""
+    import torch
+
+    from seqcore.kernels import rnn_persistent as rp
+
+    nprog = rp.max_programs(torch.device(triton_device))
+    for steps in (0, 1, 7):
+        counter = torch.zeros((1,), dtype=torch.int32, device=triton_device)
+        rp.barrier_kernel[(nprog,)](counter, steps)
+        assert int(counter.item()) == nprog * steps
