@@ -144,11 +144,16 @@ def ptr(a):
     if a is None:
         return ffi.NULL
     if a.__class__ is not np.ndarray:
-        return ffi.cast(_TENSOR_CTYPES[a.dtype], a.data_ptr())
+        # (an empty tensor's data_ptr() is 0, which the kernels refuse as a missing array:
+        # they read nothing of it, so any valid address will do)
+        return ffi.cast(_TENSOR_CTYPES[a.dtype], a.data_ptr() or _EMPTY.ctypes.data)
     try:
         return ffi.from_buffer(_ARRAY_TYPES[a.dtype], a)
     except ValueError:  # not C-contiguous
         return ffi.cast(_CTYPES[a.dtype], a.ctypes.data)
+
+
+_EMPTY = np.zeros(1, np.float64)  # the address passed for an empty tensor
 
 
 class _ArrayTypes(dict):

@@ -610,3 +610,29 @@ def test_cpu_tensor_routes_agree(rng, dtype, batch):
             for g, w, dt in zip(got, want_, (q.dtype, torch.float32)):  # (out, lse)
                 assert torch.is_tensor(g) and g.dtype == dt and (g.grad_fn is not None) == grad
                 np.testing.assert_array_equal(g.detach().numpy(), w)
+
+
+@pytest.mark.parametrize("q_shape,kv_shape", [((1, 2, 0, 8), (1, 2, 3, 8)),
+                                              ((1, 2, 3, 8), (1, 2, 0, 8)),
+                                              ((0, 2, 3, 8), (0, 2, 3, 8))])
+def test_empty_cpu_tensors_take_the_direct_route(rng, q_shape, kv_shape):
+    """An empty tensor's data_ptr() is 0; the kernels must still run (nothing to read)."""
+    require_backend("c")
+    q, k = tensor(rng, q_shape, "float32"), tensor(rng, kv_shape, "float32")
+    out, lse = seqcore.attention(q, k, k, return_lse=True)
+    want_out, want_lse = seqcore.attention(q.numpy(), k.numpy(), k.numpy(), return_lse=True)
+    np.testing.assert_array_equal(out.numpy(), want_out)
+    np.testing.assert_array_equal(lse.numpy(), want_lse)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_empty_batch_cell_from_cpu_tensors(rng, cell):
+    require_backend("c")
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    x, h = tensor(rng, (0, 3), "float32"), tensor(rng, (0, 4), "float32")
+    w_ih, w_hh = tensor(rng, (G * 4, 3), "float32"), tensor(rng, (G * 4, 4), "float32")
+    if cell == "lstm":
+        got = seqcore.lstm_cell(x, h, h, w_ih, w_hh)
+    else:
+        got = (getattr(seqcore, f"{cell}_cell")(x, h, w_ih, w_hh),)
+    assert all(torch.is_tensor(g) and tuple(g.shape) == (0, 4) for g in got)
