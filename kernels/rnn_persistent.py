@@ -56,7 +56,8 @@ from seqcore.kernels.rnn_cells import CELLS, cell_forward, num_gates, num_states
 # Limits of what one program holds, checked by compiling every config the launcher picks on
 # 132 SMs (B in {1, 8, 16, 64} x H in {256, 512, 768, 1024}, every cell, bfloat16, float16 and
 # float32, with and without lengths + reverse + workspace) and the interpreter's one-program
-# tiles for sm_90 with Triton 3.6 + ptxas, 8 warps (bench/sm90_report.py --only rnn):
+# tiles for sm_90 with Triton 3.6 + ptxas, at the warps persistent_blocks picks
+# (bench/sm90_report.py --only rnn):
 # bfloat16 (wgmma at 64 rows, mma.sync below) never spills: at B = 64, H = 1024 the LSTM/GRU
 # take 226 registers at 4 warps (255 + 124 B of spills at 8 warps, hence num_warps 4 there),
 # 64 KB of weights + 16 KB for the h chunk = 80 KB of shared memory; at B <= 16 they take
@@ -112,11 +113,15 @@ def persistent_blocks(B, H, G, n_programs_max, elem_bytes=4):
     chunk_k = min(triton.next_power_of_2(H), pow2_floor(max_h_chunk // block_b),
                   pow2_floor(MAX_W_CHUNK // n))
     chunk_k = max(16, chunk_k)  # tl.dot needs K >= 16
-    # 64 rows in half precision dot with Hopper's wgmma: one warpgroup keeps its operand
-    # descriptors in registers without spilling (two spill at H = 1024)
-    num_warps = 4 if block_b >= 64 and elem_bytes < 4 else NUM_WARPS
-    return Blocks(block_b, units, chunk_k, triton.cdiv(H, chunk_k), triton.cdiv(H, units),
-                  num_warps)
+    n_chunks = triton.cdiv(H, chunk_k)
+    # one warpgroup unless the accumulator is large (the one-program tiles of the tests) or
+    # a float32 slice is short (<= 2 chunks): at 8 warps the B64 H1024 half-precision wgmma
+    # tile spilled 124 B, and B <= 16 tiles without lengths/workspace 4-8 B (ptxas held them
+    # to 32-64 registers); at 4 warps the float32 LSTM H256 (2 chunks) spilled 12 B instead
+    # (sm90 report, both ways compiled)
+    four = block_b * n <= 2048 and (elem_bytes < 4 or n_chunks >= 4)
+    num_warps = 4 if four else NUM_WARPS
+    return Blocks(block_b, units, chunk_k, n_chunks, triton.cdiv(H, units), num_warps)
 
 
 def fits_on_chip(B, H, G, n_programs_max, elem_bytes=4):
