@@ -66,8 +66,15 @@ SIMD_INLINE void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
 SIMD_INLINE vmask simd_first_n16(int64_t n) {
     return n >= 16 ? (vmask)0xFFFF : n <= 0 ? (vmask)0 : (vmask)((1u << n) - 1);
 }
-SIMD_INLINE vf vf_load_n(const float *p, int64_t n) { return _mm512_maskz_loadu_ps(simd_first_n16(n), p); }
-SIMD_INLINE void vf_store_n(float *p, vf v, int64_t n) { _mm512_mask_storeu_ps(p, simd_first_n16(n), v); }
+/* Whole vectors load and store plainly, as at AVX2: a masked store does not forward to a
+ * later narrower load on Zen 5 (the RNN forward reads h back lane by lane to pack it). */
+SIMD_INLINE vf vf_load_n(const float *p, int64_t n) {
+    return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(simd_first_n16(n), p);
+}
+SIMD_INLINE void vf_store_n(float *p, vf v, int64_t n) {
+    if (n >= 16) _mm512_storeu_ps(p, v);
+    else _mm512_mask_storeu_ps(p, simd_first_n16(n), v);
+}
 SIMD_INLINE vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 SIMD_INLINE vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 SIMD_INLINE vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
