@@ -305,7 +305,7 @@ static void pack_keys_f32(const seqcore_attn_problem *p, const float *k, const i
 
 /* Per-thread scratch of the fast forward. */
 typedef struct {
-    float *block;
+    void *block;
     float *q;   /* BQF x D: query tile times scale * log2(e) */
     float *o;   /* BQF x dvp: output accumulator (unnormalized), dvp = Dv rounded up to KPASS */
     float *l;   /* BQF: running sums of exp */
@@ -323,15 +323,11 @@ typedef struct {
 } fast_dropout;
 
 static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
-    int64_t sizes[5] = {BQF * D, BQF * dvp, BQF, BQF, FR * BKF};
-    float **parts[5] = {&w->q, &w->o, &w->l, &w->m, &w->s};
-    int64_t total = 0;
-    for (int i = 0; i < 5; i++) total += round_up(sizes[i], 16);
-    w->block = seqcore_scratch_take((size_t)total * sizeof(float));
-    if (!w->block) return 0;
-    float *at = w->block;
-    for (int i = 0; i < 5; i++) { *parts[i] = at; at += round_up(sizes[i], 16); }
-    return 1;
+    int64_t f = sizeof(float), bytes[5] = {BQF * D * f, BQF * dvp * f, BQF * f, BQF * f, FR * BKF * f};
+    void *part[5];
+    w->block = seqcore_scratch_take_parts(5, bytes, part, 0);
+    w->q = part[0], w->o = part[1], w->l = part[2], w->m = part[3], w->s = part[4];
+    return w->block != NULL;
 }
 
 /* Visible keys [lo[r], hi[r]) of the block's rows within the tile (NULL: all of them). */
@@ -669,7 +665,7 @@ static void RN(score_row_fixups)(real *restrict s, real *restrict tanh_out, cons
 
 /* Per-thread scratch of the forward pass (one allocation, carved). */
 typedef struct {
-    real *block;
+    void *block;
     real *q;      /* BQ x D: the query tile, times scale */
     real *v;      /* BK x dvp: the value tile, columns zero-padded (when Dv needs padding) */
     real *s;      /* BQ x BK: scores, then exp(scores - running max) */
@@ -680,16 +676,12 @@ typedef struct {
 } RN(fwd_scratch);
 
 static int RN(fwd_scratch_alloc)(RN(fwd_scratch) *w, int64_t D, int64_t dvp) {
-    int64_t sizes[6] = {BQ * D, BK * dvp, BQ * BK, BQ * dvp, BQ, BQ};
-    real **parts[6] = {&w->q, &w->v, &w->s, &w->o, &w->m, &w->l};
-    int64_t total = 0;
-    for (int i = 0; i < 6; i++) total += sizes[i];
-    w->block = seqcore_scratch_take((size_t)total * sizeof(real));
-    if (!w->block) return 0;
-    memset(w->block, 0, (size_t)total * sizeof(real));
-    real *at = w->block;
-    for (int i = 0; i < 6; i++) { *parts[i] = at; at += sizes[i]; }
-    return 1;
+    int64_t r = sizeof(real), bytes[6] = {BQ * D * r, BK * dvp * r, BQ * BK * r, BQ * dvp * r,
+                                         BQ * r, BQ * r};
+    void *part[6];
+    w->block = seqcore_scratch_take_parts(6, bytes, part, 1);
+    w->q = part[0], w->v = part[1], w->s = part[2], w->o = part[3], w->m = part[4], w->l = part[5];
+    return w->block != NULL;
 }
 
 /* K transposed once per call, (Hkv, D, ldt): column = key token (see key_token), so each
@@ -867,7 +859,7 @@ int RN(seqcore_attention_fwd)(const seqcore_attn_problem *p, const real *q, cons
 
 /* Per-thread scratch of the backward passes. */
 typedef struct {
-    real *block;
+    void *block;
     real *q;      /* BQ x dp: query tile times scale */
     real *dout;   /* BQ x dvp: output-gradient tile */
     real *kt;     /* D x BK: key tile transposed */
@@ -890,15 +882,13 @@ static int RN(bwd_scratch_alloc)(RN(bwd_scratch) *w, int64_t D, int64_t dp, int6
                          BK * dp, BK * dvp, BQ * dp, BQ, BQ};
     real **parts[13] = {&w->q, &w->dout, &w->kt, &w->vt, &w->kk, &w->s, &w->ds, &w->th,
                          &w->dk, &w->dv, &w->dq, &w->lse, &w->delta};
-    int64_t total = 0;
-    for (int i = 0; i < 13; i++) total += sizes[i];
-    w->block = seqcore_scratch_take((size_t)total * sizeof(real));
-    if (!w->block) return 0;
-    memset(w->block, 0, (size_t)total * sizeof(real));
-    real *at = w->block;
-    for (int i = 0; i < 13; i++) { *parts[i] = at; at += sizes[i]; }
+    int64_t bytes[13];
+    void *part[13];
+    for (int i = 0; i < 13; i++) bytes[i] = sizes[i] * (int64_t)sizeof(real);
+    w->block = seqcore_scratch_take_parts(13, bytes, part, 1);
+    for (int i = 0; i < 13; i++) *parts[i] = part[i];
     w->keys_g = w->keys_j0 = -1;
-    return 1;
+    return w->block != NULL;
 }
 
 /* Query-side tile inputs: q (times scale), dout, lse and delta of rows i0 .. i0 + nq. */

@@ -142,15 +142,12 @@ typedef struct {
 } RN(kvc_scratch);
 
 static int RN(scratch_alloc)(RN(kvc_scratch) *w, int64_t D, int64_t Dv) {
-    int64_t sizes[5] = {ROW_TILE * D, ROW_TILE * Dv, ROW_TILE, ROW_TILE, ROW_BLOCK * CHUNK};
-    real **parts[5] = {&w->q, &w->o, &w->m, &w->l, &w->s};
-    int64_t total = 0;
-    for (int i = 0; i < 5; i++) total += round_up(sizes[i], 16);
-    w->block = seqcore_scratch_take((size_t)total * sizeof(real));
-    if (!w->block) return 0;
-    real *at = w->block;
-    for (int i = 0; i < 5; i++) { *parts[i] = at; at += round_up(sizes[i], 16); }
-    return 1;
+    int64_t r = sizeof(real), bytes[5] = {ROW_TILE * D * r, ROW_TILE * Dv * r, ROW_TILE * r,
+                                         ROW_TILE * r, ROW_BLOCK * CHUNK * r};
+    void *part[5];
+    w->block = seqcore_scratch_take_parts(5, bytes, part, 0);
+    w->q = part[0], w->o = part[1], w->m = part[2], w->l = part[3], w->s = part[4];
+    return w->block != NULL;
 }
 
 /* s[r * CHUNK + j] = q_r . k_j for the nb (<= ROW_BLOCK) rows of qb (D apart) and the nk

@@ -162,25 +162,11 @@ static void thread_share(int64_t n, int64_t *lo, int64_t *hi) {
     *hi = n * (t + 1) / nt;
 }
 
-/* One scratch block (see scratch.h) cut into n parts of bytes[i] bytes, each 64-byte
- * aligned, at part[i] (NULL when empty); returns the block, NULL when out of memory. */
-/* memset to 0 of `bytes` bytes; nothing for none (an empty part of take_parts is NULL, and
- * memset(NULL, 0, 0) is undefined) */
+/* memset to 0 of `bytes` bytes; nothing for none (an empty part of
+ * seqcore_scratch_take_parts is NULL, and memset(NULL, 0, 0) is undefined) */
 static void zero_bytes(void *at, int64_t bytes) {
     if (bytes > 0)
         memset(at, 0, (size_t)bytes);
-}
-
-static void *take_parts(int n, const int64_t *bytes, void **part) {
-    size_t total = 0;
-    for (int i = 0; i < n; i++)
-        total += ((size_t)bytes[i] + 63) / 64 * 64;
-    char *block = seqcore_scratch_take(total), *at = block;
-    for (int i = 0; i < n; i++) {
-        part[i] = block && bytes[i] > 0 ? at : NULL;
-        at += block ? ((size_t)bytes[i] + 63) / 64 * 64 : 0;
-    }
-    return block;
 }
 
 #define RNN_TEMPLATE
@@ -934,7 +920,7 @@ static int RN(rnn_fwd)(struct RN(rnn) *p, const real *b_ih) {
                         tiled ? ceil_div(H, NV) * chunk * p->ngrp * p->rows * p->G * NV * rs : 0,
                         p->w_hr ? B * H * rs : 0};
     void *part[9];
-    void *scratch = take_parts(9, bytes, part);
+    void *scratch = seqcore_scratch_take_parts(9, bytes, part, 0);
     p->xbias = part[0], p->wp = part[1], p->xpack = part[2], p->wip = part[3], p->xg = part[4];
     real *hpack = part[5], *accbufs = part[6];
     p->xproj = part[7], p->u = part[8];
@@ -1145,7 +1131,7 @@ static int RN(rnn_bwd)(struct RN(rnn) *p, const real *dh_n, const real *dc_n, re
                         proj ? p->ngrp * p->rows * P * rs : 0,
                         proj ? p->nblk * NR * P * rs : 0};
     void *part[8];
-    void *scratch = take_parts(8, bytes, part);
+    void *scratch = seqcore_scratch_take_parts(8, bytes, part, 0);
     if (!scratch)
         return SEQCORE_ENOMEM;
     p->dgx = part[0], p->dgh = part[1] ? part[1] : part[0], p->wp = part[2];

@@ -126,6 +126,20 @@ static void *take_block(size_t bytes) {
     return map_block(bytes);
 }
 
+void *seqcore_scratch_take_parts(int n, const int64_t *bytes, void **part, int zeroed) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += round_up((size_t)bytes[i], 64);
+    char *block = seqcore_scratch_take(total > 0 ? total : 64), *at = block;
+    if (block && zeroed)
+        memset(block, 0, total);
+    for (int i = 0; i < n; i++) {
+        part[i] = block && bytes[i] > 0 ? at : NULL;
+        at += block ? round_up((size_t)bytes[i], 64) : 0;
+    }
+    return block;
+}
+
 void seqcore_scratch_give(void *block) {
     if (!block)
         return;

@@ -14,10 +14,15 @@
 #ifndef SEQCORE_SCRATCH_H
 #define SEQCORE_SCRATCH_H
 #include <stddef.h>
+#include <stdint.h>
 
 /* At least `bytes` of memory, or NULL when out of memory. */
 void *seqcore_scratch_take(size_t bytes);
 /* Gives back a block from seqcore_scratch_take (NULL: nothing). */
 void seqcore_scratch_give(void *block);
+/* One block cut into n parts of bytes[i] bytes, each 64-byte aligned, at part[i] (NULL when
+ * bytes[i] is 0), all zero when `zeroed`; returns the block (to give back), NULL when out
+ * of memory. Every kernel's per-call or per-thread work memory is carved here. */
+void *seqcore_scratch_take_parts(int n, const int64_t *bytes, void **part, int zeroed);
 
 #endif
