@@ -33,8 +33,9 @@ def _problem(p, n_seq, Hq, Hkv, Sq, Sk, D, Dv, cu_q=None, cu_k=None, bias=None):
     """A seqcore_attn_problem; the cffi struct keeps no reference to cu_q/cu_k (caller does).
     Dense problems without a bias hold no pointers: they are made once per (params, sizes)
     and reused (the kernels only read them; building one costs ~3 us, a decoding step's
-    call repeats the same one)."""
-    if cu_q is None and bias is None:
+    call repeats the same one). Not with dropout: each such call draws a new seed, so its
+    problem would never be met again and would only push the reusable ones out."""
+    if cu_q is None and bias is None and not p.dropout_p:
         key = (p, n_seq, Hq, Hkv, Sq, Sk, D, Dv)
         prob = _DENSE_PROBLEMS.get(key)
         if prob is None:

@@ -189,3 +189,17 @@ def test_dropout_scale_layout():
     f = dropout_scale(2, 3, 4, 5, 0.5, 1)
     assert f.shape == (2, 3, 4, 5) and set(np.unique(f)) <= {0.0, 2.0}
     assert np.array_equal(f[1], dropout_scale(1, 3, 4, 5, 0.5, 1, first_batch=1)[0])
+
+
+def test_dropout_calls_do_not_fill_the_problem_cache(rng):
+    """The C adapter reuses dense problem structs per (params, sizes); a dropout call draws a
+    new seed each time, so caching its problem would only evict the reusable ones."""
+    require_backend("c")
+    from seqcore import _c_attention
+
+    q = rng.standard_normal((1, 2, 16, 8)).astype(np.float32)
+    _c_attention._DENSE_PROBLEMS.clear()
+    seqcore.attention(q, q, q, backend="c")
+    for _ in range(4):
+        seqcore.attention(q, q, q, dropout_p=0.2, backend="c")
+    assert len(_c_attention._DENSE_PROBLEMS) == 1
