@@ -10,7 +10,8 @@ next_pow2(B) rows, at least 16). Its step is the per-step kernel's PHASE 0:
      gate columns k, so the program needs w_hh[:, j-slice], (G*H, UNITS). It loads that slice
      once, before the time loop, as a tuple of NCHUNK (CHUNK_K, UNITS) tiles along k (a
      register tensor cannot be indexed by a runtime chunk; the compiled sm_90 kernel keeps
-     them in shared memory, as float32); each step it reads dGh_{s+1} (all G*H columns, all
+     them in shared memory: in w_hh's dtype for float16/bfloat16, as float32 otherwise); each
+     step it reads dGh_{s+1} (all G*H columns, all
      batch rows at their own time index, written by every program at the previous step) from
      the global dGh buffer after the barrier, chunk by chunk;
   2. the cell's pointwise backward (kernels/rnn_bwd.cell_step_backward, the per-step kernel's
@@ -20,19 +21,30 @@ all steps and go to memory once, at the end (dc, and dh0 = carry + dGh_0 @ w_hh 
 barrier). No buffer needs a second half: step s writes dGh at each row's time t_s, and the next
 step reads t_{s+1}, a different row of the (T, B, G*H) buffer.
 
-The math is the per-step kernel's: float32 dGh times w_hh converted to float32 (exact), float32
-accumulation with the same dot precision (dot_precision); only the K-chunking of the sum
-differs (rounding-level differences).
+The math: for float32 w_hh the per-step kernel's, float32 dGh times w_hh converted to float32
+(exact), float32 accumulation with the same dot precision (dot_precision); only the
+K-chunking of the sum differs (rounding-level differences). For float16/bfloat16 w_hh the
+slice stays in w_hh's dtype (half the bytes on chip: what lets the LSTM reach H = 1024) and
+each dGh chunk is rounded to that dtype for a tensor-core dot with float32 accumulation, where
+the per-step kernel multiplies float32 dGh by the exactly converted w_hh. The one extra
+rounding is of dGh, relative 2^-11 (float16) or 2^-8 (bfloat16) per element, on the term
+through w_hh only (dy, the carried dh/dc and all pointwise math stay float32). That is the
+rounding the half-precision forward already applies to h before its dot, and a fraction of
+the gradient tolerances the tests hold half-precision RNN gradients to (tests/conftest.py
+GRAD_TOLERANCES: float16 1e-2, bfloat16 6e-2, against the per-step path and the float64
+reference; the inputs, weights and y are themselves stored in that dtype).
 
 Blocking: UNITS = next_pow2(ceil(H / n_programs_max)), at least 16 (tl.dot needs N >= 16), so
 the grid ceil(H / UNITS) never exceeds the co-resident programs (one per SM on a GPU: programs
 that are not co-resident would deadlock at the barrier). On 132 SMs that is 16 units for
-H <= 2048, i.e. 16 programs at H = 256, 32 at H = 512. CHUNK_K = 128 at BLOCK_B = 16.
-fits_on_chip bounds what one program holds (the MAX_* limits below, checked by compiling for
-sm_90): on an H100/H200 B <= 16 and G*H <= 2048, i.e. the LSTM up to H = 512, the GRU up to
-H = 682, the Elman cell up to H = 2048, every dtype. When it does not fit, and for the LSTM
-with a projection (w_hr: two phases per step), the launcher falls back to the per-step
-kernel. Under TRITON_INTERPRET=1 programs run one after another, so only the ONE-program
+H <= 2048, i.e. 16 programs at H = 256, 32 at H = 512, 64 at H = 1024. CHUNK_K = 128 at
+BLOCK_B = 16 for float32, 256 for float16/bfloat16. fits_on_chip bounds what one program
+holds (the MAX_* limits below, checked by compiling for sm_90): on an H100/H200 B <= 16 and
+G*H <= 4096 for float16/bfloat16 w_hh, i.e. the LSTM up to H = 1024, the GRU up to H = 1365,
+the Elman cell up to H = 2112 (132 programs); G*H <= 2048 for float32, i.e. the LSTM up to
+H = 512, the GRU up to H = 682, the Elman cell up to H = 2048. When it does not fit, and for
+the LSTM with a projection (w_hr: two phases per step), the launcher falls back to the
+per-step kernel. Under TRITON_INTERPRET=1 programs run one after another, so only the ONE-program
 configuration can run (max_programs = 1 there): the barrier with nprog = 1 passes at once.
 """
 import functools
@@ -51,21 +63,36 @@ from seqcore.kernels.rnn_persistent import grid_barrier, max_programs, pow2_floo
 
 # Limits of what one program holds, checked by compiling the configs the launcher picks on
 # 132 SMs for sm_90 (sm90_configs(); Triton 3.6 + ptxas, 8 warps): no spills, shared memory
-# well under the 227 KB per block. The compiled kernel keeps the slice in shared memory as
-# float32 whatever w_hh's dtype (the conversion for the float32 dot is hoisted out of the time
-# loop), so its size is counted in float32. The dots are FMA ("ieee" float32): each thread
-# holds a whole K-chunk of its dGh row and w_hh column, so CHUNK_K is what bounds registers
-# (at 512 the LSTM spills ~500 B; at 128 it takes 112 registers). Measured at the largest
-# picked tiles (B = 16; H = 512, and GRU H = 640, Elman H = 2048; every dtype, with and
-# without lengths + reverse): 94-128 registers, no spills, at most 136 KB shared (the LSTM's
-# 128 KB slice); SEQCORE_TF32=1 (mma dots) up to 166 registers; the interpreter's one-program
-# LSTM/GRU tile (64 units) 243-255 registers, no spills.
+# well under the 227 KB per block. The compiled kernel keeps the slice in shared memory, in
+# w_hh's dtype for float16/bfloat16 (mma.sync dots), as float32 otherwise (the conversion for
+# the float32 dot is hoisted out of the time loop), so its size is counted in those bytes.
+# float32: the dots are FMA ("ieee"): each thread holds a whole K-chunk of its dGh row and
+# w_hh column, so CHUNK_K is what bounds registers (at 512 the LSTM spills ~500 B; at 128 it
+# takes 112 registers). Measured at the largest picked tiles (B = 16; LSTM H = 512, GRU
+# H = 672, Elman H = 2048; 16 chunks of 128, with and without lengths + reverse): 104-128
+# registers, no spills, 136 KB shared (the 128 KB slice); SEQCORE_TF32=1 (mma dots) up to 166
+# registers; the interpreter's one-program LSTM/GRU tile (64 units) 243-255 registers, no
+# spills.
+# float16/bfloat16 (bf16 and fp16 measured alike): LSTM B = 16, H = 1024 (16 chunks of 256,
+# 128 KB slice): 210-214 registers, 144 KB shared; B = 1: 206; GRU H = 1024 (12 chunks) 168,
+# 112 KB; GRU H = 1360 (16 chunks) 166-176, 144 KB; Elman H = 2112 (9 chunks) 154-162, 88 KB;
+# no spills. What spilled (so is not picked): 512-wide chunks at B = 16 (LSTM H = 1024, 8
+# chunks: 288 B), 128-wide ones (32 chunks: 80 B), more than 16 chunks, and every BLOCK_B of
+# 32 or 64 tried (LSTM B = 32 H = 512 112 B, B = 64 H = 256 1000 B, Elman B = 64 H = 1024
+# 544 B, LSTM B = 64 H = 1024 8 KB: 255 registers each; at 16 warps, capped at 128
+# registers, B = 32 H = 512 136 B, B = 64 H = 256 1.7 KB): B > 16 takes the per-step kernel.
 MAX_BATCH_BLOCK = 16           # BLOCK_B: the whole batch is one tile
 MAX_ACC = 1024                 # BLOCK_B * UNITS: the dh tile (and each state/gate tile)
-MAX_A_CHUNK = 2048             # BLOCK_B * CHUNK_K: the dGh chunk read per dot
+MAX_A_CHUNK = 2048             # BLOCK_B * CHUNK_K: the dGh chunk read per dot, float32 w_hh
+MAX_A_CHUNK_HALF = 4096        # the same for float16/bfloat16 w_hh (mma dots)
 MAX_W_CHUNK = 8192             # CHUNK_K * UNITS: one weight chunk
 MAX_CHUNKS = 16                # NCHUNK: the K loop is unrolled
-MAX_WEIGHT_BYTES = 128 * 1024  # K_PAD * UNITS * 4: the float32 slice kept on chip
+MAX_WEIGHT_BYTES = 128 * 1024  # K_PAD * UNITS * elem_bytes: the slice kept on chip
+
+
+def a_chunk_limit(elem_bytes):
+    """MAX_A_CHUNK for w_hh's element size: float32 FMA dots or half-precision mma dots."""
+    return MAX_A_CHUNK if elem_bytes >= 4 else MAX_A_CHUNK_HALF
 
 
 class Blocks(NamedTuple):
@@ -77,34 +104,46 @@ class Blocks(NamedTuple):
     n_programs: int  # the grid: ceil(H / units), never above n_programs_max
 
 
-def persistent_bwd_blocks(B, H, G, n_programs_max):
+def persistent_bwd_blocks(B, H, G, n_programs_max, elem_bytes=4):
     """Blocks for the persistent backward: the fewest units per program that keep the grid
-    within n_programs_max, then K-chunks as wide as the dGh and weight chunk limits allow."""
+    within n_programs_max, then K-chunks as wide as the dGh and weight chunk limits of w_hh's
+    element size (elem_bytes) allow."""
+    max_a_chunk = a_chunk_limit(elem_bytes)
     units = max(16, triton.next_power_of_2(triton.cdiv(H, max(n_programs_max, 1))))
     block_b = max(16, triton.next_power_of_2(B))
-    chunk_k = min(triton.next_power_of_2(G * H), pow2_floor(MAX_A_CHUNK // block_b),
+    chunk_k = min(triton.next_power_of_2(G * H), pow2_floor(max_a_chunk // block_b),
                   pow2_floor(MAX_W_CHUNK // units))
     chunk_k = max(16, chunk_k)  # tl.dot needs K >= 16
     return Blocks(block_b, units, chunk_k, triton.cdiv(G * H, chunk_k), triton.cdiv(H, units))
 
 
-def fits_on_chip(B, H, G, n_programs_max):
+def fits_on_chip(B, H, G, n_programs_max, elem_bytes=4):
     """Whether the persistent backward's blocking stays within the limits that compiled without
-    spills (MAX_*), for every dtype (the slice is held in float32)."""
-    blocks = persistent_bwd_blocks(B, H, G, n_programs_max)
-    weight_bytes = blocks.n_chunks * blocks.chunk_k * blocks.units * 4
+    spills (MAX_*); elem_bytes: w_hh's element size (a float16/bfloat16 slice is held in its
+    own dtype, anything else in float32)."""
+    blocks = persistent_bwd_blocks(B, H, G, n_programs_max, elem_bytes)
+    max_a_chunk = a_chunk_limit(elem_bytes)
+    weight_bytes = blocks.n_chunks * blocks.chunk_k * blocks.units * min(elem_bytes, 4)
     return (B > 0 and blocks.block_b <= MAX_BATCH_BLOCK
             and blocks.block_b * blocks.units <= MAX_ACC
-            and blocks.block_b * blocks.chunk_k <= MAX_A_CHUNK
+            and blocks.block_b * blocks.chunk_k <= max_a_chunk
             and blocks.chunk_k * blocks.units <= MAX_W_CHUNK
             and blocks.n_chunks <= MAX_CHUNKS and weight_bytes <= MAX_WEIGHT_BYTES
             and blocks.n_programs <= max(n_programs_max, 1))
 
 
-def runs_persistent(B, H, G, device, has_proj=False):
+def runs_persistent(B, H, G, device, has_proj=False, elem_bytes=4):
     """Whether backward_persistent runs the persistent kernel (not the per-step fallback) on
-    `device`; has_proj: an LSTM with a projection (always the per-step kernel)."""
-    return not has_proj and fits_on_chip(B, H, G, max_programs(device))
+    `device`; has_proj: an LSTM with a projection (always the per-step kernel); elem_bytes:
+    w_hh's element size."""
+    return not has_proj and fits_on_chip(B, H, G, max_programs(device), elem_bytes)
+
+
+@triton.constexpr_function
+def half_dot(dtype):
+    """Whether a w_hh of this dtype is kept and dotted in its own dtype (float16/bfloat16, on
+    tensor cores), not in float32."""
+    return dtype == tl.float16 or dtype == tl.bfloat16
 
 
 @triton.jit
@@ -140,7 +179,12 @@ def through_w_hh(dgh_ptr, w, step, len_ptr, offs_b, B, T, GH, HAS_LENGTHS: tl.co
             a_mask = row_ok
         # .cg: other programs wrote these before the barrier; read them from L2, not L1
         a = tl.load(a_ptrs + c * CHUNK_K, mask=a_mask, other=0.0, cache_modifier=".cg")
-        acc += tl.dot(a, w[c].to(tl.float32), input_precision=PRECISION)
+        # float16/bfloat16 w_hh: dGh rounded to w_hh's dtype, a tensor-core dot accumulating
+        # in float32 (see the module docstring); otherwise the per-step kernel's float32 dot
+        if half_dot(w[c].dtype):
+            acc += tl.dot(a.to(w[c].dtype), w[c], input_precision=PRECISION)
+        else:
+            acc += tl.dot(a, w[c].to(tl.float32), input_precision=PRECISION)
     return acc
 
 
@@ -189,6 +233,11 @@ def rnn_bwd_persistent_kernel(dgx_ptr, dgh_ptr, w_hh_ptr, ws_ptr, dy_ptr, y_ptr,
         dc = select(keep, dprev[1:], dc)
         # every program's dGh_s is in memory before any reads it at step s - 1
         grid_barrier(counter_ptr, nprog * (i + 1), USE_SEM)
+    if half_dot(w_hh_ptr.dtype.element_ty):
+        # the slice again, from memory (once): reusing the loop's half-precision w here, the
+        # compiler loads its mma operands into registers before the loop and keeps them live
+        # through it (128 registers a thread at 128 KB: 6.7 KB of spills on sm_90)
+        w = weight_slice(w_hh_ptr, offs_h, GH, H, CHUNK_K, NCHUNK)
     dh0 = carry + through_w_hh(dgh_ptr, w, -1, len_ptr, offs_b, B, T, GH, HAS_LENGTHS, REVERSE,
                                PRECISION, BLOCK_B, UNITS, CHUNK_K)
     tl.store(dh0_ptr + idx, dh0, mask=mask)
@@ -222,10 +271,11 @@ def backward_persistent(cell, dy, dstates, x, w_ih, w_hh, states, lengths, rever
     G = CELLS[cell].gates
     B, H = x.shape[1], w_hh.shape[0] // G
     n_programs_max = n_programs_max or max_programs(x.device)
+    elem_bytes = w_hh.element_size()
     run_steps = None
-    if w_hr is None and fits_on_chip(B, H, G, n_programs_max):
+    if w_hr is None and fits_on_chip(B, H, G, n_programs_max, elem_bytes):
         run_steps = functools.partial(
-            _run_persistent, blocks=persistent_bwd_blocks(B, H, G, n_programs_max))
+            _run_persistent, blocks=persistent_bwd_blocks(B, H, G, n_programs_max, elem_bytes))
     return rnn_bwd.backward(cell, dy, dstates, x, w_ih, w_hh, states, lengths, reverse, y, ws,
                             w_hr=w_hr, run_steps=run_steps)
 
@@ -246,17 +296,19 @@ def sm90_configs(n_programs_max=SM90_PROGRAMS, shapes=None, cells=("lstm", "gru"
         launch: the keyword arguments of sm90_launch, which makes that launch on empty CPU
             tensors (the report records it: set rec.problem/rec.dtype, call sm90_launch),
         kwargs: the kernel's compile-time arguments the launch passes (for a description).
-    shapes: (B, H) pairs, default B in {1, 8, 16} x H in {256, 512}; flags: none, or lengths +
-    reverse. Shapes that do not fit on chip (the per-step fallback) are left out."""
-    shapes = shapes or [(B, H) for B in (1, 8, 16) for H in (256, 512)]
+    shapes: (B, H) pairs, default B in {1, 8, 16, 32, 64} x H in {256, 512, 768, 1024}; flags:
+    none, or lengths + reverse. Shapes that do not fit on chip for the dtype (the per-step
+    fallback) are left out."""
+    shapes = shapes or [(B, H) for B in (1, 8, 16, 32, 64) for H in (256, 512, 768, 1024)]
     out = []
     for dt, dtype in SM90_DTYPES.items():
+        elem_bytes = dtype.itemsize
         for cell in cells:
             G = CELLS[cell].gates
             for B, H in shapes:
-                if not fits_on_chip(B, H, G, n_programs_max):
+                if not fits_on_chip(B, H, G, n_programs_max, elem_bytes):
                     continue
-                blocks = persistent_bwd_blocks(B, H, G, n_programs_max)
+                blocks = persistent_bwd_blocks(B, H, G, n_programs_max, elem_bytes)
                 for flagged in (False, True):
                     tag = f"{dt} B{B} H{H}" + (" lengths,reverse" if flagged else "")
                     out.append(dict(
@@ -293,4 +345,4 @@ def sm90_launch(cell, T, B, H, dtype, lengths, reverse, n_programs_max):
             torch.zeros(B, H, dtype=dtype), c0, carry, c0.clone(), f32(T, B, H), f32(B, H))
     lens = torch.full((B,), T, dtype=torch.int64) if lengths else None
     _launch(cell, T, B, H, lens, reverse, args,
-            persistent_bwd_blocks(B, H, spec.gates, n_programs_max))
+            persistent_bwd_blocks(B, H, spec.gates, n_programs_max, dtype.itemsize))

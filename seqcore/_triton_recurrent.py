@@ -30,10 +30,11 @@ Which forward kernel runs (FORWARD_PATH, "auto" unless a caller sets it):
 
 Which backward runs the steps (BACKWARD_PATH, "auto" unless a caller sets it):
   - "auto": the persistent backward (kernels/rnn_persistent_bwd.py: one launch for all T steps,
-    each program keeping its columns of w_hh on chip) when its blocking fits
-    (rnn_persistent_bwd.fits_on_chip), else the per-step kernel of kernels/rnn_bwd.py; the
-    LSTM with a projection always takes the per-step kernel. Under TRITON_INTERPRET=1 it runs
-    in its one-program configuration;
+    each program keeping its columns of w_hh on chip, in w_hh's dtype for float16/bfloat16)
+    when its blocking fits (rnn_persistent_bwd.fits_on_chip: B <= 16 on an H100/H200, the
+    LSTM up to H = 1024 in half precision, H = 512 in float32), else the per-step kernel of
+    kernels/rnn_bwd.py; the LSTM with a projection always takes the per-step kernel. Under
+    TRITON_INTERPRET=1 it runs in its one-program configuration;
   - "step": always the per-step kernel.
 Either way the weight gradients are the same large matmuls (kernels/rnn_bwd.py).
 """

@@ -146,6 +146,31 @@ def test_one_program_matches_per_step_and_reference(cell, case, dtype, rng, trit
     check(names, got, want, dtype)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("case", [(4, 5, 3, 33, True, True), (3, 3, 2, 19, True, False)],
+                         ids=case_id)
+def test_half_precision_slice(cell, case, rng, triton_device, launches):
+    """float16 w_hh: the slice stays on chip in float16 and dGh is rounded to it for the
+    tensor-core dot (the half-precision blocking's wider K-chunks); odd H, a zero-length row,
+    reverse and forward order, within the float16 gradient tolerances of the per-step path
+    and the float64 reference."""
+    T, B, I, H, with_lengths, reverse = case
+    G = GATES[cell]
+    blocks = persistent_bwd_blocks(B, H, G, 1, elem_bytes=2)
+    assert blocks.chunk_k * blocks.n_chunks >= G * H and fits_on_chip(B, H, G, 1, 2)
+    problem = make_problem(rng, cell, T, B, I, H, torch.float16, triton_device, with_lengths)
+    got = run_backward(rnn_persistent_bwd.backward_persistent, cell, *problem[:2],
+                       problem[2], reverse, *problem[3:], n_programs_max=1)
+    assert launches == [(cell, T, B, H)]
+    per_step = run_backward(rnn_bwd.backward, cell, *problem[:2], problem[2], reverse,
+                            *problem[3:])
+    names, want = reference_grads(cell, *problem[:3], reverse, *problem[3:])
+    for g in got:
+        assert g.dtype == torch.float16
+    check(names, got, per_step, "float16")
+    check(names, got, want, "float16")
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_backend_dispatches_to_persistent(cell, rng, triton_device, launches, monkeypatch):
     """The backend's backward takes the persistent kernel when it fits, the per-step kernel
@@ -223,6 +248,25 @@ def test_multi_program_grid_on_gpu(cell, shape, rng, launches):
     check(names, got, want, "float32")
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="the multi-program grid needs co-resident programs "
+                    "(a GPU); the interpreter runs programs one after another")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_grid_at_h1024_on_gpu(cell, dtype, rng, launches):
+    """The half-precision slice at its largest tile: H = 1024, 64 programs of 16 units."""
+    T, B, I, H = 4, 16, 16, 1024
+    tdtype = getattr(torch, dtype)
+    problem = make_problem(rng, cell, T, B, I, H, tdtype, "cuda", True)
+    got = run_backward(rnn_persistent_bwd.backward_persistent, cell, *problem[:2], problem[2],
+                       True, *problem[3:])
+    assert len(launches) == 1
+    per_step = run_backward(rnn_bwd.backward, cell, *problem[:2], problem[2], True,
+                            *problem[3:])
+    names, want = reference_grads(cell, *problem[:3], True, *problem[3:])
+    check(names, got, per_step, dtype)
+    check(names, got, want, dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # The blocking rule (pure Python)
 
@@ -263,6 +307,28 @@ def test_what_falls_back_on_h100():
     assert not fits_on_chip(16, 4096, 1, 132)   # 32 units per program: 512 KB
 
 
+def test_half_precision_limits_on_h100():
+    """float16/bfloat16 w_hh (the slice in its own 2 bytes, 256-wide dGh chunks at 16 rows):
+    on 132 SMs the LSTM runs persistent up to H = 1024, the GRU up to H = 1360, the Elman cell
+    up to H = 2112, all at B <= 16 with 16 units per program; float32 keeps its limits."""
+    assert persistent_bwd_blocks(16, 1024, 4, 132, 2) == (16, 16, 256, 16, 64)
+    assert persistent_bwd_blocks(16, 1024, 4, 132) == (16, 16, 128, 32, 64)
+    for B in (1, 8, 16):
+        for H in (256, 512, 768, 1024):
+            for G in (4, 3, 1):
+                assert fits_on_chip(B, H, G, 132, 2)
+        assert fits_on_chip(B, 1360, 3, 132, 2) and fits_on_chip(B, 2112, 1, 132, 2)
+        assert not fits_on_chip(B, 1040, 4, 132, 2)   # 17 chunks of 256
+        assert not fits_on_chip(B, 1376, 3, 132, 2)
+        assert not fits_on_chip(B, 2128, 1, 132, 2)   # 32 units: a 266 KB slice
+        # float32 as before: the LSTM to H = 512, the GRU to H = 672
+        assert not fits_on_chip(B, 768, 4, 132, 4) and not fits_on_chip(B, 1024, 3, 132, 4)
+        assert fits_on_chip(B, 512, 4, 132, 4) and fits_on_chip(B, 672, 3, 132, 4)
+    for G in (4, 3, 1):  # B > 16 (BLOCK_B 32/64) spilled on sm_90: the per-step kernel
+        assert not fits_on_chip(17, 256, G, 132, 2) and not fits_on_chip(64, 256, G, 132, 2)
+        assert not fits_on_chip(0, 256, G, 132, 2)
+
+
 def test_one_program_blocking():
     """n_programs_max = 1 (the interpreter): one program owns every unit; fits only while its
     w_hh (all of it) stays within the limits."""
@@ -277,10 +343,18 @@ def test_sm90_configs_cover_the_report_shapes():
     """sm90_configs: every (cell, dtype, B, H) of the report, twice (no flags; lengths and
     reverse), each a launch the launcher picks on 132 SMs."""
     configs = rnn_persistent_bwd.sm90_configs()
-    assert len(configs) == 3 * 3 * 3 * 2 * 2
+    # fp16, bf16: 3 cells x B in {1, 8, 16} x H in {256, 512, 768, 1024}; fp32: the LSTM and
+    # GRU at H <= 512, the Elman cell at all four H; B 32 and 64 fall back (x 2 flag sets)
+    assert len(configs) == (2 * 3 * 3 * 4 + 3 * (2 + 2 + 4)) * 2
+    for c in configs:
+        launch = c["launch"]
+        assert launch["B"] <= 16
+        assert launch["H"] <= 512 or c["dtype"] != "fp32" or launch["cell"] == "rnn_tanh"
     for c in configs:
         launch, kw = c["launch"], c["kwargs"]
         G = GATES[launch["cell"]]
-        blocks = persistent_bwd_blocks(launch["B"], launch["H"], G, launch["n_programs_max"])
+        elem_bytes = 4 if c["dtype"] == "fp32" else 2
+        blocks = persistent_bwd_blocks(launch["B"], launch["H"], G, launch["n_programs_max"],
+                                       elem_bytes)
         assert (kw["BLOCK_B"], kw["UNITS"], kw["CHUNK_K"], kw["NCHUNK"]) == blocks[:4]
         assert c["dtype"] == launch["dtype"] and c["problem"].startswith(launch["cell"] + " bwd")
