@@ -45,12 +45,14 @@ def test_merge_halves_triton(triton_device, rng):
 
 def test_merge_float64_tensors_compute_in_float64(rng):
     """Found by fuzzing: float64 tensors were merged in float32 (2e-7 off); now both kinds
-    compute in the dtype of out and agree exactly."""
+    compute in the dtype of out. They agree to float64 rounding, not bit for bit: NumPy's and
+    torch's float64 exp may differ in the last bit (NumPy's AVX-512 exp on a Zen 5: 6 of 210
+    outputs 4e-16 apart), while float32 math would be ~1e-7 off."""
     torch = pytest.importorskip("torch")
     out_a, out_b = rng.standard_normal((2, 3, 5, 7)), rng.standard_normal((2, 3, 5, 7))
     lse_a, lse_b = (rng.standard_normal((2, 3, 5)).astype(np.float32) for _ in range(2))
     want, want_lse = seqcore.merge_attention(out_a, lse_a, out_b, lse_b)
     got, got_lse = seqcore.merge_attention(*(torch.from_numpy(a) for a in (out_a, lse_a, out_b, lse_b)))
     assert got.dtype == torch.float64 and got_lse.dtype == torch.float32
-    np.testing.assert_array_equal(got.numpy(), want)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-13, atol=1e-14)
     np.testing.assert_array_equal(got_lse.numpy(), want_lse)
