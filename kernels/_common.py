@@ -30,12 +30,16 @@ def autotune_enabled():
 
 
 def fits_shared_memory(elt_bytes, block_m, block_n, block_d, block_dv, num_stages,
-                       limit=227 * 1024):
+                       limit=227 * 1024, bias_bytes=0):
     """Whether a q tile plus num_stages k and v tiles (+1 KB for barriers) fit an H100's shared
     memory per block: what Triton 3.6 allocates for the forward kernels, checked against
-    compiled sm_90 kernels for float16/float32, D 64..256, BLOCK_N 64/128, 2-4 stages."""
+    compiled sm_90 kernels for float16/float32, D 64..256, BLOCK_N 64/128, 2-4 stages.
+    bias_bytes: the element size of an additive bias, whose BLOCK_M x BLOCK_N tiles are
+    pipelined num_stages - 1 deep (bfloat16 D64 128x128 at 4 stages with a bias: 240 KB
+    compiled, this count 241)."""
     tiles = block_m * block_d + max(num_stages, 1) * block_n * (block_d + block_dv)
-    return elt_bytes * tiles + 1024 <= limit
+    bias = max(num_stages - 1, 0) * block_m * block_n * bias_bytes
+    return elt_bytes * tiles + bias + 1024 <= limit
 
 
 def dot_precision(dtype_is_fp32):

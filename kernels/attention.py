@@ -175,7 +175,7 @@ def _configs():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
     # fits where the Hopper tiles do not (float32 at D = 256)
     fallback = triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=1)
-    if not autotune_enabled():  # the first that _prune keeps runs: 8 warps for dropout
+    if not autotune_enabled():  # the first that _prune keeps runs: 8 warps for dropout, D128, bias
         return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
                 triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
                 fallback]
@@ -192,14 +192,31 @@ def _dropout_fits(c):
     return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 32 * 32 * c.num_warps
 
 
+def _registers_fit(c, args):
+    """At most 128 float32 tile elements per thread: the output accumulator (BLOCK_M x
+    BLOCK_DV) and the score tile (BLOCK_M x BLOCK_N), counted twice with a bias or softcap
+    (the bias tile, the capped scores). Calibrated on every half-precision forward config the
+    sm_90 report compiled (bench/results/sm90-report-2026-12-02.json): all with <= 128 compiled
+    without spills (D128 128x128 at 8 warps: 255 registers; D128 128x64 at 8 warps with
+    bias+softcap: 246-248), all above spilled (192: D128 128x64 at 4 warps 200-270 B, D64
+    128x128 at 4 warps 36-48 B, D64 128x64 at 4 warps with bias+softcap ~500 B; 160: D64
+    128x128 at 8 warps with bias+softcap 16-100 B)."""
+    score_tiles = 2 if args["HAS_BIAS"] or args["SOFTCAP"] else 1
+    elements = c.kwargs["BLOCK_M"] * (args["BLOCK_DV"] + score_tiles * c.kwargs["BLOCK_N"])
+    return elements <= 128 * 32 * c.num_warps
+
+
 def _prune(configs, named_args, **kwargs):
-    """Drop configs whose tiles overflow shared memory (or, with dropout, registers); keep
-    BLOCK_M = 128 ones where any fit; only the first without autotuning."""
+    """Drop configs whose tiles overflow shared memory or registers (_registers_fit, and with
+    dropout _dropout_fits); keep BLOCK_M = 128 ones where any fit; only the first without
+    autotuning."""
     args = {**named_args, **kwargs}
+    bias_bytes = args["Bias"].element_size() if args["HAS_BIAS"] else 0
     fits = [c for c in configs
             if fits_shared_memory(args["Q"].element_size(), c.kwargs["BLOCK_M"],
                                   c.kwargs["BLOCK_N"], args["BLOCK_D"], args["BLOCK_DV"],
-                                  c.num_stages)
+                                  c.num_stages, bias_bytes=bias_bytes)
+            and _registers_fit(c, args)
             and (not args["HAS_DROPOUT"] or _dropout_fits(c))]
     hopper = [c for c in fits if c.kwargs["BLOCK_M"] == 128]
     kept = hopper or fits or configs[-1:]

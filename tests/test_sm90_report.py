@@ -39,25 +39,6 @@ def _load_script():
 # reported as an expected failure (pytest.xfail) naming it, instead of failing the test. The
 # kernels' owners decide; an entry whose configs stop failing passes and can be dropped.
 KNOWN_FAILURES = [
-    dict(id="attn-fwd-128-rows-4warps-d128", kernel="_attn_fwd_kernel",
-         consts={"BLOCK_M": 128, "BLOCK_D": 128}, warps=4,
-         reason="kernels/attention.py: BLOCK_M=128 at num_warps=4 spills at head dim 128 "
-         "(255 registers; the 128x128 float32 accumulator alone is 128 per thread): 200-270 B "
-         "at BLOCK_N=64 -- the default tile SEQCORE_AUTOTUNE=0 runs (num_stages=3) -- ~700 B at "
-         "BLOCK_N=128, ~2.7 KB with bias+softcap+window"),
-    dict(id="attn-fwd-4warps-bias-softcap", kernel="_attn_fwd_kernel",
-         consts={"BLOCK_M": 128, "HAS_BIAS": True, "SOFTCAP": True}, warps=4,
-         reason="kernels/attention.py: with bias+softcap+window, BLOCK_M=128 at num_warps=4 "
-         "spills at head dim 64 too (~500 B at BLOCK_N=64, ~3 KB at BLOCK_N=128)"),
-    dict(id="attn-fwd-128x128-4warps-d64", kernel="_attn_fwd_kernel",
-         consts={"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}, warps=4,
-         reason="kernels/attention.py: BLOCK_M=128, BLOCK_N=128, num_warps=4 spills 36-48 B "
-         "at head dim 64 (autotune list)"),
-    dict(id="attn-fwd-bias-128x128-8warps-d64", kernel="_attn_fwd_kernel",
-         consts={"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64, "HAS_BIAS": True}, warps=8,
-         reason="kernels/attention.py: with a bias, BLOCK_M=128, BLOCK_N=128 spills 16-100 B "
-         "at 8 warps, and at num_stages=4 needs 240 KB of shared memory (> 227 KB): "
-         "_common.fits_shared_memory does not count the pipelined bias tiles"),
     dict(id="dkdv-64x64-d128", kernel="_dkdv_kernel",
          consts={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 128}, warps=8, dtype=None,
          reason="kernels/attention_bwd.py: the dK/dV default tile for D=128 (BLOCK_M=64, "
@@ -198,3 +179,33 @@ def test_full_report_no_unexpected_spills_or_shared_overflow(tmp_path):
              if _failing(r) and _known(r)]
     if known:
         pytest.xfail("known failures (KNOWN_FAILURES): " + "; ".join(known))
+
+
+# The forward's register rule (kernels/attention._registers_fit) against the sm_90 compiles it
+# was calibrated on: (BLOCK_DV, BLOCK_N, num_warps, bias+softcap) -> compiled without spills.
+REGISTER_FIT_CASES = [
+    (64, 64, 4, False, True), (64, 128, 4, False, False), (128, 64, 4, False, False),
+    (128, 128, 4, False, False), (128, 128, 8, False, True), (128, 64, 8, False, True),
+    (64, 128, 8, False, True), (64, 64, 4, True, False), (64, 64, 8, True, True),
+    (64, 128, 8, True, False), (128, 64, 8, True, True), (128, 64, 4, True, False),
+]
+
+
+@pytest.mark.parametrize("dv, bn, warps, biased, clean", REGISTER_FIT_CASES)
+def test_forward_register_rule_matches_the_compiles(dv, bn, warps, biased, clean):
+    import triton
+
+    from seqcore.kernels import attention
+
+    config = triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=warps)
+    args = {"BLOCK_DV": dv, "HAS_BIAS": biased, "SOFTCAP": biased}
+    assert attention._registers_fit(config, args) == clean
+
+
+def test_shared_memory_counts_the_bias_tiles():
+    """bfloat16 D64 128x128 at 4 stages compiled to 240 KB with a bias (> 227 KB), 3 stages fit."""
+    from seqcore.kernels._common import fits_shared_memory
+
+    assert fits_shared_memory(2, 128, 128, 64, 64, 4)
+    assert not fits_shared_memory(2, 128, 128, 64, 64, 4, bias_bytes=2)
+    assert fits_shared_memory(2, 128, 128, 64, 64, 3, bias_bytes=2)
