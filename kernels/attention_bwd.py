@@ -345,15 +345,17 @@ def _dq_kernel(Q, K, V, DO, LSE, DELTA, BIAS, DQ, DBIAS, CU_Q, CU_K,
 
 
 # ----------------------------------------------------------------------------------------------
-# autotuning: keyed on head dims, feature flags and (implicitly, by Triton) dtypes.
+# autotuning: keyed on head dims, feature flags and (implicitly, by Triton) dtypes; dK/dV also on
+# GROUP (its register rule counts the loop over the group's query heads, see _dkdv_registers).
 # Configs that cannot fit a Hopper SM are pruned first (see _prune); with SEQCORE_AUTOTUNE=0 the
 # first config that fits runs untimed.
 
 _KEY = ["HEAD_D", "HEAD_DV", "IS_VARLEN", "HAS_BIAS", "SOFTCAP", "HAS_LEFT", "HAS_RIGHT",
         "HAS_DROPOUT"]
 _SMEM_BYTES = 227 * 1024
-# 32-bit registers per thread the tiles may take (of 255; the rest hold pointers and masks).
-# Calibrated by compiling for sm_90 and reading the spills (cuobjdump --dump-resource-usage).
+# 32-bit registers per thread the tiles may take, as counted by _dkdv_registers/_dq_registers
+# (of 255; the rest hold pointers, masks and loop state). Calibrated by compiling for sm_90
+# with ptxas (bench/sm90_report.py's compile helpers) and reading the spills: see those rules.
 _REGS_PER_THREAD = 160
 
 
@@ -363,7 +365,8 @@ def _config(m, n, warps, stages):
 
 def _configs(tuned, defaults):
     """tuned: (BLOCK_M, BLOCK_N) pairs timed over warps x stages; defaults: (m, n, warps, stages)
-    in order of preference, the last one small enough for any head dim."""
+    in order of preference, the last one small enough for any head dim (and the only one float32
+    "ieee" dots take, see _prune)."""
     if interpreted():   # the interpreter runs one program at a time: one small config
         return [_config(16, 16, 4, 1)]
     if not autotune_enabled():
@@ -372,37 +375,131 @@ def _configs(tuned, defaults):
             + [_config(*defaults[-1])])
 
 
-def _prune(footprint, dropout_fits):
-    """early_config_prune keeping configs whose footprint(BLOCK_M, BLOCK_N, d, dv) =
-    (float32 elements of accumulators and score tiles, input elements loaded per pipeline stage,
-    input elements resident for the whole program) fits, and with dropout dropout_fits(BLOCK_M,
-    BLOCK_N, num_warps, num_stages); all of them when autotuning, else the first."""
+def _fma_dots(args):
+    """float32 inputs with exact "ieee" dots: tl.dot lowers to FMAs on CUDA cores."""
+    return args["Q"].dtype == torch.float32 and args["DOT_PRECISION"] == "ieee"
+
+
+def _prune(footprint, registers, dropout_fits, tf32_regs_per_thread):
+    """early_config_prune of a backward kernel family. Tensor-core dots (half precision, TF32):
+    configs whose registers(BLOCK_M, BLOCK_N, args) (32-bit registers of tiles, whole program)
+    fit num_warps * 32 * _REGS_PER_THREAD (tf32_regs_per_thread for float32 inputs with TF32
+    dots, whose operands take a whole register an element: the family's own calibration), whose
+    footprint(BLOCK_M, BLOCK_N, d, dv) = (input elements loaded per pipeline stage, input
+    elements resident for the whole program) fits shared memory, and with dropout
+    dropout_fits(BLOCK_M, BLOCK_N, num_warps, num_stages).
+    float32 "ieee" dots (FMAs on CUDA cores): only the last, smallest config -- ptxas spills
+    every larger tile the lists hold, from 4 B to 15 KB (measured on sm_90 at D 64/128, dense
+    MHA, packed GQA, GQA + bias + softcap + window): dK/dV 16x32 at 4 warps, 1 stage compiles
+    to 96-149 registers, while 32x64 (8 warps, 2 stages, the old pick) gives up at 32 registers
+    with 11-15 KB of spills, 32x32/16x64 at 4 warps spill 0.3-1.6 KB, even 32x16 and 16x16 at
+    4 warps spill 8-600 B at D128, and a second stage spills 0.5-1.3 KB; dQ 32x16 at 4 warps, 1
+    stage: 78-130 registers, while 64x32 at 8 warps spills 4-28 B with 1 stage (100-536 B with
+    2, the old pick) and 64x16/32x32 at 4 warps 4-12 B. All of them when autotuning, else the
+    first."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        d, dv, elem = args["BLOCK_D"], args["BLOCK_DV"], args["Q"].element_size()
-        kept = []
-        for c in configs:
-            m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-            acc, per_stage, resident = footprint(m, n, d, dv)
-            regs = acc + resident * elem // 4     # the resident tiles are dot operands in registers
-            if (regs <= c.num_warps * 32 * _REGS_PER_THREAD
-                    and elem * (per_stage * c.num_stages + resident) <= _SMEM_BYTES
-                    and (not args["HAS_DROPOUT"]
-                         or dropout_fits(m, n, c.num_warps, c.num_stages))):
-                kept.append(c)
-        kept = kept or configs[-1:]
+        if _fma_dots(args):
+            kept = configs[-1:]
+        else:
+            d, dv, elem = args["BLOCK_D"], args["BLOCK_DV"], args["Q"].element_size()
+            per_thread = tf32_regs_per_thread if elem == 4 else _REGS_PER_THREAD
+            kept = []
+            for c in configs:
+                m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+                per_stage, resident = footprint(m, n, d, dv)
+                if (registers(m, n, args) <= c.num_warps * 32 * per_thread
+                        and elem * (per_stage * c.num_stages + resident) <= _SMEM_BYTES
+                        and (not args["HAS_DROPOUT"]
+                             or dropout_fits(m, n, c.num_warps, c.num_stages))):
+                    kept.append(c)
+            kept = kept or configs[-1:]
         return kept if autotune_enabled() else kept[:1]
     return prune
 
 
 def _dkdv_footprint(m, n, d, dv):
-    # dK, dV accumulators + the s/p and dp/ds tiles; K, V resident; Q, dO streamed
-    return n * (d + dv) + 2 * m * n, m * (d + dv), n * (d + dv) + m * n
+    # K, V resident; Q, dO streamed
+    return m * (d + dv), n * (d + dv) + m * n
 
 
 def _dq_footprint(m, n, d, dv):
-    # dQ accumulator + tiles; Q, dO resident; K, V streamed
-    return m * d + 2 * m * n, n * (d + dv), m * (d + dv) + m * n
+    # Q, dO resident; K, V streamed
+    return n * (d + dv), m * (d + dv) + m * n
+
+
+def _dkdv_registers(m, n, args):
+    """32-bit registers of the dK/dV tiles (tensor-core dots): the float32 dK, dV accumulators
+    (n x (d + dv)), the q and dO tiles that feed the dots from registers (m x (d + dv), two
+    half-precision elements a register), and (m x n) score tiles: three (s/p, dp/ds and P cast
+    for its dot), two more with softcap (the slope, tanh), two more for the loop over the
+    query heads of a GQA group (GROUP > 1: dense MHA compiles GROUP = 1, without that loop),
+    half of one more on packed sequences (their row bookkeeping), and a bias tile (in its own
+    dtype: half a register an element in half precision).
+
+    Calibrated on sm_90 (ptxas of Triton 3.6, bfloat16; float16 compiles alike), every config
+    below with <= 160 a thread compiled without spills, every one that spilled counts more
+    (registers/spilled bytes, s2 = 2 stages; "-" = not compiled):
+                       MHA causal  GQA causal  packed GQA  GQA+bias+softcap+window  MHA softcap
+      D128 64x64 w8 s2  252/0       255/92      255/84      255/220                  255/20
+      D128 64x64 w8 s3  250/0       255/100     255/124     255/284                  255/72
+      D128 32x64 w8 s2  202/0       214/0       228/0       230/0                    210/0
+      D128 32x64 w8 s3  212/0       222/0       254/0       248/0                    220/0
+      D128 64x32 w8 s2  169/0       255/0       255/0       255/0                    -
+      D128 128x32 w8 s2 190/0       255/64      255/96      255/52                   -
+      D128 32x128 w8 s2 255/76      255/64      255/120     255/156                  -
+      D128 32x64 w4 s2  255/100     255/100     255/204     255/204                  -
+      D128 64x32 w4 s2  255/0       255/32      255/60      255/84                   -
+      D64 32x128 w8 s2  220/0       244/0       246/0       252/0                    236/0
+      D64 32x128 w8 s3  224/0       240/0       250/0       236/0                    240/0
+      D64 64x64 w8 s2   163/0       216/0       244/0       255/28                   221/0
+      D64 64x64 w8 s3   169/0       240/0       250/0       255/112                  230/0
+      D64 32x64 w8 s2   135/0       169/0       203/0       200/0                    149/0
+      D64 32x64 w4 s2   234/0       250/0       255/8       254/0                    250/0
+      D64 64x128 w8 s2  255/12      255/172     255/184     255/896                  255/204
+      D64 128x64 w8 s2  175/0       244/0       255/24      255/124                  205/0
+      D64 32x128 w4 s2  255/88      255/112     255/176     255/336                  255/184
+    and dense MHA at D128 64x64 w8: non-causal 246/0 (s3 244/0), two-sided window 234/0
+    (238/0), bias 255/0 (255/0), packed 254/0 (255/0). So the largest tile at D128 is 64x64 for
+    MHA without softcap (144-152 here; counted as GQA it would be 176), else 32x64 (104-140);
+    at D64 32x128 (120-160) but with bias+softcap+window (192, as 64x64: 168), 32x64 (100).
+    A linear count cannot take D64 32x128 with bias+softcap+window (clean at 252) and drop D64
+    64x64 there (28 B): it gives up the former. The rule leaves out GQA+bias+softcap D64 128x32
+    at 8 warps (255/0, 168) and D128 64x32 at 4 warps for MHA (255/0, 176), clean but at the
+    edge."""
+    d2 = args["BLOCK_D"] + args["BLOCK_DV"]
+    elem = args["Q"].element_size()
+    score_tiles = (3 + 2 * bool(args["SOFTCAP"]) + 2 * (args["GROUP"] > 1)
+                   + 0.5 * bool(args["IS_VARLEN"]))
+    bias = args["BIAS"].element_size() / 4 if args["HAS_BIAS"] else 0
+    return n * d2 + m * d2 * elem / 4 + m * n * (score_tiles + bias)
+
+
+def _dq_registers(m, n, args):
+    """32-bit registers of the dQ tiles (tensor-core dots): the float32 dQ accumulator (m x d),
+    two float32 score tiles (m x n), and the resident q, dO (m x (d + dv)) and one score tile
+    as dot operands in the input dtype. Calibrated on sm_90 (bfloat16, D128; registers/spilled
+    bytes for MHA causal, GQA causal, packed GQA, GQA + bias + softcap + window, MHA softcap):
+    kept, all clean: 64x32 w8 s2 (84 a thread) 120-166/0; 64x64 w8 s2 (104) 157-255/0; left
+    out: 128x32 w8 s2/s3 (168) 161-235/0, 64x32 w4 s2 (168) 161-241/0, 64x64 w4 s2 (208)
+    209-255/0-52, 128x64 w8 s2 (208) 217-255/0, 128x32 w4 s2 (336) 255/44-292, 128x64 w4 s2
+    (416) 255/676-1096."""
+    d, dv = args["BLOCK_D"], args["BLOCK_DV"]
+    elem = args["Q"].element_size()
+    return m * d + 2 * m * n + (m * (d + dv) + m * n) * elem // 4
+
+
+# float32 inputs with TF32 dots (SEQCORE_TF32=1) spill below 160 (the operands and the P/dS
+# casts are 32-bit): measured on sm_90 (registers/spilled bytes, count a thread). dK/dV, kept at
+# <= 108: packed D64 32x64 w8 255/0 (92), MHA 184-208/0 (72), 16x32 w4 s1 120-180/0 (D128: 108);
+# left out: D64 MHA 64x64 w8 218-224/0 (112), since at 112 D64 GQA+bias+softcap+window 32x64 w8
+# spills 24-60 B; spilling, all above that too: D128 MHA 32x64 w8 112-196 B (120), D64 MHA
+# 32x128 w8 12 B (128), D64 MHA 32x64 w4 44-52 B (144), packed D128 32x64 w8 444-492 B (140).
+# dQ, kept at <= 128: D128 64x32 w8 152-220/0 (120), D64 64x64 w8 153-255/0 (96); spilling: D128
+# 64x64 w8 with bias+softcap+window 24 B (144; D64 128x32 w8 and 64x32 w4 at 144 are clean,
+# 219-230, and left out).
+_DKDV_TF32_REGS = 108
+_DQ_TF32_REGS = 128
 
 
 # With dropout, Philox's four 32-bit words per score element need registers the footprint does
@@ -422,15 +519,17 @@ def _dq_dropout_fits(m, n, warps, stages):
 _dkdv_tuned = triton.autotune(
     configs=_configs([(32, 64), (32, 128), (64, 64), (64, 128)],
                      defaults=[(32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 8, 2), (16, 32, 4, 1)]),
-    key=_KEY, prune_configs_by={"early_config_prune": _prune(_dkdv_footprint,
-                                                             _dkdv_dropout_fits)},
+    key=_KEY + ["GROUP"],
+    prune_configs_by={"early_config_prune": _prune(_dkdv_footprint, _dkdv_registers,
+                                                   _dkdv_dropout_fits, _DKDV_TF32_REGS)},
 )(_dkdv_kernel)
 
 _dq_tuned = triton.autotune(
     configs=_configs([(64, 32), (128, 32), (64, 64), (128, 64)],
                      defaults=[(128, 32, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (32, 16, 4, 1)]),
     key=_KEY + ["NEED_DBIAS"],
-    prune_configs_by={"early_config_prune": _prune(_dq_footprint, _dq_dropout_fits)},
+    prune_configs_by={"early_config_prune": _prune(_dq_footprint, _dq_registers,
+                                                   _dq_dropout_fits, _DQ_TF32_REGS)},
 )(_dq_kernel)
 
 

@@ -39,19 +39,14 @@ def _load_script():
 # reported as an expected failure (pytest.xfail) naming it, instead of failing the test. The
 # kernels' owners decide; an entry whose configs stop failing passes and can be dropped.
 KNOWN_FAILURES = [
-    dict(id="dkdv-64x64-d128", kernel="_dkdv_kernel",
-         consts={"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 128}, warps=8, dtype=None,
-         reason="kernels/attention_bwd.py: the dK/dV default tile for D=128 (BLOCK_M=64, "
-         "BLOCK_N=64, num_warps=8, num_stages=2) spills 84 B on packed (varlen) sequences and "
-         "220 B with bias+softcap+window; dense MHA sits at 252 registers without spilling"),
     dict(id="fp32-ieee-attention", kernel=None, consts={}, warps=None, dtype="fp32",
          precision="ieee",
-         families=("_attn_fwd_kernel", "_dkdv_kernel", "_dq_kernel", "_decode_split_kernel",
-                   "_kvcache_split_kernel"),
-         reason="float32 attention (exact 'ieee' dots, on CUDA cores) spills at the tiles its "
-         "launchers pick: 5-100 KB of spill stores for the forward (128x64, and 64x32 at D=128), "
-         "the 64-row decode tile and dK/dV (ptxas gives up: 32 registers, a stack frame of "
-         "4-16 KB), 4-536 B for dQ, 4 B for one KV-cache tile"),
+         families=("_attn_fwd_kernel", "_decode_split_kernel", "_kvcache_split_kernel"),
+         reason="float32 attention forward (exact 'ieee' dots, on CUDA cores) spills at the tiles "
+         "its launchers pick: 5-100 KB of spill stores for the forward (128x64, and 64x32 at "
+         "D=128), the 64-row decode tile (ptxas gives up: 32 registers, a stack frame of 2-16 KB), "
+         "4 B for one KV-cache tile; the backward (_dkdv_kernel, _dq_kernel) takes its smallest "
+         "tile for these dots and is clean (kernels/attention_bwd._prune)"),
 ]
 
 
@@ -209,3 +204,119 @@ def test_shared_memory_counts_the_bias_tiles():
     assert fits_shared_memory(2, 128, 128, 64, 64, 4)
     assert not fits_shared_memory(2, 128, 128, 64, 64, 4, bias_bytes=2)
     assert fits_shared_memory(2, 128, 128, 64, 64, 3, bias_bytes=2)
+
+
+# The backward's register rules (kernels/attention_bwd._dkdv_registers, _dq_registers, their
+# TF32 budgets, and the float32 "ieee" rule of _prune) against the sm_90 compiles they were
+# calibrated on (bfloat16 unless float32; ptxas of Triton 3.6): (family, dtype, D, BLOCK_M,
+# BLOCK_N, num_warps, num_stages, problem, registers, spilled bytes). Problems: mha = dense MHA
+# causal (GROUP 1), gqa = dense GQA 4 causal, packed = varlen GQA 4 causal, full = GQA 4 + bias +
+# softcap + two-sided window, mha-softcap / mha-bias / mha-packed = dense (packed) MHA causal
+# with that feature.
+BWD_CALIBRATION = [
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "mha", 252, 0),
+    ("dkdv", "bf16", 128, 64, 64, 8, 3, "mha", 250, 0),
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "mha-bias", 255, 0),
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "mha-packed", 254, 0),
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "mha-softcap", 255, 20),
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "gqa", 255, 92),
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "packed", 255, 84),
+    ("dkdv", "bf16", 128, 64, 64, 8, 3, "packed", 255, 124),
+    ("dkdv", "bf16", 128, 64, 64, 8, 2, "full", 255, 220),
+    ("dkdv", "bf16", 128, 32, 64, 8, 2, "gqa", 214, 0),
+    ("dkdv", "bf16", 128, 32, 64, 8, 2, "packed", 228, 0),
+    ("dkdv", "bf16", 128, 32, 64, 8, 3, "packed", 254, 0),
+    ("dkdv", "bf16", 128, 32, 64, 8, 2, "full", 230, 0),
+    ("dkdv", "bf16", 128, 32, 64, 8, 3, "full", 248, 0),
+    ("dkdv", "bf16", 128, 128, 32, 8, 2, "mha", 190, 0),
+    ("dkdv", "bf16", 128, 128, 32, 8, 2, "gqa", 255, 64),
+    ("dkdv", "bf16", 128, 32, 128, 8, 2, "mha", 255, 76),
+    ("dkdv", "bf16", 128, 32, 64, 4, 2, "mha", 255, 100),
+    ("dkdv", "bf16", 128, 64, 32, 4, 2, "gqa", 255, 32),
+    ("dkdv", "bf16", 64, 32, 128, 8, 2, "mha", 220, 0),
+    ("dkdv", "bf16", 64, 32, 128, 8, 2, "packed", 246, 0),
+    ("dkdv", "bf16", 64, 32, 128, 8, 3, "packed", 250, 0),
+    ("dkdv", "bf16", 64, 32, 128, 8, 2, "mha-softcap", 236, 0),
+    ("dkdv", "bf16", 64, 64, 64, 8, 2, "packed", 244, 0),
+    ("dkdv", "bf16", 64, 64, 64, 8, 2, "full", 255, 28),
+    ("dkdv", "bf16", 64, 64, 64, 8, 3, "full", 255, 112),
+    ("dkdv", "bf16", 64, 32, 64, 8, 2, "full", 200, 0),
+    ("dkdv", "bf16", 64, 32, 64, 4, 2, "gqa", 250, 0),
+    ("dkdv", "bf16", 64, 32, 64, 4, 2, "packed", 255, 8),
+    ("dkdv", "bf16", 64, 64, 128, 8, 2, "mha", 255, 12),
+    ("dkdv", "bf16", 64, 128, 64, 8, 2, "packed", 255, 24),
+    ("dkdv", "bf16", 64, 32, 128, 4, 2, "mha", 255, 88),
+    ("dkdv", "tf32", 64, 32, 64, 8, 2, "mha", 184, 0),
+    ("dkdv", "tf32", 64, 32, 64, 8, 2, "packed", 255, 0),
+    ("dkdv", "tf32", 128, 16, 32, 4, 1, "packed", 180, 0),
+    ("dkdv", "tf32", 64, 32, 64, 8, 2, "full", 255, 24),
+    ("dkdv", "tf32", 128, 32, 64, 8, 2, "mha", 255, 112),
+    ("dkdv", "tf32", 64, 32, 128, 8, 2, "mha", 255, 12),
+    ("dkdv", "tf32", 64, 32, 64, 4, 2, "mha", 255, 44),
+    ("dq", "bf16", 128, 64, 32, 8, 2, "full", 166, 0),
+    ("dq", "bf16", 128, 64, 64, 8, 2, "full", 255, 0),
+    ("dq", "bf16", 128, 64, 64, 4, 2, "full", 255, 52),
+    ("dq", "bf16", 128, 128, 32, 4, 2, "packed", 255, 56),
+    ("dq", "bf16", 128, 128, 64, 4, 2, "mha", 255, 676),
+    ("dq", "tf32", 128, 64, 32, 8, 2, "full", 213, 0),
+    ("dq", "tf32", 64, 64, 64, 8, 2, "full", 255, 0),
+    ("dq", "tf32", 128, 64, 64, 8, 2, "full", 255, 24),
+]
+# the configs the launchers should keep (the largest clean tiles): the rule must let them through
+BWD_MUST_KEEP = {("dkdv", "bf16", 128, 64, 64, 8, 2, "mha"),
+                 ("dkdv", "bf16", 128, 32, 64, 8, 2, "full"),
+                 ("dkdv", "bf16", 64, 32, 128, 8, 2, "packed"),
+                 ("dq", "bf16", 128, 64, 32, 8, 2, "full"),
+                 ("dkdv", "tf32", 128, 16, 32, 4, 1, "packed"),
+                 ("dq", "tf32", 128, 64, 32, 8, 2, "full")}
+
+
+def _bwd_args(dtype, D, problem):
+    import torch
+
+    t = torch.empty(1, dtype=torch.float32 if dtype == "tf32" else torch.bfloat16)
+    full = problem == "full"
+    return dict(Q=t, BIAS=t, BLOCK_D=D, BLOCK_DV=D, IS_VARLEN=problem.endswith("packed"),
+                HAS_BIAS=full or problem == "mha-bias", SOFTCAP=full or problem == "mha-softcap",
+                HAS_LEFT=full, HAS_RIGHT=True, HAS_DROPOUT=False,
+                GROUP=1 if problem.startswith("mha") else 4,
+                DOT_PRECISION="tf32" if dtype == "tf32" else "ieee")
+
+
+def _bwd_prune(monkeypatch, family, configs, args):
+    from seqcore.kernels import attention_bwd
+
+    monkeypatch.setattr(attention_bwd, "autotune_enabled", lambda: True)
+    tuned = attention_bwd._dkdv_tuned if family == "dkdv" else attention_bwd._dq_tuned
+    return tuned.early_config_prune(configs, args)
+
+
+@pytest.mark.parametrize("case", BWD_CALIBRATION, ids=lambda c: "-".join(map(str, c[:8])))
+def test_backward_register_rules_match_the_compiles(monkeypatch, case):
+    """A config that spilled is pruned; the tiles the launchers should pick are kept."""
+    from seqcore.kernels import attention_bwd
+
+    family, dtype, D, m, n, warps, stages, problem, regs, spilled = case
+    config = attention_bwd._config(m, n, warps, stages)
+    fallback = attention_bwd._config(16, 32, 4, 1)
+    kept = _bwd_prune(monkeypatch, family, [config, fallback], _bwd_args(dtype, D, problem))
+    if spilled:
+        assert config not in kept, f"{case}: spilled {spilled} B but the rule keeps it"
+    if case[:8] in BWD_MUST_KEEP:
+        assert config in kept, f"{case}: clean ({regs} registers) but pruned"
+
+
+def test_backward_float32_ieee_takes_the_smallest_tile(monkeypatch):
+    """float32 "ieee" dots (FMAs): every tile of the lists but the last spilled on sm_90 (dK/dV
+    16x32 w4 s1: 96-149 registers, no spills; 32x64 w8 s2: 11-15 KB; dQ 32x16 w4 s1: 78-130,
+    64x32 w8 s2: 4-536 B), so only the last is kept."""
+    import torch
+
+    from seqcore.kernels import attention_bwd
+
+    for family, last in (("dkdv", (16, 32, 4, 1)), ("dq", (32, 16, 4, 1))):
+        configs = [attention_bwd._config(*c) for c in
+                   [(64, 64, 8, 2), (32, 64, 8, 2), (64, 32, 8, 1), (32, 32, 4, 1), last]]
+        for problem in ("mha", "packed", "full"):
+            args = dict(_bwd_args("tf32", 128, problem), Q=torch.empty(1), DOT_PRECISION="ieee")
+            assert _bwd_prune(monkeypatch, family, configs, args) == configs[-1:]
