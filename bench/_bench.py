@@ -156,14 +156,19 @@ def device_name():
     import platform
 
     cpu = platform.processor() or "cpu"
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():  # the first processor is enough
                     break
     except OSError:
         pass
+    cpu = fields.get("model name", cpu)
+    if "cpu family" in fields:  # VMs often say only "AMD EPYC": family/model name the core
+        cpu += f" (family {fields['cpu family']} model {fields.get('model', '?')})"
     mkl = os.environ.get("MKL_ENABLE_INSTRUCTIONS")  # (MKL ignores torch's capability)
     return (f"{cpu} ({torch.get_num_threads()} threads; seqcore C ISA {seqcore_isa()}, "
             f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}"

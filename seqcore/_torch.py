@@ -13,7 +13,10 @@ file. Each runs one op in the "seqcore" namespace:
 Every forward op has a fake (meta) implementation, so torch.compile and FakeTensor tracing
 see exact shapes and dtypes, and an autograd formula that calls the matching backward op:
 gradients run through the same backend kernels as the forward (FlashAttention's interface
-style). An op dispatches on its `backend` string to seqcore._backends.module: "triton" takes
+style). Eager calls on plain tensors skip the dispatcher (_op_for): without autograd they run
+the op's body, with it the body inside a plain autograd.Function holding the same formula,
+whose backward calls the backward op's body; traced calls (torch.compile, export, functorch)
+go through the ops. An op dispatches on its `backend` string to seqcore._backends.module: "triton" takes
 the tensors as they are; "c" and "numpy" take NumPy arrays, which CPU tensors give without a
 copy (float16/bfloat16 are widened to float32 first, since NumPy and the C kernels compute in
 float32 at least); results come back as tensors in the input dtype, on the input device.
@@ -245,6 +248,46 @@ def _checked_op(name, body, check, mutates_args=()):
     return torch.library.custom_op(f"seqcore::{name}", mutates_args=mutates_args)(op)
 
 
+_EAGER = {}  # forward op -> (its body, an autograd.Function's apply around the body)
+_BACKWARD_BODIES = {}  # backward op -> its body
+
+
+def _backward_op(name, body):
+    """body registered as seqcore::<name>, a backward op (no autograd formula of its own)."""
+    op = torch.library.custom_op(f"seqcore::{name}", mutates_args=())(body)
+    _BACKWARD_BODIES[op] = body
+    return op
+
+
+def _backward(ctx, op):
+    """What an autograd formula calls for backward op `op`: its body in an eager backward (the
+    dispatcher and the library's wrapping of an op called from Python cost ~150 us), else the
+    op, which a traced backward records."""
+    return _BACKWARD_BODIES[op] if getattr(ctx, "eager", False) else op
+
+
+def _register_autograd(op, body, backward, setup_context):
+    """op's autograd formula, registered with torch.library for traced calls (torch.compile,
+    export, functorch transforms) and also wrapped around body as a plain
+    torch.autograd.Function for eager calls that need gradients (see _op_for): the library's
+    wrapping of a custom op (the schema's defaults filled in per call, a dynamo-disabled frame,
+    a redispatch) costs ~200 us a call on the CPU, a tenth of an S256 attention forward. One
+    formula, two doors: both run backward and setup_context as written."""
+    op.register_autograd(backward, setup_context=setup_context)
+
+    def forward(ctx, *inputs):
+        ctx.eager = True  # the backward calls the backward ops' bodies (_backward)
+        output = body(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    # (named at creation: autograd names the graph node "<name>Backward" from it)
+    name = "".join(w.capitalize() for w in body.__name__.strip("_").split("_")[:-1])
+    EagerGrad = type(f"{name}EagerGrad", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+    _EAGER[op] = (body, EagerGrad.apply)
+
+
 # ----------------------------------------------------------------------------------------------
 # Gradient through lse, computed with torch ops
 #
@@ -406,8 +449,7 @@ def _attention_fwd_fake(q, k, v, bias, scale, window_left, window_right, softcap
     return q.new_empty((B, Hq, Sq, v.shape[-1])), q.new_empty((B, Hq, Sq), dtype=_acc_dtype(q.dtype))
 
 
-@torch.library.custom_op("seqcore::attention_bwd", mutates_args=())
-def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+def _attention_bwd_body(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                   out: Tensor, lse: Tensor, scale: float, window_left: int, window_right: int,
                   softcap: float, causal: bool, dropout_p: float, dropout_seed: int,
                   backend: str, need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -421,6 +463,9 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[
                                              (p, need_dbias), q.device)
     dbias = outs.tensor(dbias, bias.dtype) if need_dbias else _empty(q)
     return outs.tensor(dq, q.dtype), outs.tensor(dk, k.dtype), outs.tensor(dv, v.dtype), dbias
+
+
+attention_bwd = _backward_op("attention_bwd", _attention_bwd_body)
 
 
 @attention_bwd.register_fake
@@ -455,7 +500,8 @@ def _attention_backward(ctx, dout, dlse):
     need_dbias = bias is not None and ctx.needs_input_grad[3]
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv, dbias = attention_bwd(dout, q, k, v, bias, out, lse, scale, window_left,
+    attention_bwd_run = _backward(ctx, attention_bwd)
+    dq, dk, dv, dbias = attention_bwd_run(dout, q, k, v, bias, out, lse, scale, window_left,
                                       window_right, softcap, causal, dropout_p, dropout_seed,
                                       backend, need_dbias)
     if dlse is not None:
@@ -467,7 +513,7 @@ def _attention_backward(ctx, dout, dlse):
     return (dq, dk, dv, (dbias if need_dbias else None)) + (None,) * 8
 
 
-attention_fwd.register_autograd(_attention_backward, setup_context=_attention_setup)
+_register_autograd(attention_fwd, _attention_fwd_body, _attention_backward, _attention_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,8 +553,7 @@ def _attention_varlen_fwd_fake(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_
     return q.new_empty((Tq, Hq, v.shape[-1])), q.new_empty((Tq, Hq), dtype=_acc_dtype(q.dtype))
 
 
-@torch.library.custom_op("seqcore::attention_varlen_bwd", mutates_args=())
-def attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor,
+def _attention_varlen_bwd_body(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor,
                          max_q: int, max_k: int, out: Tensor, lse: Tensor, scale: float,
                          window_left: int, window_right: int, softcap: float, causal: bool,
                          dropout_p: float, dropout_seed: int,
@@ -523,6 +568,9 @@ def attention_varlen_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Te
                                                              for t in _contig(out, lse)) + (p,),
                                       q.device)
     return outs.tensor(dq, q.dtype), outs.tensor(dk, k.dtype), outs.tensor(dv, v.dtype)
+
+
+attention_varlen_bwd = _backward_op("attention_varlen_bwd", _attention_varlen_bwd_body)
 
 
 @attention_varlen_bwd.register_fake
@@ -582,7 +630,8 @@ def _attention_varlen_backward(ctx, dout, dlse):
         return tuple(_composite_grads(outs, (dout, dlse), (q, k, v))) + (None,) * 12
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv = attention_varlen_bwd(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
+    attention_varlen_bwd_run = _backward(ctx, attention_varlen_bwd)
+    dq, dk, dv = attention_varlen_bwd_run(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
                                       window_left, window_right, softcap, causal, dropout_p,
                                       dropout_seed, backend)
     if dlse is not None:
@@ -596,8 +645,8 @@ def _attention_varlen_backward(ctx, dout, dlse):
     return (dq, dk, dv) + (None,) * 12
 
 
-attention_varlen_fwd.register_autograd(_attention_varlen_backward,
-                                       setup_context=_attention_varlen_setup)
+_register_autograd(attention_varlen_fwd, _attention_varlen_fwd_body, _attention_varlen_backward,
+                   _attention_varlen_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -724,8 +773,7 @@ def _lstm_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws,
     return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
-@torch.library.custom_op("seqcore::lstm_bwd", mutates_args=())
-def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
+def _lstm_bwd_body(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
              b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
              reverse: bool, y: Tensor, ws: Tensor, backend: str, w_hr: Optional[Tensor] = None
              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -742,6 +790,9 @@ def lstm_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_
     like = (x, w_ih, w_hh, b_ih, b_hh, h0, c0) + ((w_hr,) if w_hr is not None else ())
     grads = tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
     return grads if w_hr is not None else grads + (_empty(x),)
+
+
+lstm_bwd = _backward_op("lstm_bwd", _lstm_bwd_body)
 
 
 @lstm_bwd.register_fake
@@ -791,12 +842,13 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
         return tuple(grads[:7]) + (None,) * 4 + (grads[7],)
     _check_ws(need_ws, "lstm_fwd")
     dy, dh_n, dc_n = _zeros_if_none((dy, dh_n, dc_n), (y, h0, c0))
-    grads = lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+    lstm_bwd_run = _backward(ctx, lstm_bwd)
+    grads = lstm_bwd_run(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
                      backend, w_hr)
     return tuple(grads[:7]) + (None,) * 4 + ((grads[7],) if w_hr is not None else (None,))
 
 
-lstm_fwd.register_autograd(_lstm_backward, setup_context=_lstm_setup)
+_register_autograd(lstm_fwd, _lstm_fwd_body, _lstm_backward, _lstm_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -828,8 +880,7 @@ def _gru_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, back
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
 
-@torch.library.custom_op("seqcore::gru_bwd", mutates_args=())
-def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+def _gru_bwd_body(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
             b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool, y: Tensor,
             ws: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
@@ -841,6 +892,9 @@ def gru_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
     grads, outs = _run_backend(backend, "recurrent", "gru_bwd", tensors, extra, x.device)
     like = (x, w_ih, w_hh, b_ih, b_hh, h0)
     return tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+
+
+gru_bwd = _backward_op("gru_bwd", _gru_bwd_body)
 
 
 @gru_bwd.register_fake
@@ -861,11 +915,12 @@ def _gru_backward(ctx, dy, dh_n, _dws):
         return tuple(_composite_grads(outs, (dy, dh_n), inputs)) + (None,) * 4
     _check_ws(need_ws, "gru_fwd")
     dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
-    grads = gru_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend)
+    gru_bwd_run = _backward(ctx, gru_bwd)
+    grads = gru_bwd_run(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend)
     return tuple(grads) + (None, None, None, None)
 
 
-gru_fwd.register_autograd(_gru_backward, setup_context=_gru_setup)
+_register_autograd(gru_fwd, _gru_fwd_body, _gru_backward, _gru_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -908,8 +963,7 @@ def _rnn_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity,
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
 
-@torch.library.custom_op("seqcore::rnn_bwd", mutates_args=())
-def rnn_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+def _rnn_bwd_body(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
             b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool,
             nonlinearity: str, y: Tensor, ws: Tensor,
             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -923,6 +977,9 @@ def rnn_bwd(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
     grads, outs = _run_backend(backend, "recurrent", "rnn_bwd", tensors, extra, x.device)
     like = (x, w_ih, w_hh, b_ih, b_hh, h0)
     return tuple(outs.tensor(g, t.dtype) for g, t in zip(grads, like))
+
+
+rnn_bwd = _backward_op("rnn_bwd", _rnn_bwd_body)
 
 
 @rnn_bwd.register_fake
@@ -948,12 +1005,13 @@ def _elman_backward(ctx, dy, dh_n, _dws):
         return tuple(_composite_grads(outs, (dy, dh_n), inputs)) + (None,) * 5
     _check_ws(need_ws, "rnn_fwd")
     dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
-    grads = rnn_bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, ctx.nonlinearity,
+    rnn_bwd_run = _backward(ctx, rnn_bwd)
+    grads = rnn_bwd_run(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, ctx.nonlinearity,
                     y, ws, backend)
     return tuple(grads) + (None,) * 5
 
 
-rnn_fwd.register_autograd(_elman_backward, setup_context=_elman_setup)
+_register_autograd(rnn_fwd, _rnn_fwd_body, _elman_backward, _elman_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -976,16 +1034,27 @@ def _eager_inference(*tensors):
                for t in tensors)
 
 
+def _op_for(op, *tensors):
+    """What runs one call of forward op `op` on these tensors: its body when nothing traces the
+    call and it needs no autograd, its eager autograd.Function (_register_autograd) when it
+    needs gradients, else (torch.compile, export, functorch, tensor subclasses) the op."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or \
+            not all(t is None or type(t) is Tensor for t in tensors):
+        return op
+    body, with_grad = _EAGER[op]
+    return with_grad if _needs_grad(*tensors) else body
+
+
 def attention(q4, k4, v4, bias4, p, backend):
     """(out (B, Hq, Sq, Dv), lse (B, Hq, Sq)) for the normalized problem p (an AttnParams)."""
-    op = _attention_fwd_body if _eager_inference(q4, k4, v4, bias4) else attention_fwd
+    op = _op_for(attention_fwd, q4, k4, v4, bias4)
     return op(q4, k4, v4, bias4, p.scale, p.window_left, p.window_right, p.softcap, p.causal,
               p.dropout_p, p.dropout_seed, backend)
 
 
 def attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, p, backend):
     """(out (Tq, Hq, Dv), lse (Tq, Hq)) over packed sequences."""
-    op = _attention_varlen_fwd_body if _eager_inference(q, k, v) else attention_varlen_fwd
+    op = _op_for(attention_varlen_fwd, q, k, v)
     return op(q, k, v, cu_q, cu_k, max_q, max_k, p.scale, p.window_left, p.window_right,
               p.softcap, p.causal, p.dropout_p, p.dropout_seed, backend)
 
@@ -1004,8 +1073,7 @@ def attention_kvcache(q, k_cache, v_cache, k_new, v_new, lens, table, p, backend
 def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend, w_hr=None):
     """(y, h_n, c_n) for one LSTM layer; x is (T, B, I); w_hr: the projection, or None."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
-    op = _lstm_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr) \
-        else lstm_fwd
+    op = _op_for(lstm_fwd, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
     y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend,
                         w_hr)
     return y, h_n, c_n
@@ -1014,7 +1082,7 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend, w_hr=None
 def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, lengths, reverse, backend):
     """(y, h_n) for one Elman RNN layer; x is (T, B, I)."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
-    op = _rnn_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0) else rnn_fwd
+    op = _op_for(rnn_fwd, x, w_ih, w_hh, b_ih, b_hh, h0)
     y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws,
                    backend)
     return y, h_n
@@ -1023,6 +1091,6 @@ def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, lengths, reverse, backend):
 def gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend):
     """(y, h_n) for one GRU layer; x is (T, B, I)."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
-    op = _gru_fwd_body if _eager_inference(x, w_ih, w_hh, b_ih, b_hh, h0) else gru_fwd
+    op = _op_for(gru_fwd, x, w_ih, w_hh, b_ih, b_hh, h0)
     y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, backend)
     return y, h_n

@@ -156,6 +156,27 @@ def test_workspace_only_when_grad_is_needed(rng, cell):
     assert a["w_hh"].grad is not None and torch.isfinite(a["w_hh"].grad).all()
 
 
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_eager_and_op_autograd_routes_agree(rng, causal):
+    """An eager call that needs gradients runs the op's body inside a plain autograd.Function
+    (seqcore._torch._register_autograd: the library's wrapping costs ~200 us a call); the raw
+    op (what torch.compile traces) keeps torch.library's formula. Same kernels, same
+    gradients, bit for bit."""
+    require_backend("c")
+    q, k, v = (tensor(rng, (1, 2, 7, 8), requires_grad=True) for _ in range(3))
+    out = seqcore.attention(q, k, v, scale=0.25, causal=causal, backend="c")
+    assert type(out.grad_fn).__name__ == "AttentionFwdEagerGradBackward"
+    seed = torch.randn_like(out)
+    eager = torch.autograd.grad(out, (q, k, v), seed)
+    op_out, _ = torch.ops.seqcore.attention_fwd(q, k, v, None, 0.25, -1, 0 if causal else -1,
+                                                0.0, causal, 0.0, 0, "c")
+    assert "EagerGrad" not in type(op_out.grad_fn).__name__
+    traced = torch.autograd.grad(op_out, (q, k, v), seed)
+    assert torch.equal(out, op_out)
+    for a, b in zip(eager, traced):
+        assert torch.equal(a, b)
+
 @pytest.mark.triton
 def test_opcheck_triton_tiny(rng, triton_device):
     q, k, v, _ = attn_inputs(rng, (1, 2, 1, 3, 5, 16, 16), "float32", requires_grad=True)
