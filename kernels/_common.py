@@ -51,6 +51,42 @@ def dot_precision(dtype_is_fp32):
     return "ieee"
 
 
+# float32 "ieee" dots (exact products, SEQCORE_TF32 unset) lower to FMAs on CUDA cores, each
+# thread holding whole rows of both operands next to its share of the accumulators: a much
+# tighter register budget than the tensor-core tiles'. fma_tile_fits is the budget of the
+# forward kernels' online-softmax tile (attn_fwd_block: the dense forward, the split-KV decode;
+# the KV-cache kernel has its own rule, kernels/attention_kvcache.block_n).
+FMA_TILE_ELEMENTS_PER_THREAD = 24
+
+
+def fma_dots(dtype_is_fp32, precision):
+    """Whether a kernel's tl.dots run on FMAs: float32 inputs with "ieee" precision."""
+    return dtype_is_fp32 and precision == "ieee"
+
+
+def fma_tile_fits(block_m, block_n, block_dv, num_warps):
+    """Whether an attn_fwd_block tile with FMA dots (fma_dots) fits the registers: at most
+    FMA_TILE_ELEMENTS_PER_THREAD float32 elements a thread of the output accumulator
+    (BLOCK_M x BLOCK_DV) and the score tile (BLOCK_M x BLOCK_N); a bias or softcap does not
+    count. The launchers apply it to their own short lists (kernels/attention._fma_configs,
+    kernels/attention_decode._prune_split), whose every pick compiled clean.
+    Calibrated on sm_90 (ptxas of Triton 3.6, float32 "ieee", 3 stages; registers/spilled
+    bytes; the whole table: FMA_CALIBRATION in tests/test_sm90_report.py):
+      count 12-24, clean: forward D64 64x32 w8 92/0 (GQA+bias+softcap+window 110/0), D64 32x64
+        w8 74/0, D128 32x64 w8 113/0 (bias+softcap 98/0), D256 16x32 w8 111/0; decode (64 rows
+        a kv head) D64 32x64 w8 78/0, D128 32x64 w8 114/0, D128 16x64 w4 203/0, D256 16x32 w8
+        112/0
+      count 32-128, spilled: forward D64 64x64 w8 255/444, D64 32x64 w4 255/436, D128 64x32 w8
+        255/1048, D128 32x32 w4 255/1348, D64 128x64 w4 (the old pick) 32/61 KB, D128 64x32 w4
+        (the old fallback) 168/4.9 KB; decode D64 64x64 w4 (the old pick) 255/2.9 KB, D128
+        64x64 w4 32/57 KB, D256 16x32 w4 168/2 KB.
+    Below the count ptxas still spilled a few tiles the lists leave out: D128 16x32 at 4 warps
+    (forward 255/584), and at 8 warps some with few registers (D128 16x32 2 stages 64/4, D256
+    16x64 1 stage 255/176; decode D128 16x64 with one query row 80/40, D256 16x32 2 stages
+    80/8)."""
+    return block_m * (block_dv + block_n) <= FMA_TILE_ELEMENTS_PER_THREAD * 32 * num_warps
+
+
 def head_block(d):
     """A head dim padded for tl.dot: the next power of two, at least 16."""
     return max(16, triton.next_power_of_2(int(d)))

@@ -25,16 +25,18 @@ SEQCORE_TF32=1 to use TensorFloat-32 tensor cores instead (much faster on Ampere
 1e-3 relative error in the scores). float16/bfloat16 always use tensor cores, accumulating in
 float32.
 
-Meta-parameters are autotuned (key: head dims, band/bias/softcap/varlen flags and dtypes) over
-Hopper-sized blocks (SEQCORE_AUTOTUNE=0: the default 128x64 tile only, for fast test runs);
-under TRITON_INTERPRET=1 a single 16x16 config keeps the tests fast.
+Meta-parameters are autotuned (key: head dims, band/bias/softcap/varlen/dropout flags, dot
+precision and dtypes) over Hopper-sized blocks (SEQCORE_AUTOTUNE=0: the default 128x64 tile
+only, for fast test runs); float32 "ieee" dots, which run on FMAs, over smaller tiles of their
+own (_fma_configs); under TRITON_INTERPRET=1 a single 16x16 config keeps the tests fast.
 """
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (LOG2E, autotune_enabled, band_mask, dot_precision, fits_shared_memory,
-                      head_block, interpreted, key_range, safe_max, scores)
+                      fma_dots, fma_tile_fits, head_block, interpreted, key_range, safe_max,
+                      scores)
 from .dropout import NO_SPECIALIZE, dropout_args, dropout_keep
 
 
@@ -184,6 +186,24 @@ def _configs():
     return hopper + [fallback]
 
 
+def _fma_configs():
+    """The tiles of float32 "ieee" dots (FMAs on CUDA cores), which _prune takes instead of the
+    list above (every tile of which spills with them), those that fit _common.fma_tile_fits
+    (and shared memory): in order of preference, so that without autotuning D64 runs 64x32,
+    D128 32x64 and D256 16x32. All at 8 warps and 3 stages, the only settings at which every
+    tile here compiled clean on sm_90 (FMA_CALIBRATION in tests/test_sm90_report.py): with 2
+    stages D128 16x32 spilled 4 B (and D64 64x32 with bias+softcap took 255 registers), at 4
+    warps D128 16x32 spilled 584 B, and D256 16x64 (1 stage, more overflow shared memory)
+    176 B."""
+    if interpreted():
+        return []
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=8, num_stages=3)
+            for m, n in ((64, 32), (32, 64), (16, 32))]
+
+
+_FMA_CONFIGS = _fma_configs()
+
+
 def _dropout_fits(c):
     """With dropout, at most 32 score elements per thread: each needs Philox's four 32-bit
     words next to the accumulator. Measured on sm_90 (bfloat16, D 64/128, with and without
@@ -209,14 +229,24 @@ def _registers_fit(c, args):
 def _prune(configs, named_args, **kwargs):
     """Drop configs whose tiles overflow shared memory or registers (_registers_fit, and with
     dropout _dropout_fits); keep BLOCK_M = 128 ones where any fit; only the first without
-    autotuning."""
+    autotuning. float32 "ieee" dots (FMAs) take _FMA_CONFIGS instead, those that fit shared
+    memory and _common.fma_tile_fits."""
     args = {**named_args, **kwargs}
     bias_bytes = args["Bias"].element_size() if args["HAS_BIAS"] else 0
-    fits = [c for c in configs
-            if fits_shared_memory(args["Q"].element_size(), c.kwargs["BLOCK_M"],
+
+    def shared_fits(c):
+        return fits_shared_memory(args["Q"].element_size(), c.kwargs["BLOCK_M"],
                                   c.kwargs["BLOCK_N"], args["BLOCK_D"], args["BLOCK_DV"],
                                   c.num_stages, bias_bytes=bias_bytes)
-            and _registers_fit(c, args)
+
+    if fma_dots(args["Q"].dtype == torch.float32, args["PRECISION"]) and _FMA_CONFIGS:
+        kept = [c for c in _FMA_CONFIGS
+                if shared_fits(c) and (not args["HAS_DROPOUT"] or _dropout_fits(c))
+                and fma_tile_fits(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], args["BLOCK_DV"],
+                                  c.num_warps)] or configs[-1:]
+        return kept if autotune_enabled() else kept[:1]
+    fits = [c for c in configs
+            if shared_fits(c) and _registers_fit(c, args)
             and (not args["HAS_DROPOUT"] or _dropout_fits(c))]
     hopper = [c for c in fits if c.kwargs["BLOCK_M"] == 128]
     kept = hopper or fits or configs[-1:]
@@ -224,7 +254,8 @@ def _prune(configs, named_args, **kwargs):
 
 
 @triton.autotune(configs=_configs(), key=["HEAD_DIM", "HEAD_DIM_V", "BAND_LEFT", "BAND_RIGHT",
-                                          "HAS_BIAS", "SOFTCAP", "IS_VARLEN", "HAS_DROPOUT"],
+                                          "HAS_BIAS", "SOFTCAP", "IS_VARLEN", "HAS_DROPOUT",
+                                          "PRECISION"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _attn_fwd_kernel(Q, K, V, Bias, Out, Lse, cu_q, cu_k,

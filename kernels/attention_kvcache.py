@@ -38,8 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (dot_precision, fits_shared_memory, head_block, interpreted, key_range,
-                      split_key_range)
+from ._common import (dot_precision, fits_shared_memory, fma_dots, head_block, interpreted,
+                      key_range, split_key_range)
 from .attention import attn_fwd_block, attn_fwd_finish, score_params
 from .attention_decode import MAX_SPLITS, _decode_combine_kernel
 
@@ -219,13 +219,21 @@ def _kvcache_split_kernel(Q, K, V, Table, Seqlens, Opart, Lpart,
 # spills at head dims 64/128/256, dense and paged, 8 and 512 rows per kv head): none of the
 # configs they pick spills. float32's exact ("ieee") dots run on FMA units, each thread
 # holding whole rows of both operands, so float32 keeps 16-row tiles and 8 warps (64-row ones
-# spill kilobytes at D >= 128).
+# spill kilobytes at D >= 128), and with those dots 32-key tiles from head dims of 128 on
+# (block_n).
 
 
-def block_n(D, Dv, block_size=None):
-    """Key tile: 64 (32 for head dims over 128), 16 under the interpreter; halved until it
-    divides a paged cache's block_size (a multiple of 16), so that no tile crosses a block."""
-    n = 16 if interpreted() else (64 if max(D, Dv) <= 128 else 32)
+def block_n(D, Dv, block_size=None, fma=False):
+    """Key tile: 64 (32 for head dims over 128; with FMA dots, float32 "ieee" (fma=True), over
+    64), 16 under the interpreter; halved until it divides a paged cache's block_size (a
+    multiple of 16), so that no tile crosses a block.
+    The FMA rule, from sm_90 compiles (Triton 3.6's ptxas; float32 "ieee", 16 rows, 8 warps,
+    3 stages; registers/spilled bytes): D128 16x64 spilled 4 B on a paged cache of 64-token
+    blocks with 512 rows per kv head (128 registers; 2 stages: 128/0; 4 warps: 255/116), clean
+    elsewhere (dense 107/0, paged64 one query row 80/0), while 16x32 compiles to 60-70
+    registers at D128 (dense and paged64, 1 and 512 rows) and 113-114 at D256; D64 16x64:
+    53-69."""
+    n = 16 if interpreted() else (64 if max(D, Dv) <= (64 if fma else 128) else 32)
     while block_size is not None and block_size % n:
         n //= 2
     return n
@@ -313,7 +321,9 @@ def attention_kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, bloc
         return out.zero_(), lse.fill_(float("-inf"))
 
     elt = q.element_size()
-    bn = block_n(D, Dv, k_cache.shape[2] if paged else None)
+    precision = dot_precision(q.dtype == torch.float32)
+    bn = block_n(D, Dv, k_cache.shape[2] if paged else None,
+                 fma=fma_dots(q.dtype == torch.float32, precision))
     bm = block_m(group * Sq, D, Dv, elt)
     bd, bdv = head_block(D), head_block(Dv)
     n_m_tiles = triton.cdiv(group * Sq, bm)
@@ -336,7 +346,7 @@ def attention_kvcache_fwd(q, k_cache, v_cache, k_new, v_new, cache_seqlens, bloc
         qk_scale, softcap_log2, p.window_left, p.window_right,
         HEAD_DIM=D, HEAD_DIM_V=Dv, BLOCK_D=bd, BLOCK_DV=bdv,
         BAND_LEFT=p.window_left >= 0, BAND_RIGHT=p.window_right >= 0, SOFTCAP=bool(p.softcap),
-        PRECISION=dot_precision(q.dtype == torch.float32),
+        PRECISION=precision,
         PAGED=paged, BLOCK_SIZE=k_cache.shape[2] if paged else 1, BLOCK_M=bm, BLOCK_N=bn,
         num_warps=num_warps(bm, bd, bdv, elt), num_stages=_num_stages(elt, bm, bn, bd, bdv))
     if splits > 1:

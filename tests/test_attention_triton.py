@@ -307,6 +307,28 @@ def test_decode_splits_match_dense(rng, triton_device, num_splits, opts):
         assert_close(lse, ref_lse, "float32", name="lse", scale=4.0)
 
 
+def test_decode_row_tiles(rng, triton_device):
+    """float32 "ieee" dots cut the query rows of a kv head into tiles (decode_block_m; here 48
+    rows of a 200-wide head: three 16-row tiles), each its own program: every split count gives
+    the reference's answer, with a band and a bias."""
+    from seqcore._problem import make_attn_params
+    from seqcore.kernels import attention_decode as dec
+
+    B, Hq, Hkv, Sq, Sk, D = 1, 12, 1, 4, 40, 200
+    assert dec.decode_block_m(Sq * Hq // Hkv, D, D, True) == 16
+    assert dec.decode_block_m(Sq * Hq // Hkv, D, D, False) == 64
+    q, k, v = qkv(rng, B, Hq, Hkv, Sq, Sk, D, D, "float32", triton_device)
+    bias = tensor(rng, (B, Hq, Sq, Sk), "float32", triton_device)
+    for num_splits, window in ((1, None), (3, (20, 0))):
+        p = make_attn_params(0.1, True, window, None)
+        out, lse = dec.attention_decode_fwd(q, k, v, bias, p, num_splits=num_splits)
+        ref_out, ref_lse = reference.attention(to_f64(q), to_f64(k), to_f64(v), scale=0.1,
+                                               bias=to_f64(bias), causal=True, window=window,
+                                               return_lse=True)
+        assert_close(out, ref_out, "float32", name="out")
+        assert_close(lse, ref_lse, "float32", name="lse", scale=4.0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Dropout: the kernels regenerate the mask of seqcore/reference/dropout.py from the seed. These
 # call the backend (seqcore/_triton_attention.py) with the normalized problem, as

@@ -39,14 +39,8 @@ def _load_script():
 # reported as an expected failure (pytest.xfail) naming it, instead of failing the test. The
 # kernels' owners decide; an entry whose configs stop failing passes and can be dropped.
 KNOWN_FAILURES = [
-    dict(id="fp32-ieee-attention", kernel=None, consts={}, warps=None, dtype="fp32",
-         precision="ieee",
-         families=("_attn_fwd_kernel", "_decode_split_kernel", "_kvcache_split_kernel"),
-         reason="float32 attention forward (exact 'ieee' dots, on CUDA cores) spills at the tiles "
-         "its launchers pick: 5-100 KB of spill stores for the forward (128x64, and 64x32 at "
-         "D=128), the 64-row decode tile (ptxas gives up: 32 registers, a stack frame of 2-16 KB), "
-         "4 B for one KV-cache tile; the backward (_dkdv_kernel, _dq_kernel) takes its smallest "
-         "tile for these dots and is clean (kernels/attention_bwd._prune)"),
+    # (fp32-ieee-attention, the float32 "ieee" forward / decode / KV-cache tiles that spilled, is
+    # gone: their launchers now pick FMA tiles that compile clean, see FMA_CALIBRATION below)
 ]
 
 
@@ -320,3 +314,222 @@ def test_backward_float32_ieee_takes_the_smallest_tile(monkeypatch):
         for problem in ("mha", "packed", "full"):
             args = dict(_bwd_args("tf32", 128, problem), Q=torch.empty(1), DOT_PRECISION="ieee")
             assert _bwd_prune(monkeypatch, family, configs, args) == configs[-1:]
+
+
+# float32 "ieee" dots (FMAs on CUDA cores) in the forward kernels: the rules of
+# kernels/_common.fma_tile_fits (the dense forward's _fma_configs, the decode kernel's
+# decode_block_m and _prune_split) and kernels/attention_kvcache.block_n (fma=True) against the
+# sm_90 compiles they were calibrated on (ptxas of Triton 3.6): (family, D, problem, BLOCK_M,
+# BLOCK_N, num_warps, num_stages, registers, spilled bytes). Problems: fwd causal = dense MHA
+# causal, full = GQA 4 + bias + softcap + two-sided window, varlen = packed GQA 4 causal,
+# -dropout = with p 0.1; decode g4 = 1 query, GQA 4 (4 rows a kv head), g8sq4 = 4 queries, GQA 8
+# (32 rows), g16sq4 = 4 queries, GQA 16 (64 rows); kvcache decode = 1 query, prefill = 128
+# queries (512 rows a kv head), GQA 4, on dense or paged (16 / 64-token blocks) caches.
+FMA_CALIBRATION = [
+    ("fwd", 64, "causal", 128, 64, 4, 3, 32, 61112),    # the old SEQCORE_AUTOTUNE=0 pick
+    ("fwd", 128, "causal", 64, 32, 4, 1, 168, 4888),    # the old fallback
+    ("fwd", 64, "causal", 64, 32, 8, 3, 92, 0),
+    ("fwd", 64, "full", 64, 32, 8, 3, 110, 0),
+    ("fwd", 64, "varlen", 64, 32, 8, 3, 92, 0),
+    ("fwd", 64, "causal-dropout", 64, 32, 8, 3, 106, 0),
+    ("fwd", 64, "full-dropout", 64, 32, 8, 3, 128, 0),
+    ("fwd", 64, "full", 64, 32, 8, 2, 255, 0),
+    ("fwd", 64, "causal", 32, 64, 8, 3, 74, 0),
+    ("fwd", 64, "varlen", 32, 64, 8, 3, 74, 0),
+    ("fwd", 64, "full", 32, 64, 8, 3, 80, 0),
+    ("fwd", 64, "causal", 16, 32, 8, 3, 64, 0),
+    ("fwd", 64, "full", 16, 32, 8, 3, 67, 0),
+    ("fwd", 64, "varlen", 16, 32, 8, 3, 64, 0),
+    ("fwd", 64, "causal", 32, 32, 4, 3, 204, 0),
+    ("fwd", 64, "causal", 16, 64, 4, 3, 88, 0),
+    ("fwd", 64, "causal", 64, 64, 8, 3, 255, 444),
+    ("fwd", 64, "causal", 32, 64, 4, 3, 255, 436),
+    ("fwd", 128, "causal", 32, 64, 8, 3, 113, 0),
+    ("fwd", 128, "causal", 32, 64, 8, 2, 94, 0),
+    ("fwd", 128, "causal", 32, 64, 8, 1, 92, 0),
+    ("fwd", 128, "full", 32, 64, 8, 3, 98, 0),
+    ("fwd", 128, "varlen", 32, 64, 8, 3, 113, 0),
+    ("fwd", 128, "causal-dropout", 32, 64, 8, 3, 111, 0),
+    ("fwd", 128, "full-dropout", 32, 64, 8, 3, 114, 0),
+    ("fwd", 128, "causal", 16, 32, 8, 3, 62, 0),
+    ("fwd", 128, "full", 16, 32, 8, 3, 63, 0),
+    ("fwd", 128, "varlen", 16, 32, 8, 3, 62, 0),
+    ("fwd", 128, "causal", 16, 64, 4, 3, 197, 0),
+    ("fwd", 128, "causal", 16, 32, 8, 2, 64, 4),
+    ("fwd", 128, "causal", 16, 32, 4, 3, 255, 584),
+    ("fwd", 128, "causal", 64, 32, 8, 3, 255, 1048),
+    ("fwd", 128, "causal", 32, 32, 4, 3, 255, 1348),
+    ("fwd", 256, "causal", 16, 32, 8, 3, 111, 0),
+    ("fwd", 256, "full", 16, 32, 8, 3, 80, 0),
+    ("fwd", 256, "causal", 16, 64, 8, 1, 255, 176),
+    ("fwd", 256, "causal", 32, 32, 8, 3, 128, 1932),
+    ("decode", 64, "g16sq4", 64, 64, 4, 3, 255, 2868),  # the old pick (64 rows, one tile)
+    ("decode", 128, "g16sq4", 64, 64, 4, 3, 32, 56868),
+    ("decode", 128, "g16sq4", 64, 64, 8, 3, 32, 27828),
+    ("decode", 64, "g16sq4", 64, 64, 8, 3, 255, 692),
+    ("decode", 128, "g16sq4", 64, 32, 8, 3, 255, 1388),
+    ("decode", 128, "g16sq4", 64, 32, 4, 3, 32, 31560),
+    ("decode", 128, "g16sq4", 32, 64, 4, 3, 32, 29976),
+    ("decode", 64, "g16sq4", 32, 64, 4, 3, 255, 692),
+    ("decode", 128, "g16sq4", 32, 32, 4, 3, 255, 1416),
+    ("decode", 64, "g16sq4", 32, 64, 8, 2, 78, 0),
+    ("decode", 64, "g16sq4", 32, 64, 8, 3, 78, 0),
+    ("decode", 64, "g16sq4", 32, 64, 8, 4, 80, 0),
+    ("decode", 64, "g16sq4-dropout", 32, 64, 8, 3, 80, 0),
+    ("decode", 128, "g16sq4", 32, 64, 8, 2, 97, 0),
+    ("decode", 128, "g16sq4", 32, 64, 8, 3, 114, 0),
+    ("decode", 128, "g16sq4-dropout", 32, 64, 8, 3, 114, 0),
+    ("decode", 64, "g8sq4", 32, 64, 8, 3, 78, 0),
+    ("decode", 64, "g8sq4", 32, 64, 8, 4, 80, 0),
+    ("decode", 128, "g8sq4", 32, 64, 8, 2, 102, 0),
+    ("decode", 128, "g8sq4", 32, 64, 8, 3, 118, 0),
+    ("decode", 64, "g16sq4", 16, 64, 4, 3, 107, 0),
+    ("decode", 128, "g16sq4", 16, 64, 4, 3, 203, 0),
+    ("decode", 128, "g16sq4", 16, 64, 8, 3, 107, 0),
+    ("decode", 64, "g4", 16, 64, 4, 2, 77, 0),
+    ("decode", 64, "g4", 16, 64, 4, 3, 94, 0),
+    ("decode", 64, "g4", 16, 64, 4, 4, 140, 0),
+    ("decode", 128, "g4", 16, 64, 4, 2, 122, 0),
+    ("decode", 128, "g4", 16, 64, 4, 3, 209, 0),
+    ("decode", 128, "g4", 16, 64, 8, 3, 80, 40),
+    ("decode", 256, "g4", 16, 32, 8, 3, 102, 0),
+    ("decode", 256, "g8sq4", 16, 32, 8, 3, 112, 0),
+    ("decode", 256, "g16sq4", 16, 32, 8, 3, 112, 0),
+    ("decode", 256, "g16sq4", 16, 32, 8, 2, 80, 8),
+    ("decode", 256, "g16sq4", 16, 32, 4, 3, 168, 2092),
+    ("kvcache", 128, "paged64-prefill", 16, 64, 8, 3, 128, 4),  # the old pick
+    ("kvcache", 128, "paged64-prefill", 16, 64, 8, 2, 128, 0),
+    ("kvcache", 128, "paged64-prefill", 16, 64, 4, 3, 255, 116),
+    ("kvcache", 128, "paged64-prefill", 32, 64, 8, 3, 128, 40),
+    ("kvcache", 128, "paged64-prefill", 32, 32, 8, 3, 96, 0),
+    ("kvcache", 128, "paged64-prefill", 16, 32, 8, 3, 70, 0),
+    ("kvcache", 128, "paged64-decode", 16, 32, 8, 3, 69, 0),
+    ("kvcache", 128, "dense-decode", 16, 32, 8, 3, 60, 0),
+    ("kvcache", 128, "dense-prefill", 16, 32, 8, 3, 64, 0),
+    ("kvcache", 128, "paged16-decode", 16, 16, 8, 3, 60, 0),
+    ("kvcache", 128, "paged16-prefill", 16, 16, 8, 3, 69, 0),
+    ("kvcache", 64, "dense-decode", 16, 64, 8, 3, 58, 0),
+    ("kvcache", 64, "dense-prefill", 16, 64, 8, 3, 60, 0),
+    ("kvcache", 64, "paged64-decode", 16, 64, 8, 3, 53, 0),
+    ("kvcache", 64, "paged64-prefill", 16, 64, 8, 3, 69, 0),
+    ("kvcache", 64, "paged16-decode", 16, 16, 8, 3, 75, 0),
+    ("kvcache", 64, "paged16-prefill", 16, 16, 8, 3, 99, 0),
+    ("kvcache", 256, "dense-prefill", 16, 32, 8, 3, 113, 0),
+    ("kvcache", 256, "paged64-prefill", 16, 32, 8, 3, 114, 0),
+    ("kvcache", 256, "paged16-prefill", 16, 16, 8, 3, 107, 0),
+]
+
+
+def _fma_compiled(family, D, problem_prefix=""):
+    """{(BLOCK_M, BLOCK_N, warps, stages): [spilled bytes...]} of the table's rows of a family
+    and head dim (problems starting with problem_prefix)."""
+    out = {}
+    for fam, d, problem, m, n, w, s, _, spilled in FMA_CALIBRATION:
+        if fam == family and d == D and problem.startswith(problem_prefix):
+            out.setdefault((m, n, w, s), []).append(spilled)
+    return out
+
+
+def _assert_clean(family, D, picks, problem_prefix=""):
+    """Every pick was compiled (for some problem of the prefix) and never spilled."""
+    compiled = _fma_compiled(family, D, problem_prefix)
+    for pick in picks:
+        assert pick in compiled, f"{family} D{D} {problem_prefix}: {pick} not calibrated"
+        assert not any(compiled[pick]), f"{family} D{D}: {pick} spilled {compiled[pick]} B"
+
+
+def test_fma_tile_rule_matches_the_compiles():
+    """_common.fma_tile_fits: every clean forward/decode tile of the table fits the count,
+    every one over it spilled (the few below it that spilled are not in any list: the tests
+    below check the picks)."""
+    from seqcore.kernels._common import fma_tile_fits
+
+    for case in FMA_CALIBRATION:
+        family, D, problem, m, n, w, s, regs, spilled = case
+        if family == "kvcache":
+            continue
+        if not spilled:
+            assert fma_tile_fits(m, n, D, w), f"{case}: clean but over the count"
+        elif not fma_tile_fits(m, n, D, w):
+            continue
+        else:
+            assert (m, n, w, s) in {(16, 32, 8, 2), (16, 32, 4, 3), (16, 64, 8, 1),
+                                    (16, 64, 8, 3)}, f"{case}: spilled within the count"
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_fma_forward_picks_compiled_clean(monkeypatch, autotune):
+    """float32 "ieee": the forward's prune keeps only tiles that compiled clean (D64 64x32, D128
+    32x64, D256 16x32 at 8 warps first), with and without bias or dropout."""
+    import torch
+
+    from seqcore.kernels import attention
+
+    monkeypatch.setattr(attention, "interpreted", lambda: False)
+    monkeypatch.setattr(attention, "autotune_enabled", lambda: autotune)
+    monkeypatch.setattr(attention, "_FMA_CONFIGS", attention._fma_configs())
+    configs = attention._configs()
+    t = torch.empty(1)
+    first = {64: (64, 32, 8, 3), 128: (32, 64, 8, 3), 256: (16, 32, 8, 3)}
+    for D in (64, 128, 256):
+        for biased, dropout in ((False, False), (True, False), (False, True)):
+            args = dict(Q=t, Bias=t, BLOCK_D=D, BLOCK_DV=D, HAS_BIAS=biased, SOFTCAP=biased,
+                        HAS_DROPOUT=dropout, PRECISION="ieee")
+            kept = attention._prune(configs, args)
+            picks = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                     for c in kept]
+            assert picks[0] == first[D] and (autotune or len(picks) == 1), (D, picks)
+            _assert_clean("fwd", D, picks)
+            # TF32 and half precision keep the tensor-core list (128-row tiles where they fit)
+            tf32 = attention._prune(configs, dict(args, PRECISION="tf32"))
+            assert all(c in configs for c in tf32)
+    half = dict(Q=torch.empty(1, dtype=torch.bfloat16), Bias=t, BLOCK_D=128, BLOCK_DV=128,
+                HAS_BIAS=False, SOFTCAP=False, HAS_DROPOUT=False, PRECISION="ieee")
+    assert attention._prune(configs, half)[0].kwargs["BLOCK_M"] == 128
+
+
+@pytest.mark.parametrize("autotune", [False, True])
+def test_fma_decode_picks_compiled_clean(monkeypatch, autotune):
+    """float32 "ieee": the decode kernel's row tile (decode_block_m) and config (_prune_split)
+    for 4, 32 and 64 query rows a kv head compiled clean; half precision keeps one tile of all
+    the rows at the first config."""
+    import torch
+
+    from seqcore.kernels import attention_decode as dec
+
+    monkeypatch.setattr(dec, "interpreted", lambda: False)
+    monkeypatch.setattr(dec, "autotune_enabled", lambda: autotune)
+    configs = dec._split_configs()
+    for rows, problem in ((4, "g4"), (32, "g8sq4"), (64, "g16sq4")):
+        for D in (64, 128, 256):
+            bm, bn = dec.decode_block_m(rows, D, D, True), dec._block_n(D, D)
+            args = dict(Q=torch.empty(1), BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=D, BLOCK_DV=D,
+                        PRECISION="ieee")
+            kept = dec._prune_split(configs, args)
+            assert len(kept) == 1
+            _assert_clean("decode", D, [(bm, bn, kept[0].num_warps, kept[0].num_stages)],
+                          problem)
+            assert dec.decode_block_m(rows, D, D, False) == max(16, rows)
+    half = dict(Q=torch.empty(1, dtype=torch.bfloat16), BLOCK_M=64, BLOCK_N=64, BLOCK_D=128,
+                BLOCK_DV=128, PRECISION="ieee")
+    assert dec._prune_split(configs, half)[0] is configs[0]
+
+
+def test_fma_kvcache_picks_compiled_clean(monkeypatch):
+    """float32 "ieee": the KV-cache kernel's tile (16 rows, block_n with fma=True, 8 warps, the
+    stages _num_stages gives) compiled clean on dense and paged caches; other dtypes keep
+    64-key tiles up to D128."""
+    from seqcore.kernels import attention_kvcache as kv
+
+    monkeypatch.setattr(kv, "interpreted", lambda: False)
+    for D in (64, 128, 256):
+        for cache, block_size in (("dense", None), ("paged16", 16), ("paged64", 64)):
+            for shape, rows in (("decode", 4), ("prefill", 512)):
+                bm = kv.block_m(rows, D, D, 4)
+                bn = kv.block_n(D, D, block_size, fma=True)
+                pick = (bm, bn, kv.num_warps(bm, D, D, 4), kv._num_stages(4, bm, bn, D, D))
+                problem = f"{cache}-{shape}"
+                if _fma_compiled("kvcache", D, problem):
+                    _assert_clean("kvcache", D, [pick], problem)
+    assert kv.block_n(128, 128, fma=True) == 32 and kv.block_n(64, 64, fma=True) == 64
+    assert kv.block_n(128, 128) == 64 and kv.block_n(128, 128, 16, fma=True) == 16
