@@ -220,9 +220,15 @@ def _registers_fit(c, args):
     without spills (D128 128x128 at 8 warps: 255 registers; D128 128x64 at 8 warps with
     bias+softcap: 246-248), all above spilled (192: D128 128x64 at 4 warps 200-270 B, D64
     128x128 at 4 warps 36-48 B, D64 128x64 at 4 warps with bias+softcap ~500 B; 160: D64
-    128x128 at 8 warps with bias+softcap 16-100 B)."""
+    128x128 at 8 warps with bias+softcap 16-100 B).
+    TF32 dots (float32 inputs, SEQCORE_TF32=1; 32-bit operands): the same count, at 8 warps
+    only (sm90-report-2026-12-03: every 4-warp TF32 tile spilled, D64 128x64 32-80 B, D128 64x32
+    with bias+softcap 4 B; every 8-warp one within the count compiled clean, D128 128x64 with
+    bias+softcap 252 registers, D64 128x128 and D128 128x64 252-255, D64 128x64 174-228)."""
     score_tiles = 2 if args["HAS_BIAS"] or args["SOFTCAP"] else 1
     elements = c.kwargs["BLOCK_M"] * (args["BLOCK_DV"] + score_tiles * c.kwargs["BLOCK_N"])
+    if args["Q"].dtype == torch.float32 and args["PRECISION"] == "tf32" and c.num_warps < 8:
+        return False
     return elements <= 128 * 32 * c.num_warps
 
 

@@ -43,6 +43,13 @@ def _split_configs():
             for w in (4, 8) for s in (2, 3, 4)] + [fallback]
 
 
+# TF32 dots (float32 inputs, SEQCORE_TF32=1): at most 64 float32 elements a thread of the
+# accumulator and score tile (sm90-report-2026-12-03: D128 64 rows at 4 warps, 96, spilled
+# 92-108 B; at 8 warps, 48, 234-238 registers; 16 rows at 4 warps, 24, 216-255; half precision
+# holds 96 without spilling, 168-189 registers).
+_TF32_TILE_ELEMENTS = 64
+
+
 def _prune_split(configs, named_args, **kwargs):
     """Drop configs whose pipelined k/v tiles overflow shared memory. float32 "ieee" dots
     (FMAs): keep only one, the fewest warps at which the tile fits _common.fma_tile_fits and
@@ -58,6 +65,9 @@ def _prune_split(configs, named_args, **kwargs):
         fits = [c for c in fits if fma_tile_fits(args["BLOCK_M"], args["BLOCK_N"],
                                                  args["BLOCK_DV"], c.num_warps)]
         fits = sorted(fits, key=lambda c: (c.num_warps, -c.num_stages))[:1]
+    elif args["Q"].dtype == torch.float32:  # TF32 dots: see _TF32_TILE_ELEMENTS
+        fits = [c for c in fits if args["BLOCK_M"] * (args["BLOCK_DV"] + args["BLOCK_N"])
+                <= _TF32_TILE_ELEMENTS * 32 * c.num_warps]
     fits = fits or configs[-1:]
     return fits if autotune_enabled() else fits[:1]
 

@@ -25,6 +25,7 @@ SCRIPT = os.path.join(REPO, "bench", "sm90_report.py")
 SMEM_LIMIT = 227 * 1024
 
 pytest.importorskip("triton")
+torch = pytest.importorskip("torch")
 
 
 def _load_script():
@@ -180,15 +181,49 @@ REGISTER_FIT_CASES = [
 ]
 
 
+# TF32 dots (sm90-report-2026-12-03): (BLOCK_DV, BLOCK_N, num_warps, bias+softcap) -> clean.
+TF32_REGISTER_FIT_CASES = [
+    (64, 64, 4, False, False), (64, 64, 8, False, True), (64, 128, 8, False, True),
+    (128, 64, 8, False, True), (64, 64, 8, True, True), (128, 64, 8, True, True),
+]
+
+
 @pytest.mark.parametrize("dv, bn, warps, biased, clean", REGISTER_FIT_CASES)
 def test_forward_register_rule_matches_the_compiles(dv, bn, warps, biased, clean):
+    _check_forward_rule(torch.bfloat16, "ieee", dv, bn, warps, biased, clean)
+
+
+@pytest.mark.parametrize("dv, bn, warps, biased, clean", TF32_REGISTER_FIT_CASES)
+def test_forward_tf32_register_rule_matches_the_compiles(dv, bn, warps, biased, clean):
+    _check_forward_rule(torch.float32, "tf32", dv, bn, warps, biased, clean)
+
+
+def _check_forward_rule(dtype, precision, dv, bn, warps, biased, clean):
     import triton
 
     from seqcore.kernels import attention
 
     config = triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=warps)
-    args = {"BLOCK_DV": dv, "HAS_BIAS": biased, "SOFTCAP": biased}
+    args = {"BLOCK_DV": dv, "HAS_BIAS": biased, "SOFTCAP": biased, "PRECISION": precision,
+            "Q": torch.empty(0, dtype=dtype)}
     assert attention._registers_fit(config, args) == clean
+
+
+# The decode split kernel with TF32 dots (sm90-report-2026-12-03): (D, BLOCK_M, num_warps) ->
+# compiled without spills; BLOCK_N 64.
+@pytest.mark.parametrize("d, bm, warps, clean", [
+    (128, 64, 4, False), (128, 64, 8, True), (128, 16, 4, True), (64, 16, 4, True)])
+def test_decode_tf32_rule_matches_the_compiles(d, bm, warps, clean):
+    import triton
+
+    from seqcore.kernels import attention_decode
+
+    configs = [triton.Config({}, num_warps=warps, num_stages=2),
+               triton.Config({}, num_warps=4, num_stages=1)]  # (the fallback, never pruned)
+    args = {"Q": torch.empty(0, dtype=torch.float32), "PRECISION": "tf32", "BLOCK_M": bm,
+            "BLOCK_N": 64, "BLOCK_D": d, "BLOCK_DV": d}
+    kept = attention_decode._prune_split(configs, args)
+    assert (kept[0] is configs[0]) == clean
 
 
 def test_shared_memory_counts_the_bias_tiles():
