@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from seqcore.kernels._common import autotune_enabled, dot_precision, head_block, interpreted, tanh
+from seqcore.kernels._common import (autotune_enabled, dot_precision, fma_dots, head_block,
+                                     interpreted, tanh)
 from seqcore.kernels.dropout import NO_SPECIALIZE, dropout_args, dropout_keep
 
 
@@ -375,11 +376,6 @@ def _configs(tuned, defaults):
             + [_config(*defaults[-1])])
 
 
-def _fma_dots(args):
-    """float32 inputs with exact "ieee" dots: tl.dot lowers to FMAs on CUDA cores."""
-    return args["Q"].dtype == torch.float32 and args["DOT_PRECISION"] == "ieee"
-
-
 def _prune(footprint, registers, dropout_fits, tf32_regs_per_thread):
     """early_config_prune of a backward kernel family. Tensor-core dots (half precision, TF32):
     configs whose registers(BLOCK_M, BLOCK_N, args) (32-bit registers of tiles, whole program)
@@ -399,7 +395,7 @@ def _prune(footprint, registers, dropout_fits, tf32_regs_per_thread):
     first."""
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        if _fma_dots(args):
+        if fma_dots(args["Q"].dtype == torch.float32, args["DOT_PRECISION"]):
             kept = configs[-1:]
         else:
             d, dv, elem = args["BLOCK_D"], args["BLOCK_DV"], args["Q"].element_size()

@@ -16,10 +16,11 @@ gradients run through the same backend kernels as the forward (FlashAttention's 
 style). Eager calls on plain tensors skip the dispatcher (_op_for): without autograd they run
 the op's body, with it the body inside a plain autograd.Function holding the same formula,
 whose backward calls the backward op's body; traced calls (torch.compile, export, functorch)
-go through the ops. An op dispatches on its `backend` string to seqcore._backends.module: "triton" takes
-the tensors as they are; "c" and "numpy" take NumPy arrays, which CPU tensors give without a
-copy (float16/bfloat16 are widened to float32 first, since NumPy and the C kernels compute in
-float32 at least); results come back as tensors in the input dtype, on the input device.
+go through the ops. An op dispatches on its `backend` string to seqcore._backends.module:
+"triton" takes the tensors as they are; "c" and "numpy" take NumPy arrays, which CPU tensors
+give without a copy (float16/bfloat16 are widened to float32 first, since NumPy and the C
+kernels compute in float32 at least); results come back as tensors in the input dtype, on the
+input device.
 """
 import functools
 from typing import Optional
@@ -450,9 +451,10 @@ def _attention_fwd_fake(q, k, v, bias, scale, window_left, window_right, softcap
 
 
 def _attention_bwd_body(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                  out: Tensor, lse: Tensor, scale: float, window_left: int, window_right: int,
-                  softcap: float, causal: bool, dropout_p: float, dropout_seed: int,
-                  backend: str, need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                        out: Tensor, lse: Tensor, scale: float, window_left: int,
+                        window_right: int, softcap: float, causal: bool, dropout_p: float,
+                        dropout_seed: int, backend: str,
+                        need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias): dbias full (B, Hq, Sq, Sk) in bias's dtype when need_dbias, else (0,)."""
     _check_attention("attention_bwd", q, k, v, bias)
     _check_grads_in("attention_bwd", dout, out, lse, q.shape[:3], v.shape[3])
@@ -500,10 +502,10 @@ def _attention_backward(ctx, dout, dlse):
     need_dbias = bias is not None and ctx.needs_input_grad[3]
     if dout is None:
         dout = torch.zeros_like(out)
-    attention_bwd_run = _backward(ctx, attention_bwd)
-    dq, dk, dv, dbias = attention_bwd_run(dout, q, k, v, bias, out, lse, scale, window_left,
-                                      window_right, softcap, causal, dropout_p, dropout_seed,
-                                      backend, need_dbias)
+    bwd = _backward(ctx, attention_bwd)
+    dq, dk, dv, dbias = bwd(dout, q, k, v, bias, out, lse, scale, window_left,
+                            window_right, softcap, causal, dropout_p, dropout_seed,
+                            backend, need_dbias)
     if dlse is not None:
         visible = _band(q.shape[2], k.shape[2], window_left, window_right, q.device)
         eq, ek, eb = _lse_grad(dlse, q, k, bias, lse, visible, scale, softcap)
@@ -553,11 +555,11 @@ def _attention_varlen_fwd_fake(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_
     return q.new_empty((Tq, Hq, v.shape[-1])), q.new_empty((Tq, Hq), dtype=_acc_dtype(q.dtype))
 
 
-def _attention_varlen_bwd_body(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor,
-                         max_q: int, max_k: int, out: Tensor, lse: Tensor, scale: float,
-                         window_left: int, window_right: int, softcap: float, causal: bool,
-                         dropout_p: float, dropout_seed: int,
-                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _attention_varlen_bwd_body(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor,
+                               cu_k: Tensor, max_q: int, max_k: int, out: Tensor, lse: Tensor,
+                               scale: float, window_left: int, window_right: int, softcap: float,
+                               causal: bool, dropout_p: float, dropout_seed: int,
+                               backend: str) -> tuple[Tensor, Tensor, Tensor]:
     _check_varlen("attention_varlen_bwd", q, k, v, cu_q, cu_k)
     _check_grads_in("attention_varlen_bwd", dout, out, lse, q.shape[:2], v.shape[2])
     _check_dropout("attention_varlen_bwd", dropout_p, dropout_seed)
@@ -630,10 +632,10 @@ def _attention_varlen_backward(ctx, dout, dlse):
         return tuple(_composite_grads(outs, (dout, dlse), (q, k, v))) + (None,) * 12
     if dout is None:
         dout = torch.zeros_like(out)
-    attention_varlen_bwd_run = _backward(ctx, attention_varlen_bwd)
-    dq, dk, dv = attention_varlen_bwd_run(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
-                                      window_left, window_right, softcap, causal, dropout_p,
-                                      dropout_seed, backend)
+    bwd = _backward(ctx, attention_varlen_bwd)
+    dq, dk, dv = bwd(dout, q, k, v, cu_q, cu_k, *ctx.sizes, out, lse, scale,
+                     window_left, window_right, softcap, causal, dropout_p,
+                     dropout_seed, backend)
     if dlse is not None:
         # one "batch" whose (Tq, Tk) score matrix is masked to the block diagonal
         visible = _varlen_visible(cu_q, cu_k, q.shape[0], k.shape[0], window_left, window_right)
@@ -774,9 +776,9 @@ def _lstm_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws,
 
 
 def _lstm_bwd_body(dy: Tensor, dh_n: Tensor, dc_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor,
-             b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
-             reverse: bool, y: Tensor, ws: Tensor, backend: str, w_hr: Optional[Tensor] = None
-             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                   b_ih: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor, lengths: Optional[Tensor],
+                   reverse: bool, y: Tensor, ws: Tensor, backend: str, w_hr: Optional[Tensor] = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0, dw_hr): dw_hr (0,) without w_hr."""
     T, B, H, P = _check_rnn("lstm_bwd", 4, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0), ("c0", c0)],
                             lengths, w_hr)
@@ -842,9 +844,9 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
         return tuple(grads[:7]) + (None,) * 4 + (grads[7],)
     _check_ws(need_ws, "lstm_fwd")
     dy, dh_n, dc_n = _zeros_if_none((dy, dh_n, dc_n), (y, h0, c0))
-    lstm_bwd_run = _backward(ctx, lstm_bwd)
-    grads = lstm_bwd_run(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
-                     backend, w_hr)
+    bwd = _backward(ctx, lstm_bwd)
+    grads = bwd(dy, dh_n, dc_n, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, y, ws,
+                backend, w_hr)
     return tuple(grads[:7]) + (None,) * 4 + ((grads[7],) if w_hr is not None else (None,))
 
 
@@ -881,8 +883,9 @@ def _gru_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, back
 
 
 def _gru_bwd_body(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
-            b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool, y: Tensor,
-            ws: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool, y: Tensor,
+                  ws: Tensor,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
     T, B, H, _ = _check_rnn("gru_bwd", 3, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
     _check_rnn_grads_in("gru_bwd", T, B, H, dy, [("dh_n", dh_n)], y, ws, 4)
@@ -915,8 +918,8 @@ def _gru_backward(ctx, dy, dh_n, _dws):
         return tuple(_composite_grads(outs, (dy, dh_n), inputs)) + (None,) * 4
     _check_ws(need_ws, "gru_fwd")
     dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
-    gru_bwd_run = _backward(ctx, gru_bwd)
-    grads = gru_bwd_run(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend)
+    bwd = _backward(ctx, gru_bwd)
+    grads = bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, y, ws, backend)
     return tuple(grads) + (None, None, None, None)
 
 
@@ -964,9 +967,9 @@ def _rnn_fwd_fake(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity,
 
 
 def _rnn_bwd_body(dy: Tensor, dh_n: Tensor, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
-            b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool,
-            nonlinearity: str, y: Tensor, ws: Tensor,
-            backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  b_hh: Tensor, h0: Tensor, lengths: Optional[Tensor], reverse: bool,
+                  nonlinearity: str, y: Tensor, ws: Tensor,
+                  backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
     T, B, H, _ = _check_rnn("rnn_bwd", 1, x, w_ih, w_hh, b_ih, b_hh, [("h0", h0)], lengths)
     _check_nonlinearity("rnn_bwd", nonlinearity)
@@ -1005,9 +1008,9 @@ def _elman_backward(ctx, dy, dh_n, _dws):
         return tuple(_composite_grads(outs, (dy, dh_n), inputs)) + (None,) * 5
     _check_ws(need_ws, "rnn_fwd")
     dy, dh_n = _zeros_if_none((dy, dh_n), (y, h0))
-    rnn_bwd_run = _backward(ctx, rnn_bwd)
-    grads = rnn_bwd_run(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, ctx.nonlinearity,
-                    y, ws, backend)
+    bwd = _backward(ctx, rnn_bwd)
+    grads = bwd(dy, dh_n, x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, ctx.nonlinearity,
+                y, ws, backend)
     return tuple(grads) + (None,) * 5
 
 
@@ -1023,23 +1026,26 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _eager_inference(*tensors):
-    """True when a call needs no autograd and nothing traces it (no torch.compile or export,
-    no functorch transform, plain tensors): the op's body then runs directly. The dispatcher
-    and autograd wrapping of a custom op cost ~100 us a call, more than a small kernel."""
+def _untraced(*tensors):
+    """True when nothing traces a call (no torch.compile or export, no functorch transform) and
+    its tensors are plain tensors: it may then skip the dispatcher (_op_for)."""
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
-    grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is Tensor and not (grad and t.requires_grad))
-               for t in tensors)
+    return all(t is None or type(t) is Tensor for t in tensors)
+
+
+def _eager_inference(*tensors):
+    """True when a call needs no autograd and nothing traces it: the op's body then runs
+    directly. The dispatcher and autograd wrapping of a custom op cost ~100 us a call, more
+    than a small kernel."""
+    return _untraced(*tensors) and not _needs_grad(*tensors)
 
 
 def _op_for(op, *tensors):
     """What runs one call of forward op `op` on these tensors: its body when nothing traces the
     call and it needs no autograd, its eager autograd.Function (_register_autograd) when it
     needs gradients, else (torch.compile, export, functorch, tensor subclasses) the op."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or \
-            not all(t is None or type(t) is Tensor for t in tensors):
+    if not _untraced(*tensors):
         return op
     body, with_grad = _EAGER[op]
     return with_grad if _needs_grad(*tensors) else body
