@@ -316,6 +316,19 @@ def test_every_output_element_is_written(rng, dtype):
     assert np.all(dbias[:, :, :50] == 0) and np.all(out[:, :, :50] == 0)   # rows that see no key
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_short_tiles_ignore_what_the_scratch_holds(rng, causal):
+    """The fast forward packs keys into kept scratch and leaves a short tile's columns past
+    its last key as they were (their scores are masked): a call after one whose keys were
+    NaN, over the same scratch, must not see them."""
+    q, k, v = _qkv(rng, 1, 4, 4, 300, 300, 64, 64, "float32")
+    seqcore.attention(q, np.full_like(k, np.nan), np.full_like(v, np.nan), backend="c")
+    for S in (1, 5, 17, 70, 130):
+        q, k, v = _qkv(rng, 1, 4, 4, S, S, 64, 64, "float32")
+        got = seqcore.attention(q, k, v, causal=causal, backend="c")
+        assert_close(got, ref.attention(q, k, v, causal=causal), "float32", name=f"out S{S}")
+
+
 def test_invalid_problems_return_minus_one(rng):
     lib, ffi = _c.load()
     q = np.zeros((1, 2, 4, 8), np.float32)
