@@ -374,26 +374,27 @@ static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
 /* Visible keys [lo[r], hi[r]) of the block's rows within the tile (NULL: all of them). */
 typedef struct { int64_t lo[FR], hi[FR]; } row_bands;
 
-/* Scores of keys c0 .. c0 + KPASS for the block's FR rows: qb (FR x D) times kt (D x BKF),
- * masked to each row's band, into s (FR x BKF). */
+/* Scores of keys c0 .. c0 + nv VF for the block's FR rows: qb (FR x D) times the pass's
+ * panel of kt, masked to each row's band, into s (FR x BKF). nv (1 .. NKV vectors, a
+ * constant at each call) narrows a tile's last pass to the keys it has. */
 static inline __attribute__((always_inline)) void fast_scores_f32(
         const float *restrict qb, int64_t D, const float *restrict kt, int64_t c0,
-        const row_bands *bands, float *restrict s) {
+        const row_bands *bands, float *restrict s, const int nv) {
     vf acc[FR][NKV];
     for (int r = 0; r < FR; r++)
-        for (int c = 0; c < NKV; c++) acc[r][c] = vf_zero();
+        for (int c = 0; c < nv; c++) acc[r][c] = vf_zero();
     const float *panel = kt + c0 * D;
     for (int64_t kk = 0; kk < D; kk++) {
         vf b[NKV];
-        for (int c = 0; c < NKV; c++) b[c] = vf_load(panel + kk * KPASS + c * VF);
+        for (int c = 0; c < nv; c++) b[c] = vf_load(panel + kk * KPASS + c * VF);
         for (int r = 0; r < FR; r++) {
             vf a = vf_set1(qb[r * D + kk]);
-            for (int c = 0; c < NKV; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
+            for (int c = 0; c < nv; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
         }
     }
     const vf neg_inf = vf_set1(-INFINITY);
     for (int r = 0; r < FR; r++)
-        for (int c = 0; c < NKV; c++) {
+        for (int c = 0; c < nv; c++) {
             vf v = acc[r][c];
             if (bands) {
                 int64_t lane0 = c0 + c * VF;
@@ -401,6 +402,22 @@ static inline __attribute__((always_inline)) void fast_scores_f32(
             }
             vf_store(s + r * BKF + c0 + c * VF, v);
         }
+}
+
+/* The scores of a block's first nk keys, in passes of KPASS keys; the last pass as narrow
+ * as its keys allow (a short sequence, or a causal diagonal block that stops at its rows'
+ * last key, computed up to 48 keys it did not have with 64-key passes). Returns the keys
+ * scored: nk rounded up to whole vectors. */
+static inline __attribute__((always_inline)) int64_t fast_scores_all_f32(
+        const float *restrict qb, int64_t D, const float *restrict kt, int64_t nk,
+        const row_bands *bands, float *restrict s) {
+    int64_t c0 = 0;
+    for (; nk - c0 > (NKV - 1) * VF; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s, NKV);
+    int64_t nv = cdiv(nk - c0, VF);  /* (0 .. NKV - 1 vectors left) */
+    if (NKV > 3 && nv == 3) fast_scores_f32(qb, D, kt, c0, bands, s, 3);
+    if (NKV > 2 && nv == 2) fast_scores_f32(qb, D, kt, c0, bands, s, 2);
+    if (nv == 1) fast_scores_f32(qb, D, kt, c0, bands, s, 1);
+    return round_up(nk, VF);
 }
 
 /* The online softmax of one row of nkp scores (base 2; masked ones -inf): s <- P in place
@@ -467,8 +484,7 @@ static inline __attribute__((always_inline)) void fast_block_any_f32(
         int64_t nk, int64_t dvp, const row_bands *bands,
         float *restrict m, float *restrict l, float *restrict ob, float *restrict s,
         const fast_dropout *drop) {
-    int64_t nkp = round_up(nk, KPASS);
-    for (int64_t c0 = 0; c0 < nkp; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s);
+    int64_t nkp = fast_scores_all_f32(qb, D, kt, nk, bands, s);
     float alpha[FR];
     for (int r = 0; r < FR; r++)
         alpha[r] = fast_softmax_row_f32(s + r * BKF, nkp, m + r, l + r, drop, r);
