@@ -1016,9 +1016,14 @@ static void RN(bwd_delta)(const seqcore_attn_problem *p, const real *dout, const
     for (int64_t i = 0; i < qr.len; i++) {
         int64_t row = row_index(qr, i);
         const real *a = dout + row * p->Dv, *b = out + row * p->Dv;
-        real acc = 0;
-        for (int64_t c = 0; c < p->Dv; c++) acc = MADD(a[c], b[c], acc);
-        delta[row] = acc;
+        /* in vectors: the compiler keeps a scalar sum's order, one add per element after
+         * another (a tenth of an S32 backward) */
+        VEC acc = V(zero)();
+        int64_t c = 0;
+        for (; c + VL <= p->Dv; c += VL) acc = V(fma)(V(load)(a + c), V(load)(b + c), acc);
+        real sum = V(reduce_add)(acc);
+        for (; c < p->Dv; c++) sum = MADD(a[c], b[c], sum);
+        delta[row] = sum;
     }
 }
 
