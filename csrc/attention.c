@@ -164,6 +164,40 @@ static tile_pos make_tile(const band *bd, int64_t i0, int64_t nq, int64_t j0, in
     return t;
 }
 
+/* The keys [lo, hi) of tile t (relative to j0, within nk; lo = hi when none) query row r of
+ * it sees. */
+static void row_keys(const tile_pos *t, int64_t r, int64_t *lo, int64_t *hi) {
+    *lo = clamp64(band_lo(&t->bd, t->i0 + r) - t->j0, 0, t->nk);
+    *hi = clamp64(band_hi(&t->bd, t->i0 + r) - t->j0, *lo, t->nk);
+}
+
+/* Per MR-row block of a masked tile's product (C rows: queries, or keys for dK and dV), the
+ * part it needs: [lo, hi) of its columns, or of its sum. A causal or windowed band leaves a
+ * diagonal tile's blocks part of the other side: the backward's products skip the rest (a
+ * third of a diagonal tile's work). */
+typedef struct { int64_t lo[BQ / MR], hi[BQ / MR]; } block_ranges;
+
+/* The keys the query blocks of t see (bands grow with the row: a block sees from its first
+ * row's lo to its last row's hi), rounded out to multiples of `to`. */
+static void query_block_keys(const tile_pos *t, int64_t to, block_ranges *br) {
+    for (int64_t b = 0; b * MR < t->nq; b++) {
+        int64_t lo, hi, lo_last, hi_last;
+        row_keys(t, b * MR, &lo, &hi);
+        row_keys(t, min64(b * MR + MR, t->nq) - 1, &lo_last, &hi_last);
+        br->lo[b] = lo / to * to;
+        br->hi[b] = round_up(hi_last, to);
+    }
+}
+
+/* The query rows of t (relative to i0) that see some key of each key block. */
+static void key_block_queries(const tile_pos *t, block_ranges *br) {
+    for (int64_t b = 0; b * MR < t->nk; b++) {
+        int64_t first = t->j0 + b * MR, last = min64(first + MR, t->j0 + t->nk) - 1;
+        br->lo[b] = clamp64(band_first_query(&t->bd, first) - t->i0, 0, t->nq);
+        br->hi[b] = clamp64(band_end_query(&t->bd, last) - t->i0, br->lo[b], t->nq);
+    }
+}
+
 /* The products of a forward as if every query saw every key (an upper bound): whether a call
  * is worth the threads (parallel.h). */
 static double attention_work(const seqcore_attn_problem *p) {
@@ -633,15 +667,18 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
  * streams a row of B and broadcasts a column of A. */
 static inline __attribute__((always_inline)) void RN(gemm_any)(
         int64_t M, int64_t N, int64_t K, const real *restrict A, int64_t lda, int a_transposed,
-        const real *restrict B, int64_t ldb, real *restrict C, int64_t ldc, int accumulate) {
+        const real *restrict B, int64_t ldb, real *restrict C, int64_t ldc, int accumulate,
+        const block_ranges *n_clip, const block_ranges *k_clip) {
     for (int64_t m = 0; m < M; m += MR) {
-        for (int64_t n = 0; n < N; n += NR) {
+        int64_t n_lo = n_clip ? n_clip->lo[m / MR] : 0, n_hi = n_clip ? n_clip->hi[m / MR] : N;
+        int64_t k_lo = k_clip ? k_clip->lo[m / MR] : 0, k_hi = k_clip ? k_clip->hi[m / MR] : K;
+        for (int64_t n = n_lo; n < n_hi; n += NR) {
             VEC acc[MR][2];
             for (int r = 0; r < MR; r++) {
                 acc[r][0] = accumulate ? V(load)(C + (m + r) * ldc + n) : V(zero)();
                 acc[r][1] = accumulate ? V(load)(C + (m + r) * ldc + n + VL) : V(zero)();
             }
-            for (int64_t kk = 0; kk < K; kk++) {
+            for (int64_t kk = k_lo; kk < k_hi; kk++) {
                 VEC b0 = V(load)(B + kk * ldb + n), b1 = V(load)(B + kk * ldb + n + VL);
                 for (int r = 0; r < MR; r++) {
                     VEC a = V(set1)(a_transposed ? A[kk * lda + m + r] : A[(m + r) * lda + kk]);
@@ -660,14 +697,30 @@ static inline __attribute__((always_inline)) void RN(gemm_any)(
 static void RN(gemm)(int64_t M, int64_t N, int64_t K, const real *restrict A,
                                   int64_t lda, const real *restrict B, int64_t ldb,
                                   real *restrict C, int64_t ldc, int accumulate) {
-    RN(gemm_any)(M, N, K, A, lda, 0, B, ldb, C, ldc, accumulate);
+    RN(gemm_any)(M, N, K, A, lda, 0, B, ldb, C, ldc, accumulate, NULL, NULL);
+}
+
+/* The same for a masked tile: each MR-row block of C computes the columns n_clip gives it
+ * (multiples of NR; NULL: all) from the part of the sum k_clip gives it (NULL: all). */
+static void RN(gemm_clipped)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+                             int64_t lda, const real *restrict B, int64_t ldb,
+                             real *restrict C, int64_t ldc, int accumulate,
+                             const block_ranges *n_clip, const block_ranges *k_clip) {
+    RN(gemm_any)(M, N, K, A, lda, 0, B, ldb, C, ldc, accumulate, n_clip, k_clip);
 }
 
 /* C (+)= A^T B, A stored K x M row-major. */
 static void RN(gemm_at)(int64_t M, int64_t N, int64_t K, const real *restrict A,
                                      int64_t lda, const real *restrict B, int64_t ldb,
                                      real *restrict C, int64_t ldc, int accumulate) {
-    RN(gemm_any)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
+    RN(gemm_any)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate, NULL, NULL);
+}
+
+static void RN(gemm_at_clipped)(int64_t M, int64_t N, int64_t K, const real *restrict A,
+                                int64_t lda, const real *restrict B, int64_t ldb,
+                                real *restrict C, int64_t ldc, int accumulate,
+                                const block_ranges *k_clip) {
+    RN(gemm_any)(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate, NULL, k_clip);
 }
 
 /* dst[r][c] = mul * row (i0 + r) of one sequence, c < width; zero padding up to
@@ -694,27 +747,27 @@ static void RN(load_rows_transposed)(real *restrict dst, const real *restrict sr
     }
 }
 
-/* Softcap, bias and band mask on one row of raw scores (keys j0 .. j0 + nk of query i).
- * tanh_out (may be NULL) keeps tanh(s / softcap) for the backward. */
+/* Softcap, bias and band mask on one row of raw scores (keys j0 + lo .. j0 + hi of query
+ * i: the tile's, or the row's band within it). tanh_out (may be NULL) keeps tanh(s /
+ * softcap) for the backward. */
 static void RN(score_row_fixups)(real *restrict s, real *restrict tanh_out, const tile_pos *t,
-                                 int64_t r, const attn_opts *o, const real *restrict bias_row,
-                                 int64_t bias_stride) {
-    int64_t nk = t->nk;
+                                 int64_t r, int64_t lo, int64_t hi, const attn_opts *o,
+                                 const real *restrict bias_row, int64_t bias_stride) {
     if (o->softcap > 0) {
         real cap = (real)o->softcap, inv_cap = (real)(1 / o->softcap);
-        for (int64_t j = 0; j < nk; j++) {
+        for (int64_t j = lo; j < hi; j++) {
             real th = TANH(s[j] * inv_cap);
             if (tanh_out) tanh_out[j] = th;
             s[j] = cap * th;
         }
     }
     if (bias_row)
-        for (int64_t j = 0; j < nk; j++) s[j] += bias_row[(t->j0 + j) * bias_stride];
+        for (int64_t j = lo; j < hi; j++) s[j] += bias_row[(t->j0 + j) * bias_stride];
     if (t->needs_mask) {
-        int64_t i = t->i0 + r;
-        int64_t lo = band_lo(&t->bd, i) - t->j0, hi = band_hi(&t->bd, i) - t->j0;
-        for (int64_t j = 0; j < nk; j++)
-            if (j < lo || j >= hi) s[j] = -INFINITY;
+        int64_t band_l, band_h;
+        row_keys(t, r, &band_l, &band_h);
+        for (int64_t j = lo; j < hi; j++)
+            if (j < band_l || j >= band_h) s[j] = -INFINITY;
     }
 }
 
@@ -856,7 +909,7 @@ static void RN(fwd_tile)(const seqcore_attn_problem *p, const attn_opts *o, cons
         for (int64_t r = 0; r < nq; r++) {
             real *s = w->s + r * BK;
             const real *bias_row = bias ? bias + bias_offset(p, sq, h, i0 + r) : NULL;
-            RN(score_row_fixups)(s, NULL, &t, r, o, bias_row, p->bias_strides[3]);
+            RN(score_row_fixups)(s, NULL, &t, r, 0, t.nk, o, bias_row, p->bias_strides[3]);
             for (int64_t j = t.nk; j < nkp; j++) s[j] = -INFINITY;
             RN(online_softmax_row)(s, nkp, &w->m[r], &w->l[r], w->o + r * dvp, dvp);
             if (o->dropout) {  /* (l summed P before dropout) */
@@ -970,8 +1023,12 @@ WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const a
                                           const tile_pos *t, const real *bias, real *dbias,
                                           int64_t sq, int64_t h, RN(bwd_scratch) *w) {
     int64_t mq = round_up(t->nq, MR), nkp = round_up(t->nk, NR);
-    RN(gemm)(mq, nkp, p->D, w->q, round_up(p->D, NR), w->kt, BK, w->s, BK, 0);
-    RN(gemm)(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR), w->vt, BK, w->ds, BK, 0);
+    block_ranges cols;  /* a masked tile: each row block's products stop at its keys */
+    if (t->needs_mask) query_block_keys(t, NR, &cols);
+    const block_ranges *clip = t->needs_mask ? &cols : NULL;
+    RN(gemm_clipped)(mq, nkp, p->D, w->q, round_up(p->D, NR), w->kt, BK, w->s, BK, 0, clip, NULL);
+    RN(gemm_clipped)(mq, nkp, p->Dv, w->dout, round_up(p->Dv, NR), w->vt, BK, w->ds, BK, 0, clip,
+                     NULL);
     /* restrict and nk in a local: without them the stores below might alias t and each
      * other, and the exp loop stays scalar (a third of the backward's time) */
     int64_t nk = t->nk;
@@ -984,28 +1041,34 @@ WIDE_LOOPS static void RN(bwd_tile_grads)(const seqcore_attn_problem *p, const a
     for (int64_t r = 0; r < t->nq; r++) {
         real *restrict s = w->s + r * BK, *restrict ds = w->ds + r * BK;
         real *restrict th = w->th + r * BK;
+        /* the row's keys [lo, hi): outside them P and dS are 0 (and the products above may
+         * have left anything there) */
+        int64_t lo = 0, hi = nk;
+        if (t->needs_mask) row_keys(t, r, &lo, &hi);
         const real *bias_row = bias ? bias + bias_offset(p, sq, h, t->i0 + r) : NULL;
-        RN(score_row_fixups)(s, th, t, r, o, bias_row, p->bias_strides[3]);
+        RN(score_row_fixups)(s, th, t, r, lo, hi, o, bias_row, p->bias_strides[3]);
         /* a row that sees no key has lse -inf and gets P = 0 (not exp(-inf + inf)) */
         real row_lse = w->lse[r] == -INFINITY ? INFINITY : w->lse[r], row_delta = w->delta[r];
         real *db = dbias ? dbias + dbias_offset(p, sq, h, t->i0 + r) + t->j0 : NULL;
-        RN(exp_row)(s, nk, row_lse);
+        RN(exp_row)(s + lo, hi - lo, row_lse);
         if (o->dropout) {
             float *restrict keep = w->keep;
             real f = (real)o->keep_scale;
             dropout_row_mask(&o->gen, &w->keys, g, t->i0 + r, nk, keep);
-            for (int64_t j = 0; j < nk; j++) {
+            for (int64_t j = lo; j < hi; j++) {
                 real pf = keep[j] * f;
                 ds[j] = s[j] * (ds[j] * pf - row_delta);
                 s[j] *= pf;
             }
         } else {
-            RN(dscore_row)(ds, s, nk, row_delta);
+            RN(dscore_row)(ds + lo, s + lo, hi - lo, row_delta);
         }
-        if (db)
+        for (int64_t j = 0; j < lo; j++) s[j] = ds[j] = 0;
+        for (int64_t j = hi; j < nk; j++) s[j] = ds[j] = 0;
+        if (db)  /* (the gradient of the biased score: before softcap's chain rule) */
             for (int64_t j = 0; j < nk; j++) db[j] = ds[j];
         if (o->softcap > 0)
-            for (int64_t j = 0; j < nk; j++) ds[j] *= 1 - th[j] * th[j];
+            for (int64_t j = lo; j < hi; j++) ds[j] *= 1 - th[j] * th[j];
     }
 }
 
@@ -1056,12 +1119,22 @@ static void RN(bwd_dkdv_tile)(const seqcore_attn_problem *p, const attn_opts *o,
             RN(bwd_load_queries)(p, o, q, dout, lse, delta, qr, i0, t.nq, w);
             RN(bwd_tile_grads)(p, o, &t, bias, NULL, sq, h, w);
             /* key rows nk .. mk of dK, dV pick up whatever P and dS hold past column nk:
-             * they are never written out */
-            RN(gemm_at)(mk, dvp, t.nq, w->s, BK, w->dout, dvp, w->dv, dvp, 1);
-            RN(gemm_at)(mk, dp, t.nq, w->ds, BK, w->q, dp, w->dk, dp, 1);  /* q holds scale * q */
+             * they are never written out. A masked tile's key blocks sum only the query
+             * rows that see them, its query blocks only the keys they see. */
+            block_ranges rows, keys;
+            if (t.needs_mask) {
+                key_block_queries(&t, &rows);
+                query_block_keys(&t, 1, &keys);
+            }
+            const block_ranges *row_clip = t.needs_mask ? &rows : NULL;
+            const block_ranges *key_clip = t.needs_mask ? &keys : NULL;
+            RN(gemm_at_clipped)(mk, dvp, t.nq, w->s, BK, w->dout, dvp, w->dv, dvp, 1, row_clip);
+            RN(gemm_at_clipped)(mk, dp, t.nq, w->ds, BK, w->q, dp, w->dk, dp, 1,  /* scale * q */
+                                row_clip);
             if (dq_acc)
-                RN(gemm)(round_up(t.nq, MR), dp, nk, w->ds, BK, w->kk, dp,
-                         dq_acc + ((h - hk * group) * ld_rows + i0) * dp, dp, 1);
+                RN(gemm_clipped)(round_up(t.nq, MR), dp, nk, w->ds, BK, w->kk, dp,
+                                 dq_acc + ((h - hk * group) * ld_rows + i0) * dp, dp, 1, NULL,
+                                 key_clip);
         }
     }
     for (int64_t j = 0; j < nk; j++) {
@@ -1093,7 +1166,10 @@ static void RN(bwd_dq_tile)(const seqcore_attn_problem *p, const attn_opts *o, c
         RN(load_rows_transposed)(w->vt, v, kr, j0, t.nk, p->Dv);
         RN(load_rows)(w->kk, dp, k, kr, j0, t.nk, t.nk, D, 1);
         RN(bwd_tile_grads)(p, o, &t, bias, dbias, sq, h, w);
-        RN(gemm)(mq, dp, t.nk, w->ds, BK, w->kk, dp, w->dq, dp, 1);
+        block_ranges keys;  /* (as in bwd_dkdv_tile) */
+        if (t.needs_mask) query_block_keys(&t, 1, &keys);
+        RN(gemm_clipped)(mq, dp, t.nk, w->ds, BK, w->kk, dp, w->dq, dp, 1, NULL,
+                         t.needs_mask ? &keys : NULL);
     }
     real scale = (real)o->scale;
     for (int64_t r = 0; r < nq; r++) {
