@@ -42,13 +42,16 @@ def fits_shared_memory(elt_bytes, block_m, block_n, block_d, block_dv, num_stage
     return elt_bytes * tiles + bias + 1024 <= limit
 
 
+def tf32_requested():
+    """Whether SEQCORE_TF32=1 asks float32 dots for TensorFloat-32 (the one place it is read)."""
+    return os.environ.get("SEQCORE_TF32", "0") == "1"
+
+
 def dot_precision(dtype_is_fp32):
     """The tl.dot input_precision for a kernel's inputs: "ieee" (exact float32 products) unless
     the inputs are float32 and SEQCORE_TF32=1 asks for TensorFloat-32 (faster, ~1e-3 relative).
     Half-precision inputs ignore it."""
-    if dtype_is_fp32 and os.environ.get("SEQCORE_TF32", "0") == "1":
-        return "tf32"
-    return "ieee"
+    return "tf32" if dtype_is_fp32 and tf32_requested() else "ieee"
 
 
 # float32 "ieee" dots (exact products, SEQCORE_TF32 unset) lower to FMAs on CUDA cores, each
@@ -62,6 +65,12 @@ FMA_TILE_ELEMENTS_PER_THREAD = 24
 def fma_dots(dtype_is_fp32, precision):
     """Whether a kernel's tl.dots run on FMAs: float32 inputs with "ieee" precision."""
     return dtype_is_fp32 and precision == "ieee"
+
+
+def tf32_dots(dtype_is_fp32, precision):
+    """Whether a kernel's tl.dots are TF32 tensor-core dots: float32 inputs, "tf32" precision
+    (32-bit operands in registers: tighter budgets than half precision's)."""
+    return dtype_is_fp32 and precision == "tf32"
 
 
 def fma_tile_fits(block_m, block_n, block_dv, num_warps):

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._common import (LOG2E, autotune_enabled, band_mask, dot_precision, fits_shared_memory,
                       fma_dots, fma_tile_fits, head_block, interpreted, key_range, safe_max,
-                      scores)
+                      scores, tf32_dots)
 from .dropout import NO_SPECIALIZE, dropout_args, dropout_keep
 
 
@@ -227,7 +227,7 @@ def _registers_fit(c, args):
     bias+softcap 252 registers, D64 128x128 and D128 128x64 252-255, D64 128x64 174-228)."""
     score_tiles = 2 if args["HAS_BIAS"] or args["SOFTCAP"] else 1
     elements = c.kwargs["BLOCK_M"] * (args["BLOCK_DV"] + score_tiles * c.kwargs["BLOCK_N"])
-    if args["Q"].dtype == torch.float32 and args["PRECISION"] == "tf32" and c.num_warps < 8:
+    if tf32_dots(args["Q"].dtype == torch.float32, args["PRECISION"]) and c.num_warps < 8:
         return False
     return elements <= 128 * 32 * c.num_warps
 

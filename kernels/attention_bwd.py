@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from seqcore.kernels._common import (autotune_enabled, dot_precision, fma_dots, head_block,
-                                     interpreted, tanh)
+                                     interpreted, tanh, tf32_dots)
 from seqcore.kernels.dropout import NO_SPECIALIZE, dropout_args, dropout_keep
 
 
@@ -399,7 +399,8 @@ def _prune(footprint, registers, dropout_fits, tf32_regs_per_thread):
             kept = configs[-1:]
         else:
             d, dv, elem = args["BLOCK_D"], args["BLOCK_DV"], args["Q"].element_size()
-            per_thread = tf32_regs_per_thread if elem == 4 else _REGS_PER_THREAD
+            tf32 = tf32_dots(args["Q"].dtype == torch.float32, args["DOT_PRECISION"])
+            per_thread = tf32_regs_per_thread if tf32 else _REGS_PER_THREAD
             kept = []
             for c in configs:
                 m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ._common import (autotune_enabled, dot_precision, fits_shared_memory, fma_dots,
                       fma_tile_fits, head_block, interpreted, key_range, safe_max,
-                      split_key_range)
+                      split_key_range, tf32_dots)
 from .attention import attn_fwd_finish, attn_fwd_keys, score_params
 from .dropout import NO_SPECIALIZE, dropout_args
 
@@ -65,7 +65,7 @@ def _prune_split(configs, named_args, **kwargs):
         fits = [c for c in fits if fma_tile_fits(args["BLOCK_M"], args["BLOCK_N"],
                                                  args["BLOCK_DV"], c.num_warps)]
         fits = sorted(fits, key=lambda c: (c.num_warps, -c.num_stages))[:1]
-    elif args["Q"].dtype == torch.float32:  # TF32 dots: see _TF32_TILE_ELEMENTS
+    elif tf32_dots(args["Q"].dtype == torch.float32, args["PRECISION"]):  # _TF32_TILE_ELEMENTS
         fits = [c for c in fits if args["BLOCK_M"] * (args["BLOCK_DV"] + args["BLOCK_N"])
                 <= _TF32_TILE_ELEMENTS * 32 * c.num_warps]
     fits = fits or configs[-1:]

@@ -24,12 +24,12 @@ lengths / reverse: at processing step s, batch row b is active iff s < len_b and
 time t = s (forward) or t = len_b - 1 - s (reverse). An inactive row keeps its state and writes
 zeros to y (and the workspace) at t = s, so every (t, b) of y is written exactly once.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from seqcore.kernels._common import tf32_requested
 from seqcore.kernels.rnn_cells import CELLS, cell_forward, num_gates, num_states
 
 
@@ -37,7 +37,7 @@ def dot_precision(dtype):
     """tl.dot input_precision: exact "ieee" float32 products unless SEQCORE_TF32=1 asks for
     TensorFloat-32 (faster on GPU, ~1e-3 relative). The recurrent kernels always dot in float32
     (the float32 state times the weights), so this applies to every input dtype."""
-    return "tf32" if os.environ.get("SEQCORE_TF32", "0") == "1" else "ieee"
+    return "tf32" if tf32_requested() else "ieee"
 
 
 # 8 warps: at 4 the fused 4-gate tiles (16 x 64 per gate) spill registers on sm_90 (checked by
