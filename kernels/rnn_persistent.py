@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from seqcore.kernels import rnn_cell
+from seqcore.kernels._common import tf32_requested
 from seqcore.kernels.rnn_cell import (NUM_WARPS, dot_precision, forward_steps, input_gates,
                                       input_projection, or_dummy, select, step_rows,
                                       store_other_states, store_ws, store_y)
@@ -114,6 +115,12 @@ def persistent_blocks(B, H, G, n_programs_max, elem_bytes=4):
                   pow2_floor(MAX_W_CHUNK // n))
     chunk_k = max(16, chunk_k)  # tl.dot needs K >= 16
     n_chunks = triton.cdiv(H, chunk_k)
+    if elem_bytes >= 4 and tf32_requested() and n_chunks >= 8:
+        # float32 with TF32 (mma) dots: 8 chunks of 128 (the Elman cell at H = 1024) were held
+        # to 80-96 registers and spilled 4-8 B at 4 and 8 warps (sm90-report-rnn-2026-12-03);
+        # 16 chunks of 64 take 76-94, clean (B 1/8/16, tanh and relu, every flag set)
+        chunk_k //= 2
+        n_chunks = triton.cdiv(H, chunk_k)
     # one warpgroup unless the accumulator is large (the one-program tiles of the tests) or
     # a float32 slice is short (<= 2 chunks): at 8 warps the B64 H1024 half-precision wgmma
     # tile spilled 124 B, and B <= 16 tiles without lengths/workspace 4-8 B (ptxas held them

@@ -102,6 +102,7 @@ class Blocks(NamedTuple):
     chunk_k: int     # gate columns k (w_hh rows of the slice) per dot
     n_chunks: int    # K-chunks covering the G*H gate columns
     n_programs: int  # the grid: ceil(H / units), never above n_programs_max
+    num_warps: int
 
 
 def persistent_bwd_blocks(B, H, G, n_programs_max, elem_bytes=4):
@@ -114,7 +115,12 @@ def persistent_bwd_blocks(B, H, G, n_programs_max, elem_bytes=4):
     chunk_k = min(triton.next_power_of_2(G * H), pow2_floor(max_a_chunk // block_b),
                   pow2_floor(MAX_W_CHUNK // units))
     chunk_k = max(16, chunk_k)  # tl.dot needs K >= 16
-    return Blocks(block_b, units, chunk_k, triton.cdiv(G * H, chunk_k), triton.cdiv(H, units))
+    # the Elman cell's half-precision slice at 8 warps: ptxas held it to 128 registers and
+    # spilled 4-24 B at H <= 1024 (1-4 chunks of 256; sm90-report-rnn-2026-12-03); at 4 warps
+    # 70-235 registers, no spills, B 1/8/16, H 256-2048, with and without lengths + reverse
+    num_warps = 4 if G == 1 and elem_bytes < 4 else NUM_WARPS
+    return Blocks(block_b, units, chunk_k, triton.cdiv(G * H, chunk_k), triton.cdiv(H, units),
+                  num_warps)
 
 
 def fits_on_chip(B, H, G, n_programs_max, elem_bytes=4):
@@ -253,7 +259,7 @@ def _launch(cell, T, B, H, lengths, reverse, args, blocks):
         dgx, dgh, w_hh, ws, dy, y, h0, c0, carry, dc, hprev, dh0, lengths, counter, T, B, H,
         CELL=cell, HAS_LENGTHS=lengths is not None, REVERSE=bool(reverse), USE_SEM=True,
         PRECISION=dot_precision(torch.float32), BLOCK_B=blocks.block_b, UNITS=blocks.units,
-        CHUNK_K=blocks.chunk_k, NCHUNK=blocks.n_chunks, num_warps=NUM_WARPS)
+        CHUNK_K=blocks.chunk_k, NCHUNK=blocks.n_chunks, num_warps=blocks.num_warps)
 
 
 def _run_persistent(cell, T, B, H, P, lengths, reverse, args, proj, blocks):
@@ -322,7 +328,7 @@ def sm90_configs(n_programs_max=SM90_PROGRAMS, shapes=None, cells=("lstm", "gru"
                                     USE_SEM=True, PRECISION=dot_precision(torch.float32),
                                     BLOCK_B=blocks.block_b, UNITS=blocks.units,
                                     CHUNK_K=blocks.chunk_k, NCHUNK=blocks.n_chunks,
-                                    num_warps=NUM_WARPS)))
+                                    num_warps=blocks.num_warps)))
     return out
 
 

@@ -234,6 +234,21 @@ def test_persistent_blocking_on_h100(cell, elem_bytes):
     assert not rp.fits_on_chip(16, 4096, G, H100_SMS, elem_bytes)     # w_hh too large
 
 
+def test_persistent_tf32_float32_slices_take_narrower_chunks(monkeypatch):
+    """SEQCORE_TF32=1: a float32 slice of 8 or more 128-wide chunks (the Elman cell at
+    H = 1024) spilled on sm_90 and takes 64-wide ones; shorter slices and "ieee" dots keep
+    128."""
+    from seqcore.kernels import rnn_persistent as rp
+
+    monkeypatch.delenv("SEQCORE_TF32", raising=False)
+    assert rp.persistent_blocks(8, 1024, 1, H100_SMS, 4)[2:4] == (128, 8)
+    monkeypatch.setenv("SEQCORE_TF32", "1")
+    assert rp.persistent_blocks(8, 1024, 1, H100_SMS, 4)[2:4] == (64, 16)
+    assert rp.fits_on_chip(8, 1024, 1, H100_SMS, 4)
+    assert rp.persistent_blocks(8, 512, 4, H100_SMS, 4)[2:4] == (128, 4)
+    assert rp.persistent_blocks(8, 1024, 1, H100_SMS, 2)[2] > 64   # half precision: as it was
+
+
 # (T, B, I, H) of the one-program persistent blocking (n_programs_max = 1: the interpreter can
 # run it): a batch of 64 and a non-power-of-two one of 37, odd H, K-chunked (H over several
 # CHUNK_K) or not

@@ -311,8 +311,11 @@ def test_half_precision_limits_on_h100():
     """float16/bfloat16 w_hh (the slice in its own 2 bytes, 256-wide dGh chunks at 16 rows):
     on 132 SMs the LSTM runs persistent up to H = 1024, the GRU up to H = 1360, the Elman cell
     up to H = 2112, all at B <= 16 with 16 units per program; float32 keeps its limits."""
-    assert persistent_bwd_blocks(16, 1024, 4, 132, 2) == (16, 16, 256, 16, 64)
-    assert persistent_bwd_blocks(16, 1024, 4, 132) == (16, 16, 128, 32, 64)
+    assert persistent_bwd_blocks(16, 1024, 4, 132, 2) == (16, 16, 256, 16, 64, 8)
+    assert persistent_bwd_blocks(16, 1024, 4, 132) == (16, 16, 128, 32, 64, 8)
+    # the Elman cell's half-precision slice at 4 warps (8 spilled on sm_90), float32 at 8
+    assert persistent_bwd_blocks(16, 512, 1, 132, 2) == (16, 16, 256, 2, 32, 4)
+    assert persistent_bwd_blocks(16, 512, 1, 132, 4).num_warps == 8
     for B in (1, 8, 16):
         for H in (256, 512, 768, 1024):
             for G in (4, 3, 1):
@@ -332,8 +335,8 @@ def test_half_precision_limits_on_h100():
 def test_one_program_blocking():
     """n_programs_max = 1 (the interpreter): one program owns every unit; fits only while its
     w_hh (all of it) stays within the limits."""
-    assert persistent_bwd_blocks(5, 40, 4, 1) == (16, 64, 128, 2, 1)
-    assert persistent_bwd_blocks(1, 24, 1, 1) == (16, 32, 32, 1, 1)
+    assert persistent_bwd_blocks(5, 40, 4, 1) == (16, 64, 128, 2, 1, 8)
+    assert persistent_bwd_blocks(1, 24, 1, 1) == (16, 32, 32, 1, 1, 8)
     assert fits_on_chip(5, 40, 4, 1) and fits_on_chip(1, 24, 3, 1)
     assert not fits_on_chip(5, 65, 4, 1)   # 128 units: a 16 x 128 tile is over MAX_ACC
     assert not rnn_persistent_bwd.runs_persistent(1, 24, 4, torch.device("cpu"), has_proj=True)
