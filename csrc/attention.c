@@ -408,6 +408,23 @@ static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
 /* Visible keys [lo[r], hi[r]) of the block's rows within the tile (NULL: all of them). */
 typedef struct { int64_t lo[FR], hi[FR]; } row_bands;
 
+/* acc[r][c] += sum over k < K of a[r * lda + k] * panel[k * KPASS + c * VF .. + VF], for the
+ * block's FR rows and nv (a constant at each call) of the panel's NKV vectors: the register
+ * block product of both passes (scores: q rows times a key panel; P V: P rows times a value
+ * panel). */
+static inline __attribute__((always_inline)) void fast_panel_product_f32(
+        vf acc[FR][NKV], const float *restrict a, int64_t lda, const float *restrict panel,
+        int64_t K, const int nv) {
+    for (int64_t kk = 0; kk < K; kk++) {
+        vf b[NKV];
+        for (int c = 0; c < nv; c++) b[c] = vf_load(panel + kk * KPASS + c * VF);
+        for (int r = 0; r < FR; r++) {
+            vf x = vf_set1(a[r * lda + kk]);
+            for (int c = 0; c < nv; c++) acc[r][c] = vf_fma(x, b[c], acc[r][c]);
+        }
+    }
+}
+
 /* Scores of keys c0 .. c0 + nv VF for the block's FR rows: qb (FR x D) times the pass's
  * panel of kt, masked to each row's band, into s (FR x BKF). nv (1 .. NKV vectors, a
  * constant at each call) narrows a tile's last pass to the keys it has. */
@@ -417,15 +434,7 @@ static inline __attribute__((always_inline)) void fast_scores_f32(
     vf acc[FR][NKV];
     for (int r = 0; r < FR; r++)
         for (int c = 0; c < nv; c++) acc[r][c] = vf_zero();
-    const float *panel = kt + c0 * D;
-    for (int64_t kk = 0; kk < D; kk++) {
-        vf b[NKV];
-        for (int c = 0; c < nv; c++) b[c] = vf_load(panel + kk * KPASS + c * VF);
-        for (int r = 0; r < FR; r++) {
-            vf a = vf_set1(qb[r * D + kk]);
-            for (int c = 0; c < nv; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
-        }
-    }
+    fast_panel_product_f32(acc, qb, D, kt + c0 * D, D, nv);
     const vf neg_inf = vf_set1(-INFINITY);
     for (int r = 0; r < FR; r++)
         for (int c = 0; c < nv; c++) {
@@ -497,15 +506,7 @@ static inline __attribute__((always_inline)) void fast_pv_f32(
         vf a = vf_set1(alpha[r]);
         for (int c = 0; c < NKV; c++) acc[r][c] = vf_mul(vf_load(ob + r * dvp + c0 + c * VF), a);
     }
-    const float *panel = vt + c0 * BKF;
-    for (int64_t kk = 0; kk < nk; kk++) {
-        vf b[NKV];
-        for (int c = 0; c < NKV; c++) b[c] = vf_load(panel + kk * KPASS + c * VF);
-        for (int r = 0; r < FR; r++) {
-            vf a = vf_set1(pb[r * BKF + kk]);
-            for (int c = 0; c < NKV; c++) acc[r][c] = vf_fma(a, b[c], acc[r][c]);
-        }
-    }
+    fast_panel_product_f32(acc, pb, BKF, vt + c0 * BKF, nk, NKV);
     for (int r = 0; r < FR; r++)
         for (int c = 0; c < NKV; c++) vf_store(ob + r * dvp + c0 + c * VF, acc[r][c]);
 }
