@@ -278,10 +278,10 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
  * exp2 (one multiply fewer per score); m is then a base-2 max and lse = m ln2 + log(l).
  * K and V are packed once per call into BKF-key tiles, tile t of sequence s being tile
  * tile_base[s] + t. A key tile is BKF / KPASS panels of D x KPASS (transposed: the KPASS
- * keys of one pass side by side); a
- * value tile is dvp / KPASS panels of BKF x KPASS (zero past Dv). So each pass streams one
- * contiguous panel (a P V pass read V in place, Dv apart: packed, 1.00-1.05x at one
- * thread on Zen 4, AVX2 and AVX-512, with the key panels). */
+ * keys of one pass side by side); a value tile is dvp / KPASS panels of BKF x KPASS (zero
+ * past Dv). So each pass streams one contiguous panel (a P V pass read V in place, Dv
+ * apart: packed, 1.00-1.05x at one thread on Zen 4, AVX2 and AVX-512, with the key
+ * panels). */
 
 /* Keys per tile: with AVX2, 32 (a D64 head's K and V tiles, 8 KB each, stay in a 32 KB L1
  * together: 3-5% faster than 64 at D64 and D128 on Zen 3, both built into one process and
