@@ -1041,14 +1041,17 @@ def _eager_inference(*tensors):
     return _untraced(*tensors) and not _needs_grad(*tensors)
 
 
-def _op_for(op, *tensors):
+def _op_for(op, *tensors, grad=None):
     """What runs one call of forward op `op` on these tensors: its body when nothing traces the
     call and it needs no autograd, its eager autograd.Function (_register_autograd) when it
-    needs gradients, else (torch.compile, export, functorch, tensor subclasses) the op."""
+    needs gradients, else (torch.compile, export, functorch, tensor subclasses) the op.
+    grad: _needs_grad(*tensors) when the caller has it already (None: computed here)."""
     if not _untraced(*tensors):
         return op
     body, with_grad = _EAGER[op]
-    return with_grad if _needs_grad(*tensors) else body
+    if grad is None:
+        grad = _needs_grad(*tensors)
+    return with_grad if grad else body
 
 
 def attention(q4, k4, v4, bias4, p, backend):
@@ -1079,7 +1082,7 @@ def attention_kvcache(q, k_cache, v_cache, k_new, v_new, lens, table, p, backend
 def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend, w_hr=None):
     """(y, h_n, c_n) for one LSTM layer; x is (T, B, I); w_hr: the projection, or None."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
-    op = _op_for(lstm_fwd, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
+    op = _op_for(lstm_fwd, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, grad=need_ws)
     y, h_n, c_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, need_ws, backend,
                         w_hr)
     return y, h_n, c_n
@@ -1088,7 +1091,7 @@ def lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, backend, w_hr=None
 def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, lengths, reverse, backend):
     """(y, h_n) for one Elman RNN layer; x is (T, B, I)."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
-    op = _op_for(rnn_fwd, x, w_ih, w_hh, b_ih, b_hh, h0)
+    op = _op_for(rnn_fwd, x, w_ih, w_hh, b_ih, b_hh, h0, grad=need_ws)
     y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, nonlinearity, need_ws,
                    backend)
     return y, h_n
@@ -1097,6 +1100,6 @@ def rnn(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity, lengths, reverse, backend):
 def gru(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, backend):
     """(y, h_n) for one GRU layer; x is (T, B, I)."""
     need_ws = _needs_grad(x, w_ih, w_hh, b_ih, b_hh, h0)
-    op = _op_for(gru_fwd, x, w_ih, w_hh, b_ih, b_hh, h0)
+    op = _op_for(gru_fwd, x, w_ih, w_hh, b_ih, b_hh, h0, grad=need_ws)
     y, h_n, _ = op(x, w_ih, w_hh, b_ih, b_hh, h0, lengths, reverse, need_ws, backend)
     return y, h_n
