@@ -86,12 +86,15 @@ def attention_fwd(q, k, v, bias, p, alloc=None):
     return out, lse
 
 
-def attention_bwd(dout, q, k, v, bias, out, lse, p, need_dbias):
+def attention_bwd(dout, q, k, v, bias, out, lse, p, need_dbias, alloc=None):
+    """alloc: as attention_fwd's (CPU tensors read in place, no bias, no dbias)."""
     B, Hq, Sq, D = q.shape
     _, Hkv, Sk, Dv = v.shape
-    bias = _bias_view(bias, q.dtype)
-    dout, q, k, v, out, lse = _contiguous(q.dtype, dout, q, k, v, out, lse)
-    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    if alloc is None:
+        bias = _bias_view(bias, q.dtype)
+        dout, q, k, v, out, lse = _contiguous(q.dtype, dout, q, k, v, out, lse)
+        alloc = _c.numpy_alloc(q.dtype)
+    dq, dk, dv = alloc(q.shape), alloc(k.shape), alloc(v.shape)
     dbias = np.empty((B, Hq, Sq, Sk), dtype=q.dtype) if need_dbias else None
     prob = _problem(p, B, Hq, Hkv, Sq, Sk, D, Dv, bias=bias)
     ptr = _c.ptr

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqcore import _backends
+from seqcore import _arrays, _backends
 from seqcore import _validate as V
 from seqcore._problem import AttnParams
 
@@ -89,6 +89,17 @@ def _run_backend(backend, family, fn_name, tensors, extra, device, **kwargs):
     arrays = [_to_backend(backend, t) for t in tensors]
     results = getattr(_backends.module(backend, family), fn_name)(*arrays, *extra, **kwargs)
     return results, _Outputs(arrays, device)
+
+
+def _direct_alloc(backend, tensors):
+    """The allocator of results (shape -> CPU tensor) when the C kernels can read `tensors` in
+    place (_arrays.direct_tensor_alloc: plain contiguous CPU float32/float64 tensors of one
+    dtype, nothing traced, no autograd around the body: inside an autograd.Function's forward
+    or backward), else None. Its results are fresh tensors, so the NumPy views and _Outputs'
+    alias checks are skipped: ~60 us of an eager training call's forward and backward."""
+    if backend != "c" or _backends._C_STATUS:
+        return None
+    return _arrays.direct_tensor_alloc(tensors)
 
 
 def _empty(like, dtype=None):
@@ -238,24 +249,33 @@ def _check_rnn_grads_in(op, T, B, H, dy, finals, y, ws, ws_gates, P=None):
         _shape(op, "ws", ws, T, B, ws_gates * H)
 
 
-def _checked_op(name, body, check, mutates_args=()):
-    """body registered as seqcore::<name>, its arguments checked first (check takes the same
-    parameters). The API's eager path calls body itself: it has validated already."""
+def _with_check(body, check):
+    """body with its arguments checked first (check takes the same parameters)."""
     @functools.wraps(body)
     def op(*args, **kwargs):
         check(*args, **kwargs)
         return body(*args, **kwargs)
 
-    return torch.library.custom_op(f"seqcore::{name}", mutates_args=mutates_args)(op)
+    return op
+
+
+def _checked_op(name, body, check, mutates_args=()):
+    """body registered as seqcore::<name>, its arguments checked first. The API's eager path
+    calls body itself: it has validated already."""
+    return torch.library.custom_op(f"seqcore::{name}", mutates_args=mutates_args)(
+        _with_check(body, check))
 
 
 _EAGER = {}  # forward op -> (its body, an autograd.Function's apply around the body)
 _BACKWARD_BODIES = {}  # backward op -> its body
 
 
-def _backward_op(name, body):
-    """body registered as seqcore::<name>, a backward op (no autograd formula of its own)."""
-    op = torch.library.custom_op(f"seqcore::{name}", mutates_args=())(body)
+def _backward_op(name, body, check=None):
+    """body registered as seqcore::<name>, a backward op (no autograd formula of its own), its
+    arguments checked first when check is given; an eager backward calls body itself (its
+    inputs are what the forward took and made: ~10 us of checks saved a call)."""
+    op = torch.library.custom_op(f"seqcore::{name}", mutates_args=())(
+        body if check is None else _with_check(body, check))
     _BACKWARD_BODIES[op] = body
     return op
 
@@ -435,6 +455,9 @@ def _attention_fwd_body(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                   dropout_p: float, dropout_seed: int, backend: str) -> tuple[Tensor, Tensor]:
     """out (B, Hq, Sq, Dv) in q's dtype, lse (B, Hq, Sq) float32 (float64 for float64 q)."""
     p = _params(scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed)
+    alloc = None if bias is not None else _direct_alloc(backend, (q, k, v))
+    if alloc is not None:
+        return _backends.module("c", "attention").attention_fwd(q, k, v, None, p, alloc=alloc)
     (out, lse), outs = _run_backend(backend, "attention", "attention_fwd",
                                     _contig(q, k, v) + [bias], (p,), q.device)
     return outs.tensor(out, q.dtype), outs.tensor(lse, _acc_dtype(q.dtype))
@@ -456,18 +479,27 @@ def _attention_bwd_body(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Opt
                         dropout_seed: int, backend: str,
                         need_dbias: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dq, dk, dv, dbias): dbias full (B, Hq, Sq, Sk) in bias's dtype when need_dbias, else (0,)."""
-    _check_attention("attention_bwd", q, k, v, bias)
-    _check_grads_in("attention_bwd", dout, out, lse, q.shape[:3], v.shape[3])
-    _check_dropout("attention_bwd", dropout_p, dropout_seed)
     p = _params(scale, window_left, window_right, softcap, causal, dropout_p, dropout_seed)
     tensors = _contig(dout, q, k, v) + [bias] + _contig(out, lse)
+    alloc = None if bias is not None else _direct_alloc(backend, tensors)
+    if alloc is not None:
+        dq, dk, dv, _ = _backends.module("c", "attention").attention_bwd(
+            *tensors, p, False, alloc=alloc)
+        return dq, dk, dv, _empty(q)
     (dq, dk, dv, dbias), outs = _run_backend(backend, "attention", "attention_bwd", tensors,
                                              (p, need_dbias), q.device)
     dbias = outs.tensor(dbias, bias.dtype) if need_dbias else _empty(q)
     return outs.tensor(dq, q.dtype), outs.tensor(dk, k.dtype), outs.tensor(dv, v.dtype), dbias
 
 
-attention_bwd = _backward_op("attention_bwd", _attention_bwd_body)
+def _check_attention_bwd(dout, q, k, v, bias, out, lse, scale, window_left, window_right,
+                         softcap, causal, dropout_p, dropout_seed, backend, need_dbias):
+    _check_attention("attention_bwd", q, k, v, bias)
+    _check_grads_in("attention_bwd", dout, out, lse, q.shape[:3], v.shape[3])
+    _check_dropout("attention_bwd", dropout_p, dropout_seed)
+
+
+attention_bwd = _backward_op("attention_bwd", _attention_bwd_body, _check_attention_bwd)
 
 
 @attention_bwd.register_fake
