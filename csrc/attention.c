@@ -463,18 +463,31 @@ static inline __attribute__((always_inline)) int64_t fast_scores_all_f32(
     return round_up(nk, VF);
 }
 
+/* How far (base 2) a row's scores may rise above the max its P are taken against before
+ * that max moves: P = 2^(s - m) then stays below 2^8, far inside float's range, and a row's
+ * O and l are rescaled only when its max jumps by a factor of 256, nearly never after the
+ * first tile (FlashAttention-4's lazy rescaling; the result is the same: lse = m ln2 +
+ * log l holds for any m the row kept). Most blocks then skip alpha's exp2 and O's rescale. */
+#define LAZY_RESCALE 8.0f
+
 /* The online softmax of one row of nkp scores (base 2; masked ones -inf): s <- P in place
  * (with dropout: P, zero where dropped; l sums P before dropout); returns the factor
- * alpha = 2^(m_old - m_new) the row's O and l are to be scaled by. */
+ * alpha = 2^(m_old - m_new) the row's O and l are to be scaled by (1: m kept). */
 static inline __attribute__((always_inline)) float fast_softmax_row_f32(
         float *restrict s, int64_t nkp, float *restrict m, float *restrict l,
         const fast_dropout *drop, int r) {
     vf mx = vf_load(s);
     for (int64_t j = VF; j < nkp; j += VF) mx = vf_max(mx, vf_load(s + j));
-    float m_old = *m, m_new = vf_reduce_max(mx);
-    m_new = m_new > m_old ? m_new : m_old;
+    float m_old = *m, row_max = vf_reduce_max(mx), alpha = 1.0f;
+    /* (m_old is -inf until a row sees a key: the first finite max is always taken) */
+    if (row_max > m_old + LAZY_RESCALE || (m_old == -INFINITY && row_max > m_old)) {
+        float a[VF];
+        vf_store(a, vf_exp2_nonpos(vf_set1(m_old - row_max)));
+        alpha = a[0];
+        *m = row_max;
+    }
     /* while a row has seen only -inf, subtract 0 so exp gives 0 rather than NaN */
-    float m_use = m_new == -INFINITY ? 0 : m_new;
+    float m_use = *m == -INFINITY ? 0 : *m;
     vf mu = vf_set1(m_use), sum = vf_zero();
     for (int64_t j = 0; j < nkp; j += VF) {
         vf pr = vf_exp2_nonpos(vf_sub(vf_load(s + j), mu));
@@ -485,26 +498,22 @@ static inline __attribute__((always_inline)) float fast_softmax_row_f32(
             vf_store(s + j, pr);
         sum = vf_add(sum, pr);
     }
-    float alpha = 1.0f;
-    if (m_new > m_old) {
-        float a[VF];
-        vf_store(a, vf_exp2_nonpos(vf_set1(m_old - m_use)));
-        alpha = a[0];
-    }
-    *m = m_new;
     *l = *l * alpha + vf_reduce_add(sum);
     return alpha;
 }
 
 /* O columns c0 .. c0 + KPASS of the block: alpha O + P V over the tile's nk keys, from the
- * value tile's panel of those columns. */
+ * value tile's panel of those columns (alpha NULL: every row's is 1). */
 static inline __attribute__((always_inline)) void fast_pv_f32(
         const float *restrict pb, const float *restrict vt, int64_t nk, int64_t c0,
         const float *alpha, float *restrict ob, int64_t dvp) {
     vf acc[FR][NKV];
     for (int r = 0; r < FR; r++) {
-        vf a = vf_set1(alpha[r]);
-        for (int c = 0; c < NKV; c++) acc[r][c] = vf_mul(vf_load(ob + r * dvp + c0 + c * VF), a);
+        vf a = vf_set1(alpha ? alpha[r] : 1.0f);
+        for (int c = 0; c < NKV; c++) {
+            acc[r][c] = vf_load(ob + r * dvp + c0 + c * VF);
+            if (alpha) acc[r][c] = vf_mul(acc[r][c], a);
+        }
     }
     fast_panel_product_f32(acc, pb, BKF, vt + c0 * BKF, nk, NKV);
     for (int r = 0; r < FR; r++)
@@ -521,9 +530,15 @@ static inline __attribute__((always_inline)) void fast_block_any_f32(
         const fast_dropout *drop) {
     int64_t nkp = fast_scores_all_f32(qb, D, kt, nk, bands, s);
     float alpha[FR];
-    for (int r = 0; r < FR; r++)
+    int rescale = 0;
+    for (int r = 0; r < FR; r++) {
         alpha[r] = fast_softmax_row_f32(s + r * BKF, nkp, m + r, l + r, drop, r);
-    for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, nk, c0, alpha, ob, dvp);
+        rescale |= alpha[r] != 1.0f;
+    }
+    if (rescale)
+        for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, nk, c0, alpha, ob, dvp);
+    else
+        for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, nk, c0, NULL, ob, dvp);
 }
 
 static void fast_block_f32(

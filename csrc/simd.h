@@ -434,7 +434,8 @@ SIMD_INLINE vf vf_exp(vf x) {
     return vf_mul(p, vf_pow2_magic(t));
 }
 
-/* 2^x for x <= 0 (scores minus their running max, in base 2): 2^n 2^r, n = round(x),
+/* 2^x for x <= 0 (scores minus their running max, in base 2; the fast attention forward
+ * lets them reach LAZY_RESCALE = 8 above it, and any x up to 127 is as exact): 2^n 2^r, n = round(x),
  * |r| <= 1/2, 2^r by its degree-6 Taylor polynomial in r ln2 (relative error < 2e-7);
  * x <= -126.5 (also -inf) gives exactly 0, so masked scores add nothing. */
 SIMD_INLINE vf vf_exp2_nonpos(vf x) {

@@ -329,6 +329,25 @@ def test_short_tiles_ignore_what_the_scratch_holds(rng, causal):
         assert_close(got, ref.attention(q, k, v, causal=causal), "float32", name=f"out S{S}")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_running_max_that_rises_slowly_and_in_jumps(rng, causal):
+    """The fast forward keeps a row's max until its scores rise more than 2^8 above it (lazy
+    rescaling): scores that climb key by key, by less than that within a tile and by more
+    across the sequence, and a late jump far above everything, must give the softmax of the
+    scores as they are; the lse is checked too, as it takes the kept max."""
+    Sq, Sk, D = 70, 300, 16
+    q = np.zeros((1, 2, Sq, D), np.float32)
+    q[..., 0] = 1
+    k = _randn(rng, (1, 2, Sk, D), "float32") * 0.1
+    k[..., 0] = np.linspace(0, 60, Sk)                  # base-2 scores up to ~87: many jumps
+    k[:, 1, 250, 0] = 200                               # one key far above the rest
+    v = _randn(rng, (1, 2, Sk, D), "float32")
+    out, lse = seqcore.attention(q, k, v, causal=causal, scale=1.0, return_lse=True, backend="c")
+    want, want_lse = ref.attention(q, k, v, causal=causal, scale=1.0, return_lse=True)
+    assert_close(out, want, "float32", name="out")
+    assert_close(lse, want_lse, "float32", name="lse")
+
+
 def test_invalid_problems_return_minus_one(rng):
     lib, ffi = _c.load()
     q = np.zeros((1, 2, 4, 8), np.float32)
