@@ -243,7 +243,7 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
 #define VMATH 1
 #define NR NR_F32
 #define EXP simd_expf
-#define TANH tanhf
+#define TANH simd_tanhf
 #define LOG logf
 #define MADD MADD_F32
 #define RN(name) name##_f32
@@ -266,11 +266,12 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
 
 /* ---------------------------------------------------------------- forward, fast path
  *
- * The common case (float, no bias, no softcap), written once on the ISA level's vectors:
+ * Float (a bias's key stride 0 or 1), written once on the ISA level's vectors:
  * per block of FR query rows and key tile of BKF keys,
  *   1. S = Q K^T in passes of NKV vectors of keys (FR x NKV accumulators in registers:
  *      6 x 4 zmm with AVX-512, two passes over 128 keys; 6 x 2 ymm with AVX2, two over
- *      32), the band mask applied as a pass stores its scores to the block's L1 buffer;
+ *      32), softcap, bias and band mask applied as a pass stores its scores to the block's
+ *      L1 buffer (a scalar tanhf per score made a softcapped forward 6x slower);
  *   2. the online softmax on each row of the buffer (base-2 max, exp2, running sum);
  *   3. O = alpha O + P V in passes of NKV vectors of Dv, the block's O in registers.
  * Per key tile, every FR-row block of the BQF-row query task reuses the key and value tiles
@@ -408,6 +409,28 @@ static int fast_scratch_alloc_f32(fast_scratch_f32 *w, int64_t D, int64_t dvp) {
 /* Visible keys [lo[r], hi[r]) of the block's rows within the tile (NULL: all of them). */
 typedef struct { int64_t lo[FR], hi[FR]; } row_bands;
 
+/* What a block's scores get before the band mask (NULL: nothing), in base 2 as the scores
+ * are (q carries scale * log2(e)): softcap's cap2 tanh(s / cap2), cap2 = softcap * log2(e)
+ * (0: none), then the bias times log2(e). The order of score_row_fixups. */
+typedef struct {
+    float cap2, inv_cap2;
+    const float *bias_row[FR];  /* the block's rows at the tile's first key (NULL: no bias);
+                                 * rows past the last query repeat the last one's */
+    int64_t bias_step;          /* along keys: 1, or 0 (one value per row) */
+    int64_t nk;                 /* the tile's keys: bias lanes past them are not read */
+} score_mods;
+
+static inline __attribute__((always_inline)) vf fast_score_mods_f32(const score_mods *sm, int r,
+                                                                    int64_t lane0, vf v) {
+    if (sm->cap2 > 0) v = vf_mul(vf_set1(sm->cap2), vf_tanh(vf_mul(v, vf_set1(sm->inv_cap2))));
+    if (sm->bias_row[0]) {
+        const float *b = sm->bias_row[r];
+        vf bv = sm->bias_step ? vf_load_n(b + lane0, sm->nk - lane0) : vf_set1(b[0]);
+        v = vf_fma(bv, vf_set1(1.4426950408889634f), v);
+    }
+    return v;
+}
+
 /* acc[r][c] += sum over k < K of a[r * lda + k] * panel[k * KPASS + c * VF .. + VF], for the
  * block's FR rows and nv (a constant at each call) of the panel's NKV vectors: the register
  * block product of both passes (scores: q rows times a key panel; P V: P rows times a value
@@ -426,11 +449,12 @@ static inline __attribute__((always_inline)) void fast_panel_product_f32(
 }
 
 /* Scores of keys c0 .. c0 + nv VF for the block's FR rows: qb (FR x D) times the pass's
- * panel of kt, masked to each row's band, into s (FR x BKF). nv (1 .. NKV vectors, a
- * constant at each call) narrows a tile's last pass to the keys it has. */
+ * panel of kt, softcapped and biased (mods), masked to each row's band, into s (FR x BKF).
+ * nv (1 .. NKV vectors, a constant at each call) narrows a tile's last pass to the keys it
+ * has. */
 static inline __attribute__((always_inline)) void fast_scores_f32(
         const float *restrict qb, int64_t D, const float *restrict kt, int64_t c0,
-        const row_bands *bands, float *restrict s, const int nv) {
+        const score_mods *mods, const row_bands *bands, float *restrict s, const int nv) {
     vf acc[FR][NKV];
     for (int r = 0; r < FR; r++)
         for (int c = 0; c < nv; c++) acc[r][c] = vf_zero();
@@ -439,6 +463,7 @@ static inline __attribute__((always_inline)) void fast_scores_f32(
     for (int r = 0; r < FR; r++)
         for (int c = 0; c < nv; c++) {
             vf v = acc[r][c];
+            if (mods) v = fast_score_mods_f32(mods, r, c0 + c * VF, v);
             if (bands) {
                 int64_t lane0 = c0 + c * VF;
                 v = vf_select(vmask_lanes(bands->lo[r] - lane0, bands->hi[r] - lane0), v, neg_inf);
@@ -453,13 +478,14 @@ static inline __attribute__((always_inline)) void fast_scores_f32(
  * scored: nk rounded up to whole vectors. */
 static inline __attribute__((always_inline)) int64_t fast_scores_all_f32(
         const float *restrict qb, int64_t D, const float *restrict kt, int64_t nk,
-        const row_bands *bands, float *restrict s) {
+        const score_mods *mods, const row_bands *bands, float *restrict s) {
     int64_t c0 = 0;
-    for (; nk - c0 > (NKV - 1) * VF; c0 += KPASS) fast_scores_f32(qb, D, kt, c0, bands, s, NKV);
+    for (; nk - c0 > (NKV - 1) * VF; c0 += KPASS)
+        fast_scores_f32(qb, D, kt, c0, mods, bands, s, NKV);
     int64_t nv = cdiv(nk - c0, VF);  /* (0 .. NKV - 1 vectors left) */
-    if (NKV > 3 && nv == 3) fast_scores_f32(qb, D, kt, c0, bands, s, 3);
-    if (NKV > 2 && nv == 2) fast_scores_f32(qb, D, kt, c0, bands, s, 2);
-    if (nv == 1) fast_scores_f32(qb, D, kt, c0, bands, s, 1);
+    if (NKV > 3 && nv == 3) fast_scores_f32(qb, D, kt, c0, mods, bands, s, 3);
+    if (NKV > 2 && nv == 2) fast_scores_f32(qb, D, kt, c0, mods, bands, s, 2);
+    if (nv == 1) fast_scores_f32(qb, D, kt, c0, mods, bands, s, 1);
     return round_up(nk, VF);
 }
 
@@ -522,13 +548,13 @@ static inline __attribute__((always_inline)) void fast_pv_f32(
 
 /* One FR-row block against one key tile: scores, online softmax, O += P V. A short tile
  * (the last of a sequence) computes only the passes its nk keys need. Written once, compiled
- * twice: without dropout (drop NULL) and with. */
+ * twice: the plain block (no score mods, no dropout) and the one with either or both. */
 static inline __attribute__((always_inline)) void fast_block_any_f32(
         const float *restrict qb, int64_t D, const float *restrict kt, const float *restrict vt,
-        int64_t nk, int64_t dvp, const row_bands *bands,
+        int64_t nk, int64_t dvp, const score_mods *mods, const row_bands *bands,
         float *restrict m, float *restrict l, float *restrict ob, float *restrict s,
         const fast_dropout *drop) {
-    int64_t nkp = fast_scores_all_f32(qb, D, kt, nk, bands, s);
+    int64_t nkp = fast_scores_all_f32(qb, D, kt, nk, mods, bands, s);
     float alpha[FR];
     int rescale = 0;
     for (int r = 0; r < FR; r++) {
@@ -545,21 +571,22 @@ static void fast_block_f32(
         const float *restrict qb, int64_t D, const float *restrict kt, const float *restrict vt,
         int64_t nk, int64_t dvp, const row_bands *bands,
         float *restrict m, float *restrict l, float *restrict ob, float *restrict s) {
-    fast_block_any_f32(qb, D, kt, vt, nk, dvp, bands, m, l, ob, s, NULL);
+    fast_block_any_f32(qb, D, kt, vt, nk, dvp, NULL, bands, m, l, ob, s, NULL);
 }
 
-static void fast_block_dropout_f32(
+static void fast_block_general_f32(
         const float *restrict qb, int64_t D, const float *restrict kt, const float *restrict vt,
-        int64_t nk, int64_t dvp, const row_bands *bands,
+        int64_t nk, int64_t dvp, const score_mods *mods, const row_bands *bands,
         float *restrict m, float *restrict l, float *restrict ob, float *restrict s,
         const fast_dropout *drop) {
-    fast_block_any_f32(qb, D, kt, vt, nk, dvp, bands, m, l, ob, s, drop);
+    fast_block_any_f32(qb, D, kt, vt, nk, dvp, mods, bands, m, l, ob, s, drop);
 }
 
 /* Output rows i0 .. i0 + BQF of (sequence sq, query head h), fast path. */
 static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, const float *q,
-                          const float *kp, const int64_t *base, const float *vp, float *out,
-                          float *lse, int64_t sq, int64_t h, int64_t i0, fast_scratch_f32 *w) {
+                          const float *kp, const int64_t *base, const float *vp,
+                          const float *bias, float *out, float *lse, int64_t sq, int64_t h,
+                          int64_t i0, fast_scratch_f32 *w) {
     int64_t hk = h / (p->Hq / p->Hkv);
     seq_rows qr = q_rows(p, sq, h), kr = k_rows(p, sq, hk);
     if (i0 >= qr.len) return;
@@ -576,6 +603,12 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
     if (o->dropout)
         for (int64_t r = 0; r < mq; r++)
             w->rows[r] = dropout_row_of(&o->gen, g, (uint32_t)(i0 + r));
+    score_mods sm = {0}, *mods = bias || o->softcap > 0 ? &sm : NULL;
+    if (o->softcap > 0) {
+        sm.cap2 = (float)(o->softcap * 1.4426950408889634);
+        sm.inv_cap2 = 1 / sm.cap2;
+    }
+    sm.bias_step = p->bias_strides[3];
     const float *kp_head = kp + (hk * base[p->n_seq] + base[sq]) * D * BKF;
     const float *vp_head = vp + (hk * base[p->n_seq] + base[sq]) * BKF * dvp;
     int64_t j_begin = band_lo(&bd, i0), j_end = band_hi(&bd, i0 + nq - 1);
@@ -605,11 +638,15 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
                 nk = max64(nk, rb.hi[r]);
             }
             if (nk <= 0) continue;  /* (no row sees a key: as the skip above) */
-            if (o->dropout) {
+            if (o->dropout || mods) {
+                sm.nk = t.nk;
+                for (int r = 0; bias && r < FR; r++)
+                    sm.bias_row[r] = bias + bias_offset(p, sq, h, i0 + min64(r0 + r, nq - 1))
+                                     + j0 * sm.bias_step;
                 fast_dropout drop = {&o->gen, &w->keys, w->rows + r0};
-                fast_block_dropout_f32(w->q + r0 * D, D, kt, vt, nk, dvp,
+                fast_block_general_f32(w->q + r0 * D, D, kt, vt, nk, dvp, mods,
                                        masked ? &rb : NULL, w->m + r0, w->l + r0,
-                                       w->o + r0 * dvp, w->s, &drop);
+                                       w->o + r0 * dvp, w->s, o->dropout ? &drop : NULL);
             } else {
                 fast_block_f32(w->q + r0 * D, D, kt, vt, nk, dvp, masked ? &rb : NULL,
                                w->m + r0, w->l + r0, w->o + r0 * dvp, w->s);
@@ -630,7 +667,7 @@ static void fast_tile_f32(const seqcore_attn_problem *p, const attn_opts *o, con
 /* The fast forward; returns -3 when it does not apply (the caller takes the general path). */
 static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const float *k,
                         const float *v, const float *bias, float *out, float *lse) {
-    if (bias || p->softcap > 0) return -3;
+    if (bias && p->bias_strides[3] != 0 && p->bias_strides[3] != 1) return -3;
     attn_opts o = make_opts(p);
     int64_t n_tiles = cdiv(p->Sq, BQF), n_heads = p->n_seq * p->Hq, n_tasks = n_heads * n_tiles;
     int64_t dvp = round_up(p->Dv, KPASS);
@@ -662,8 +699,8 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
             if (!ok) continue;
             /* heavy (last, under a causal mask) query tiles first, as in the general path */
             int64_t tile = n_tiles - 1 - task / n_heads, seq_head = task % n_heads;
-            fast_tile_f32(p, &o, q, kp, base, vp, out, lse, seq_head / p->Hq, seq_head % p->Hq,
-                          tile * BQF, &w);
+            fast_tile_f32(p, &o, q, kp, base, vp, bias, out, lse, seq_head / p->Hq,
+                          seq_head % p->Hq, tile * BQF, &w);
         }
         seqcore_scratch_give(w.block);
     }
@@ -771,7 +808,17 @@ static void RN(score_row_fixups)(real *restrict s, real *restrict tanh_out, cons
                                  const real *restrict bias_row, int64_t bias_stride) {
     if (o->softcap > 0) {
         real cap = (real)o->softcap, inv_cap = (real)(1 / o->softcap);
-        for (int64_t j = lo; j < hi; j++) {
+        int64_t j = lo;
+#if VMATH
+        /* the vector tanh of simd.h (a libm call per score was most of a softcapped
+         * backward) */
+        for (; j + VL <= hi; j += VL) {
+            VEC th = V(tanh)(V(mul)(V(load)(s + j), V(set1)(inv_cap)));
+            if (tanh_out) V(store)(tanh_out + j, th);
+            V(store)(s + j, V(mul)(V(set1)(cap), th));
+        }
+#endif
+        for (; j < hi; j++) {
             real th = TANH(s[j] * inv_cap);
             if (tanh_out) tanh_out[j] = th;
             s[j] = cap * th;

@@ -472,5 +472,10 @@ SIMD_INLINE float simd_expf(float x) {
     vf_store(out, vf_exp(vf_set1(x)));
     return out[0];
 }
+SIMD_INLINE float simd_tanhf(float x) {
+    float out[VF];
+    vf_store(out, vf_tanh(vf_set1(x)));
+    return out[0];
+}
 
 #endif

@@ -50,6 +50,10 @@ def _bias(rng, kind, B, Hq, Sq, Sk, dtype):
         return _randn(rng, (B, 1, Sq, Sk), dtype)        # broadcast over heads
     if kind == "keys":
         return _randn(rng, (Sk,), dtype)                  # one row for every query (ALiBi-like)
+    if kind == "rows":
+        return _randn(rng, (B, Hq, Sq, 1), dtype)        # one value per query (key stride 0)
+    if kind == "transposed":                              # a view: key stride Sq, not 1
+        return np.swapaxes(_randn(rng, (B, Hq, Sk, Sq), dtype), -1, -2)
     if kind == "padding":
         mask = np.zeros((B, 1, Sq, Sk), dtype)
         mask[..., Sk // 2:] = -np.inf                     # padded keys
@@ -148,11 +152,22 @@ def test_forward(rng, shape, opts, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bias_kind", ["full", "batch", "heads", "keys", "padding"])
+@pytest.mark.parametrize("bias_kind", ["full", "batch", "heads", "keys", "rows", "transposed",
+                                       "padding"])
 @pytest.mark.parametrize("opts", [dict(), dict(causal=True, softcap=3.0), dict(window=(7, 7))],
                          ids=["plain", "causal_softcap", "window"])
 def test_forward_bias(rng, bias_kind, opts, dtype):
     _check_forward(rng, (2, 4, 2, 37, 71, 20, 12), dtype, bias_kind=bias_kind, **opts)
+
+
+@pytest.mark.parametrize("bias_kind", ["full", "rows", "padding"])
+@pytest.mark.parametrize("opts", [dict(), dict(causal=True), dict(softcap=5.0),
+                                  dict(causal=True, softcap=2.0, window=(150, -1))],
+                         ids=["plain", "causal", "softcap", "causal_softcap_left150"])
+def test_forward_bias_softcap_over_many_tiles(rng, bias_kind, opts):
+    """Bias and softcap in the fast float forward: several query tasks and key tiles at every
+    ISA level's tile sizes, GQA, a short last tile."""
+    _check_forward(rng, (1, 4, 2, 250, 300, 64, 40), "float32", bias_kind=bias_kind, **opts)
 
 
 @pytest.mark.parametrize("window", [(62, -1), (63, 64), (64, 1), (65, -1), (127, 0), (0, 62),
