@@ -256,7 +256,7 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
 #define VL VD
 #define VMATH 0
 #define NR NR_F64
-#define EXP exp
+#define EXP simd_exp
 #define TANH tanh
 #define LOG log
 #define MADD MADD_F64
@@ -709,7 +709,7 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
     return status;
 }
 
-#else /* ---- template: real, VEC / V(op) / VL (its vectors, simd.h), VMATH (vector exp),
+#else /* ---- template: real, VEC / V(op) / VL (its vectors, simd.h), VMATH (float: vector tanh, masked tails),
        * NR (micro-kernel columns), EXP, TANH, LOG, MADD, RN, FAST_FWD (float only: the fast
        * forward, tried first; -3 when it does not apply) ---- */
 
@@ -880,10 +880,9 @@ static real *RN(transpose_keys)(const seqcore_attn_problem *p, const real *k, in
     return kt;
 }
 
-/* s[j] <- exp(s[j] - sub) for j < n (-inf gives 0); returns their sum. The float levels
- * use the vector exp of simd.h (a libm call per score would not vectorize). */
+/* s[j] <- exp(s[j] - sub) for j < n (-inf gives 0); returns their sum, with the vector exp
+ * of simd.h (a libm call per score would not vectorize: a third of a float64 forward). */
 static real RN(exp_row)(real *restrict s, int64_t n, real sub) {
-#if VMATH
     VEC sum = V(zero)(), mu = V(set1)(sub);
     int64_t j = 0;
     for (; j + VL <= n; j += VL) {
@@ -891,20 +890,17 @@ static real RN(exp_row)(real *restrict s, int64_t n, real sub) {
         V(store)(s + j, pr);
         sum = V(add)(sum, pr);
     }
-    if (j < n) {
+    real tail = 0;
+#if VMATH
+    if (j < n) {  /* (float: one masked vector for the tail) */
         VEC pr = V(exp)(V(sub)(V(load_n)(s + j, n - j), mu));
         V(store_n)(s + j, pr, n - j);
         sum = V(add)(sum, V(select)(vmask_lanes(0, n - j), pr, V(zero)()));
     }
-    return V(reduce_add)(sum);
 #else
-    real sum = 0;
-    for (int64_t j = 0; j < n; j++) {
-        s[j] = EXP(s[j] - sub);
-        sum += s[j];
-    }
-    return sum;
+    for (; j < n; j++) tail += s[j] = EXP(s[j] - sub);  /* (EXP: lane 0 of V(exp)) */
 #endif
+    return V(reduce_add)(sum) + tail;
 }
 
 /* ds[j] <- P[j] (dP[j] - delta): the gradient of the scaled score, from dP = dO V^T. */

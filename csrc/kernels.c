@@ -19,6 +19,13 @@ static void seqcore_vec_math_f32(int fn, int64_t n, const float *x, float *y) {
     }
 }
 
+/* y = exp(x) elementwise with vd_exp (vector body, scalar tail from lane 0). */
+static void seqcore_vec_exp_f64(int64_t n, const double *x, double *y) {
+    int64_t i = 0;
+    for (; i + VD <= n; i += VD) vd_store(y + i, vd_exp(vd_load(x + i)));
+    for (; i < n; i++) y[i] = simd_exp(x[i]);
+}
+
 const seqcore_kernel_table seqcore_kernels = {
     SEQCORE_ISA_NAME,
     seqcore_attention_fwd_f32, seqcore_attention_fwd_f64,
@@ -33,5 +40,5 @@ const seqcore_kernel_table seqcore_kernels = {
     seqcore_lstm_proj_fwd_f32, seqcore_lstm_proj_fwd_f64,
     seqcore_lstm_proj_bwd_f32, seqcore_lstm_proj_bwd_f64,
     seqcore_gemm_f32, seqcore_gemm_f64,
-    seqcore_vec_math_f32,
+    seqcore_vec_math_f32, seqcore_vec_exp_f64,
 };

@@ -45,6 +45,7 @@ typedef struct {
                     int64_t sak, const double *b, int64_t sbk, int64_t sbn, int accumulate,
                     double *c, int64_t ldc);
     void (*vec_math_f32)(int fn, int64_t n, const float *x, float *y);
+    void (*vec_exp_f64)(int64_t n, const double *x, double *y);
 } seqcore_kernel_table;
 
 /* The table of level `isa` (dispatch.c), or NULL when it is not compiled or this CPU lacks

@@ -108,14 +108,14 @@ static int64_t splits_for(const seqcore_kvcache_problem *p, int64_t most, int64_
 #define V(op) vd_##op
 #define VL VD
 #define VMATH 0
-#define EXP exp
+#define EXP simd_exp
 #define TANH tanh
 #define LOG log
 #define RN(name) name##_f64
 #include "kvcache.c"
 #undef KVC_TEMPLATE
 
-#else /* ---- template: real, VEC / V(op) / VL (its vectors, simd.h), VMATH (vector exp),
+#else /* ---- template: real, VEC / V(op) / VL (its vectors, simd.h), VMATH (float: vector tanh, masked tails),
        * EXP, TANH, LOG, RN ---- */
 
 /* The new keys and values of (sequence b, kv head hk) into the caches, at cache_seqlens[b]. */
@@ -187,7 +187,6 @@ static void RN(chunk_scores)(const real *restrict qb, int64_t nb, const real *re
 
 /* s[j] <- exp(s[j] - sub) for the CHUNK scores of a row (-inf gives 0); returns their sum. */
 static real RN(exp_chunk)(real *restrict s, real sub) {
-#if VMATH
     VEC sum = V(zero)(), mu = V(set1)(sub);
     for (int64_t j = 0; j < CHUNK; j += VL) {
         VEC pr = V(exp)(V(sub)(V(load)(s + j), mu));
@@ -195,11 +194,6 @@ static real RN(exp_chunk)(real *restrict s, real sub) {
         sum = V(add)(sum, pr);
     }
     return V(reduce_add)(sum);
-#else
-    real sum = 0;
-    for (int64_t j = 0; j < CHUNK; j++) sum += s[j] = EXP(s[j] - sub);
-    return sum;
-#endif
 }
 
 /* s[j] <- softcap tanh(s[j] / softcap) over a chunk of scores (the lanes past its keys are

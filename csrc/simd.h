@@ -23,7 +23,8 @@
  *   mantissa bits, so 2^n is one shift and one add), masks: vf_lt, vf_le, vf_select(m, a, b) (m ? a : b),
  *   vmask_lanes(lo, hi) (lanes lo <= i < hi), vf_transpose (VF x VF in registers),
  *   vf_keep(v) (v stays in a register: not re-loaded by each use).
- * Derived once for every level, at the end: vf_exp, vf_exp2_nonpos, vf_sigmoid, vf_tanh.
+ * Derived once for every level, at the end: vf_exp, vf_exp2_nonpos, vf_sigmoid, vf_tanh,
+ * vd_exp.
  */
 #ifndef SEQCORE_SIMD_H
 #define SEQCORE_SIMD_H
@@ -142,6 +143,14 @@ SIMD_INLINE vd vd_add(vd a, vd b) { return _mm512_add_pd(a, b); }
 SIMD_INLINE vd vd_mul(vd a, vd b) { return _mm512_mul_pd(a, b); }
 SIMD_INLINE vd vd_fma(vd a, vd b, vd c) { return _mm512_fmadd_pd(a, b, c); }
 SIMD_INLINE double vd_reduce_add(vd v) { return _mm512_reduce_add_pd(v); }
+SIMD_INLINE vd vd_sub(vd a, vd b) { return _mm512_sub_pd(a, b); }
+SIMD_INLINE vd vd_fnma(vd a, vd b, vd c) { return _mm512_fnmadd_pd(a, b, c); }
+SIMD_INLINE vd vd_max(vd a, vd b) { return _mm512_max_pd(a, b); }
+SIMD_INLINE vd vd_min(vd a, vd b) { return _mm512_min_pd(a, b); }
+SIMD_INLINE vd vd_pow2_magic(vd t) {
+    return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_slli_epi64(_mm512_castpd_si512(t), 52),
+                                                _mm512_set1_epi64((int64_t)1023 << 52)));
+}
 
 /* ============================================================================ AVX2 + FMA */
 #elif defined(SIMD_AVX2)
@@ -240,6 +249,14 @@ SIMD_INLINE double vd_reduce_add(vd v) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
+SIMD_INLINE vd vd_sub(vd a, vd b) { return _mm256_sub_pd(a, b); }
+SIMD_INLINE vd vd_fnma(vd a, vd b, vd c) { return _mm256_fnmadd_pd(a, b, c); }
+SIMD_INLINE vd vd_max(vd a, vd b) { return _mm256_max_pd(a, b); }
+SIMD_INLINE vd vd_min(vd a, vd b) { return _mm256_min_pd(a, b); }
+SIMD_INLINE vd vd_pow2_magic(vd t) {
+    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_slli_epi64(_mm256_castpd_si256(t), 52),
+                                                _mm256_set1_epi64x((int64_t)1023 << 52)));
+}
 
 /* ============================================================================ NEON */
 #elif defined(SIMD_NEON)
@@ -318,6 +335,14 @@ SIMD_INLINE vd vd_add(vd a, vd b) { return vaddq_f64(a, b); }
 SIMD_INLINE vd vd_mul(vd a, vd b) { return vmulq_f64(a, b); }
 SIMD_INLINE vd vd_fma(vd a, vd b, vd c) { return vfmaq_f64(c, a, b); }
 SIMD_INLINE double vd_reduce_add(vd v) { return vaddvq_f64(v); }
+SIMD_INLINE vd vd_sub(vd a, vd b) { return vsubq_f64(a, b); }
+SIMD_INLINE vd vd_fnma(vd a, vd b, vd c) { return vfmsq_f64(c, a, b); }
+SIMD_INLINE vd vd_max(vd a, vd b) { return vmaxq_f64(a, b); }
+SIMD_INLINE vd vd_min(vd a, vd b) { return vminq_f64(a, b); }
+SIMD_INLINE vd vd_pow2_magic(vd t) {
+    return vreinterpretq_f64_s64(vaddq_s64(vshlq_n_s64(vreinterpretq_s64_f64(t), 52),
+                                           vdupq_n_s64((int64_t)1023 << 52)));
+}
 
 /* ============================================================================ baseline */
 #else
@@ -390,6 +415,14 @@ SIMD_INLINE vd vd_add(vd a, vd b) { return a + b; }
 SIMD_INLINE vd vd_mul(vd a, vd b) { return a * b; }
 SIMD_INLINE vd vd_fma(vd a, vd b, vd c) { return a * b + c; }
 SIMD_INLINE double vd_reduce_add(vd v) { return v[0] + v[1]; }
+SIMD_INLINE vd vd_sub(vd a, vd b) { return a - b; }
+SIMD_INLINE vd vd_fnma(vd a, vd b, vd c) { return c - a * b; }
+SIMD_INLINE vd vd_max(vd a, vd b) { return (vd){a[0] > b[0] ? a[0] : b[0], a[1] > b[1] ? a[1] : b[1]}; }
+SIMD_INLINE vd vd_min(vd a, vd b) { return (vd){a[0] < b[0] ? a[0] : b[0], a[1] < b[1] ? a[1] : b[1]}; }
+SIMD_INLINE vd vd_pow2_magic(vd t) {
+    typedef int64_t vdbits __attribute__((vector_size(16), aligned(16)));
+    return (vd)(((vdbits)t << 52) + ((int64_t)1023 << 52));
+}
 #endif
 
 /* vf_keep(v) / vd_keep(v): v stays in a register. A loaded operand that several FMAs use is
@@ -434,6 +467,27 @@ SIMD_INLINE vf vf_exp(vf x) {
     return vf_mul(p, vf_pow2_magic(t));
 }
 
+/* exp(x) for doubles, as vf_exp: x = n ln2 + r, |r| <= ln2/2 (t = x log2(e) + 1.5 * 2^52
+ * rounds), exp(r) by its degree-13 Taylor polynomial (truncation < 5e-18, so a few ulp of
+ * rounding in all), 2^n from t's bits. x is clamped to [-709, 709]: from -708.8 down (and
+ * -inf) n reaches -1023 and the result is exactly 0 (exp there is below DBL_MIN); NaN stays
+ * NaN where vd_max / vd_min pass it. */
+SIMD_INLINE vd vd_exp(vd x) {
+    const vd magic = vd_set1(6755399441055744.0);  /* 1.5 * 2^52 */
+    vd xc = vd_max(vd_set1(-709.0), vd_min(vd_set1(709.0), x));
+    vd t = vd_fma(xc, vd_set1(1.4426950408889634), magic);
+    vd n = vd_sub(t, magic);
+    vd r = vd_fnma(n, vd_set1(6.93147180369123816490e-01), xc);  /* ln2 hi: n * hi is exact */
+    r = vd_fnma(n, vd_set1(1.90821492927058770002e-10), r);
+    vd p = vd_set1(1.0 / 6227020800.0);                            /* 1/13! */
+    static const double inv_fact[13] = {1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                        1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0,
+                                        1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0,
+                                        0.5, 1.0, 1.0};           /* 1/12! .. 1/0! */
+    for (int i = 0; i < 13; i++) p = vd_fma(p, r, vd_set1(inv_fact[i]));
+    return vd_mul(p, vd_pow2_magic(t));
+}
+
 /* 2^x for x <= 0 (scores minus their running max, in base 2; the fast attention forward
  * lets them reach LAZY_RESCALE = 8 above it, and any x up to 127 is as exact): 2^n 2^r, n = round(x),
  * |r| <= 1/2, 2^r by its degree-6 Taylor polynomial in r ln2 (relative error < 2e-7);
@@ -470,6 +524,11 @@ SIMD_INLINE vf vf_tanh(vf x) {
 SIMD_INLINE float simd_expf(float x) {
     float out[VF];
     vf_store(out, vf_exp(vf_set1(x)));
+    return out[0];
+}
+SIMD_INLINE double simd_exp(double x) {
+    double out[VD];
+    vd_store(out, vd_exp(vd_set1(x)));
     return out[0];
 }
 SIMD_INLINE float simd_tanhf(float x) {

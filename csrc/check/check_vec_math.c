@@ -1,4 +1,5 @@
-/* The vector exp / sigmoid / tanh / exp2 of each level (simd.h) against libm in double. */
+/* The vector exp / sigmoid / tanh / exp2 of each level (simd.h) against libm in double, and
+ * the double exp against libm's. */
 #include "check.h"
 
 static double ref(int fn, double x) {
@@ -52,4 +53,23 @@ void check_vec_math(const seqcore_kernel_table *kt, check_stats *st) {
     }
     free(x);
     free(y);
+    /* vd_exp: the float64 kernels' softmax; a sweep of doubles, then its edges */
+    enum { ND = 2003 };
+    double *xd = malloc(ND * sizeof(double)), *yd = malloc(ND * sizeof(double));
+    for (int i = 0; i < ND - 4; i++) xd[i] = -708.0 + 1416.0 * i / (ND - 5);
+    xd[ND - 4] = -INFINITY, xd[ND - 3] = -1000.0, xd[ND - 2] = 0.0, xd[ND - 1] = -1e-300;
+    memset(yd, 0xFF, ND * sizeof(double));
+    kt->vec_exp_f64(ND, xd, yd);
+    double worst = 0;
+    for (int i = 0; i < ND; i++) {
+        if (i == ND - 4 || i == ND - 3) continue;  /* (the zeros, below) */
+        double want = exp(xd[i]), rel = fabs(yd[i] - want) / want;
+        if (!(rel <= worst)) worst = isnan(rel) ? INFINITY : rel;
+    }
+    check_report(st, kt->isa, "vec exp float64, 2000 values in [-708, 708], 0 and -1e-300 (relative error)",
+                 "y", worst, 1e-15);
+    check_report(st, kt->isa, "vec exp float64, -inf and -1000 give exactly 0", "y",
+                 yd[ND - 4] == 0.0 && yd[ND - 3] == 0.0 ? 0 : INFINITY, 0);
+    free(xd);
+    free(yd);
 }
