@@ -269,8 +269,8 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
  * Float (a bias's key stride 0 or 1), written once on the ISA level's vectors:
  * per block of FR query rows and key tile of BKF keys,
  *   1. S = Q K^T in passes of NKV vectors of keys (FR x NKV accumulators in registers:
- *      6 x 4 zmm with AVX-512, two passes over 128 keys; 6 x 2 ymm with AVX2, two over
- *      32), softcap, bias and band mask applied as a pass stores its scores to the block's
+ *      6 x 4 zmm with AVX-512, two passes over 128 keys; 6 x 2 ymm with AVX2, eight over
+ *      128), softcap, bias and band mask applied as a pass stores its scores to the block's
  *      L1 buffer (a scalar tanhf per score made a softcapped forward 6x slower);
  *   2. the online softmax on each row of the buffer (base-2 max, exp2, running sum);
  *   3. O = alpha O + P V in passes of NKV vectors of Dv, the block's O in registers.
@@ -284,15 +284,15 @@ static int fast_fwd_f32(const seqcore_attn_problem *p, const float *q, const flo
  * apart: packed, 1.00-1.05x at one thread on Zen 4, AVX2 and AVX-512, with the key
  * panels). */
 
-/* Keys per tile: with AVX2, 32 (a D64 head's K and V tiles, 8 KB each, stay in a 32 KB L1
- * together: 3-5% faster than 64 at D64 and D128 on Zen 3, both built into one process and
- * alternated); with AVX-512, 128 (two passes of 4 zmm: half the per-tile softmax reductions
- * and O rescaling of 64; on Zen 4, 32 KB L1, 2.5-5% faster than 64 at D64, even at D128
- * where the tiles live in L2, once a block skips the keys past its rows' band); 64
- * elsewhere. */
-#if defined(SIMD_AVX2)
-#define FAST_KEY_TILE 32
-#elif defined(SIMD_AVX512)
+/* Keys per tile: 128 on x86 (AVX2 and AVX-512); 64 elsewhere. A tile's softmax reductions,
+ * alpha exponentials and O rescales are paid once per tile and row, so a longer tile halves
+ * them; its K and V panels then no longer stay in a 32 KB L1 at D64, but each pass streams
+ * one contiguous panel, which the prefetchers bring from L2 in time. On Zen 4, one thread:
+ * AVX-512 128 against 64, 1.025-1.05 (the eighth session); AVX2 128 against 32, 1.05-1.11
+ * (S1024 D64 1.11, D128 1.08, B4 S256 D128 1.055), S32 / S100 0.98-0.99, once K and V were
+ * packed as panels and rescaling was lazy (before both, 64 against 32 was 0.95-1.00, and 32
+ * had been 3-5% faster than 64 on Zen 3). */
+#if defined(SIMD_AVX2) || defined(SIMD_AVX512)
 #define FAST_KEY_TILE 128
 #else
 #define FAST_KEY_TILE 64
