@@ -104,7 +104,7 @@ static inline int dropout_keep(const dropout_gen *d, uint32_t g, uint32_t i, uin
 
 /* The split form (see the top): the key parts of up to DROPOUT_KEYS consecutive keys, as
  * four arrays (the vector form loads VF of each), and a row's part. */
-enum { DROPOUT_KEYS = 128 };  /* the AVX-512 forward's key tile */
+enum { DROPOUT_KEYS = 128 };  /* the x86 forward's key tile */
 typedef struct {
     uint32_t x[DROPOUT_KEYS], y[DROPOUT_KEYS], z[DROPOUT_KEYS], w[DROPOUT_KEYS];
 } dropout_keys;
