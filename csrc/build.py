@@ -45,16 +45,16 @@ ROOT = os.path.dirname(HERE)
 OBJ_DIR = os.path.join(ROOT, "build", "obj")
 
 # Compiled once per ISA level / once for the baseline.
-KERNELS = ["attention.c", "kvcache.c", "gemm.c", "recurrent.c", "kernels.c"]
+KERNELS = ["attention.c", "kvcache.c", "gemm.c", "recurrent.c", "convert.c", "kernels.c"]
 SHARED = ["common.c", "scratch.c", "dispatch.c"]
 
 _X86_BASE = ["-march=x86-64", "-mtune=generic"]
 # Levels by target architecture, best first (dispatch.c lists the same ones).
 LEVELS = {
     "x86_64": {
-        "avx512": _X86_BASE + ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512dq",
-                               "-mavx512vl"],
-        "avx2": _X86_BASE + ["-mavx2", "-mfma"],
+        "avx512": _X86_BASE + ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw",
+                               "-mavx512dq", "-mavx512vl"],
+        "avx2": _X86_BASE + ["-mavx2", "-mfma", "-mf16c"],
         "baseline": _X86_BASE,
     },
     "aarch64": {"neon": ["-march=armv8-a"], "baseline": ["-march=armv8-a"]},

@@ -1,6 +1,7 @@
 /* The ISA level a kernel source is being compiled for, and the names that carry it.
  *
- * build.py compiles every kernel source (attention.c, kvcache.c, gemm.c, recurrent.c, kernels.c) once
+ * build.py compiles every kernel source (attention.c, kvcache.c, gemm.c, recurrent.c, convert.c,
+ * kernels.c) once
  * per ISA level of the target (x86-64: baseline, avx2, avx512; aarch64: baseline, neon), with
  * -DSEQCORE_ISA=<level> and that level's instruction-set flags, and links all of them into
  * one extension. So that the copies can sit side by side, the names the kernel files share
@@ -40,12 +41,12 @@
  * "baseline" (SIGILL on an older CPU) or lose the fast paths. */
 #if SEQCORE_ISA_LEVEL == SEQCORE_ISA_AVX512 && \
     !(defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
-      defined(__AVX512VL__) && defined(__FMA__))
-#error "the avx512 level needs -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma"
+      defined(__AVX512VL__) && defined(__FMA__) && defined(__F16C__))
+#error "the avx512 level needs -mavx512f -mavx512bw -mavx512dq -mavx512vl -mfma -mf16c"
 #endif
 #if SEQCORE_ISA_LEVEL == SEQCORE_ISA_AVX2 && \
-    (!(defined(__AVX2__) && defined(__FMA__)) || defined(__AVX512F__))
-#error "the avx2 level needs -mavx2 -mfma and no AVX-512"
+    (!(defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)) || defined(__AVX512F__))
+#error "the avx2 level needs -mavx2 -mfma -mf16c and no AVX-512"
 #endif
 #if SEQCORE_ISA_LEVEL == SEQCORE_ISA_BASELINE && (defined(__AVX__) || defined(__FMA__))
 #error "the baseline level must not use AVX or FMA (x86-64 baseline: SSE2)"
@@ -77,6 +78,8 @@
 #define seqcore_lstm_proj_fwd_f64 ISA_SYMBOL(seqcore_lstm_proj_fwd_f64)
 #define seqcore_lstm_proj_bwd_f32 ISA_SYMBOL(seqcore_lstm_proj_bwd_f32)
 #define seqcore_lstm_proj_bwd_f64 ISA_SYMBOL(seqcore_lstm_proj_bwd_f64)
+#define seqcore_f16_to_f32 ISA_SYMBOL(seqcore_f16_to_f32)
+#define seqcore_f32_to_f16 ISA_SYMBOL(seqcore_f32_to_f16)
 /* Shared between kernel files (gemm.h) */
 #define seqcore_gemm_f32 ISA_SYMBOL(seqcore_gemm_f32)
 #define seqcore_gemm_f64 ISA_SYMBOL(seqcore_gemm_f64)

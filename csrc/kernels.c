@@ -39,6 +39,7 @@ const seqcore_kernel_table seqcore_kernels = {
     seqcore_rnn_bwd_f32, seqcore_rnn_bwd_f64,
     seqcore_lstm_proj_fwd_f32, seqcore_lstm_proj_fwd_f64,
     seqcore_lstm_proj_bwd_f32, seqcore_lstm_proj_bwd_f64,
+    seqcore_f16_to_f32, seqcore_f32_to_f16,
     seqcore_gemm_f32, seqcore_gemm_f64,
     seqcore_vec_math_f32, seqcore_vec_exp_f64,
 };

@@ -37,6 +37,8 @@ typedef struct {
     __typeof__(seqcore_lstm_proj_fwd_f64) *lstm_proj_fwd_f64;
     __typeof__(seqcore_lstm_proj_bwd_f32) *lstm_proj_bwd_f32;
     __typeof__(seqcore_lstm_proj_bwd_f64) *lstm_proj_bwd_f64;
+    __typeof__(seqcore_f16_to_f32) *f16_to_f32;
+    __typeof__(seqcore_f32_to_f16) *f32_to_f16;
     /* internal, for the checks */
     int (*gemm_f32)(int64_t M, int64_t N, int64_t K, const float *a, int64_t sam, int64_t sak,
                     const float *b, int64_t sbk, int64_t sbn, int accumulate, float *c,

@@ -15,5 +15,6 @@
 #include "attention.h"
 #include "recurrent.h"
 #include "kvcache.h"
+#include "convert.h"
 
 #endif

@@ -184,6 +184,22 @@ class _TensorCTypes(dict):
 _TENSOR_CTYPES = _TensorCTypes()
 
 
+def convert_half(a, name):
+    """a (NumPy float16 or float32) as a C-contiguous array of `name` (the other one), by
+    seqcore_f16_to_f32 / seqcore_f32_to_f16; None when the extension is missing."""
+    lib, ffi = load()
+    if lib is None:
+        return None
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape, dtype=name)
+    if name == "float32":
+        status = lib.seqcore_f16_to_f32(ffi.cast("uint16_t *", a.ctypes.data), ptr(out), a.size)
+    else:
+        status = lib.seqcore_f32_to_f16(ptr(a), ffi.cast("uint16_t *", out.ctypes.data), a.size)
+    check(status, "float16 conversion")
+    return out
+
+
 def strides(a):
     """Element strides of `a` (bytes / itemsize), as a tuple of ints."""
     return tuple(s // a.itemsize for s in a.strides)

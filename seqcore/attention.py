@@ -91,7 +91,7 @@ def _compute_array(x, cdt, shape4):
     """x in the compute dtype, contiguous, as (B, H, S, D): no copy when it already is."""
     if isinstance(x, np.ndarray):
         if x.dtype != cdt or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=cdt)
+            x = _arrays.contiguous_as(x, cdt)
         return x if x.ndim == 4 else x.reshape(shape4)
     return _arrays.reshape(_arrays.contiguous(_arrays.astype(x, cdt)), shape4)
 
@@ -310,6 +310,9 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool = False,
             bias_dt = "float32"
         bias4 = _flat_bias(_arrays.astype(bias, bias_dt), batch, Hq, Sq, Sk, B)
 
+    if direct is None and bias4 is None and kind == _arrays.TORCH and cdt != dtype:
+        # (bfloat16 tensors, now widened to float32: they may go straight to the kernel too)
+        direct = _direct_tensors(backend, q4, k4, v4, None)
     if direct is not None:
         out, lse = _backends.module(backend, "attention").attention_fwd(q4, k4, v4, None, p,
                                                                          alloc=direct)

@@ -34,7 +34,8 @@ def test_every_kernel_source_is_compiled_per_level_and_sees_its_headers(build):
     build._includes(os.path.join(build.HERE, "attention.c"), deps)
     names = {os.path.basename(d) for d in deps}
     assert {"attention.c", "simd.h", "isa.h", "seqcore.h", "attention.h", "band.h", "kvcache.h"} <= names
-    assert set(build.KERNELS) == {"attention.c", "kvcache.c", "gemm.c", "recurrent.c", "kernels.c"}
+    assert set(build.KERNELS) == {"attention.c", "kvcache.c", "gemm.c", "recurrent.c", "convert.c",
+                                  "kernels.c"}
     x86 = build.LEVELS["x86_64"]
     assert list(x86) == ["avx512", "avx2", "baseline"]
     assert "-march=native" not in " ".join(f for flags in x86.values() for f in flags)

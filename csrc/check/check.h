@@ -87,6 +87,7 @@ static inline int check_report(check_stats *st, const char *isa, const char *wha
 }
 
 void check_vec_math(const seqcore_kernel_table *kt, check_stats *st);
+void check_convert(const seqcore_kernel_table *kt, check_stats *st);
 void check_gemm(const seqcore_kernel_table *kt, check_stats *st);
 void check_attention(const seqcore_kernel_table *kt, check_stats *st);
 void check_kvcache(const seqcore_kernel_table *kt, check_stats *st);

@@ -13,6 +13,7 @@ static void run_level(const seqcore_kernel_table *kt, check_stats *st, int threa
     omp_set_num_threads(threads);
 #endif
     check_vec_math(kt, st);
+    check_convert(kt, st);
     check_gemm(kt, st);
     check_attention(kt, st);
     check_kvcache(kt, st);
