@@ -8,7 +8,7 @@
  *
  *   level     vf (float)  vd (double)  registers  FMA
  *   avx512    __m512      __m512d      32         yes   (AVX-512 F/BW/DQ/VL)
- *   avx2      __m256      __m256d      16         yes   (AVX2 + FMA)
+ *   avx2      __m256      __m256d      16         yes   (AVX2 + FMA + F16C)
  *   neon      float32x4_t float64x2_t  32         yes   (aarch64 Advanced SIMD)
  *   baseline  16-byte GCC/Clang vector extensions (SSE2 on x86-64, NEON on aarch64 by the
  *             compiler), 16 registers, a * b + c without FMA
