@@ -90,30 +90,27 @@ def astype(x, name):
     if is_tensor(x):
         want = getattr(_torch(), name)
         return x if x.dtype is want else x.to(want)  # (.to costs ~5 us even as a no-op)
-    if x.dtype.name != name:
-        half = _half_cast(x, name)
-        if half is not None:
-            return half
-    return x.astype(name, copy=False)
+    half = _half_cast(x, name)
+    return half if half is not None else x.astype(name, copy=False)
 
 
 def contiguous_as(x, name):
     """A NumPy array as a C-contiguous array of dtype `name` (no copy when it is one)."""
-    if x.dtype.name != name:
-        half = _half_cast(x, name)
-        if half is not None:
-            return half
-    return np.ascontiguousarray(x, dtype=name)
+    half = _half_cast(x, name)
+    return half if half is not None else np.ascontiguousarray(x, dtype=name)
 
 
-_HALF_PAIRS = {("float16", "float32"), ("float32", "float16")}
+_F16, _F32 = np.dtype(np.float16), np.dtype(np.float32)
 
 
 def _half_cast(x, name):
     """float16 <-> float32 of a NumPy array by the C kernels (F16C / NEON, threads: NumPy
     converts one value at a time, ~2.5 ns each, as long as a float16 attention's kernel
-    took), C-contiguous; None for other casts, small arrays or without the C extension."""
-    if (x.dtype.name, name) not in _HALF_PAIRS or x.size < 512:
+    took), C-contiguous; None for other casts, small arrays or without the C extension.
+    (dtype objects compared, not dtype.name: that is a Python property, ~2 us a call.)"""
+    dt = x.dtype
+    if not ((dt == _F16 and name == "float32") or (dt == _F32 and name == "float16")) \
+            or x.size < 512:
         return None
     from seqcore import _c
 
