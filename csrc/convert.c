@@ -71,27 +71,29 @@ static void f32_to_f16_run(const float *src, uint16_t *dst, int64_t n) {
     for (; i < n; i++) dst[i] = float_to_half(src[i]);
 }
 
-/* Threads over chunks once a call is long enough to pay for them (~1 ns a value). */
+/* run(src + i0, dst + i0, len) over chunks of n values (elements of src_size / dst_size
+ * bytes), on threads once a call is long enough to pay for them (~1 ns a value). */
 enum { CONVERT_CHUNK = 1 << 16 };
 
-int seqcore_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+static int run_chunks(void (*run)(const void *, void *, int64_t), const void *src, void *dst,
+                      int64_t n, int64_t src_size, int64_t dst_size) {
     if (n < 0 || (n > 0 && (!src || !dst))) return SEQCORE_EINVAL;
     int64_t chunks = (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK;
 #pragma omp parallel for schedule(static) if (chunks > 1 && seqcore_worth_threads(8.0 * n))
     for (int64_t c = 0; c < chunks; c++) {
         int64_t i0 = c * CONVERT_CHUNK, len = n - i0 < CONVERT_CHUNK ? n - i0 : CONVERT_CHUNK;
-        f16_to_f32_run(src + i0, dst + i0, len);
+        run((const char *)src + i0 * src_size, (char *)dst + i0 * dst_size, len);
     }
     return SEQCORE_OK;
 }
 
+static void widen(const void *src, void *dst, int64_t n) { f16_to_f32_run(src, dst, n); }
+static void narrow(const void *src, void *dst, int64_t n) { f32_to_f16_run(src, dst, n); }
+
+int seqcore_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    return run_chunks(widen, src, dst, n, sizeof *src, sizeof *dst);
+}
+
 int seqcore_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
-    if (n < 0 || (n > 0 && (!src || !dst))) return SEQCORE_EINVAL;
-    int64_t chunks = (n + CONVERT_CHUNK - 1) / CONVERT_CHUNK;
-#pragma omp parallel for schedule(static) if (chunks > 1 && seqcore_worth_threads(8.0 * n))
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t i0 = c * CONVERT_CHUNK, len = n - i0 < CONVERT_CHUNK ? n - i0 : CONVERT_CHUNK;
-        f32_to_f16_run(src + i0, dst + i0, len);
-    }
-    return SEQCORE_OK;
+    return run_chunks(narrow, src, dst, n, sizeof *src, sizeof *dst);
 }

@@ -63,3 +63,12 @@ def test_float16_attention_and_lstm_match_their_float32_computation(rng):
     y32, (h32, c32) = seqcore.lstm(*(a.astype(np.float32) for a in (x, w_ih, w_hh, b, b)))
     _same(y, y32.astype(np.float16))
     _same(c, c32.astype(np.float16))
+
+
+def test_bad_arguments_return_minus_one():
+    lib, ffi = _c.load()
+    buf16, buf32 = ffi.new("uint16_t[4]"), ffi.new("float[4]")
+    assert lib.seqcore_f16_to_f32(ffi.NULL, buf32, 4) == -1
+    assert lib.seqcore_f32_to_f16(buf32, ffi.NULL, 4) == -1
+    assert lib.seqcore_f16_to_f32(buf16, buf32, -1) == -1
+    assert lib.seqcore_f16_to_f32(ffi.NULL, ffi.NULL, 0) == 0   # nothing to convert
