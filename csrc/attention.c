@@ -74,6 +74,17 @@ typedef struct { int64_t first, step, len; } seq_rows;
 
 static int64_t row_index(seq_rows sr, int64_t i) { return sr.first + i * sr.step; }
 
+/* Rows j0 .. j0 + VF of one sequence (width floats each), columns c .. c + VF, transposed
+ * in registers: column c + i goes to the VF floats at dst + i * ld. The fast forward's key
+ * packing and the backward's K and V tiles both transpose this way. */
+static inline void transpose_rows_f32(float *dst, int64_t ld, const float *src, seq_rows sr,
+                                      int64_t j0, int64_t c, int64_t width) {
+    vf b[VF];
+    for (int i = 0; i < VF; i++) b[i] = vf_load(src + row_index(sr, j0 + i) * width + c);
+    vf_transpose(b);
+    for (int i = 0; i < VF; i++) vf_store(dst + i * ld, b[i]);
+}
+
 static seq_rows rows_of(const int32_t *cu, int64_t fixed_len, int64_t s, int64_t h, int64_t H) {
     seq_rows sr;
     if (cu) {
@@ -337,13 +348,8 @@ static void pack_keys_f32(const seqcore_attn_problem *p, const float *k, const i
         float *dst = kp + (hk * n_tiles + base[s] + t) * D * BKF;
         int64_t j0 = t * BKF, nk = min64(BKF, kr.len - j0), j = 0;
         for (; j + VF <= nk; j += VF) {
-            for (int64_t c = 0; c < Dv_; c += VF) {
-                vf r[VF];
-                for (int i = 0; i < VF; i++)
-                    r[i] = vf_load(k + row_index(kr, j0 + j + i) * D + c);
-                vf_transpose(r);
-                for (int i = 0; i < VF; i++) vf_store(dst + packed_key_at(D, c + i, j), r[i]);
-            }
+            for (int64_t c = 0; c < Dv_; c += VF)
+                transpose_rows_f32(dst + packed_key_at(D, c, j), KPASS, k, kr, j0 + j, c, D);
             for (int64_t jj = j; jj < j + VF; jj++)
                 for (int64_t c = Dv_; c < D; c++)
                     dst[packed_key_at(D, c, jj)] = k[row_index(kr, j0 + jj) * D + c];
@@ -505,8 +511,8 @@ static inline __attribute__((always_inline)) float fast_softmax_row_f32(
     vf mx = vf_load(s);
     for (int64_t j = VF; j < nkp; j += VF) mx = vf_max(mx, vf_load(s + j));
     float m_old = *m, row_max = vf_reduce_max(mx), alpha = 1.0f;
-    /* (m_old is -inf until a row sees a key: the first finite max is always taken) */
-    if (row_max > m_old + LAZY_RESCALE || (m_old == -INFINITY && row_max > m_old)) {
+    /* (until a row sees a key, m_old + 8 is -inf: its first finite max is always taken) */
+    if (row_max > m_old + LAZY_RESCALE) {
         float a[VF];
         vf_store(a, vf_exp2_nonpos(vf_set1(m_old - row_max)));
         alpha = a[0];
@@ -561,10 +567,8 @@ static inline __attribute__((always_inline)) void fast_block_any_f32(
         alpha[r] = fast_softmax_row_f32(s + r * BKF, nkp, m + r, l + r, drop, r);
         rescale |= alpha[r] != 1.0f;
     }
-    if (rescale)
-        for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, nk, c0, alpha, ob, dvp);
-    else
-        for (int64_t c0 = 0; c0 < dvp; c0 += KPASS) fast_pv_f32(s, vt, nk, c0, NULL, ob, dvp);
+    for (int64_t c0 = 0; c0 < dvp; c0 += KPASS)
+        fast_pv_f32(s, vt, nk, c0, rescale ? alpha : NULL, ob, dvp);
 }
 
 static void fast_block_f32(
@@ -800,12 +804,8 @@ static void RN(load_rows_transposed)(real *restrict dst, const real *restrict sr
      * 3% of an S256 backward); the odd rows and columns below */
     int64_t wv = width / VF * VF;
     for (; r + VF <= n; r += VF) {
-        for (int64_t c = 0; c < wv; c += VF) {
-            vf b[VF];
-            for (int i = 0; i < VF; i++) b[i] = vf_load(src + row_index(sr, j0 + r + i) * width + c);
-            vf_transpose(b);
-            for (int i = 0; i < VF; i++) vf_store(dst + (c + i) * BK + r, b[i]);
-        }
+        for (int64_t c = 0; c < wv; c += VF)
+            transpose_rows_f32(dst + c * BK + r, BK, src, sr, j0 + r, c, width);
         for (int64_t i = r; i < r + VF; i++)
             for (int64_t c = wv; c < width; c++) dst[c * BK + i] = src[row_index(sr, j0 + i) * width + c];
     }
